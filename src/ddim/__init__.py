@@ -1,0 +1,16 @@
+"""ddim: train diffusion models with the DDPM objective, sample them fast with DDIM.
+
+Public API (see README): ``Schedule``, ``timesteps``, ``sample``, ``invert``,
+``ClassifierFreeGuidance``, and the noise helpers ``randn`` and ``generators``.
+"""
+
+from .guidance import ClassifierFreeGuidance
+from .noise import generators, randn
+from .samplers import Trajectory, invert, sample
+from .schedule import Schedule
+from .timesteps import timesteps
+
+__version__ = "0.1.0"
+
+__all__ = ["Schedule", "timesteps", "sample", "invert", "Trajectory", "ClassifierFreeGuidance",
+           "generators", "randn", "__version__"]

@@ -1,0 +1,241 @@
+"""Sampling (x_T → x_0) and inversion (x_0 → x_T) along a grid τ with the generalized DDIM step.
+
+Both loops share one plan: the grid τ (descending), each entry paired with the **next entry of the
+grid** (ᾱ = 1 after the last one, or ᾱ_0 with ``set_alpha_to_one=False``), and per-step coefficients
+computed once in float64 on the host, then moved to the sample's device as one small tensor. The loop
+body is model call, prediction → (x̂_0, ε̂), eq. 12; it never reads a device value back to the host.
+
+    η = 0                DDIM, deterministic (the probability-flow ODE's Euler steps, eq. 13-14)
+    η = 1, steps = T     DDPM ancestral sampling with the posterior variance β̃_t
+    η = "large"          DDPM with σ̂_t = √(1 − ᾱ_t/ᾱ_{t−1}) ("fixed large"; DDIM Table 1's σ̂)
+    any η ≥ 0, S < T     the η-family on the shorter chain (improved-diffusion's respacing for η = 1)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+
+from ..forward import PREDICTIONS, eps_from_x0, predict_x0_eps, x0_from_eps
+from ..noise import Generators, randn
+from ..schedule import Schedule
+from ..timesteps import check_timesteps, timesteps as make_timesteps
+from .steps import clip_x0, ddim_step, dynamic_threshold, sigma_eta, sigma_hat
+
+__all__ = ["sample", "invert", "Trajectory", "Plan", "plan"]
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Eta = Union[float, str]
+
+
+class Trajectory(NamedTuple):
+    """What a run visited. x: (S+1, B, …) from the start to the end; x0_pred: (S, B, …) per step;
+    timesteps: (S,) int64, the model's t at each step."""
+
+    timesteps: torch.Tensor
+    x: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-step quantities of a run over grid τ (all (S,) float64 on the CPU, step k = k-th model call).
+
+    timesteps: τ_k, descending. abar_t: ᾱ_{τ_k}. abar_prev: ᾱ of the next grid point (1 or ᾱ_0 at the
+    end). sigma: σ_t of eq. 12's direction term. noise_std: the std of the added noise (σ_t, or σ̂_t;
+    0 on the step that lands on x_0 for σ̂, as in DDPM, whose last step returns the mean).
+    """
+
+    timesteps: torch.Tensor
+    abar_t: torch.Tensor
+    abar_prev: torch.Tensor
+    sigma: torch.Tensor
+    noise_std: torch.Tensor
+
+    def to(self, device, dtype) -> "Plan":
+        """The coefficient columns on ``device`` (float64 stays float64; anything else gets float32)."""
+        dt = torch.float64 if dtype == torch.float64 else torch.float32
+        return Plan(self.timesteps.to(device), *(getattr(self, f).to(device, dt)
+                                                 for f in ("abar_t", "abar_prev", "sigma", "noise_std")))
+
+
+def _check_eta(eta: Eta) -> Eta:
+    if isinstance(eta, str):
+        if eta != "large":
+            raise ValueError(f"eta must be a number >= 0 or 'large', got {eta!r}")
+        return eta
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0 or 'large', got {eta!r}")
+    return float(eta)
+
+
+def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacing: str = "uniform",
+         timesteps=None, set_alpha_to_one: bool = True) -> Plan:
+    """Compute the grid and per-step coefficients for ``sample``/``invert`` (host side, float64).
+
+    Give either ``steps`` (+ ``spacing``) or an explicit descending ``timesteps`` grid.
+    """
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a ddim.Schedule, got {type(schedule).__name__}")
+    eta = _check_eta(eta)
+    if timesteps is None:
+        if steps is None:
+            raise ValueError("give steps (with spacing) or an explicit timesteps grid")
+        tau = make_timesteps(schedule, steps, spacing)
+    else:
+        tau = check_timesteps(timesteps, schedule.num_steps)
+        if steps is not None and steps != tau.numel():
+            raise ValueError(f"steps={steps!r} disagrees with the {tau.numel()} given timesteps")
+    abar = schedule.alphas_cumprod
+    final = torch.ones(1, dtype=torch.float64) if set_alpha_to_one else abar[:1]
+    abar_t = abar[tau]
+    abar_prev = torch.cat([abar[tau[1:]], final])  # pairs read from the grid itself
+    if eta == "large":
+        sigma = sigma_eta(abar_t, abar_prev, 1.0)
+        noise_std = sigma_hat(abar_t, abar_prev)
+        noise_std[-1] = 0.0
+    else:
+        sigma = sigma_eta(abar_t, abar_prev, eta)
+        noise_std = sigma
+        bad = (1 - abar_prev - sigma**2) < -1e-12
+        if bad.any():
+            k = int(bad.nonzero()[0])
+            raise ValueError(f"eta={eta!r} is too large at t={int(tau[k])}: σ_t² exceeds 1 − ᾱ_(t-1) "
+                             "(DDIM eq. 12 needs η <= 1 there)")
+    return Plan(tau, abar_t, abar_prev, sigma, noise_std)
+
+
+def _check_inputs(x: torch.Tensor, prediction: str, name: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError(f"{name} must be a floating-point tensor shaped (B, ...), got "
+                         f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    if not torch.isfinite(x).all():  # one check before the loop, not per step
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+
+
+def _call(model: Model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    out = model(x, t)
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        raise ValueError(f"model output has shape {tuple(getattr(out, 'shape', ()))}, "
+                         f"expected {tuple(x.shape)} (the shape of x_t)")
+    return out
+
+
+def _x0_transform(clip: Optional[float], threshold: Optional[float], threshold_max: float):
+    if clip is not None and threshold is not None:
+        raise ValueError("use either clip or threshold, not both")
+    if clip is not None:
+        if not clip > 0:
+            raise ValueError(f"clip must be > 0, got {clip!r}")
+        return lambda x0: clip_x0(x0, clip)
+    if threshold is not None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be a quantile in (0, 1], got {threshold!r}")
+        return lambda x0: dynamic_threshold(x0, threshold, threshold_max)
+    return None
+
+
+def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50,
+           eta: Eta = 0.0, spacing: str = "uniform", prediction: str = "epsilon",
+           generator: Generators = None, *, timesteps=None, set_alpha_to_one: bool = True,
+           clip: Optional[float] = None, threshold: Optional[float] = None, threshold_max: float = 1.0,
+           eps_from_clipped_x0: bool = False, return_trajectory: bool = False,
+           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None):
+    """Generate x_0 from x_T with the generalized DDIM update (eq. 12) over a sub-sequence τ.
+
+    Args:
+        model: ``model(x_t, t)`` with x_t (B, C, H, W) float and t (B,) int64 training-step indices;
+            returns a tensor shaped like x_t holding the prediction named by ``prediction``.
+        schedule: the training noise schedule.
+        x_T: (B, …) starting noise (N(0, I) for generation, or the output of ``invert``).
+        steps: S, the number of model calls, 1 ≤ S ≤ T (ignored when ``timesteps`` is given).
+        eta: η ≥ 0 of σ_t(η) (eq. 16), or "large" for σ̂_t.
+        spacing: how τ is chosen, see ``ddim.timesteps``.
+        prediction: "epsilon", "sample" (x_0) or "v".
+        generator: for the noise when σ > 0: one ``torch.Generator`` or one per sample.
+        timesteps: an explicit descending grid, instead of ``steps``/``spacing``.
+        set_alpha_to_one: the last step lands on ᾱ = 1 (x_0); False lands on ᾱ_0 instead.
+        clip: clamp x̂_0 to [−clip, clip] each step.
+        threshold: dynamic thresholding quantile (e.g. 0.995), with ``threshold_max`` as s's cap.
+        eps_from_clipped_x0: re-derive ε̂ from the clipped x̂_0 (GLIDE; DDPM's posterior mean does this).
+        return_trajectory: also return a ``Trajectory``.
+        callback: called as ``callback(k, t, x_{t_prev}, x0_pred)`` after each step k.
+    Returns:
+        x_0 (B, …) shaped like x_T, or (x_0, Trajectory) if ``return_trajectory``.
+    """
+    _check_inputs(x_T, prediction, "x_T")
+    p = plan(schedule, None if timesteps is not None else steps, eta, spacing, timesteps, set_alpha_to_one)
+    if prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
+        raise ValueError("prediction='epsilon' cannot start at ᾱ_t = 0 (zero terminal SNR): x_0 = (x_t − ε)/0; "
+                         "use prediction='v' or 'sample'")
+    post = _x0_transform(clip, threshold, threshold_max)
+    draws = (p.noise_std > 0).tolist()  # host-side: which steps draw noise
+    c = p.to(x_T.device, x_T.dtype)
+    B = x_T.shape[0]
+    t_batch = c.timesteps[:, None].expand(-1, B).contiguous()  # (S, B): row k is step k's t
+    x = x_T
+    xs, x0s = ([x], []) if return_trajectory else (None, None)
+    for k in range(len(draws)):
+        out = _call(model, x, t_batch[k])
+        x0_pred, eps = predict_x0_eps(out, x, c.abar_t[k], prediction)
+        if post is not None:
+            x0_pred = post(x0_pred)
+            if eps_from_clipped_x0:
+                eps = eps_from_x0(x, x0_pred, c.abar_t[k])
+        noise = c.noise_std[k] * randn(x.shape, generator, x.device, x.dtype) if draws[k] else None
+        x = ddim_step(x0_pred, eps, c.abar_prev[k], c.sigma[k], noise)
+        if return_trajectory:
+            xs.append(x)
+            x0s.append(x0_pred)
+        if callback is not None:
+            callback(k, int(p.timesteps[k]), x, x0_pred)
+    if return_trajectory:
+        return x, Trajectory(p.timesteps, torch.stack(xs), torch.stack(x0s))
+    return x
+
+
+def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[int] = 50,
+           spacing: str = "uniform", prediction: str = "epsilon", *, timesteps=None,
+           set_alpha_to_one: bool = True, return_trajectory: bool = False,
+           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None):
+    """DDIM inversion: encode x_0 into x_T by running the η = 0 ODE (eq. 13-14) backwards on τ.
+
+    The grid and its pairs are exactly those of ``sample`` with the same arguments, visited in reverse:
+    the step from level ᾱ_{t−1} up to ᾱ_t calls the model at the same t as the sampling step from t
+    down to t−1 (the only point available is x_{t−1}, so ε̂ is read there: the usual first-order
+    approximation, whose error shrinks as S grows).
+
+        x_t = √ᾱ_t x̂_0 + √(1 − ᾱ_t) ε̂,   x̂_0 = (x_{t−1} − √(1 − ᾱ_{t−1}) ε̂)/√ᾱ_{t−1}
+
+    Args:
+        x0: (B, …) clean images (or x at ᾱ_0 with ``set_alpha_to_one=False``).
+        others: as in ``sample``.
+    Returns:
+        x_T (B, …), or (x_T, Trajectory) if ``return_trajectory``; the trajectory runs x_0 → x_T and its
+        timesteps ascend.
+    """
+    _check_inputs(x0, prediction, "x0")
+    p = plan(schedule, None if timesteps is not None else steps, 0.0, spacing, timesteps, set_alpha_to_one)
+    c = p.to(x0.device, x0.dtype)
+    S, B = p.timesteps.numel(), x0.shape[0]
+    t_batch = c.timesteps[:, None].expand(-1, B).contiguous()
+    x = x0
+    xs, x0s = ([x], []) if return_trajectory else (None, None)
+    for k in reversed(range(S)):
+        out = _call(model, x, t_batch[k])
+        _, eps = predict_x0_eps(out, x, c.abar_t[k], prediction)
+        x0_pred = x0_from_eps(x, eps, c.abar_prev[k])
+        x = ddim_step(x0_pred, eps, c.abar_t[k], 0.0)
+        if return_trajectory:
+            xs.append(x)
+            x0s.append(x0_pred)
+        if callback is not None:
+            callback(S - 1 - k, int(p.timesteps[k]), x, x0_pred)
+    if return_trajectory:
+        return x, Trajectory(p.timesteps.flip(0), torch.stack(xs), torch.stack(x0s))
+    return x
