@@ -1,0 +1,325 @@
+"""Import and export of diffusers ``UNet2DModel`` directories and scheduler configs.
+
+A diffusers model directory holds ``config.json`` (the constructor arguments) beside
+``diffusion_pytorch_model.safetensors`` (the weights). Only the DDPM form of ``UNet2DModel`` maps
+onto our UNet: blocks DownBlock2D / AttnDownBlock2D and their mirror-image up blocks, one attention
+head of full width, the original sinusoid (``flip_sin_to_cos=False, freq_shift=1``), the asymmetric
+downsampling pad (``downsample_padding=0``), and optionally a plain class-embedding table. Any other
+setting raises ValueError naming the key and its value. Weights are read with safetensors only
+(never pickle), and diffusers itself is not needed here: it is a test-only reference.
+
+Class labels: a diffusers table of N rows becomes ``num_classes = N − 1`` with row N − 1 as our
+null label (every row stays reachable; only ``labels=None`` picks row N − 1). Export writes
+``num_class_embeds = num_classes + 1``, so a round trip is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..schedule import Schedule
+from .unet import UNet, UNetConfig
+
+__all__ = ["load_diffusers_unet", "save_diffusers_unet", "unet_config_from_diffusers", "unet_config_to_diffusers",
+           "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+PICKLE_WEIGHTS_NAME = "diffusion_pytorch_model.bin"
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+# diffusers' own UNet2DModel defaults, applied to keys a config.json leaves out.
+_DIFFUSERS_DEFAULTS: dict[str, Any] = {
+    "sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
+    "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+    "mid_block_type": "UNetMidBlock2D",
+    "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [224, 448, 672, 896], "layers_per_block": 2, "mid_block_scale_factor": 1,
+    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0,
+    "act_fn": "silu", "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None,
+    "norm_eps": 1e-5, "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
+    "num_class_embeds": None, "num_train_timesteps": None,
+}
+
+# Settings our UNet hard-wires: the only value each key may take.
+_FIXED: dict[str, Any] = {
+    "center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 1, "flip_sin_to_cos": False,
+    "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1, "downsample_padding": 0,
+    "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu", "resnet_time_scale_shift": "default",
+    "add_attention": True, "class_embed_type": None,
+}
+
+_DOWN = {"DownBlock2D": False, "AttnDownBlock2D": True}  # block type -> has attention
+_UP = {"UpBlock2D": False, "AttnUpBlock2D": True}
+
+
+# ---- config mapping -----------------------------------------------------------------------------
+def _unsupported(key: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"unsupported diffusers UNet2DModel setting {key}={value!r}; allowed: {allowed}")
+
+
+def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
+    """Map a diffusers ``UNet2DModel`` config dict (config.json) onto a ``UNetConfig``.
+
+    Raises ValueError naming the first key whose value our DDPM UNet cannot represent.
+    """
+    cls = config.get("_class_name", "UNet2DModel")
+    if cls != "UNet2DModel":
+        raise _unsupported("_class_name", cls, "'UNet2DModel'")
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in _DIFFUSERS_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown diffusers UNet2DModel config key(s) {unknown}; "
+                         f"known: {sorted(_DIFFUSERS_DEFAULTS)}")
+    c = {**_DIFFUSERS_DEFAULTS, **config}
+    for key, want in _FIXED.items():
+        if c[key] != want:
+            raise _unsupported(key, c[key], repr(want))
+
+    boc = [int(ch) for ch in c["block_out_channels"]]
+    if not boc or any(ch % boc[0] for ch in boc):
+        raise _unsupported("block_out_channels", c["block_out_channels"], "integer multiples of the first entry")
+    down, up = list(c["down_block_types"]), list(c["up_block_types"])
+    for key, types, table in (("down_block_types", down, _DOWN), ("up_block_types", up, _UP)):
+        bad = [b for b in types if b not in table]
+        if bad or len(types) != len(boc):
+            raise _unsupported(key, types, f"{len(boc)} entries from {sorted(table)}")
+    attn_levels = [_DOWN[b] for b in down]
+    if [_UP[b] for b in reversed(up)] != attn_levels:
+        raise _unsupported("up_block_types", up, f"the mirror image of down_block_types {down}")
+
+    size = c["sample_size"]
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise _unsupported("sample_size", size, "an int or a square [n, n]")
+        size = size[0]
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise _unsupported("sample_size", size, "an integer image size")
+
+    if c["time_embedding_dim"] not in (None, 4 * boc[0]):
+        raise _unsupported("time_embedding_dim", c["time_embedding_dim"], f"None or {4 * boc[0]}")
+    if c["attn_norm_num_groups"] not in (None, c["norm_num_groups"]):
+        raise _unsupported("attn_norm_num_groups", c["attn_norm_num_groups"], f"None or {c['norm_num_groups']}")
+    # One head of full width: diffusers uses channels // attention_head_dim heads at each attention.
+    attn_widths = {boc[-1]} | {ch for ch, a in zip(boc, attn_levels) if a}
+    head = c["attention_head_dim"]
+    if head is not None and attn_widths != {head}:
+        raise _unsupported("attention_head_dim", head, f"None (one full-width head; attention widths "
+                           f"{sorted(attn_widths)}){' [absent keys take the diffusers default 8]' if 'attention_head_dim' not in config else ''}")
+    n = c["num_class_embeds"]
+    if n is not None and (not isinstance(n, int) or n < 2):
+        raise _unsupported("num_class_embeds", n, "None or an integer >= 2 (the last row is our null label)")
+
+    return UNetConfig(
+        image_size=size, in_channels=c["in_channels"], out_channels=c["out_channels"], base_channels=boc[0],
+        channel_mult=tuple(ch // boc[0] for ch in boc), num_res_blocks=c["layers_per_block"],
+        attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn_levels) if a),
+        dropout=float(c["dropout"]), num_classes=None if n is None else n - 1,
+        norm_groups=c["norm_num_groups"], norm_eps=float(c["norm_eps"]))
+
+
+def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
+    """The diffusers ``UNet2DModel`` config.json dict equivalent to ``config``."""
+    levels = range(len(config.channel_mult))
+    attn = [config.resolutions[i] in config.attn_resolutions for i in levels]
+    return {
+        "_class_name": "UNet2DModel",
+        **_FIXED,
+        "sample_size": config.image_size, "in_channels": config.in_channels, "out_channels": config.out_channels,
+        "time_embedding_dim": None,
+        "block_out_channels": list(config.channels), "layers_per_block": config.num_res_blocks,
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        "dropout": config.dropout, "attention_head_dim": None, "attn_norm_num_groups": None,
+        "norm_num_groups": config.norm_groups, "norm_eps": config.norm_eps,
+        "num_class_embeds": None if config.num_classes is None else config.num_classes + 1,
+        "num_train_timesteps": None,
+    }
+
+
+# ---- weight names -------------------------------------------------------------------------------
+# Our parameter name -> diffusers' name, applied in order (each a regex substitution on the key).
+_RENAMES: list[tuple[str, str]] = [
+    (r"^time_embed\.lin1\.", "time_embedding.linear_1."),
+    (r"^time_embed\.lin2\.", "time_embedding.linear_2."),
+    (r"^label_embed\.", "class_embedding."),
+    (r"^norm_out\.", "conv_norm_out."),
+    (r"^mid\.res1\.", "mid_block.resnets.0."),
+    (r"^mid\.res2\.", "mid_block.resnets.1."),
+    (r"^mid\.attn\.", "mid_block.attentions.0."),
+    (r"^down\.(\d+)\.resample\.", r"down_blocks.\1.downsamplers.0."),
+    (r"^up\.(\d+)\.resample\.", r"up_blocks.\1.upsamplers.0."),
+    (r"^down\.(\d+)\.", r"down_blocks.\1."),
+    (r"^up\.(\d+)\.", r"up_blocks.\1."),
+    (r"\.res\.(\d+)\.", r".resnets.\1."),
+    (r"\.attn\.(\d+)\.", r".attentions.\1."),
+    (r"(resnets\.\d+)\.temb_proj\.", r"\1.time_emb_proj."),
+    (r"(resnets\.\d+)\.skip\.", r"\1.conv_shortcut."),
+    (r"(attentions\.\d+)\.norm\.", r"\1.group_norm."),
+    (r"(attentions\.\d+)\.(q|k|v)\.", r"\1.to_\2."),
+    (r"(attentions\.\d+)\.proj\.", r"\1.to_out.0."),
+]
+# Attention names written by diffusers before its 0.15 attention rewrite, still found in old files.
+_LEGACY: list[tuple[str, str]] = [
+    (r"(attentions\.\d+)\.query\.", r"\1.to_q."), (r"(attentions\.\d+)\.key\.", r"\1.to_k."),
+    (r"(attentions\.\d+)\.value\.", r"\1.to_v."), (r"(attentions\.\d+)\.proj_attn\.", r"\1.to_out.0."),
+]
+
+
+def diffusers_key(name: str) -> str:
+    """The diffusers ``UNet2DModel`` state-dict key for one of our UNet's state-dict keys."""
+    for pattern, repl in _RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _modernise_key(name: str) -> str:
+    for pattern, repl in _LEGACY:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _state_from_diffusers(model: UNet, tensors: Mapping[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Our state dict, filled from diffusers-named tensors; every name and shape must match exactly."""
+    tensors = {_modernise_key(k): v for k, v in tensors.items()}
+    ours = model.state_dict()
+    wanted = {diffusers_key(k): k for k in ours}
+    missing = sorted(set(wanted) - set(tensors))
+    unexpected = sorted(set(tensors) - set(wanted))
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match its config: missing {len(missing)} tensor(s) "
+                         f"{missing[:3]}, unexpected {len(unexpected)} {unexpected[:3]}")
+    state = {}
+    for theirs, name in wanted.items():
+        v = tensors[theirs]
+        if v.shape != ours[name].shape:
+            raise ValueError(f"{source}: tensor {theirs} has shape {tuple(v.shape)}, "
+                             f"config needs {tuple(ours[name].shape)}")
+        state[name] = v
+    return state
+
+
+# ---- files --------------------------------------------------------------------------------------
+def _model_dir(path: str | Path) -> Path:
+    """The directory holding config.json; a pipeline directory's ``unet/`` is accepted too."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"diffusers model directory not found: {path}")
+    if not (path / CONFIG_NAME).is_file() and (path / "unet" / CONFIG_NAME).is_file():
+        path = path / "unet"
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {path} (expected a diffusers UNet2DModel directory)")
+    return path
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"cannot read {file} as safetensors (truncated or corrupted?): {e}") from e
+
+
+def load_diffusers_unet(path: str | Path, dtype: torch.dtype = torch.float32) -> UNet:
+    """Load a diffusers ``UNet2DModel`` directory (DDPM form) as our ``UNet``, in eval mode.
+
+    Args:
+        path: directory with config.json and diffusion_pytorch_model.safetensors (or a pipeline
+            directory with them under ``unet/``).
+        dtype: parameter dtype of the returned model.
+    Raises:
+        FileNotFoundError: no such directory, config or weights file.
+        ValueError: an unsupported setting, unreadable weights, or weights that don't fit the config.
+    """
+    folder = _model_dir(path)
+    config = unet_config_from_diffusers(_read_json(folder / CONFIG_NAME))
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        if (folder / PICKLE_WEIGHTS_NAME).is_file():
+            raise ValueError(f"{folder} has only {PICKLE_WEIGHTS_NAME} (pickle); safetensors is required: "
+                             f"convert it to {WEIGHTS_NAME}")
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
+    model = UNet.from_config(config)
+    model.load_state_dict(_state_from_diffusers(model, _read_safetensors(weights), weights))
+    return model.to(dtype).eval()
+
+
+def save_diffusers_unet(unet: UNet, path: str | Path) -> Path:
+    """Write ``unet`` as a diffusers ``UNet2DModel`` directory (config.json + safetensors weights),
+    loadable by ``diffusers.UNet2DModel.from_pretrained(path)``. Returns the directory."""
+    if not isinstance(unet, UNet):
+        raise ValueError(f"save_diffusers_unet needs a ddim.nn.UNet, got {type(unet).__name__}")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = unet_config_to_diffusers(unet.config)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # safetensors wants contiguous CPU tensors (our parameters never share storage).
+    state = {diffusers_key(k): v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    return folder
+
+
+# ---- schedulers ---------------------------------------------------------------------------------
+_PREDICTIONS = {"epsilon": "epsilon", "sample": "sample", "v_prediction": "v"}
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+
+def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[Schedule, str]:
+    """Map a diffusers scheduler config (DDPM/DDIM-style scheduler_config.json) onto our Schedule.
+
+    Reads num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+    rescale_betas_zero_snr and prediction_type, with diffusers' defaults for absent keys; other keys
+    (clip_sample, timestep_spacing, ...) describe sampling, not the noise process, and are ignored.
+
+    Returns:
+        (schedule, prediction) with prediction one of "epsilon", "sample", "v".
+    """
+    T = config.get("num_train_timesteps", 1000)
+    start, end = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
+    kind = config.get("beta_schedule", "linear")
+    zero_snr = bool(config.get("rescale_betas_zero_snr", False))
+    pred = config.get("prediction_type", "epsilon")
+    if pred not in _PREDICTIONS:
+        raise ValueError(f"unsupported prediction_type {pred!r}; allowed: {', '.join(_PREDICTIONS)}")
+    trained = config.get("trained_betas")
+    if trained is not None:
+        schedule = Schedule.from_betas(trained, zero_terminal_snr=zero_snr)
+    elif kind == "linear":
+        schedule = Schedule.linear(T, beta_start=start, beta_end=end, zero_terminal_snr=zero_snr)
+    elif kind == "scaled_linear":
+        schedule = Schedule.scaled_linear(T, beta_start=start, beta_end=end, zero_terminal_snr=zero_snr)
+    elif kind == "squaredcos_cap_v2":
+        schedule = Schedule.cosine(T, zero_terminal_snr=zero_snr)  # s = 0.008, max_beta = 0.999, as diffusers
+    elif kind == "sigmoid":
+        schedule = Schedule.sigmoid(T, beta_start=start, beta_end=end, zero_terminal_snr=zero_snr)
+    else:
+        raise ValueError(f"unsupported beta_schedule {kind!r}; allowed: {', '.join(_BETA_SCHEDULES)} "
+                         "(or trained_betas)")
+    return schedule, _PREDICTIONS[pred]
+
+
+def load_diffusers_schedule(path: str | Path) -> tuple[Schedule, str]:
+    """``schedule_from_diffusers`` on ``path/scheduler_config.json`` (``path/scheduler/`` of a
+    pipeline directory, or the JSON file itself, also work)."""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / SCHEDULER_CONFIG_NAME, path / "scheduler" / SCHEDULER_CONFIG_NAME]
+    for file in candidates:
+        if file.is_file():
+            return schedule_from_diffusers(_read_json(file))
+    raise FileNotFoundError(f"no {SCHEDULER_CONFIG_NAME} at {path}")

@@ -1,0 +1,350 @@
+"""The DDPM UNet (Ho, Jain, Abbeel 2020, appendix B), optionally class-conditional.
+
+Layout, with L = len(channel_mult) levels and C_i = base_channels · channel_mult[i]:
+
+    x (B, in, H, W) -> 3×3 conv to C_0
+    down level i = 0..L−1:  num_res_blocks × [ResBlock -> C_i, (+ SelfAttention if H/2^i ∈ attn_resolutions)],
+                            then Downsample unless i = L−1        (every output is kept as a skip)
+    middle:                 ResBlock, SelfAttention, ResBlock
+    up level i = L−1..0:    (num_res_blocks + 1) × [concat a skip, ResBlock -> C_i, (+ SelfAttention)],
+                            then Upsample unless i = 0
+    GroupNorm, SiLU, 3×3 conv to out channels
+
+The time embedding (sinusoid of width C_0, then a 2-layer MLP to E = 4·C_0) is added inside every
+ResBlock. A class-conditional model adds a learned label embedding (num_classes + 1 rows; the last
+row is the "null" label used for classifier-free guidance) to the time embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .layers import Downsample, ResBlock, SelfAttention, TimeEmbedding, Upsample
+
+__all__ = ["UNetConfig", "UNet", "PRESETS", "unet_from_preset", "count_parameters", "init_ddpm_"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Every constructor argument of ``UNet``; JSON-serialisable through ``to_dict`` / ``from_dict``.
+
+    Attributes:
+        image_size: training resolution (square), pixels; decides where attention goes.
+        in_channels, out_channels: image channels in and prediction channels out.
+        base_channels: C_0, channels of the first level (the sinusoid width; E = 4·C_0).
+        channel_mult: C_i / C_0 per level; its length L sets the number of levels.
+        num_res_blocks: ResBlocks per level on the way down (one more on the way up).
+        attn_resolutions: feature-map sizes (pixels) that get self-attention after each ResBlock.
+        dropout: drop probability inside every ResBlock.
+        num_classes: None for an unconditional model, else the number of real classes.
+        norm_groups, norm_eps: GroupNorm settings for every norm in the network.
+    """
+
+    image_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    num_classes: int | None = None
+    norm_groups: int = 32
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        # Lists from JSON become tuples so the frozen config stays hashable and compares equal.
+        for name in ("channel_mult", "attn_resolutions"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{name} must be a list or tuple of integers, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        _validate(self)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """C_i for each level i."""
+        return tuple(self.base_channels * m for m in self.channel_mult)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map size at each level for an image_size input."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
+
+    @property
+    def embed_dim(self) -> int:
+        """E = 4·C_0, width of the time (and label) embedding."""
+        return 4 * self.base_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        d["attn_resolutions"] = list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
+        """Inverse of ``to_dict``; an unknown key is an error (a typo must not be ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown UNetConfig key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate(c: UNetConfig) -> None:
+    """Raise ValueError naming the first field that cannot build a working network."""
+    for name in ("image_size", "in_channels", "out_channels", "base_channels", "num_res_blocks", "norm_groups"):
+        v = getattr(c, name)
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if c.base_channels % 2 or c.base_channels < 4:
+        raise ValueError(f"base_channels must be even and >= 4 (sinusoid width), got {c.base_channels}")
+    if not c.channel_mult or not all(_is_int(m) and m >= 1 for m in c.channel_mult):
+        raise ValueError(f"channel_mult must be a non-empty sequence of integers >= 1, got {c.channel_mult!r}")
+    bad = [ch for ch in c.channels if ch % c.norm_groups]
+    if bad:
+        raise ValueError(f"every level's channels {c.channels} must be divisible by norm_groups={c.norm_groups}")
+    factor = 2 ** (len(c.channel_mult) - 1)
+    if c.image_size % factor:
+        raise ValueError(f"image_size={c.image_size} must be divisible by 2^(levels-1) = {factor}")
+    stray = [r for r in c.attn_resolutions if r not in c.resolutions]
+    if stray:
+        raise ValueError(f"attn_resolutions {stray} match no level; level sizes are {c.resolutions}")
+    if not (isinstance(c.dropout, (int, float)) and 0.0 <= c.dropout < 1.0):
+        raise ValueError(f"dropout must lie in [0, 1), got {c.dropout!r}")
+    if c.num_classes is not None and (not _is_int(c.num_classes) or c.num_classes < 1):
+        raise ValueError(f"num_classes must be None or an integer >= 1, got {c.num_classes!r}")
+    if not (isinstance(c.norm_eps, (int, float)) and c.norm_eps > 0):
+        raise ValueError(f"norm_eps must be > 0, got {c.norm_eps!r}")
+
+
+class _Level(nn.Module):
+    """One resolution level: ResBlocks, each optionally followed by attention, then a resampler."""
+
+    def __init__(self, res: list[ResBlock], attn: list[SelfAttention], resample: nn.Module | None):
+        super().__init__()
+        self.res = nn.ModuleList(res)
+        self.attn = nn.ModuleList(attn)  # empty, or one per ResBlock
+        self.resample = resample
+
+
+class _Middle(nn.Module):
+    def __init__(self, ch: int, E: int, c: UNetConfig):
+        super().__init__()
+        self.res1 = ResBlock(ch, ch, E, c.dropout, c.norm_groups, c.norm_eps)
+        self.attn = SelfAttention(ch, c.norm_groups, c.norm_eps)
+        self.res2 = ResBlock(ch, ch, E, c.dropout, c.norm_groups, c.norm_eps)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.res2(self.attn(self.res1(h, emb)), emb)
+
+
+class UNet(nn.Module):
+    """DDPM UNet ε_θ(x_t, t[, y]). Build with keyword arguments named as in ``UNetConfig``, or with
+    ``UNet.from_config(cfg)`` / ``unet_from_preset(name)``."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__()
+        c = UNetConfig.from_dict(kwargs)
+        self._config = c
+        E, groups, eps, p = c.embed_dim, c.norm_groups, c.norm_eps, c.dropout
+
+        self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+        self.time_embed = TimeEmbedding(c.base_channels, E)
+        self.label_embed = nn.Embedding(c.num_classes + 1, E) if c.num_classes is not None else None
+
+        # Down path; `skips` records the channels of every tensor kept for the up path.
+        skips, ch, downs = [c.base_channels], c.base_channels, []
+        for i, (ch_out, size) in enumerate(zip(c.channels, c.resolutions)):
+            res, attn = [], []
+            for _ in range(c.num_res_blocks):
+                res.append(ResBlock(ch, ch_out, E, p, groups, eps))
+                ch = ch_out
+                if size in c.attn_resolutions:
+                    attn.append(SelfAttention(ch, groups, eps))
+                skips.append(ch)
+            last = i == len(c.channels) - 1
+            downs.append(_Level(res, attn, None if last else Downsample(ch)))
+            if not last:
+                skips.append(ch)
+        self.down = nn.ModuleList(downs)
+        self.mid = _Middle(ch, E, c)
+
+        # Up path, deepest level first; each ResBlock eats one skip (concatenated after h).
+        ups = []
+        for i in reversed(range(len(c.channels))):
+            ch_out, size = c.channels[i], c.resolutions[i]
+            res, attn = [], []
+            for _ in range(c.num_res_blocks + 1):
+                res.append(ResBlock(ch + skips.pop(), ch_out, E, p, groups, eps))
+                ch = ch_out
+                if size in c.attn_resolutions:
+                    attn.append(SelfAttention(ch, groups, eps))
+            ups.append(_Level(res, attn, Upsample(ch) if i > 0 else None))
+        self.up = nn.ModuleList(ups)
+
+        self.norm_out = nn.GroupNorm(groups, ch, eps=eps)
+        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        init_ddpm_(self)
+
+    # ---- construction helpers -----------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: UNetConfig | Mapping[str, Any]) -> "UNet":
+        """Build from a ``UNetConfig`` or its ``to_dict()`` form."""
+        if isinstance(config, UNetConfig):
+            config = config.to_dict()
+        return cls(**config)
+
+    @property
+    def config(self) -> UNetConfig:
+        return self._config
+
+    @property
+    def null_label(self) -> int | None:
+        """The label index meaning "no class" (= num_classes), or None for an unconditional model."""
+        return self._config.num_classes
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the training target (ε for DDPM) at noisy images x_t.
+
+        Args:
+            x: (B, in_channels, H, W) float; H and W divisible by 2^(levels−1).
+            t: (B,) int64 or float training-step indices (a 0-d tensor or number is broadcast).
+            labels: (B,) int64 class indices in [0, num_classes] (num_classes = null label), or None
+                (all-null on a conditional model). Must be None for an unconditional model.
+        Returns:
+            (B, out_channels, H, W) in x's dtype.
+        """
+        self._check_input(x)
+        t = self._check_t(t, x)
+        emb = self.time_embed(t)
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(self._check_labels(labels, x))
+        elif labels is not None:
+            raise ValueError("labels were given but this UNet is unconditional (num_classes=None)")
+
+        h = self.conv_in(x)
+        hs = [h]
+        for level in self.down:
+            for j, block in enumerate(level.res):
+                h = block(h, emb)
+                if len(level.attn):
+                    h = level.attn[j](h)
+                hs.append(h)
+            if level.resample is not None:
+                h = level.resample(h)
+                hs.append(h)
+        h = self.mid(h, emb)
+        for level in self.up:
+            for j, block in enumerate(level.res):
+                h = block(torch.cat([h, hs.pop()], dim=1), emb)
+                if len(level.attn):
+                    h = level.attn[j](h)
+            if level.resample is not None:
+                h = level.resample(h)
+        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        c = self._config
+        if x.ndim != 4:
+            raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != c.in_channels:
+            raise ValueError(f"x has {x.shape[1]} channels, this UNet takes in_channels={c.in_channels}")
+        factor = 2 ** (len(c.channel_mult) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"image size {tuple(x.shape[2:])} must be divisible by {factor} "
+                             f"(2^(levels-1) for {len(c.channel_mult)} levels)")
+
+    @staticmethod
+    def _check_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape ({x.shape[0]},) to match the batch, got {tuple(t.shape)}")
+        return t
+
+    def _check_labels(self, labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        B, n = x.shape[0], self._config.num_classes
+        if labels is None:
+            return torch.full((B,), n, dtype=torch.long, device=x.device)
+        labels = torch.as_tensor(labels, device=x.device)
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        if labels.shape != (B,):
+            raise ValueError(f"labels must have shape ({B},) to match the batch, got {tuple(labels.shape)}")
+        # The range check costs a host sync; skip it while being traced by torch.compile.
+        if not _compiling() and B and (labels.min() < 0 or labels.max() > n):
+            raise ValueError(f"labels must lie in [0, {n}] ({n} = null label), "
+                             f"got values in [{labels.min().item()}, {labels.max().item()}]")
+        return labels.long()
+
+
+# help(UNet) and IDEs show UNetConfig's fields as UNet's keyword arguments, without restating them.
+UNet.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(UNetConfig).parameters.values()])
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces the model (torch.compiler.is_compiling needs torch >= 2.3)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check and check())
+
+
+def init_ddpm_(model: nn.Module) -> nn.Module:
+    """DDPM initialisation, in place: Xavier-uniform weights ("fan_avg" variance scaling), zero biases,
+    and zero weights on each residual branch's last layer and on the output conv, so every residual
+    block starts as the identity and the initial prediction is 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, ResBlock):
+            nn.init.zeros_(m.conv2.weight)
+        elif isinstance(m, SelfAttention):
+            nn.init.zeros_(m.proj.weight)
+    if isinstance(model, UNet):
+        nn.init.zeros_(model.conv_out.weight)
+    return model
+
+
+# ---- presets ------------------------------------------------------------------------------------
+PRESETS: dict[str, UNetConfig] = {
+    # Ho et al. 2020, CIFAR-10: 35.7 M parameters, identical in shape to diffusers' UNet2DModel form.
+    "cifar10": UNetConfig(image_size=32, in_channels=3, out_channels=3, base_channels=128,
+                          channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),
+    # 28×28 grayscale (Fashion-MNIST), class-conditional: levels at 28, 14, 7 (32, 64, 96 channels),
+    # attention at 14 like DDPM's second level; 2.6 M parameters, 5.3 MB as fp16. 8 norm groups
+    # because 32 groups over 32 channels would normalise each channel alone.
+    "small": UNetConfig(image_size=28, in_channels=1, out_channels=1, base_channels=32,
+                        channel_mult=(1, 2, 3), num_res_blocks=2, attn_resolutions=(14,), dropout=0.1,
+                        num_classes=10, norm_groups=8),
+}
+
+
+def unet_from_preset(name: str, **overrides: Any) -> UNet:
+    """A fresh UNet from ``PRESETS[name]`` with any config field overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown UNet preset {name!r}; allowed: {', '.join(PRESETS)}")
+    return UNet(**{**PRESETS[name].to_dict(), **overrides})
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
