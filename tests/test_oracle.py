@@ -49,16 +49,6 @@ def make_mixture() -> GaussianMixture:
 MIX = make_mixture()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small (≈1e5 numbers); intra-op threads only add overhead and, on a shared
-    2-core machine, can slow each op down many times. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mixture_z_scores(x: torch.Tensor, mix: GaussianMixture = MIX) -> dict:
     """Deviation of the sample's per-mode weight, mean and spread from the truth, in standard errors."""
     x = x.reshape(x.shape[0], -1)

@@ -30,15 +30,6 @@ DDPM_SMALL = {**DDPM_CIFAR10, "sample_size": 16, "block_out_channels": (32, 64, 
 STEPS = (0, 1, 250, 999)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: fastest for these small nets and immune to a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def diffusers_unet(seed=0, **config) -> UNet2DModel:
     torch.manual_seed(seed)
     return UNet2DModel(**config).eval()

@@ -24,16 +24,6 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one intra-op thread is fastest, and immune to a busy second core
-    (two OpenMP threads on a shared 2-core machine were measured 100× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def tiny() -> UNet:
     return randomise_(UNet(**TINY)).eval()

@@ -1,0 +1,22 @@
+"""Suite-wide settings."""
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_intra_op_thread():
+    """The suite's tensors are small, and it runs with one pytest-xdist worker per core: one intra-op
+    thread per worker is fastest, and two threads fighting over a busy core were measured ~100× slower.
+    Child processes (torchrun tests) inherit OMP_NUM_THREADS."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
