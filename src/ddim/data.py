@@ -19,7 +19,6 @@ repeats the channel, 1 on a colour set takes the ITU-R 601 luma, as PIL's "L" mo
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 import zlib
 from dataclasses import dataclass

@@ -1,0 +1,7 @@
+"""``python -m ddim ...``: the same as the ``ddim`` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

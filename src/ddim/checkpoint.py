@@ -1,0 +1,312 @@
+"""Checkpoints: one directory per step, safetensors for tensors and JSON for everything else (no pickle).
+
+Layout of a run directory ``OUT``::
+
+    OUT/config.json                      the run's RunConfig (for people; checkpoints carry their own)
+    OUT/checkpoints/step_000500/
+        config.json                      RunConfig.to_dict() plus "step"
+        model.safetensors                the live network's weights
+        ema.safetensors                  the EMA weights (same keys; what sampling uses by default)
+        training_state.safetensors       optimizer moments and RNG states (for exact resume)
+        state.json                       step, data position, optimizer hyper-parameters, ...
+        manifest.json                    size and SHA-256 of every file above
+
+A checkpoint is written into a hidden temporary directory, every file and the directory are fsynced,
+and only then renamed into place, so a crash never leaves a half-written ``step_*`` directory.
+Loading re-hashes every file against the manifest: a truncated or corrupted file is an error, never
+silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "NonFiniteError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
+           "list_checkpoints", "verify_checkpoint", "read_tensors", "read_json", "load_weights", "check_finite",
+           "CHECKPOINTS_DIR", "MANIFEST"]
+
+PathLike = Union[str, os.PathLike]
+CHECKPOINTS_DIR = "checkpoints"
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_HASH_CHUNK = 1 << 22  # 4 MiB reads keep memory flat for large files
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupted, or does not fit the network it is loaded into."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or Inf (in the loss or the weights); such weights are never checkpointed."""
+
+
+# ---------------------------------------------------------------------------------------- low level
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: PathLike) -> dict:
+    """A JSON object from ``path``; a missing or malformed file is a ``CheckpointError``."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({_one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_tensors(path: PathLike, device="cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; an unreadable (e.g. truncated) file is a ``CheckpointError``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for bad headers and short files
+        raise CheckpointError(f"{path} is corrupted or truncated ({_one_line(e)})") from None
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors wants contiguous CPU tensors that share no storage.
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+def check_finite(named: Mapping[str, nn.Module], step: int) -> None:
+    """Raise ``NonFiniteError`` naming the first parameter or buffer holding NaN/Inf."""
+    for what, module in named.items():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(f"refusing to write the step-{step} checkpoint: {what} weight {name!r} "
+                                            "holds NaN or Inf (training diverged; lower --lr or resume from the "
+                                            "last checkpoint)")
+
+
+def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit this architecture: missing {missing[:3]}"
+                              f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                              f"{'...' if len(unexpected) > 3 else ''}")
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source} does not fit this architecture: {k!r} has shape "
+                                  f"{tuple(tensors[k].shape)}, the model expects {tuple(v.shape)}")
+    module.load_state_dict(dict(tensors), strict=True)
+
+
+# ---------------------------------------------------------------------------------------- saving
+
+def _step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def list_checkpoints(run_dir: PathLike) -> list[Path]:
+    """The complete checkpoint directories under ``run_dir/checkpoints``, oldest step first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(run_dir: PathLike, step: int, config: Mapping, tensors: Mapping[str, Mapping[str, torch.Tensor]],
+                    state: Mapping, keep_last: int = 0) -> Path:
+    """Write ``run_dir/checkpoints/step_{step:06d}`` atomically, then delete all but the last ``keep_last``.
+
+    Args:
+        run_dir: the run's output directory.
+        step: completed optimizer steps.
+        config: JSON dict for config.json (``RunConfig.to_dict()``); "step" is added.
+        tensors: file stem -> tensors, e.g. {"model": ..., "ema": ..., "training_state": ...}.
+        state: JSON dict for state.json.
+        keep_last: how many checkpoints to keep (0: all).
+    Returns:
+        the checkpoint directory.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / _step_dir_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_json(tmp / "config.json", {**config, "step": step})
+        write_json(tmp / "state.json", dict(state))
+        for stem, tensor_dict in tensors.items():
+            _save_tensors(tensor_dict, tmp / f"{stem}.safetensors")
+        files = sorted(p.name for p in tmp.iterdir())
+        for name in files:
+            _fsync_file(tmp / name)
+        write_json(tmp / MANIFEST, {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                                    for name in files})
+        _fsync_file(tmp / MANIFEST)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step written again (e.g. after a resume): replace it whole
+            old = root / f".old-{final.name}-{os.getpid()}"
+            final.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune(Path(run_dir), keep_last)
+    return final
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+def verify_checkpoint(ckpt_dir: PathLike, names: Optional[Iterable[str]] = None) -> dict:
+    """Check sizes and SHA-256 of the files against manifest.json; returns the manifest.
+
+    Args:
+        ckpt_dir: a ``step_*`` directory.
+        names: only these files (default: all in the manifest).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    manifest = read_json(ckpt_dir / MANIFEST)
+    for name in names if names is not None else sorted(manifest):
+        if name not in manifest:
+            raise CheckpointError(f"{ckpt_dir} has no {name} in its manifest")
+        path, want = ckpt_dir / name, manifest[name]
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            raise CheckpointError(f"{path} is truncated or corrupted: {size} bytes, the manifest says {want.get('bytes')}")
+        if _sha256(path) != want.get("sha256"):
+            raise CheckpointError(f"{path} is corrupted: its SHA-256 differs from the manifest")
+    return manifest
+
+
+def _is_diffusers_unet(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def find_checkpoint(path: PathLike) -> Path:
+    """The checkpoint directory meant by ``path``: a ``step_*`` dir itself, or a run dir's latest one."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {str(path)!r} does not exist")
+    if (path / MANIFEST).is_file():
+        return path
+    ckpts = list_checkpoints(path) or (list_checkpoints(path.parent) if path.name == CHECKPOINTS_DIR else [])
+    if not ckpts:
+        raise CheckpointError(f"{path} holds no checkpoint (expected {MANIFEST}, or {CHECKPOINTS_DIR}/step_*/ "
+                              "inside a run directory)")
+    return ckpts[-1]
+
+
+def _load_diffusers(path: Path, device):
+    """(model, schedule, RunConfig) from a diffusers UNet2DModel dir or a pipeline dir (unet/, scheduler/)."""
+    from .nn import load_diffusers_schedule, load_diffusers_unet
+    from .train.config import RunConfig, TrainConfig
+
+    unet_dir = path if _is_diffusers_unet(path) else path / "unet"
+    sched_dir = next((d for d in (path / "scheduler", path.parent / "scheduler")
+                      if (d / "scheduler_config.json").is_file()), None)
+    try:
+        model = load_diffusers_unet(unet_dir)
+        schedule, prediction = load_diffusers_schedule(sched_dir) if sched_dir is not None else (None, None)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load the diffusers model in {path} ({_one_line(e)})") from None
+    if schedule is None:  # a bare UNet: DDPM's schedule and target, as diffusers' DDPMScheduler defaults
+        from .schedule import Schedule
+
+        schedule, prediction = Schedule.linear(1000), "epsilon"
+    config = RunConfig(model=model.config, train=TrainConfig(prediction=prediction), schedule=schedule.to_config())
+    return model.to(device).eval(), schedule, config
+
+
+def load_checkpoint(path: PathLike, ema: bool = True, device="cpu"):
+    """Load a network for sampling: ``(model, schedule, config)``.
+
+    Args:
+        path: a run directory (its latest checkpoint), a ``step_*`` checkpoint directory, a diffusers
+            ``UNet2DModel`` directory (config.json with "_class_name": "UNet2DModel"), or a diffusers
+            pipeline directory with ``unet/`` and ``scheduler/`` subfolders.
+        ema: the EMA weights (True) or the live training weights (False); diffusers files have one set.
+        device: where to put the model.
+    Returns:
+        model: a ``ddim.nn.UNet`` in eval mode; call it as ``model(x_t, t[, labels])``.
+        schedule: the ``ddim.Schedule`` it was trained with.
+        config: a ``ddim.train.RunConfig``; ``config.prediction`` names what the model predicts.
+    Raises:
+        CheckpointError: missing, truncated or corrupted files, or weights that do not fit the config.
+    """
+    from .nn import UNet
+    from .train.config import RunConfig
+
+    p = Path(path)
+    if p.is_dir() and (_is_diffusers_unet(p) or (p / "unet").is_dir()):
+        return _load_diffusers(p, device)
+    ckpt = find_checkpoint(p)
+    weights = "ema.safetensors" if ema else "model.safetensors"
+    verify_checkpoint(ckpt, ["config.json", weights])
+    try:
+        config = RunConfig.from_dict(read_json(ckpt / "config.json"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt / 'config.json'} is not a valid run config ({_one_line(e)})") from None
+    model = UNet.from_config(config.model)
+    load_weights(model, read_tensors(ckpt / weights), str(ckpt / weights))
+    return model.to(device).eval(), config.make_schedule(), config

@@ -1,0 +1,183 @@
+"""The ``ddim`` command line: one subcommand per task, each parse -> config -> library call.
+
+Adding a subcommand: write ``_add_NAME(subparsers)`` that builds its parser and sets
+``func=_run_NAME``, and list it in ``_SUBCOMMANDS``. Errors a user can fix (bad values, missing files,
+corrupted checkpoints) come out as one line ``ddim: error: ...`` on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2        # bad input: arguments, data, checkpoints
+EXIT_FAILED = 1       # training diverged (NaN/Inf)
+
+
+class UsageError(Exception):
+    """Raised by the parser instead of printing usage and exiting, so main() reports one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after every option, unless its help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if "default:" in (action.help or "") or action.default is argparse.SUPPRESS or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """"1,2,2" -> (1, 2, 2)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,2, got {text!r}") from None
+
+
+# ---------------------------------------------------------------------------------------- train
+
+def _add_train(sub) -> None:
+    from .data import DATASETS
+    from .forward import PREDICTIONS
+    from .nn import PRESETS
+    from .train.config import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a UNet with the DDPM objective", formatter_class=_Formatter,
+                       description="Train a diffusion model (DDPM L_simple) and write checkpoints to --out. "
+                                   "Under torchrun the global --batch-size is split across the processes.")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=True, choices=DATASETS, help="training images (required)")
+    g.add_argument("--data-dir", help="where the dataset's files are (default: the dataset's own default)")
+    g.add_argument("--image-size", type=int, help="resize images to this side, pixels (default: native size)")
+    g.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels (default: native)")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="small", choices=tuple(PRESETS), help="UNet shape to start from")
+    g.add_argument("--class-cond", action=argparse.BooleanOptionalAction, default=None,
+                   help="class-conditional model (default: yes when the data have labels)")
+    for flag, kind in (("--base-channels", int), ("--num-res-blocks", int), ("--dropout", float),
+                       ("--norm-groups", int), ("--channel-mult", _int_list), ("--attn-resolutions", _int_list)):
+        g.add_argument(flag, type=kind, help="override the preset's value (default: from the preset)")
+    g.add_argument("--prediction", default=d.prediction, choices=PREDICTIONS, help="what the network predicts")
+    g.add_argument("--schedule", default="linear", choices=("linear", "cosine", "scaled_linear", "sigmoid"),
+                   help="β schedule")
+    g.add_argument("--num-train-steps", type=int, default=1000, help="T, diffusion steps of the schedule")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up, steps")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the weights")
+    g.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (default: off)")
+    g.add_argument("--label-dropout", type=float, default=d.label_dropout,
+                   help="probability of dropping a label (classifier-free guidance training)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of every random stream")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="run directory for checkpoints, metrics.jsonl, samples/ (required)")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only; ignored on the CPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: end only)")
+    g.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints to keep (0: all)")
+    g.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
+    g.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for the sample grids")
+    g.add_argument("--num-samples", type=int, default=d.num_samples, help="images per sample grid")
+    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics.jsonl lines")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.set_defaults(func=_run_train)
+
+
+def _train_configs(args: argparse.Namespace):
+    """(RunConfig, ImageData) from the parsed ``train`` arguments."""
+    from .schedule import Schedule
+    from .train import DataConfig, RunConfig, TrainConfig, load_data, resolve_model_config
+
+    data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+                          channels=args.channels, hflip=args.hflip)
+    train_cfg = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, prediction=args.prediction,
+        min_snr_gamma=args.min_snr_gamma, label_dropout=args.label_dropout, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, keep_last=args.keep_last, sample_every=args.sample_every,
+        sample_steps=args.sample_steps, num_samples=args.num_samples, log_every=args.log_every, bf16=args.bf16,
+        compile=args.compile)
+    schedule = Schedule.from_config({"name": args.schedule, "num_steps": args.num_train_steps})
+    data = load_data(data_cfg)
+    class_cond = data.labels is not None if args.class_cond is None else args.class_cond
+    if class_cond and data.labels is None:
+        raise ValueError(f"--class-cond needs labelled data, but {data.name} has no labels; use --no-class-cond")
+    model_cfg = resolve_model_config(args.preset, data.image_size, data.channels,
+                                     data.num_classes if class_cond else None, base_channels=args.base_channels,
+                                     num_res_blocks=args.num_res_blocks, dropout=args.dropout,
+                                     norm_groups=args.norm_groups, channel_mult=args.channel_mult,
+                                     attn_resolutions=args.attn_resolutions)
+    return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg, schedule=schedule.to_config()), data
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import run_training
+
+    config, data = _train_configs(args)
+    result = run_training(config, args.out, data=data, device=args.device, resume=args.resume, quiet=args.quiet)
+    if result.interrupted:
+        return 128 + result.signal  # the shell convention for "stopped by signal N"
+    if not args.quiet and result.checkpoint is not None:
+        print(f"ddim: trained to step {result.step}; checkpoint {result.checkpoint}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- main
+
+_SUBCOMMANDS: tuple[Callable, ...] = (_add_train,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ddim`` parser with every subcommand registered."""
+    from . import __version__
+
+    parser = _Parser(prog="ddim", description="Diffusion models: DDPM training, DDIM sampling.",
+                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"ddim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"ddim: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``ddim`` console script; returns the exit code."""
+    from .checkpoint import NonFiniteError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        return _fail(str(e), EXIT_USAGE)
+    except NonFiniteError as e:
+        return _fail(str(e), EXIT_FAILED)
+    except (ValueError, OSError) as e:  # bad values, missing/unwritable paths, corrupted checkpoints
+        return _fail(str(e), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

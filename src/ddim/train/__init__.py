@@ -1,0 +1,10 @@
+"""Training: the DDPM loss (pure), the EMA of weights, configs, and the Trainer that ties them together."""
+
+from .config import DataConfig, RunConfig, TrainConfig, resolve_model_config
+from .ema import EMA, ema_decay
+from .loss import Draws, diffusion_loss, draw, drop_labels, min_snr_weight, training_loss
+from .trainer import Trainer, TrainResult, load_data, run_training
+
+__all__ = ["TrainConfig", "DataConfig", "RunConfig", "resolve_model_config", "EMA", "ema_decay", "Draws", "draw",
+           "drop_labels", "min_snr_weight", "diffusion_loss", "training_loss", "Trainer", "TrainResult",
+           "load_data", "run_training"]

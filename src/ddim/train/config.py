@@ -1,0 +1,283 @@
+"""Training configuration: frozen dataclasses that validate themselves and round-trip through JSON.
+
+``RunConfig`` is what a checkpoint's config.json holds: the training hyper-parameters (``TrainConfig``),
+the data (``DataConfig``), the network (``UNetConfig``) and the noise schedule (``Schedule.to_config()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from ..forward import PREDICTIONS
+
+__all__ = ["TrainConfig", "DataConfig", "RunConfig", "resolve_model_config", "config_diff",
+           "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
+
+FORMAT, VERSION = "ddim-run", 1
+
+# TrainConfig fields a resumed run may change without changing what is computed step by step.
+RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep_last", "sample_every", "log_every")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _need_int(name: str, v: Any, lo: int) -> None:
+    if not _is_int(v) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _need_num(name: str, v: Any, lo: float, hi: float = math.inf, lo_open: bool = False,
+              hi_open: bool = False) -> None:
+    ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ValueError(f"{name} must be a number in {lb}{lo}, {hi}{rb}, got {v!r}")
+
+
+def _from_mapping(cls, d: Mapping[str, Any]):
+    """Build a dataclass from a dict, refusing unknown keys (a typo must not be silently ignored)."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of one training run.
+
+    Attributes:
+        steps: optimizer steps in total (a resumed run continues up to this).
+        batch_size: global batch (split evenly across ranks under torchrun).
+        lr: peak AdamW learning rate, reached after ``warmup`` steps of linear ramp.
+        warmup: steps of linear warm-up (0: none).
+        weight_decay: AdamW's decoupled weight decay.
+        adam_betas: AdamW's (β1, β2).
+        grad_clip: max global gradient L2 norm (0: no clipping; the norm is still logged).
+        ema_decay: long-run EMA decay (with warm-up min(decay, (1+n)/(10+n))).
+        prediction: the regression target, "epsilon", "sample" (x_0) or "v".
+        min_snr_gamma: γ of Min-SNR-γ loss weighting, or None for plain L_simple.
+        label_dropout: probability of replacing a label by ∅ (classifier-free guidance training).
+        seed: the one seed every random stream (init, data order, noise) is derived from.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        keep_last: checkpoints kept on disk (0: keep all).
+        sample_every: steps between sample grids (0: none).
+        sample_steps: DDIM steps for those grids.
+        num_samples: images per grid.
+        log_every: steps between metrics lines.
+        bf16: bfloat16 autocast for the forward pass (CUDA only).
+        compile: wrap the network in torch.compile.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup: int = 500
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    prediction: str = "epsilon"
+    min_snr_gamma: Optional[float] = None
+    label_dropout: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    sample_every: int = 1000
+    sample_steps: int = 20
+    num_samples: int = 16
+    log_every: int = 10
+    bf16: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        _need_int("steps", self.steps, 1)
+        _need_int("batch_size", self.batch_size, 1)
+        _need_num("lr", self.lr, 0.0, lo_open=True)
+        _need_int("warmup", self.warmup, 0)
+        _need_num("weight_decay", self.weight_decay, 0.0)
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"adam_betas must be two numbers (β1, β2), got {self.adam_betas!r}")
+        for b in self.adam_betas:
+            _need_num("each of adam_betas", b, 0.0, 1.0, hi_open=True)
+        _need_num("grad_clip", self.grad_clip, 0.0)
+        _need_num("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        if self.min_snr_gamma is not None:
+            _need_num("min_snr_gamma", self.min_snr_gamma, 0.0, lo_open=True)
+        _need_num("label_dropout", self.label_dropout, 0.0, 1.0)
+        _need_int("seed", self.seed, 0)
+        for name in ("checkpoint_every", "keep_last", "sample_every"):
+            _need_int(name, getattr(self, name), 0)
+        for name in ("sample_steps", "num_samples", "log_every"):
+            _need_int(name, getattr(self, name), 1)
+        for name in ("bf16", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant."""
+        if self.warmup == 0:
+            return self.lr
+        return self.lr * min(1.0, (step + 1) / self.warmup)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        return _from_mapping(cls, d)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to train on.
+
+    Attributes:
+        dataset: one of ``ddim.data.DATASETS``.
+        data_dir: where its files are (None: the dataset's default, if it has one).
+        image_size: resize to this side in pixels (None: native).
+        channels: convert to 1 or 3 channels (None: native).
+        hflip: random horizontal flips (p = 1/2) as augmentation.
+        split: "train" or "test".
+    """
+
+    dataset: str
+    data_dir: Optional[str] = None
+    image_size: Optional[int] = None
+    channels: Optional[int] = None
+    hflip: bool = False
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        from ..data import DATASETS, SPLITS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; allowed: {', '.join(SPLITS)}")
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(self.data_dir))
+        if self.image_size is not None:
+            _need_int("image_size", self.image_size, 1)
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1, 3 or None, got {self.channels!r}")
+        if not isinstance(self.hflip, bool):
+            raise ValueError(f"hflip must be true or false, got {self.hflip!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DataConfig":
+        return _from_mapping(cls, d)
+
+
+def _default_schedule() -> dict:
+    return {"name": "linear", "num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything needed to rebuild a run: train, data (None for imported models), model, schedule.
+
+    ``model`` is a ``ddim.nn.UNetConfig``; ``schedule`` is ``Schedule.to_config()`` (plain JSON).
+    """
+
+    model: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: Optional[DataConfig] = None
+    schedule: Mapping[str, Any] = field(default_factory=_default_schedule)
+
+    def __post_init__(self) -> None:
+        from ..nn import UNetConfig
+        from ..schedule import Schedule
+
+        if not isinstance(self.model, UNetConfig):
+            raise ValueError(f"model must be a UNetConfig, got {type(self.model).__name__}")
+        object.__setattr__(self, "schedule", dict(self.schedule))
+        Schedule.from_config(self.schedule)  # validates; the Schedule itself is rebuilt on demand
+
+    @property
+    def prediction(self) -> str:
+        """What the network predicts: "epsilon", "sample" or "v"."""
+        return self.train.prediction
+
+    def make_schedule(self):
+        """The ``ddim.Schedule`` this run trains with."""
+        from ..schedule import Schedule
+
+        return Schedule.from_config(self.schedule)
+
+    def to_dict(self) -> dict:
+        """Plain JSON: {"format", "version", "model", "train", "data", "schedule"}."""
+        return {"format": FORMAT, "version": VERSION, "model": self.model.to_dict(), "train": self.train.to_dict(),
+                "data": None if self.data is None else self.data.to_dict(), "schedule": dict(self.schedule)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        from ..nn import UNetConfig
+
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise ValueError(f"not a ddim run config (expected \"format\": \"{FORMAT}\")")
+        if d.get("version") != VERSION:
+            raise ValueError(f"unsupported run config version {d.get('version')!r}; this ddim reads {VERSION}")
+        data = d.get("data")
+        return cls(model=UNetConfig.from_dict(d["model"]), train=TrainConfig.from_dict(d.get("train", {})),
+                   data=None if data is None else DataConfig.from_dict(data), schedule=d["schedule"])
+
+
+def resolve_model_config(preset: str, image_size: int, channels: int, num_classes: Optional[int],
+                         **overrides: Any):
+    """A ``UNetConfig`` from a preset, fitted to the data.
+
+    The preset's attention stays on the same levels (by index) when the image size changes, e.g.
+    "small" has attention at 7×7 (its third level) for 28×28 inputs, and at 2×2 for 8×8 inputs.
+
+    Args:
+        preset: a key of ``ddim.nn.PRESETS``.
+        image_size, channels: the training images' side (pixels) and channels.
+        num_classes: classes for a class-conditional model, or None for an unconditional one.
+        overrides: any other UNetConfig field (None values are ignored, meaning "as in the preset").
+    """
+    from ..nn import PRESETS, UNetConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    base = PRESETS[preset]
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    mult = tuple(fields.get("channel_mult", base.channel_mult))
+    if "attn_resolutions" not in fields:
+        levels = [i for i, r in enumerate(base.resolutions) if r in base.attn_resolutions]
+        fields["attn_resolutions"] = tuple(image_size // 2**i for i in levels if i < len(mult))
+    d = {**base.to_dict(), **fields, "image_size": image_size, "in_channels": channels,
+         "out_channels": channels, "num_classes": num_classes}
+    return UNetConfig.from_dict(d)
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the keys whose values differ between two nested JSON dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out

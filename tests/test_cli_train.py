@@ -1,0 +1,98 @@
+"""`ddim train` from the command line: help, bad input as one line with exit code 2, resume refusals."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ddim.cli import build_parser, main
+
+TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
+        "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--quiet",
+        "--batch-size", "8"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _error(capsys, argv):
+    """Run main(argv); return (exit code, stderr) after checking stderr is one `ddim: error:` line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddim: error: "), err
+    return code, lines[0]
+
+
+def test_help_shows_every_default():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = train.format_help()
+    for action in train._actions:
+        if action.option_strings and action.dest != "help" and not action.required:
+            assert "default" in train.formatter_class("ddim")._get_help_string(action), action.option_strings
+    assert "--batch-size" in text and "(default: 128)" in text
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+    (["--lr", "0"], "lr must be a number in (0.0, inf], got 0.0"),
+    (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+    (["--label-dropout", "2"], "label_dropout"),
+    (["--channel-mult", "1,x"], "expected comma-separated integers"),
+    (["--base-channels", "15"], "base_channels must be even"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_values_are_one_line_errors(capsys, tmp_path, args, words):
+    code, line = _error(capsys, ["train", *TINY, "--out", str(tmp_path / "r"), "--steps", "2", *args])
+    assert code == 2 and words in line
+
+
+def test_missing_required_option(capsys):
+    code, line = _error(capsys, ["train", "--dataset", "digits"])
+    assert code == 2 and "--out" in line
+
+
+def test_real_process_exits_2_without_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "ddim", "train", *TINY, "--out", str(tmp_path / "r"), "--lr", "-1"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == ["ddim: error: lr must be a number in (0.0, inf], got -1.0"]
+
+
+def test_resume_refuses_corrupted_and_foreign_checkpoints(capsys, tmp_path):
+    out = str(tmp_path / "r")
+    assert main(["train", *TINY, "--out", out, "--steps", "2"]) == 0
+    capsys.readouterr()
+    code, line = _error(capsys, ["train", *TINY, "--out", out, "--steps", "4"])
+    assert code == 2 and "already holds checkpoints" in line
+    code, line = _error(capsys, ["train", *TINY, "--out", out, "--steps", "4", "--resume", "--base-channels", "32"])
+    assert code == 2 and "differs in model.base_channels" in line
+
+    weights = tmp_path / "r" / "checkpoints" / "step_000002" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x55
+    weights.write_bytes(bytes(data))
+    code, line = _error(capsys, ["train", *TINY, "--out", out, "--steps", "4", "--resume"])
+    assert code == 2 and "model.safetensors is corrupted" in line
+
+    weights.write_bytes(bytes(data[:64]))
+    code, line = _error(capsys, ["train", *TINY, "--out", out, "--steps", "4", "--resume"])
+    assert code == 2 and "model.safetensors is truncated or corrupted" in line
+
+
+def test_train_writes_a_loadable_run(capsys, tmp_path):
+    from ddim.checkpoint import load_checkpoint
+
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(out), "--steps", "3", "--no-class-cond", "--prediction", "v"]) == 0
+    model, schedule, config = load_checkpoint(out, ema=False)
+    assert config.prediction == "v" and model.null_label is None and config.train.steps == 3
+    assert (out / "metrics.jsonl").is_file()

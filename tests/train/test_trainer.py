@@ -1,0 +1,87 @@
+"""The Trainer end to end on CPU: learning, exact resume, logging, samples, refusals."""
+
+import json
+
+import pytest
+import torch
+
+import ddim
+from ddim.checkpoint import CheckpointError, NonFiniteError, list_checkpoints, load_checkpoint, read_tensors
+from ddim.train import Trainer
+from ddim.train.monitor import read_metrics
+
+from .conftest import tiny_config
+
+
+def _weights(ckpt):
+    return {f: read_tensors(ckpt / f"{f}.safetensors") for f in ("model", "ema", "training_state")}
+
+
+def test_loss_falls_then_checkpoint_samples(tmp_path, digits8):
+    cfg = tiny_config(steps=240, batch_size=32, checkpoint_every=120, sample_every=120, num_samples=10,
+                      log_every=1)
+    result = Trainer(cfg, tmp_path, data=digits8, device="cpu", quiet=True).fit()
+    assert result.step == 240 and not result.interrupted
+    losses = [m["loss"] for m in read_metrics(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 240
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.5 * first, (first, last)
+    assert (tmp_path / "samples" / "step_000240.png").is_file()
+
+    model, schedule, config = load_checkpoint(tmp_path)  # the run dir: its latest checkpoint, EMA weights
+    assert config == cfg and [p.name for p in list_checkpoints(tmp_path)] == ["step_000120", "step_000240"]
+    labels = torch.arange(4)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x0 = ddim.sample(lambda x, t: model(x, t, labels), schedule, x_T, steps=20, prediction=config.prediction)
+    assert x0.shape == (4, 1, 8, 8) and torch.isfinite(x0).all()
+
+
+def test_metrics_lines_hold_the_promised_fields(tmp_path, digits8):
+    Trainer(tiny_config(steps=4, log_every=2), tmp_path, data=digits8, device="cpu", quiet=True).fit()
+    lines = read_metrics(tmp_path / "metrics.jsonl")
+    assert [m["step"] for m in lines] == [2, 4]
+    assert {"step", "loss", "lr", "images_per_s", "grad_norm"} <= set(lines[0])
+    assert lines[0]["lr"] == pytest.approx(2e-3 * 2 / 5)  # warm-up: step index 1 of 5
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 4
+
+
+def test_resume_is_bitwise_exact_in_process(tmp_path, digits8):
+    full = Trainer(tiny_config(steps=12), tmp_path / "a", data=digits8, device="cpu", quiet=True).fit()
+    Trainer(tiny_config(steps=5), tmp_path / "b", data=digits8, device="cpu", quiet=True).fit()
+    resumed = Trainer(tiny_config(steps=12), tmp_path / "b", data=digits8, device="cpu", quiet=True, resume=True)
+    assert resumed.step == 5
+    resumed.fit()
+    a, b = _weights(full.checkpoint), _weights(tmp_path / "b" / "checkpoints" / "step_000012")
+    for f in a:
+        assert a[f].keys() == b[f].keys()
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), (f, k)
+
+
+def test_existing_run_needs_resume_and_a_matching_architecture(tmp_path, digits8):
+    Trainer(tiny_config(steps=2), tmp_path, data=digits8, device="cpu", quiet=True).fit()
+    with pytest.raises(ValueError, match="already holds checkpoints .* pass --resume"):
+        Trainer(tiny_config(steps=4), tmp_path, data=digits8, device="cpu", quiet=True)
+    with pytest.raises(CheckpointError, match="differs in model.dropout"):
+        Trainer(tiny_config(steps=4, dropout=0.0), tmp_path, data=digits8, device="cpu", quiet=True, resume=True)
+
+
+def test_divergence_stops_without_writing_a_checkpoint(tmp_path, digits8):
+    tr = Trainer(tiny_config(steps=3, log_every=1), tmp_path, data=digits8, device="cpu", quiet=True)
+    with torch.no_grad():
+        tr.model.conv_in.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError):
+        tr.fit()
+    assert list_checkpoints(tmp_path) == []
+
+
+def test_bad_batch_split_and_data_mismatch(tmp_path, digits8):
+    from ddim.train.distributed import DistInfo
+
+    with pytest.raises(ValueError, match="batch_size 15 is not divisible by the number of processes \\(2\\)"):
+        Trainer(tiny_config(batch_size=15), tmp_path, data=digits8, device="cpu", dist_info=DistInfo(0, 2, 0))
+    from ddim.data import load_dataset
+
+    with pytest.raises(ValueError, match="the data are 1×16×16 but the model expects 1×8×8"):
+        Trainer(tiny_config(), tmp_path, data=load_dataset("digits", image_size=16), device="cpu")
