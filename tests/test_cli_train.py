@@ -4,21 +4,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from ddim.cli import build_parser, main
 
 TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
         "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--quiet",
         "--batch-size", "8"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _error(capsys, argv):

@@ -141,6 +141,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- main
 
+def _sampling_subcommands() -> tuple[Callable, ...]:
+    from .cli_sampling import SUBCOMMANDS
+
+    return tuple(lambda sub, add=add: add(sub, _Formatter) for add in SUBCOMMANDS)
+
+
 _SUBCOMMANDS: tuple[Callable, ...] = (_add_train,)
 
 
@@ -152,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in _SUBCOMMANDS:
+    for add in (*_SUBCOMMANDS, *_sampling_subcommands()):
         add(sub)
     return parser
 

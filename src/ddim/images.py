@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_images"]
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "load_images", "save_gif"]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -89,3 +89,51 @@ def save_images(images: torch.Tensor, directory: Union[str, Path], start: int = 
         _to_pil(x[i]).save(p)
         paths.append(p)
     return paths
+
+
+def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, list[str]]:
+    """Read image files (PNG, JPEG, any size and mode) as a model's input.
+
+    Each image is converted to grayscale ("L", channels=1) or RGB (channels=3), its shorter side resized
+    to ``image_size`` and the centre square cropped (as ``ddim.data`` does for image folders).
+
+    Returns:
+        (N, channels, image_size, image_size) float32 in [-1, 1], and one note per change made
+        (conversion, resize), for the user to see.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from .data import _center_square
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    mode = "L" if channels == 1 else "RGB"
+    out, notes = [], []
+    for path in map(Path, paths):
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file {path} does not exist") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{path} is not a readable image ({type(e).__name__})") from None
+        if img.mode != mode:
+            notes.append(f"{path}: converted {img.mode} to {mode}")
+            img = img.convert(mode)
+        if img.size != (image_size, image_size):
+            notes.append(f"{path}: resized {img.size[0]}x{img.size[1]} to {image_size}x{image_size} (centre crop)")
+            img = _center_square(img, image_size)
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(image_size, image_size, channels)
+        out.append(x.permute(2, 0, 1).float() / 127.5 - 1)
+    if not out:
+        raise ValueError("no images given")
+    return torch.stack(out), notes
+
+
+def save_gif(frames: list, path: Union[str, Path], duration_ms: int = 120) -> Path:
+    """Write uint8 (C, H, W) frames as a looping GIF."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = [_to_pil(f) for f in frames]
+    pil[0].save(path, save_all=True, append_images=pil[1:], duration=duration_ms, loop=0)
+    return path

@@ -1,0 +1,262 @@
+"""``ddim sample | invert | reconstruct | interpolate``: parse -> library call -> files.
+
+Registered by ``ddim.cli``; each ``_run_*`` is a few lines over ``ddim.generate``, ``ddim.sample``,
+``ddim.invert`` and ``ddim.images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["SUBCOMMANDS"]
+
+
+def _eta(text: str):
+    """--eta: a number >= 0 or "large" (σ̂)."""
+    if text == "large":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'large', got {text!r}") from None
+
+
+def _common(p, formatter_default_steps: int = 50) -> None:
+    from .timesteps import SPACINGS
+
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory (required)")
+    p.add_argument("--steps", type=int, default=formatter_default_steps, help="sampling steps S (1..T)")
+    p.add_argument("--spacing", default="uniform", choices=SPACINGS, help="sub-sequence of the training steps")
+    p.add_argument("--class", dest="class_id", type=int, default=None,
+                   help="class label for a class-conditional model (default: cycle through classes / unconditional)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the live training weights (default: the EMA weights)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="sample i is seeded by (seed, i)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+
+
+def _writable(path) -> Path:
+    """Fail before any work if ``path`` cannot be written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+def _load(args):
+    from .checkpoint import load_checkpoint
+    from .train.distributed import DistInfo, resolve_device
+
+    device = resolve_device(args.device, DistInfo())
+    model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
+    return model, schedule, config.prediction, device
+
+
+def _bar(args, total: int, what: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=args.quiet, unit="step", desc=what, file=sys.stderr, dynamic_ncols=True)
+
+
+def _note(args, lines) -> None:
+    for line in lines if not args.quiet else ():
+        print(f"ddim: note: {line}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ sample
+
+def _add_sample(sub, formatter) -> None:
+    p = sub.add_parser("sample", help="generate images with DDIM (or DDPM) sampling", formatter_class=formatter,
+                       description="Generate --n images into a grid PNG. With a fixed --seed, image i is the "
+                                   "same whatever --n or --batch-size.")
+    _common(p)
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--eta", type=_eta, default=0.0, help="η of DDIM eq. 16 (0: deterministic DDIM, 1: DDPM "
+                                                          "posterior variance), or 'large' for σ̂")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
+                   help="ddpm: ancestral sampling on all T steps with the fixed-large variance (ignores --steps, --eta)")
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0: off)")
+    p.add_argument("--out", default="samples.png", help="grid PNG to write")
+    p.add_argument("--npz", default=None, help="also write the raw float images in [-1, 1] to this .npz")
+    p.add_argument("--images-dir", default=None, help="also write one PNG per image into this folder")
+    p.add_argument("--trajectory", default=None,
+                   help="also write x_t and predicted x_0 across the steps for the first 4 images (.png or .gif)")
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args) -> int:
+    from .generate import class_labels, conditioned, generate
+    from .images import save_grid, save_images
+    from .samplers import plan
+
+    out = _writable(args.out)
+    for extra in (args.npz, args.trajectory):
+        if extra:
+            _writable(extra)
+    if args.trajectory and Path(args.trajectory).suffix.lower() not in (".png", ".gif"):
+        raise ValueError(f"--trajectory must end in .png or .gif, got {args.trajectory}")
+    model, schedule, prediction, device = _load(args)
+    steps, eta = (schedule.num_steps, "large") if args.sampler == "ddpm" else (args.steps, args.eta)
+    # validate everything before the progress bar starts
+    plan(schedule, steps, eta, args.spacing)
+    conditioned(model, class_labels([0], model.config.num_classes, args.class_id), args.guidance)
+    for name, value in (("n", args.n), ("batch size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    batches = -(-args.n // args.batch_size)
+    with _bar(args, batches * steps, "sampling") as bar:
+        images, traj = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=steps,
+                                eta=eta, spacing=args.spacing, prediction=prediction, class_id=args.class_id,
+                                guidance=args.guidance, device=device, return_trajectory=True, on_step=bar.update)
+    save_grid(images, out)
+    if args.npz:
+        import numpy as np
+
+        np.savez(args.npz, images=images.numpy(), seed=args.seed, steps=steps, eta=str(eta))
+    if args.images_dir:
+        save_images(images, args.images_dir)
+    if args.trajectory:
+        _save_trajectory(traj, args.trajectory)
+    _note(args, [f"wrote {out} ({args.n} images, {steps} steps, eta {eta})"])
+    return 0
+
+
+def _save_trajectory(traj, path, samples: int = 4, columns: int = 10) -> None:
+    """PNG: for each of the first samples a row of x_t and a row of predicted x_0 at ≤ columns steps.
+    GIF: one frame per step, x_t above predicted x_0."""
+    import torch
+
+    from .images import make_grid, save_gif, save_grid
+
+    xs, x0s = traj.x[1:, :samples].float().cpu(), traj.x0_pred[:, :samples].float().cpu()  # (S, m, C, H, W)
+    S, m = x0s.shape[:2]
+    if Path(path).suffix.lower() == ".gif":
+        save_gif([make_grid(torch.cat([xs[k], x0s[k]]), nrow=m) for k in range(S)], path)
+        return
+    n = min(columns, S)
+    cols = sorted({round(k * (S - 1) / max(n - 1, 1)) for k in range(n)})  # evenly spaced, last step included
+    rows = [torch.stack([src[k, j] for k in cols]) for j in range(m) for src in (xs, x0s)]
+    save_grid(torch.cat(rows), path, nrow=len(cols))
+
+
+# ------------------------------------------------------------------------------ invert / reconstruct
+
+def _add_invert(sub, formatter) -> None:
+    p = sub.add_parser("invert", help="DDIM inversion: images -> latents x_T", formatter_class=formatter,
+                       description="Encode images into x_T by running the deterministic DDIM ODE backwards.")
+    _common(p)
+    p.add_argument("--images", nargs="+", required=True, help="image files (PNG/JPEG, any size and mode)")
+    p.add_argument("--out", default="latents.npz", help=".npz with latents (N, C, H, W) and file names")
+    p.set_defaults(func=_run_invert)
+
+
+def _add_reconstruct(sub, formatter) -> None:
+    p = sub.add_parser("reconstruct", help="invert images and sample them back; print the error",
+                       formatter_class=formatter,
+                       description="x_0 -> x_T -> x_0 with --steps each way. Writes originals (top row) above "
+                                   "reconstructions and prints the per-image MSE on the [0, 1] scale.")
+    _common(p)
+    p.add_argument("--images", nargs="+", required=True, help="image files (PNG/JPEG, any size and mode)")
+    p.add_argument("--out", default="reconstruction.png", help="side-by-side PNG to write")
+    p.set_defaults(func=_run_reconstruct)
+
+
+def _inverted(args):
+    """(model, schedule, prediction, images x_0, latents x_T, labels, conditioned model). Without --class, a
+    class-conditional model inverts unconditionally (its null label)."""
+    import torch
+
+    from .generate import class_labels, conditioned
+    from .images import load_images
+    from .samplers import invert, plan
+
+    model, schedule, prediction, device = _load(args)
+    plan(schedule, args.steps, 0.0, args.spacing)  # bad --steps/--spacing fail before any work
+    cfg = model.config
+    x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
+    _note(args, notes)
+    labels = class_labels(range(len(x0)), cfg.num_classes, args.class_id)
+    if labels is not None and args.class_id is None:
+        labels = torch.full_like(labels, model.null_label)  # unknown class: the unconditional model
+    m = conditioned(model, labels)
+    with torch.inference_mode(), _bar(args, args.steps, "inverting") as bar:
+        xT = invert(m, schedule, x0.to(device), args.steps, args.spacing, prediction,
+                    callback=lambda *_: bar.update())
+    return model, schedule, prediction, x0, xT, labels, m
+
+
+def _run_invert(args) -> int:
+    import numpy as np
+
+    out = _writable(args.out)
+    xT = _inverted(args)[4]
+    np.savez(out, latents=xT.float().cpu().numpy(), files=np.array([str(p) for p in args.images]), steps=args.steps)
+    _note(args, [f"wrote {out} ({len(args.images)} latents, {args.steps} steps)"])
+    return 0
+
+
+def _run_reconstruct(args) -> int:
+    import torch
+
+    from .images import save_grid
+    from .samplers import sample
+
+    out = _writable(args.out)
+    _, schedule, prediction, x0, xT, _, m = _inverted(args)
+    with torch.inference_mode(), _bar(args, args.steps, "sampling") as bar:
+        back = sample(m, schedule, xT, args.steps, 0.0, args.spacing, prediction,
+                      callback=lambda *_: bar.update()).float().cpu()
+    save_grid(torch.cat([x0, back]), out, nrow=len(x0))
+    mse = ((back - x0) / 2).pow(2).flatten(1).mean(1)  # [-1, 1] -> [0, 1] scale, per image
+    for path, e in zip(args.images, mse.tolist()):
+        print(f"{path}\tmse {e:.6f}")
+    print(f"mean\tmse {mse.mean().item():.6f}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- interpolate
+
+def _add_interpolate(sub, formatter) -> None:
+    p = sub.add_parser("interpolate", help="spherical interpolation between two latents, decoded with η = 0",
+                       formatter_class=formatter,
+                       description="Slerp between the x_T of two seeds (image 0 of `ddim sample --seed A` and "
+                                   "--seed B) or of two inverted images, decoded with deterministic DDIM "
+                                   "(DDIM paper section 5.3).")
+    _common(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="two seeds")
+    src.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files to invert first")
+    p.add_argument("--frames", type=int, default=9, help="images from A to B inclusive")
+    p.add_argument("--out", default="interpolation.png", help="PNG strip to write")
+    p.set_defaults(func=_run_interpolate)
+
+
+def _run_interpolate(args) -> int:
+    from .generate import class_labels, initial_noise, interpolate
+    from .images import save_grid
+
+    out = _writable(args.out)
+    if args.images:  # decode with the conditioning used to invert
+        model, schedule, prediction, _, xT, labels, _ = _inverted(args)
+        z0, z1 = xT[:1], xT[1:]
+    else:  # the x_T of image 0 of `ddim sample --seed A` / `--seed B`, and that image's label
+        model, schedule, prediction, device = _load(args)
+        cfg = model.config
+        shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        z0, z1 = (initial_noise(seed, [0], shape, device)[0] for seed in args.seeds)
+        labels = class_labels([0], cfg.num_classes, args.class_id)
+    label = None if labels is None else int(labels[0])
+    images = interpolate(model, schedule, z0, z1, args.frames, steps=args.steps, spacing=args.spacing,
+                         prediction=prediction, label=label)
+    save_grid(images, out, nrow=args.frames)
+    _note(args, [f"wrote {out} ({args.frames} frames)"])
+    return 0
+
+
+SUBCOMMANDS = (_add_sample, _add_invert, _add_reconstruct, _add_interpolate)

@@ -1,0 +1,137 @@
+"""Generation from a trained network: many samples in batches, one random stream per sample.
+
+Sample i's starting noise x_T and every noise draw of its chain come from its own generator seeded by
+(seed, i) (``ddim.generators``), so image i is the same whatever the number of images or the batch
+size. Class-conditional networks are wrapped here (plain conditional, or classifier-free guidance),
+so the sampler itself never sees labels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .guidance import ClassifierFreeGuidance
+from .noise import generators, randn
+from .samplers import sample
+from .schedule import Schedule
+
+__all__ = ["class_labels", "conditioned", "initial_noise", "generate", "slerp", "interpolate"]
+
+
+def class_labels(indices: Sequence[int], num_classes: Optional[int], class_id: Optional[int] = None):
+    """Labels for samples ``indices``: all ``class_id`` if given, else index mod num_classes (so a grid
+    shows every class); None for an unconditional network."""
+    if num_classes is None:
+        if class_id is not None:
+            raise ValueError(f"--class {class_id} needs a class-conditional model; this one is unconditional")
+        return None
+    if class_id is not None:
+        if isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 <= class_id < num_classes:
+            raise ValueError(f"class {class_id!r} is out of range for a model with {num_classes} classes "
+                             f"(allowed: 0..{num_classes - 1})")
+        return torch.full((len(indices),), class_id, dtype=torch.int64)
+    return torch.tensor([i % num_classes for i in indices], dtype=torch.int64)
+
+
+def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0) -> Callable:
+    """``model(x, t)`` for the sampler: the network itself (unconditional), conditioned on ``labels``,
+    or with classifier-free guidance weight ``guidance`` (w of ε̂ = (1+w) ε_c − w ε_∅)."""
+    null = getattr(model, "null_label", None)
+    if null is None:
+        if guidance:
+            raise ValueError(f"guidance {guidance!r} needs a class-conditional model; this one is unconditional")
+        return lambda x, t: model(x, t)
+    if labels is None:
+        raise ValueError("a class-conditional model needs labels")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if guidance == 0:
+        return lambda x, t: model(x, t, labels.to(x.device))
+    return ClassifierFreeGuidance(model, labels, w=guidance)
+
+
+def initial_noise(seed: int, indices: Sequence[int], shape, device="cpu", dtype=torch.float32):
+    """x_T for samples ``indices`` (each from its own generator), and the generators, advanced past x_T,
+    that the chain then continues to draw from. shape: (C, H, W)."""
+    gens = generators(seed, indices, device)
+    return randn((len(gens), *shape), gens, device, dtype), gens
+
+
+def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: int = 64, steps: int = 50,
+             eta=0.0, spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
+             guidance: float = 0.0, device="cpu", return_trajectory: bool = False,
+             on_step: Optional[Callable[[], None]] = None, **sample_kwargs):
+    """Draw n samples from a ``ddim.nn.UNet`` (or any network with ``.config`` and ``.null_label``).
+
+    Args:
+        n: number of images; sample i is seeded by (seed, i).
+        batch_size: images per model call (does not change the images).
+        class_id: generate this class only (class-conditional models); default cycles through classes.
+        guidance: classifier-free guidance weight w (0: plain conditional sampling).
+        on_step: called after each sampling step (progress bars).
+        others: as in ``ddim.sample``.
+    Returns:
+        (n, C, H, W) float32 CPU tensor in the model's data range, and with ``return_trajectory`` the
+        ``Trajectory`` of the first batch.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    cfg = model.config
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    callback = (lambda *_: on_step()) if on_step is not None else None
+    out, first_trajectory = [], None
+    for start in range(0, n, batch_size):
+        idx = range(start, min(n, start + batch_size))
+        x_T, gens = initial_noise(seed, idx, shape, device)
+        m = conditioned(model, class_labels(idx, cfg.num_classes, class_id), guidance)
+        with torch.inference_mode():
+            res = sample(m, schedule, x_T, steps, eta, spacing, prediction, gens, callback=callback,
+                         return_trajectory=return_trajectory and start == 0, **sample_kwargs)
+        if isinstance(res, tuple):
+            res, first_trajectory = res
+        out.append(res.float().cpu())
+    images = torch.cat(out)
+    return (images, first_trajectory) if return_trajectory else images
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spherical interpolation of two latents (DDIM section 5.3, after White 2016), per sample:
+    sin((1−α)θ)/sin θ · z0 + sin(αθ)/sin θ · z1, θ the angle between z0 and z1 (flattened).
+
+    Args:
+        z0, z1: (B, …) latents of the same shape. alpha: in [0, 1]; 0 gives z0, 1 gives z1.
+    """
+    if z0.shape != z1.shape:
+        raise ValueError(f"latents must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    a, b = z0.flatten(1).double(), z1.flatten(1).double()
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1))[:, None]
+    sin = torch.sin(theta)
+    lerp = (1 - alpha) * a + alpha * b  # parallel latents: slerp degenerates to the straight line
+    mixed = torch.where(sin.abs() > 1e-6, (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / sin,
+                        lerp)
+    return mixed.reshape(z0.shape).to(z0.dtype)
+
+
+def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, frames: int, *, steps: int = 50,
+                spacing: str = "uniform", prediction: str = "epsilon", label: Optional[int] = None,
+                guidance: float = 0.0) -> torch.Tensor:
+    """Decode ``frames`` slerp points between latents z0 and z1 ((1, C, H, W) each) with η = 0.
+
+    ``label``: the class of every frame for a class-conditional model (its null label for unconditional
+    decoding); None for an unconditional model.
+    Returns:
+        (frames, C, H, W) float32 CPU images; the first and last are the plain samples of z0 and z1.
+    """
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
+    z = torch.cat([slerp(z0, z1, k / (frames - 1)) for k in range(frames)])
+    labels = None if label is None else torch.full((frames,), int(label), dtype=torch.int64)
+    m = conditioned(model, labels, guidance)
+    with torch.inference_mode():
+        return sample(m, schedule, z, steps, 0.0, spacing, prediction).float().cpu()

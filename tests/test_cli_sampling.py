@@ -1,0 +1,183 @@
+"""`ddim sample | invert | reconstruct | interpolate` end to end on a small trained checkpoint,
+checked by what they write."""
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddim.cli import build_parser, main
+
+TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
+        "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--quiet",
+        "--batch-size", "32", "--lr", "2e-3", "--warmup", "10"]
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A class-conditional 8×8 digits model, trained briefly (enough for structure, not for beauty)."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *TINY, "--out", str(out), "--steps", "150", "--label-dropout", "0.1"]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def uncond(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uncond")
+    assert main(["train", *TINY, "--out", str(out), "--steps", "2", "--no-class-cond"]) == 0
+    return str(out)
+
+
+def run(*args):
+    return main([*args, "--quiet"])
+
+
+def png(path):
+    return np.asarray(Image.open(path))
+
+
+def test_sample_writes_grid_and_is_deterministic(ckpt, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (a, b):
+        assert run("sample", "--checkpoint", ckpt, "--n", "6", "--steps", "5", "--seed", "3", "--out", str(out),
+                   "--images-dir", str(tmp_path / "each"), "--npz", str(tmp_path / "s.npz")) == 0
+    assert a.read_bytes() == b.read_bytes()  # byte-identical PNGs for a fixed seed
+    assert png(a).shape == (2 * 10 + 2, 3 * 10 + 2)  # 3×2 tiles of 8 px with 2 px padding
+    assert len(list((tmp_path / "each").glob("*.png"))) == 6
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (6, 1, 8, 8) and np.isfinite(images).all()
+    run("sample", "--checkpoint", ckpt, "--n", "6", "--steps", "5", "--seed", "4", "--out", str(b))
+    assert a.read_bytes() != b.read_bytes()
+
+
+@pytest.mark.parametrize("eta", ["0", "1"])
+def test_per_sample_seed_invariance(ckpt, tmp_path, eta):
+    """Image i depends on (seed, i) only: not on --n, not on --batch-size."""
+    common = ["--checkpoint", ckpt, "--steps", "5", "--seed", "11", "--eta", eta, "--out", str(tmp_path / "g.png")]
+    run("sample", *common, "--n", "7", "--batch-size", "7", "--npz", str(tmp_path / "n7.npz"))
+    run("sample", *common, "--n", "3", "--batch-size", "2", "--npz", str(tmp_path / "n3.npz"))
+    a, b = np.load(tmp_path / "n7.npz")["images"], np.load(tmp_path / "n3.npz")["images"]
+    # float kernels may round differently for other batch sizes: equal to well below one 8-bit level
+    np.testing.assert_allclose(b, a[:3], atol=1e-5)
+    assert np.abs(a[3] - a[0]).max() > 0.1
+
+
+def test_trajectory_and_ddpm(ckpt, tmp_path):
+    assert run("sample", "--checkpoint", ckpt, "--n", "2", "--steps", "4", "--out", str(tmp_path / "g.png"),
+               "--trajectory", str(tmp_path / "t.png")) == 0
+    assert png(tmp_path / "t.png").shape == (4 * 10 + 2, 4 * 10 + 2)  # 2 samples × (x_t, x̂_0) rows, 4 steps
+    assert run("sample", "--checkpoint", ckpt, "--n", "2", "--steps", "4", "--out", str(tmp_path / "g.png"),
+               "--trajectory", str(tmp_path / "t.gif")) == 0
+    assert Image.open(tmp_path / "t.gif").n_frames == 4
+    assert run("sample", "--checkpoint", ckpt, "--n", "2", "--sampler", "ddpm", "--out", str(tmp_path / "d.png"),
+               "--npz", str(tmp_path / "d.npz")) == 0
+    assert int(np.load(tmp_path / "d.npz")["steps"]) == 1000
+
+
+def test_class_and_guidance(ckpt, tmp_path):
+    assert run("sample", "--checkpoint", ckpt, "--n", "4", "--steps", "5", "--class", "3", "--guidance", "2",
+               "--out", str(tmp_path / "c.png")) == 0
+    assert png(tmp_path / "c.png").shape == (22, 22)
+
+
+def _digit_pngs(tmp_path, n=3):
+    from ddim.data import load_dataset
+
+    d = load_dataset("digits", split="test", image_size=8)
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"digit{i}.png"
+        Image.fromarray(d.images[i, 0].numpy()).resize((24, 24)).convert("RGB").save(p)  # other size and mode
+        paths.append(str(p))
+    return paths
+
+
+def test_invert_and_reconstruct_error_falls_with_steps(ckpt, tmp_path, capsys):
+    files = _digit_pngs(tmp_path)
+    assert run("invert", "--checkpoint", ckpt, "--images", *files, "--steps", "10",
+               "--out", str(tmp_path / "z.npz")) == 0
+    z = np.load(tmp_path / "z.npz")
+    assert z["latents"].shape == (3, 1, 8, 8) and list(z["files"]) == files
+    errors = []
+    for steps in (5, 20, 100):
+        capsys.readouterr()
+        assert run("reconstruct", "--checkpoint", ckpt, "--images", *files, "--steps", str(steps),
+                   "--out", str(tmp_path / f"r{steps}.png")) == 0
+        errors.append(float(re.search(r"mean\tmse ([0-9.e-]+)", capsys.readouterr().out).group(1)))
+    assert png(tmp_path / "r5.png").shape == (2 * 10 + 2, 3 * 10 + 2)
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_interpolation_endpoints_are_the_plain_samples(ckpt, tmp_path):
+    for seed in ("3", "7"):
+        run("sample", "--checkpoint", ckpt, "--n", "1", "--steps", "6", "--seed", seed,
+            "--out", str(tmp_path / f"s{seed}.png"))
+    assert run("interpolate", "--checkpoint", ckpt, "--seeds", "3", "7", "--frames", "5", "--steps", "6",
+               "--out", str(tmp_path / "i.png")) == 0
+    strip = png(tmp_path / "i.png").astype(int)
+    assert strip.shape == (12, 5 * 10 + 2)
+    first, last = strip[2:10, 2:10], strip[2:10, 42:50]
+    for tile, seed in ((first, "3"), (last, "7")):
+        assert np.abs(tile - png(tmp_path / f"s{seed}.png").astype(int)[2:10, 2:10]).max() <= 1
+    assert np.abs(first - last).max() > 20
+    files = _digit_pngs(tmp_path, 2)
+    assert run("interpolate", "--checkpoint", ckpt, "--images", *files, "--frames", "3", "--steps", "5",
+               "--out", str(tmp_path / "j.png")) == 0
+
+
+def _error(capsys, args):
+    capsys.readouterr()
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--steps", "0"], "1 <= steps <= T=1000, got 0"),
+    (["--steps", "2000"], "1 <= steps <= T=1000, got 2000"),
+    (["--eta", "-1"], "eta must be a finite number >= 0 or 'large', got -1.0"),
+    (["--eta", "big"], "expected a number >= 0 or 'large', got 'big'"),
+    (["--class", "11"], "class 11 is out of range for a model with 10 classes (allowed: 0..9)"),
+    (["--n", "0"], "n must be an integer >= 1, got 0"),
+])
+def test_bad_sample_input(ckpt, tmp_path, capsys, args, msg):
+    code, err = _error(capsys, ["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "x.png"), *args])
+    assert code == 2 and len(err) == 1 and err[0].startswith("ddim: error:") and msg in err[0], err
+
+
+def test_bad_paths(ckpt, uncond, tmp_path, capsys):
+    code, err = _error(capsys, ["sample", "--checkpoint", uncond, "--guidance", "2", "--out", str(tmp_path / "x.png")])
+    assert code == 2 and len(err) == 1 and "needs a class-conditional model" in err[0]
+    code, err = _error(capsys, ["sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")])
+    assert code == 2 and len(err) == 1 and "nope" in err[0]
+    notimage = tmp_path / "fake.png"
+    notimage.write_text("hello")
+    code, err = _error(capsys, ["invert", "--checkpoint", ckpt, "--images", str(notimage), "--out", str(tmp_path / "z.npz")])
+    assert code == 2 and len(err) == 1 and "fake.png is not a readable image" in err[0]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = _error(capsys, ["sample", "--checkpoint", ckpt, "--out", str(blocker / "x.png")])
+    assert code == 2 and len(err) == 1 and "file" in err[0]
+
+
+def sample_help() -> str:
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width
+    try:
+        sub = next(a for a in build_parser()._actions if a.dest == "command")
+        return sub.choices["sample"].format_help()
+    finally:
+        del os.environ["COLUMNS"]
+
+
+def test_docs_cli_md_is_current():
+    """docs/cli.md holds `ddim sample --help`; regenerate with DDIM_UPDATE_DOCS=1 pytest -k docs_cli."""
+    text = "# `ddim sample`\n\nOutput of `ddim sample --help` (kept current by tests/test_cli_sampling.py).\n\n" \
+           "```\n" + sample_help() + "```\n"
+    if os.environ.get("DDIM_UPDATE_DOCS"):
+        DOCS.parent.mkdir(exist_ok=True)
+        DOCS.write_text(text)
+    assert DOCS.read_text() == text
