@@ -61,7 +61,7 @@ def build_models(preset, device, seed=0):
             p.add_(0.02 * torch.randn_like(p))
     with tempfile.TemporaryDirectory() as tmp:
         save_diffusers_unet(ours, tmp)
-        theirs = diffusers.UNet2DModel.from_pretrained(tmp)
+        theirs = diffusers.UNet2DModel.from_pretrained(tmp, low_cpu_mem_usage=False)
     return ours.to(device).eval(), theirs.to(device).eval()
 
 
