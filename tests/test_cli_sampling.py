@@ -181,3 +181,39 @@ def test_docs_cli_md_is_current():
         DOCS.parent.mkdir(exist_ok=True)
         DOCS.write_text(text)
     assert DOCS.read_text() == text
+
+
+def test_edit(ckpt, tmp_path):
+    files = _digit_pngs(tmp_path, 2)
+    assert run("edit", "--checkpoint", ckpt, "--image", *files, "--to-class", "7", "--guidance", "3",
+               "--strength", "0.6", "--steps", "10", "--out", str(tmp_path / "e.png")) == 0
+    grid = png(tmp_path / "e.png").astype(int)
+    assert grid.shape == (3 * 10 + 2, 2 * 10 + 2)  # rows: original, inversion edit, SDEdit
+    # a weak edit toward the image's own class, unguided, is nearly a reconstruction
+    assert run("edit", "--checkpoint", ckpt, "--image", files[0], "--to-class", "0", "--from-class", "0",
+               "--guidance", "0", "--strength", "0.1", "--steps", "50", "--mode", "invert",
+               "--out", str(tmp_path / "weak.png")) == 0
+    weak = png(tmp_path / "weak.png").astype(int)
+    assert np.abs(weak[2:10, 2:10] - weak[12:20, 2:10]).mean() < 8
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--strength", "0"], "strength must be a number in (0, 1], got 0.0"),
+    (["--strength", "1.5"], "strength must be a number in (0, 1], got 1.5"),
+    (["--to-class", "11"], "class 11 is out of range"),
+    (["--guidance", "-1"], "guidance must be a finite number >= 0"),
+])
+def test_bad_edit_input(ckpt, tmp_path, capsys, args, msg):
+    files = _digit_pngs(tmp_path, 1)
+    base = ["edit", "--checkpoint", ckpt, "--image", *files, "--out", str(tmp_path / "e.png")]
+    if "--to-class" not in args:
+        base += ["--to-class", "1"]
+    code, err = _error(capsys, [*base, *args])
+    assert code == 2 and len(err) == 1 and msg in err[0], err
+
+
+def test_edit_needs_conditional_model(uncond, tmp_path, capsys):
+    files = _digit_pngs(tmp_path, 1)
+    code, err = _error(capsys, ["edit", "--checkpoint", uncond, "--image", *files, "--to-class", "1",
+                                "--out", str(tmp_path / "e.png")])
+    assert code == 2 and "needs a class-conditional model" in err[0]

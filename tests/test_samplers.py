@@ -177,3 +177,38 @@ def test_guidance_wrapper():
         ddim.ClassifierFreeGuidance(cond_model, labels, w=1.0)
     with pytest.raises(ValueError, match="batch of 2 samples but 3 labels"):
         g(x[:2], t[:2])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
+def test_half_precision_inputs_keep_float32_arithmetic(dtype, prediction):
+    """In bf16, ᾱ_t for small t rounds to 1 and √(1−ᾱ_t) to 0; the sampler must not compute in the
+    model's dtype (it would divide by zero for prediction="sample")."""
+    g = torch.Generator().manual_seed(0)
+    x32 = torch.randn(4, 1, 6, 6, generator=g)
+    half = lambda x, t: affine_model(x, t).to(dtype) if x.dtype == dtype else None  # noqa: E731
+    out = ddim.sample(half, S1000, x32.to(dtype), steps=50, prediction=prediction)
+    ref = ddim.sample(affine_model, S1000, x32.to(dtype).float(), steps=50, prediction=prediction)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    # model-output and final rounding only (bf16 keeps ~3 digits), no accumulated state error
+    assert ((out.float() - ref).abs().max() / ref.abs().max()) < 0.01
+    back = ddim.invert(half, S1000, out, steps=20, prediction=prediction)
+    assert back.dtype == dtype and torch.isfinite(back).all()
+
+
+def test_noise_from_generator_device_then_moved():
+    from ddim.noise import randn
+
+    a = randn((2, 3), torch.Generator().manual_seed(1), device="cpu")
+    b = randn((2, 3), [torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)], device="cpu")
+    assert torch.equal(a, torch.randn((2, 3), generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(b[0], b[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_generator_with_cuda_samples_matches_cpu():
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    cpu = ddim.sample(affine_model, S1000, x, steps=10, eta=1.0, generator=torch.Generator().manual_seed(3))
+    gpu = ddim.sample(affine_model, S1000, x.cuda(), steps=10, eta=1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)

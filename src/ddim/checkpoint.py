@@ -195,12 +195,14 @@ def save_checkpoint(run_dir: PathLike, step: int, config: Mapping, tensors: Mapp
                                     for name in files})
         _fsync_file(tmp / MANIFEST)
         _fsync_dir(tmp)
+        old = None
         if final.exists():  # the same step written again (e.g. after a resume): replace it whole
             old = root / f".old-{final.name}-{os.getpid()}"
             final.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
         tmp.rename(final)
         _fsync_dir(root)
+        if old is not None:  # only now: a crash above leaves the old copy on disk, never nothing
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,43 +21,48 @@ PREDICTIONS = ("epsilon", "sample", "v")
 
 def abar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """ᾱ_t gathered per sample and shaped (B, 1, …, 1) to broadcast against ``like`` (B, …)."""
-    a = alphas_cumprod.to(like.device)[t.to(like.device)].to(like.dtype)
+    a = alphas_cumprod.to(like.device)[t.to(like.device)].to(_coef_dtype(like))
     return a.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _coef_dtype(x: torch.Tensor) -> torch.dtype:
+    """Coefficients in at least float32: in bf16, ᾱ_t for small t rounds to exactly 1 and √(1−ᾱ_t) to 0."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def q_sample(x0: torch.Tensor, abar, eps: torch.Tensor) -> torch.Tensor:
     """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw from q(x_t | x_0) given ε ~ N(0, I) (DDPM eq. 4)."""
-    abar = torch.as_tensor(abar, dtype=x0.dtype, device=x0.device)
+    abar = torch.as_tensor(abar, dtype=_coef_dtype(x0), device=x0.device)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
 
 def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar) -> torch.Tensor:
     """f_θ: x_0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t (DDIM eq. 9)."""
-    abar = torch.as_tensor(abar, dtype=x_t.dtype, device=x_t.device)
+    abar = torch.as_tensor(abar, dtype=_coef_dtype(x_t), device=x_t.device)
     return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 
 def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar) -> torch.Tensor:
     """ε = (x_t − √ᾱ_t x_0) / √(1−ᾱ_t) (DDIM eq. 9 solved for ε)."""
-    abar = torch.as_tensor(abar, dtype=x_t.dtype, device=x_t.device)
+    abar = torch.as_tensor(abar, dtype=_coef_dtype(x_t), device=x_t.device)
     return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 
 
 def v_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, abar) -> torch.Tensor:
     """v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho 2022)."""
-    abar = torch.as_tensor(abar, dtype=x0.dtype, device=x0.device)
+    abar = torch.as_tensor(abar, dtype=_coef_dtype(x0), device=x0.device)
     return abar.sqrt() * eps - (1 - abar).sqrt() * x0
 
 
 def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, abar) -> torch.Tensor:
     """x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v."""
-    abar = torch.as_tensor(abar, dtype=x_t.dtype, device=x_t.device)
+    abar = torch.as_tensor(abar, dtype=_coef_dtype(x_t), device=x_t.device)
     return abar.sqrt() * x_t - (1 - abar).sqrt() * v
 
 
 def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, abar) -> torch.Tensor:
     """ε = √(1−ᾱ_t) x_t + √ᾱ_t v."""
-    abar = torch.as_tensor(abar, dtype=x_t.dtype, device=x_t.device)
+    abar = torch.as_tensor(abar, dtype=_coef_dtype(x_t), device=x_t.device)
     return (1 - abar).sqrt() * x_t + abar.sqrt() * v
 
 

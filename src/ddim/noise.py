@@ -42,7 +42,15 @@ def randn(shape, generator: Generators = None, device=None, dtype=torch.float32)
     """
     shape = tuple(shape)
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return _draw(shape, generator, device, dtype)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} per-sample generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.stack([_draw(shape[1:], g, device, dtype) for g in generator])
+
+
+def _draw(shape, generator, device, dtype) -> torch.Tensor:
+    """Draw on the generator's own device, then move: a CPU generator gives the same numbers for a
+    CUDA sample as for a CPU one (torch refuses a CPU generator with device="cuda")."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)

@@ -286,10 +286,15 @@ class UNet(nn.Module):
             raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
         if labels.shape != (B,):
             raise ValueError(f"labels must have shape ({B},) to match the batch, got {tuple(labels.shape)}")
-        # The range check costs a host sync; skip it while being traced by torch.compile.
-        if not _compiling() and B and (labels.min() < 0 or labels.max() > n):
-            raise ValueError(f"labels must lie in [0, {n}] ({n} = null label), "
-                             f"got values in [{labels.min().item()}, {labels.max().item()}]")
+        # A readable range check on CPU tensors; on an accelerator an asynchronous assert, because a
+        # host sync on every forward would stall training and sampling (skipped under torch.compile).
+        if not _compiling() and B:
+            if labels.device.type == "cpu":
+                if labels.min() < 0 or labels.max() > n:
+                    raise ValueError(f"labels must lie in [0, {n}] ({n} = null label), "
+                                     f"got values in [{labels.min().item()}, {labels.max().item()}]")
+            else:
+                torch._assert_async(((labels >= 0) & (labels <= n)).all(), f"labels must lie in [0, {n}]")
         return labels.long()
 
 
@@ -302,6 +307,8 @@ UNet.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 def _compiling() -> bool:
     """True while torch.compile traces the model (torch.compiler.is_compiling needs torch >= 2.3)."""
     check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if check is None:  # torch 2.1-2.2
+        check = getattr(getattr(torch, "_dynamo", None), "is_compiling", None)
     return bool(check and check())
 
 

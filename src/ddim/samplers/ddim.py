@@ -56,7 +56,7 @@ class Plan:
     noise_std: torch.Tensor
 
     def to(self, device, dtype) -> "Plan":
-        """The coefficient columns on ``device`` (float64 stays float64; anything else gets float32)."""
+        """The coefficient columns on ``device`` in float64 for float64 samples, else float32."""
         dt = torch.float64 if dtype == torch.float64 else torch.float32
         return Plan(self.timesteps.to(device), *(getattr(self, f).to(device, dt)
                                                  for f in ("abar_t", "abar_prev", "sigma", "noise_std")))
@@ -118,12 +118,19 @@ def _check_inputs(x: torch.Tensor, prediction: str, name: str) -> None:
         raise ValueError(f"{name} contains non-finite values (nan or inf)")
 
 
-def _call(model: Model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    out = model(x, t)
+def _call(model: Model, x: torch.Tensor, t: torch.Tensor, io_dtype: torch.dtype) -> torch.Tensor:
+    """The model sees x in the caller's dtype; its output comes back in the sampler's (x's) dtype."""
+    out = model(x.to(io_dtype), t)
     if not torch.is_tensor(out) or out.shape != x.shape:
         raise ValueError(f"model output has shape {tuple(getattr(out, 'shape', ()))}, "
                          f"expected {tuple(x.shape)} (the shape of x_t)")
-    return out
+    return out.to(x.dtype)
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    """The sampler's own arithmetic runs in at least float32, whatever the model's dtype: in bf16 the
+    state would lose ~3 digits per step and ᾱ_t ≈ 1 rounds to 1 (√(1−ᾱ_t) = 0)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _x0_transform(clip: Optional[float], threshold: Optional[float], threshold_max: float):
@@ -175,13 +182,13 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
                          "use prediction='v' or 'sample'")
     post = _x0_transform(clip, threshold, threshold_max)
     draws = (p.noise_std > 0).tolist()  # host-side: which steps draw noise
-    c = p.to(x_T.device, x_T.dtype)
-    B = x_T.shape[0]
+    x = x_T.to(_work_dtype(x_T))
+    c = p.to(x.device, x.dtype)
+    B = x.shape[0]
     t_batch = c.timesteps[:, None].expand(-1, B).contiguous()  # (S, B): row k is step k's t
-    x = x_T
     xs, x0s = ([x], []) if return_trajectory else (None, None)
     for k in range(len(draws)):
-        out = _call(model, x, t_batch[k])
+        out = _call(model, x, t_batch[k], x_T.dtype)
         x0_pred, eps = predict_x0_eps(out, x, c.abar_t[k], prediction)
         if post is not None:
             x0_pred = post(x0_pred)
@@ -194,6 +201,7 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
             x0s.append(x0_pred)
         if callback is not None:
             callback(k, int(p.timesteps[k]), x, x0_pred)
+    x = x.to(x_T.dtype)
     if return_trajectory:
         return x, Trajectory(p.timesteps, torch.stack(xs), torch.stack(x0s))
     return x
@@ -221,13 +229,13 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[i
     """
     _check_inputs(x0, prediction, "x0")
     p = plan(schedule, None if timesteps is not None else steps, 0.0, spacing, timesteps, set_alpha_to_one)
-    c = p.to(x0.device, x0.dtype)
-    S, B = p.timesteps.numel(), x0.shape[0]
+    x = x0.to(_work_dtype(x0))
+    c = p.to(x.device, x.dtype)
+    S, B = p.timesteps.numel(), x.shape[0]
     t_batch = c.timesteps[:, None].expand(-1, B).contiguous()
-    x = x0
     xs, x0s = ([x], []) if return_trajectory else (None, None)
     for k in reversed(range(S)):
-        out = _call(model, x, t_batch[k])
+        out = _call(model, x, t_batch[k], x0.dtype)
         _, eps = predict_x0_eps(out, x, c.abar_t[k], prediction)
         x0_pred = x0_from_eps(x, eps, c.abar_prev[k])
         x = ddim_step(x0_pred, eps, c.abar_t[k], 0.0)
@@ -236,6 +244,7 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[i
             x0s.append(x0_pred)
         if callback is not None:
             callback(S - 1 - k, int(p.timesteps[k]), x, x0_pred)
+    x = x.to(x0.dtype)
     if return_trajectory:
         return x, Trajectory(p.timesteps.flip(0), torch.stack(xs), torch.stack(x0s))
     return x

@@ -155,7 +155,7 @@ def training_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, labels:
     """
     d = draw(x0.shape, schedule.num_steps, generator, label_dropout if labels is not None else 0.0)
     if null_label is None:
-        null_label = getattr(model, "null_label", None)
+        null_label = getattr(getattr(model, "module", model), "null_label", None)  # through a DDP wrapper
     labels = drop_labels(labels, d.drop, null_label)
     return diffusion_loss(model, schedule, x0, d.t, d.eps.to(x0.device, x0.dtype), labels, prediction,
                           min_snr_gamma)
