@@ -32,11 +32,13 @@ from torch import nn
 
 __all__ = ["CheckpointError", "NonFiniteError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
            "list_checkpoints", "verify_checkpoint", "read_tensors", "read_json", "load_weights", "check_finite",
-           "CHECKPOINTS_DIR", "MANIFEST"]
+           "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "export_checkpoint"]
 
 PathLike = Union[str, os.PathLike]
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
+BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "fashion_mnist_small"
+"""The pretrained class-conditional Fashion-MNIST model shipped in the package (``ddim sample``'s default)."""
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _HASH_CHUNK = 1 << 22  # 4 MiB reads keep memory flat for large files
 
@@ -163,6 +165,43 @@ def _prune(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_dir_atomically(final: Path, jsons: Mapping[str, Mapping],
+                          tensors: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Write JSON files, ``{stem}.safetensors`` files and a manifest into ``final`` as one unit.
+
+    Everything goes into a hidden sibling directory that is fsynced and then renamed into place; an
+    existing ``final`` is moved aside first and deleted only after the rename, so a crash at any
+    point leaves either the old directory or the new one on disk, never neither.
+    """
+    root = final.parent
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, obj in jsons.items():
+            write_json(tmp / name, obj)
+        for stem, tensor_dict in tensors.items():
+            _save_tensors(tensor_dict, tmp / f"{stem}.safetensors")
+        files = sorted(p.name for p in tmp.iterdir())
+        for name in files:
+            _fsync_file(tmp / name)
+        write_json(tmp / MANIFEST, {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                                    for name in files})
+        _fsync_file(tmp / MANIFEST)
+        _fsync_dir(tmp)
+        old = None
+        if final.exists():
+            old = root / f".old-{final.name}-{os.getpid()}"
+            final.rename(old)
+        tmp.rename(final)
+        _fsync_dir(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_checkpoint(run_dir: PathLike, step: int, config: Mapping, tensors: Mapping[str, Mapping[str, torch.Tensor]],
                     state: Mapping, keep_last: int = 0) -> Path:
     """Write ``run_dir/checkpoints/step_{step:06d}`` atomically, then delete all but the last ``keep_last``.
@@ -180,32 +219,7 @@ def save_checkpoint(run_dir: PathLike, step: int, config: Mapping, tensors: Mapp
     root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / _step_dir_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write_json(tmp / "config.json", {**config, "step": step})
-        write_json(tmp / "state.json", dict(state))
-        for stem, tensor_dict in tensors.items():
-            _save_tensors(tensor_dict, tmp / f"{stem}.safetensors")
-        files = sorted(p.name for p in tmp.iterdir())
-        for name in files:
-            _fsync_file(tmp / name)
-        write_json(tmp / MANIFEST, {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-                                    for name in files})
-        _fsync_file(tmp / MANIFEST)
-        _fsync_dir(tmp)
-        old = None
-        if final.exists():  # the same step written again (e.g. after a resume): replace it whole
-            old = root / f".old-{final.name}-{os.getpid()}"
-            final.rename(old)
-        tmp.rename(final)
-        _fsync_dir(root)
-        if old is not None:  # only now: a crash above leaves the old copy on disk, never nothing
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_dir_atomically(final, {"config.json": {**config, "step": step}, "state.json": dict(state)}, tensors)
     _prune(Path(run_dir), keep_last)
     return final
 
@@ -280,11 +294,12 @@ def _load_diffusers(path: Path, device):
     return model.to(device).eval(), schedule, config
 
 
-def load_checkpoint(path: PathLike, ema: bool = True, device="cpu"):
+def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cpu"):
     """Load a network for sampling: ``(model, schedule, config)``.
 
     Args:
-        path: a run directory (its latest checkpoint), a ``step_*`` checkpoint directory, a diffusers
+        path: a run directory (its latest checkpoint), a ``step_*`` checkpoint directory, an exported
+            directory (``export_checkpoint``; the default is the bundled Fashion-MNIST model), a diffusers
             ``UNet2DModel`` directory (config.json with "_class_name": "UNet2DModel"), or a diffusers
             pipeline directory with ``unet/`` and ``scheduler/`` subfolders.
         ema: the EMA weights (True) or the live training weights (False); diffusers files have one set.
@@ -312,3 +327,34 @@ def load_checkpoint(path: PathLike, ema: bool = True, device="cpu"):
     model = UNet.from_config(config.model)
     load_weights(model, read_tensors(ckpt / weights), str(ckpt / weights))
     return model.to(device).eval(), config.make_schedule(), config
+
+
+# ---------------------------------------------------------------------------------------- export
+
+
+def export_checkpoint(src: PathLike, dst: PathLike, dtype: torch.dtype = torch.float16, ema: bool = True,
+                      record: Optional[Mapping] = None) -> Path:
+    """Write a sampling-only copy of a checkpoint: config.json, ema.safetensors (in ``dtype``), manifest.
+
+    The result loads with ``load_checkpoint(dst)`` like any checkpoint (weights are cast back to the
+    model's float32 on load). No optimizer or RNG state: it cannot be resumed. This is how the bundled
+    model was made; fp16 halves the size and changes samples by far less than one 8-bit grey level.
+
+    Args:
+        src: a run directory (its latest checkpoint) or a ``step_*`` directory.
+        dst: the directory to write (replaced atomically if it exists).
+        dtype: floating-point type of the stored weights.
+        ema: export the EMA weights (True) or the live ones; either way they are stored as ema.safetensors.
+        record: JSON object written as training.json (how the model was made).
+    """
+    ckpt = find_checkpoint(src)
+    weights = "ema.safetensors" if ema else "model.safetensors"
+    verify_checkpoint(ckpt, ["config.json", weights])
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_tensors(ckpt / weights).items()}
+    jsons = {"config.json": read_json(ckpt / "config.json")}
+    if record is not None:
+        jsons["training.json"] = dict(record)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _write_dir_atomically(dst, jsons, {"ema": tensors})
+    return dst

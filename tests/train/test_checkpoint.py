@@ -135,3 +135,20 @@ def test_loads_diffusers_unet_and_pipeline_dirs(tmp_path):
         assert schedule.num_steps == 500 and config.prediction == "v"
         x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 400])
         assert torch.allclose(loaded(x, t), model.eval()(x, t), atol=1e-6)
+
+
+def test_export_is_a_loadable_fp16_sampling_copy(tmp_path):
+    from ddim.checkpoint import export_checkpoint
+
+    _, model = _write(tmp_path / "run", 7)
+    out = export_checkpoint(tmp_path / "run", tmp_path / "exported", record={"steps": 7, "command": "ddim train ..."})
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "ema.safetensors", "manifest.json", "training.json"]
+    assert all(v.dtype == torch.float16 for v in ddim.checkpoint.read_tensors(out / "ema.safetensors").values())
+    verify_checkpoint(out)
+    loaded, _, config = load_checkpoint(out)
+    assert config == tiny_config()
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b.half().float())  # exactly the fp16 rounding of the weights, nothing else
+    assert json.loads((out / "training.json").read_text())["steps"] == 7
+    export_checkpoint(tmp_path / "run", out)  # replacing an existing export in place
+    assert not (out / "training.json").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

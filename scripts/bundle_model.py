@@ -1,0 +1,69 @@
+"""Export a training run as the package's bundled model, with its training record.
+
+    python scripts/bundle_model.py RUN_DIR --command "ddim train ..." [--out src/ddim/assets/fashion_mnist_small]
+
+Writes OUT/config.json (the run's frozen config), OUT/ema.safetensors (EMA weights in fp16),
+OUT/training.json (steps, data, command, final loss, throughput, date, machine) and OUT/manifest.json,
+through ``ddim.checkpoint.export_checkpoint``. The record is read from the run itself: the latest
+checkpoint's step and metrics.jsonl, so nothing in it is typed by hand except the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ddim.checkpoint import BUNDLED_MODEL, export_checkpoint, find_checkpoint, load_checkpoint, read_json
+from ddim.nn import count_parameters
+
+
+def training_record(run_dir: Path, command: str, device: str) -> dict:
+    """What a user needs to judge and reproduce the bundled model, from ``run_dir``'s own files."""
+    ckpt = find_checkpoint(run_dir)
+    config = read_json(ckpt / "config.json")
+    step = int(config["step"])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = [m for m in metrics if "loss" in m and m["step"] <= step]
+    last = [m["loss"] for m in metrics if m["step"] > step - 500]  # the last 500 steps: one noisy value says little
+    model, _, _ = load_checkpoint(ckpt)
+    return {
+        "steps": step,
+        "steps_planned": config["train"]["steps"],
+        "batch_size": config["train"]["batch_size"],
+        "images_seen": step * config["train"]["batch_size"],
+        "data": config["data"],
+        "command": command,
+        "device": device,
+        "final_loss_mean_last_500_steps": round(statistics.fmean(last), 5),
+        "loss_log": [[m["step"], round(m["loss"], 5)] for m in metrics],
+        "images_per_s_median": round(statistics.median(m["images_per_s"] for m in metrics), 2),
+        "date": datetime.fromtimestamp((ckpt / "config.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "parameters": count_parameters(model),
+        "weights": "EMA, stored as float16",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--command", required=True, help="the ddim train command line that made the run")
+    p.add_argument("--device", required=True, help="what it trained on, e.g. 'CPU, 2 cores (AMD EPYC)'")
+    p.add_argument("--out", type=Path, default=BUNDLED_MODEL)
+    args = p.parse_args()
+    record = training_record(args.run_dir, args.command, args.device)
+    out = export_checkpoint(args.run_dir, args.out, dtype=torch.float16, record=record)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 1e6:.2f} MB): step {record['steps']}, "
+          f"final loss {record['final_loss_mean_last_500_steps']}")
+
+
+if __name__ == "__main__":
+    main()

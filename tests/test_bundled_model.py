@@ -1,0 +1,30 @@
+"""The pretrained model shipped in the package: small enough, documented, and it loads offline."""
+
+import json
+
+import torch
+
+import ddim
+from ddim.checkpoint import BUNDLED_MODEL, verify_checkpoint
+
+
+def test_bundled_model_files_and_record():
+    files = {p.name: p.stat().st_size for p in BUNDLED_MODEL.iterdir()}
+    assert set(files) == {"config.json", "ema.safetensors", "manifest.json", "training.json"}
+    assert sum(files.values()) <= 10 * 2**20  # the issue's limit: ≤ 10 MB inside the package
+    verify_checkpoint(BUNDLED_MODEL)  # SHA-256 of every file matches the manifest
+    record = json.loads((BUNDLED_MODEL / "training.json").read_text())
+    for key in ("steps", "data", "command", "final_loss_mean_last_500_steps", "date", "device"):
+        assert record[key], key
+    assert record["command"].startswith("ddim train --dataset fashion-mnist")
+    assert record["data"]["dataset"] == "fashion-mnist"
+
+
+def test_bundled_model_is_the_default_and_class_conditional():
+    model, schedule, config = ddim.load_checkpoint()
+    assert config.model.num_classes == 10 and config.model.image_size == 28 and config.model.in_channels == 1
+    assert schedule.num_steps == 1000 and config.prediction == "epsilon"
+    x = torch.zeros(2, 1, 28, 28)
+    with torch.no_grad():
+        eps = model(x, torch.tensor([999, 10]), torch.tensor([0, 10]))  # label 10: the null label
+    assert eps.shape == x.shape and torch.isfinite(eps).all()
