@@ -2,10 +2,16 @@
 
 Side by side in one run: images/s for each, the ratio ours/diffusers, achieved FLOP/s (FLOPs counted
 with torch's FlopCounterMode on one forward), the fraction of a given peak, peak GPU memory, and the
-max relative difference between the two image batches (same precision).
+max relative difference between the two image batches (same precision), and for every precision
+after fp32 the max absolute difference of our images from our fp32 images (on the [0, 1] scale).
+
+Precision "fast" is ``ddim.samplers.FastSampler`` on a ``fast_module`` copy (CUDA: bf16 autocast,
+channels_last, torch.compile, the loop as one CUDA graph; CPU: channels_last only); its reference row
+is diffusers' UNet given the same treatment short of the graph (channels_last, and on CUDA bf16 autocast
+and torch.compile with the same mode).
 
     python benchmarks/sampling.py --device cpu                     # small model, CI/laptop mode
-    python benchmarks/sampling.py --device cuda --preset cifar10 --batch 256,1024 --precision fp32,bf16
+    python benchmarks/sampling.py --device cuda --preset cifar10 --batch 256,1024 --precision fp32,bf16,fast
 
 Needs diffusers (the test extra). The weights are a randomly initialised UNet with every parameter
 perturbed (DDPM's initialisation zeroes the output layers, which would make the model trivial),
@@ -26,8 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ddim
 from ddim.nn import count_parameters, save_diffusers_unet, unet_from_preset
+from ddim.samplers import FastSampler, fast_module
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fast": None}
 
 
 def _sync(device):
@@ -71,6 +78,57 @@ def flops_per_forward(model, shape, device):
     return counter.get_total_flops()
 
 
+def _fast_pipeline(theirs, pipe, device, compile_mode):
+    """diffusers' reference for the fast rows: a channels_last copy of its UNet, compiled on CUDA."""
+    import diffusers
+
+    net = fast_module(theirs)
+    if device.type == "cuda":
+        net = torch.compile(net, mode=compile_mode, dynamic=False)
+    fast = diffusers.DDIMPipeline(unet=net, scheduler=pipe.scheduler)
+    fast.set_progress_bar_config(disable=True)
+    return fast
+
+
+def _measure(args, device, schedule, B, prec, pair, shape1, sampler):
+    """One row: ours and diffusers (``pair`` = our UNet, their pipeline) at batch B and precision ``prec``;
+    images on the [0, 1] scale. ``sampler``: the FastSampler of a "fast" row."""
+    shape = (B, *shape1[1:])
+    fast, dtype = prec == "fast", PRECISIONS[prec]
+    amp = torch.bfloat16 if fast and device.type == "cuda" else dtype  # diffusers' fast row: bf16 on CUDA
+    net, their_pipe = pair
+
+    def run_ours():
+        x_T = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device)
+        g = torch.Generator(device).manual_seed(1)
+        with torch.inference_mode():
+            if fast:
+                x = sampler.sample(net, schedule, x_T, steps=args.steps, eta=args.eta, spacing="leading", generator=g)
+            else:
+                with _autocast(device, dtype):
+                    x = ddim.sample(net, schedule, x_T, steps=args.steps, eta=args.eta, spacing="leading",
+                                    generator=g)
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    def run_theirs():
+        with torch.inference_mode(), _autocast(device, amp):
+            return their_pipe(batch_size=B, generator=torch.Generator(device).manual_seed(0), eta=args.eta,
+                              num_inference_steps=args.steps, output_type="pt").images.float()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run_ours()  # warm-up (kernels, allocator; compile and graph capture for "fast")
+    t_ours, img_ours = _time(run_ours, device, args.repeats)
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    run_theirs()
+    t_theirs, img_theirs = _time(run_theirs, device, args.repeats)
+    # diffusers' pipeline draws x_T from generator seed 0 exactly as run_ours does
+    diff = ((img_ours - img_theirs.to(img_ours.device)).abs().max() / img_theirs.abs().max()).item()
+    ips_ours, ips_theirs = B / t_ours, B / t_theirs
+    return dict(batch=B, precision=prec, ours_images_per_s=ips_ours, diffusers_images_per_s=ips_theirs,
+                ratio=ips_ours / ips_theirs, max_rel_diff=diff, peak_mem_gb=mem, images=img_ours)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -82,6 +140,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="measured peak of this device (e.g. 775 for bf16 on the H100 here)")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode for the fast rows on CUDA (e.g. max-autotune-no-cudagraphs)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import diffusers
@@ -104,49 +164,39 @@ def main(argv=None):
           f"diffusers {diffusers.__version__}")
     rows = []
     header = f"{'batch':>6} {'prec':>5} {'ours img/s':>11} {'diffusers img/s':>16} {'ratio':>6} {'TFLOP/s':>8} " \
-             f"{'of peak':>8} {'max rel diff':>13} {'peak mem GB':>12}"
+             f"{'of peak':>8} {'max rel diff':>13} {'vs fp32':>8} {'peak mem GB':>12}"
     print(header)
+    precisions = args.precision.split(",")
+    fast_pair = (fast_module(ours), _fast_pipeline(theirs, pipe, device, args.compile_mode)) \
+        if "fast" in precisions else None
     for B in batches:
-        for prec in args.precision.split(","):
-            dtype = PRECISIONS[prec]
-            shape = (B, *shape1[1:])
-
-            def run_ours():
-                x_T = torch.randn(shape, generator=torch.Generator(device).manual_seed(0), device=device)
-                with torch.inference_mode(), _autocast(device, dtype):
-                    x = ddim.sample(ours, schedule, x_T, steps=args.steps, eta=args.eta, spacing="leading",
-                                    generator=torch.Generator(device).manual_seed(1))
-                return (x.float() / 2 + 0.5).clamp(0, 1)
-
-            def run_theirs():
-                with torch.inference_mode(), _autocast(device, dtype):
-                    return pipe(batch_size=B, generator=torch.Generator(device).manual_seed(0), eta=args.eta,
-                                num_inference_steps=args.steps, output_type="pt").images.float()
-
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            run_ours()  # warm-up (kernels, allocator)
-            t_ours, img_ours = _time(run_ours, device, args.repeats)
-            mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-            run_theirs()
-            t_theirs, img_theirs = _time(run_theirs, device, args.repeats)
-            # diffusers' pipeline draws x_T from generator seed 0 exactly as run_ours does
-            diff = ((img_ours - img_theirs.to(img_ours.device)).abs().max() / img_theirs.abs().max()).item()
-            ips_ours, ips_theirs = B / t_ours, B / t_theirs
-            tflops = flops_img * ips_ours / 1e12
-            row = dict(batch=B, precision=prec, ours_images_per_s=ips_ours, diffusers_images_per_s=ips_theirs,
-                       ratio=ips_ours / ips_theirs, tflops=tflops,
-                       fraction_of_peak=tflops / args.peak_tflops if args.peak_tflops else None,
-                       max_rel_diff=diff, peak_mem_gb=mem)
+        fp32_images = None
+        for prec in precisions:
+            # one sampler per batch size: its captured graph serves the warm-up and the timed runs
+            sampler = FastSampler(compile_mode=args.compile_mode) if prec == "fast" else None
+            pair = fast_pair if prec == "fast" else (ours, pipe)
+            row = _measure(args, device, schedule, B, prec, pair, shape1, sampler)
+            row["tflops"] = flops_img * row["ours_images_per_s"] / 1e12
+            row["fraction_of_peak"] = row["tflops"] / args.peak_tflops if args.peak_tflops else None
+            images = row.pop("images")
+            if prec == "fp32":
+                fp32_images = images
+            row["max_abs_diff_vs_fp32"] = None if fp32_images is None or prec == "fp32" else \
+                (images - fp32_images).abs().max().item()
+            if sampler is not None:
+                row["fallbacks"] = sampler.reasons
             rows.append(row)
             peak = f"{100 * row['fraction_of_peak']:.1f}%" if args.peak_tflops else "-"
-            print(f"{B:>6} {prec:>5} {ips_ours:>11.2f} {ips_theirs:>16.2f} {row['ratio']:>6.2f} {tflops:>8.3f} "
-                  f"{peak:>8} {diff:>13.2e} {mem:>12.2f}")
+            vs = "-" if row["max_abs_diff_vs_fp32"] is None else f"{row['max_abs_diff_vs_fp32']:.2e}"
+            print(f"{B:>6} {prec:>5} {row['ours_images_per_s']:>11.2f} {row['diffusers_images_per_s']:>16.2f} "
+                  f"{row['ratio']:>6.2f} {row['tflops']:>8.3f} {peak:>8} {row['max_rel_diff']:>13.2e} {vs:>8} "
+                  f"{row['peak_mem_gb']:>12.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(benchmark="sampling", preset=preset, steps=args.steps, eta=args.eta, device=str(device),
-                           torch=torch.__version__, diffusers=diffusers.__version__, flops_per_image=flops_img,
-                           rows=rows), fh, indent=1)
+                           device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           compile_mode=args.compile_mode, torch=torch.__version__,
+                           diffusers=diffusers.__version__, flops_per_image=flops_img, rows=rows), fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -51,18 +51,37 @@ def training_record(run_dir: Path, command: str, device: str) -> dict:
     }
 
 
+def class_agreement(checkpoint: Path, n: int, steps: int, seed: int = 0) -> float:
+    """Fraction of class-conditional samples (η = 0, no guidance, labels i % 10) that the shipped
+    Fashion-MNIST classifier (92.41 % test accuracy) assigns to the requested class."""
+    from ddim.evaluate import load_classifier
+    from ddim.generate import class_labels, generate
+
+    model, schedule, config = load_checkpoint(checkpoint)
+    images = generate(model, schedule, n, seed=seed, steps=steps, prediction=config.prediction)
+    classifier, _ = load_classifier()
+    with torch.no_grad():
+        predicted = classifier(images.clamp(-1, 1)).argmax(1)
+    return float((predicted == class_labels(range(n), 10)).float().mean())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--command", required=True, help="the ddim train command line that made the run")
     p.add_argument("--device", required=True, help="what it trained on, e.g. 'CPU, 2 cores (AMD EPYC)'")
     p.add_argument("--out", type=Path, default=BUNDLED_MODEL)
+    p.add_argument("--quality-n", type=int, default=200, help="samples for the class-agreement check")
     args = p.parse_args()
     record = training_record(args.run_dir, args.command, args.device)
     out = export_checkpoint(args.run_dir, args.out, dtype=torch.float16, record=record)
+    if args.quality_n:  # measured on the exported fp16 weights: what users get
+        record["class_agreement"] = {"value": round(class_agreement(out, args.quality_n, 50), 4),
+                                     "n": args.quality_n, "steps": 50, "eta": 0, "guidance": 0, "seed": 0}
+        out = export_checkpoint(args.run_dir, args.out, dtype=torch.float16, record=record)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.2f} MB): step {record['steps']}, "
-          f"final loss {record['final_loss_mean_last_500_steps']}")
+          f"final loss {record['final_loss_mean_last_500_steps']}, class agreement {record.get('class_agreement')}")
 
 
 if __name__ == "__main__":

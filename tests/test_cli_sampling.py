@@ -1,5 +1,5 @@
-"""`ddim sample | invert | reconstruct | interpolate` end to end on a small trained checkpoint,
-checked by what they write."""
+"""`ddim sample | invert | reconstruct | interpolate | edit` end to end on the bundled Fashion-MNIST
+model, checked by what they write."""
 
 import os
 import re
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ddim.checkpoint import BUNDLED_MODEL
 from ddim.cli import build_parser, main
 
 TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
@@ -17,12 +18,13 @@ TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
+TILE = 28 + 2  # grids put 2 pixels of padding around every 28×28 image
+
+
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A class-conditional 8×8 digits model, trained briefly (enough for structure, not for beauty)."""
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", *TINY, "--out", str(out), "--steps", "150", "--label-dropout", "0.1"]) == 0
-    return str(out)
+def ckpt():
+    """The bundled class-conditional Fashion-MNIST model (the default --checkpoint)."""
+    return str(BUNDLED_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +42,22 @@ def png(path):
     return np.asarray(Image.open(path))
 
 
+def test_default_checkpoint_is_the_bundled_model(ckpt, tmp_path):
+    assert run("sample", "--n", "2", "--steps", "3", "--out", str(tmp_path / "a.png")) == 0
+    assert run("sample", "--checkpoint", ckpt, "--n", "2", "--steps", "3", "--out", str(tmp_path / "b.png")) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
 def test_sample_writes_grid_and_is_deterministic(ckpt, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for out in (a, b):
         assert run("sample", "--checkpoint", ckpt, "--n", "6", "--steps", "5", "--seed", "3", "--out", str(out),
                    "--images-dir", str(tmp_path / "each"), "--npz", str(tmp_path / "s.npz")) == 0
     assert a.read_bytes() == b.read_bytes()  # byte-identical PNGs for a fixed seed
-    assert png(a).shape == (2 * 10 + 2, 3 * 10 + 2)  # 3×2 tiles of 8 px with 2 px padding
+    assert png(a).shape == (2 * TILE + 2, 3 * TILE + 2)  # 3×2 tiles
     assert len(list((tmp_path / "each").glob("*.png"))) == 6
     images = np.load(tmp_path / "s.npz")["images"]
-    assert images.shape == (6, 1, 8, 8) and np.isfinite(images).all()
+    assert images.shape == (6, 1, 28, 28) and np.isfinite(images).all()
     run("sample", "--checkpoint", ckpt, "--n", "6", "--steps", "5", "--seed", "4", "--out", str(b))
     assert a.read_bytes() != b.read_bytes()
 
@@ -66,14 +74,15 @@ def test_per_sample_seed_invariance(ckpt, tmp_path, eta):
     assert np.abs(a[3] - a[0]).max() > 0.1
 
 
-def test_trajectory_and_ddpm(ckpt, tmp_path):
+def test_trajectory_and_ddpm(ckpt, uncond, tmp_path):
     assert run("sample", "--checkpoint", ckpt, "--n", "2", "--steps", "4", "--out", str(tmp_path / "g.png"),
                "--trajectory", str(tmp_path / "t.png")) == 0
-    assert png(tmp_path / "t.png").shape == (4 * 10 + 2, 4 * 10 + 2)  # 2 samples × (x_t, x̂_0) rows, 4 steps
+    assert png(tmp_path / "t.png").shape == (4 * TILE + 2, 4 * TILE + 2)  # 2 samples × (x_t, x̂_0) rows, 4 steps
     assert run("sample", "--checkpoint", ckpt, "--n", "2", "--steps", "4", "--out", str(tmp_path / "g.png"),
                "--trajectory", str(tmp_path / "t.gif")) == 0
     assert Image.open(tmp_path / "t.gif").n_frames == 4
-    assert run("sample", "--checkpoint", ckpt, "--n", "2", "--sampler", "ddpm", "--out", str(tmp_path / "d.png"),
+    # 1000 ancestral steps: on the tiny 8×8 model, to keep the suite fast
+    assert run("sample", "--checkpoint", uncond, "--n", "2", "--sampler", "ddpm", "--out", str(tmp_path / "d.png"),
                "--npz", str(tmp_path / "d.npz")) == 0
     assert int(np.load(tmp_path / "d.npz")["steps"]) == 1000
 
@@ -81,34 +90,35 @@ def test_trajectory_and_ddpm(ckpt, tmp_path):
 def test_class_and_guidance(ckpt, tmp_path):
     assert run("sample", "--checkpoint", ckpt, "--n", "4", "--steps", "5", "--class", "3", "--guidance", "2",
                "--out", str(tmp_path / "c.png")) == 0
-    assert png(tmp_path / "c.png").shape == (22, 22)
+    assert png(tmp_path / "c.png").shape == (2 * TILE + 2, 2 * TILE + 2)
 
 
-def _digit_pngs(tmp_path, n=3):
+def _fashion_pngs(tmp_path, n=3):
+    """Fashion-MNIST test images (labels 9, 2, 1, ...) saved at another size and mode than the model's."""
     from ddim.data import load_dataset
 
-    d = load_dataset("digits", split="test", image_size=8)
+    d = load_dataset("fashion-mnist", split="test")
     paths = []
     for i in range(n):
-        p = tmp_path / f"digit{i}.png"
-        Image.fromarray(d.images[i, 0].numpy()).resize((24, 24)).convert("RGB").save(p)  # other size and mode
+        p = tmp_path / f"item{i}.png"
+        Image.fromarray(d.images[i, 0].numpy()).resize((56, 56)).convert("RGB").save(p)
         paths.append(str(p))
     return paths
 
 
 def test_invert_and_reconstruct_error_falls_with_steps(ckpt, tmp_path, capsys):
-    files = _digit_pngs(tmp_path)
+    files = _fashion_pngs(tmp_path)
     assert run("invert", "--checkpoint", ckpt, "--images", *files, "--steps", "10",
                "--out", str(tmp_path / "z.npz")) == 0
     z = np.load(tmp_path / "z.npz")
-    assert z["latents"].shape == (3, 1, 8, 8) and list(z["files"]) == files
+    assert z["latents"].shape == (3, 1, 28, 28) and list(z["files"]) == files
     errors = []
     for steps in (5, 20, 100):
         capsys.readouterr()
         assert run("reconstruct", "--checkpoint", ckpt, "--images", *files, "--steps", str(steps),
                    "--out", str(tmp_path / f"r{steps}.png")) == 0
         errors.append(float(re.search(r"mean\tmse ([0-9.e-]+)", capsys.readouterr().out).group(1)))
-    assert png(tmp_path / "r5.png").shape == (2 * 10 + 2, 3 * 10 + 2)
+    assert png(tmp_path / "r5.png").shape == (2 * TILE + 2, 3 * TILE + 2)
     assert errors[0] > errors[1] > errors[2], errors
 
 
@@ -119,12 +129,12 @@ def test_interpolation_endpoints_are_the_plain_samples(ckpt, tmp_path):
     assert run("interpolate", "--checkpoint", ckpt, "--seeds", "3", "7", "--frames", "5", "--steps", "6",
                "--out", str(tmp_path / "i.png")) == 0
     strip = png(tmp_path / "i.png").astype(int)
-    assert strip.shape == (12, 5 * 10 + 2)
-    first, last = strip[2:10, 2:10], strip[2:10, 42:50]
+    assert strip.shape == (TILE + 2, 5 * TILE + 2)
+    first, last = strip[2:TILE, 2:TILE], strip[2:TILE, 4 * TILE + 2:5 * TILE]
     for tile, seed in ((first, "3"), (last, "7")):
-        assert np.abs(tile - png(tmp_path / f"s{seed}.png").astype(int)[2:10, 2:10]).max() <= 1
+        assert np.abs(tile - png(tmp_path / f"s{seed}.png").astype(int)[2:TILE, 2:TILE]).max() <= 1
     assert np.abs(first - last).max() > 20
-    files = _digit_pngs(tmp_path, 2)
+    files = _fashion_pngs(tmp_path, 2)
     assert run("interpolate", "--checkpoint", ckpt, "--images", *files, "--frames", "3", "--steps", "5",
                "--out", str(tmp_path / "j.png")) == 0
 
@@ -184,17 +194,17 @@ def test_docs_cli_md_is_current():
 
 
 def test_edit(ckpt, tmp_path):
-    files = _digit_pngs(tmp_path, 2)
+    files = _fashion_pngs(tmp_path, 2)
     assert run("edit", "--checkpoint", ckpt, "--image", *files, "--to-class", "7", "--guidance", "3",
                "--strength", "0.6", "--steps", "10", "--out", str(tmp_path / "e.png")) == 0
     grid = png(tmp_path / "e.png").astype(int)
-    assert grid.shape == (3 * 10 + 2, 2 * 10 + 2)  # rows: original, inversion edit, SDEdit
+    assert grid.shape == (3 * TILE + 2, 2 * TILE + 2)  # rows: original, inversion edit, SDEdit
     # a weak edit toward the image's own class, unguided, is nearly a reconstruction
-    assert run("edit", "--checkpoint", ckpt, "--image", files[0], "--to-class", "0", "--from-class", "0",
+    assert run("edit", "--checkpoint", ckpt, "--image", files[0], "--to-class", "9", "--from-class", "9",
                "--guidance", "0", "--strength", "0.1", "--steps", "50", "--mode", "invert",
                "--out", str(tmp_path / "weak.png")) == 0
     weak = png(tmp_path / "weak.png").astype(int)
-    assert np.abs(weak[2:10, 2:10] - weak[12:20, 2:10]).mean() < 8
+    assert np.abs(weak[2:TILE, 2:TILE] - weak[TILE + 2:2 * TILE, 2:TILE]).mean() < 8
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -204,7 +214,7 @@ def test_edit(ckpt, tmp_path):
     (["--guidance", "-1"], "guidance must be a finite number >= 0"),
 ])
 def test_bad_edit_input(ckpt, tmp_path, capsys, args, msg):
-    files = _digit_pngs(tmp_path, 1)
+    files = _fashion_pngs(tmp_path, 1)
     base = ["edit", "--checkpoint", ckpt, "--image", *files, "--out", str(tmp_path / "e.png")]
     if "--to-class" not in args:
         base += ["--to-class", "1"]
@@ -213,7 +223,7 @@ def test_bad_edit_input(ckpt, tmp_path, capsys, args, msg):
 
 
 def test_edit_needs_conditional_model(uncond, tmp_path, capsys):
-    files = _digit_pngs(tmp_path, 1)
+    files = _fashion_pngs(tmp_path, 1)
     code, err = _error(capsys, ["edit", "--checkpoint", uncond, "--image", *files, "--to-class", "1",
                                 "--out", str(tmp_path / "e.png")])
     assert code == 2 and "needs a class-conditional model" in err[0]

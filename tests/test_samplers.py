@@ -179,6 +179,19 @@ def test_guidance_wrapper():
         g(x[:2], t[:2])
 
 
+def test_guidance_combines_bf16_outputs_in_float32():
+    """Under autocast the model answers in bf16; cond + w·(cond − uncond) is formed in float32 from those
+    values (the result here, 1 + 3.5·2⁻⁷, needs one bit more than bf16 keeps)."""
+    def cond_model(x, t, labels):  # cond = 1 + 2^-7 (exact in bf16), uncond = 1
+        return (x * 0 + 1 + (labels != 10).to(x.dtype).view(-1, 1, 1, 1) / 128).to(torch.bfloat16)
+
+    x, t = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.int64)
+    out = ddim.ClassifierFreeGuidance(cond_model, torch.tensor([0, 1]), w=2.5, null_label=10)(x, t)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.full_like(out, 1 + 3.5 / 128))  # (1 + w)·c − w·∅, exact in float32
+    assert not torch.equal(out.bfloat16().float(), out)  # which bf16 arithmetic could not have given
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
 def test_half_precision_inputs_keep_float32_arithmetic(dtype, prediction):

@@ -141,10 +141,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- main
 
-def _sampling_subcommands() -> tuple[Callable, ...]:
-    from .cli_sampling import SUBCOMMANDS
+def _module_subcommands() -> tuple[Callable, ...]:
+    """The subcommands defined in their own modules (``SUBCOMMANDS`` of cli_sampling, cli_eval)."""
+    from .cli_eval import SUBCOMMANDS as EVAL
+    from .cli_sampling import SUBCOMMANDS as SAMPLING
 
-    return tuple(lambda sub, add=add: add(sub, _Formatter) for add in SUBCOMMANDS)
+    return tuple(lambda sub, add=add: add(sub, _Formatter) for add in (*SAMPLING, *EVAL))
 
 
 _SUBCOMMANDS: tuple[Callable, ...] = (_add_train,)
@@ -158,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in (*_SUBCOMMANDS, *_sampling_subcommands()):
+    for add in (*_SUBCOMMANDS, *_module_subcommands()):
         add(sub)
     return parser
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .transfer import to_device
+
 __all__ = ["PREDICTIONS", "abar_at", "q_sample", "x0_from_eps", "eps_from_x0", "v_from_x0_eps",
            "x0_from_v", "eps_from_v", "predict_x0_eps", "target_from_x0_eps"]
 
@@ -21,7 +23,7 @@ PREDICTIONS = ("epsilon", "sample", "v")
 
 def abar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """ᾱ_t gathered per sample and shaped (B, 1, …, 1) to broadcast against ``like`` (B, …)."""
-    a = alphas_cumprod.to(like.device)[t.to(like.device)].to(_coef_dtype(like))
+    a = to_device(alphas_cumprod, like.device)[to_device(t, like.device)].to(_coef_dtype(like))
     return a.reshape(-1, *([1] * (like.ndim - 1)))
 
 

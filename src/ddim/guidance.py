@@ -65,5 +65,7 @@ class ClassifierFreeGuidance(nn.Module):
             return self.model(x, t, labels)
         null = torch.full_like(labels, self.null_label)
         both = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
-        cond, uncond = both.chunk(2)
+        # At least float32 for the combination: under autocast the model answers in bf16, and
+        # cond − uncond (a small difference of large values) times w would keep ~3 significant digits.
+        cond, uncond = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)
         return cond + self.w * (cond - uncond)  # = (1 + w) cond − w uncond

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from subprocesses import ddim_env, run_ddim  # noqa: F401  (re-exported for the training tests)
 
 from ddim.train import DataConfig, RunConfig, TrainConfig, resolve_model_config
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # About 150 k parameters: two levels (16, 32 channels) at 8×8 and 4×4, attention at 4×4.
 TINY = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8)
@@ -30,19 +24,6 @@ def tiny_config(steps: int = 20, batch_size: int = 16, dropout: float = 0.1, cla
 TINY_CLI = ["--dataset", "digits", "--image-size", "8", "--hflip", "--base-channels", "16", "--channel-mult", "1,2",
             "--num-res-blocks", "1", "--norm-groups", "8", "--dropout", "0.1", "--lr", "2e-3", "--warmup", "5",
             "--sample-every", "0", "--log-every", "1", "--device", "cpu", "--quiet"]
-
-
-def ddim_env() -> dict:
-    """The environment for `python -m ddim` subprocesses (the package importable, one stable thread count)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"  # same as the in-process reference runs (see tests/conftest.py)
-    return env
-
-
-def run_ddim(args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ddim", *args], capture_output=True, text=True, env=ddim_env(),
-                          timeout=300, **kw)
 
 
 @pytest.fixture(scope="session")

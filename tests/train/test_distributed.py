@@ -1,17 +1,16 @@
 """torchrun with 2 CPU processes (gloo) equals one process with the same global batch."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from subprocesses import torchrun
 
 from ddim.train import Trainer
 from ddim.train.monitor import read_metrics
 
-from .conftest import ddim_env, tiny_config
+from .conftest import tiny_config
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -20,9 +19,7 @@ def test_two_ranks_match_one_process(tmp_path, digits8):
     # dropout 0: dropout masks are per-rank random streams, the one thing that cannot match one process
     cfg = tiny_config(steps=6, batch_size=16, dropout=0.0, log_every=2, checkpoint_every=3)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           str(tmp_path / "cfg.json"), str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ddim_env(), timeout=300)
+    proc = torchrun([WORKER, tmp_path / "cfg.json", tmp_path / "ddp"])
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     r0, r1 = load_file(str(tmp_path / "ddp" / "rank0.safetensors")), load_file(str(tmp_path / "ddp" / "rank1.safetensors"))

@@ -146,6 +146,8 @@ class FeatureExtractor(nn.Module):
     do not depend on the rest of the batch) and runs without gradients.
     """
 
+    image_shape = _IMAGE_SHAPE   # (C, H, W) of the images it takes
+
     def __init__(self, weights: Optional[Union[str, Path]] = None, normalize: bool = False):
         super().__init__()
         if not isinstance(normalize, bool):

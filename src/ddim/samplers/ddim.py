@@ -13,6 +13,7 @@ body is model call, prediction → (x̂_0, ε̂), eq. 12; it never reads a devic
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Union
@@ -25,7 +26,8 @@ from ..schedule import Schedule
 from ..timesteps import check_timesteps, timesteps as make_timesteps
 from .steps import clip_x0, ddim_step, dynamic_threshold, sigma_eta, sigma_hat
 
-__all__ = ["sample", "invert", "Trajectory", "Plan", "plan"]
+__all__ = ["sample", "invert", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup", "denoise",
+           "sample_loop", "noise_drawer"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Eta = Union[float, str]
@@ -147,6 +149,97 @@ def _x0_transform(clip: Optional[float], threshold: Optional[float], threshold_m
     return None
 
 
+@dataclass(frozen=True)
+class SampleSetup:
+    """The validated arguments of one ``sample`` call, ready for a loop (host side).
+
+    plan: the grid and its float64 coefficients. prediction: the model's target. post: the x̂_0
+    transform (clip or dynamic threshold) or None. eps_from_clipped_x0: re-derive ε̂ after ``post``.
+    draws: (S,) bools, which steps add noise.
+    """
+
+    plan: Plan
+    prediction: str
+    post: Optional[Callable[[torch.Tensor], torch.Tensor]]
+    eps_from_clipped_x0: bool
+    draws: tuple
+
+
+def sample_setup(schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, eta: Eta = 0.0,
+                 spacing: str = "uniform", prediction: str = "epsilon", *, timesteps=None,
+                 set_alpha_to_one: bool = True, clip: Optional[float] = None, threshold: Optional[float] = None,
+                 threshold_max: float = 1.0, eps_from_clipped_x0: bool = False) -> SampleSetup:
+    """Check ``sample``'s arguments (raising its errors) and compute its plan; arguments as in ``sample``."""
+    _check_inputs(x_T, prediction, "x_T")
+    p = plan(schedule, None if timesteps is not None else steps, eta, spacing, timesteps, set_alpha_to_one)
+    if prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
+        raise ValueError("prediction='epsilon' cannot start at ᾱ_t = 0 (zero terminal SNR): x_0 = (x_t − ε)/0; "
+                         "use prediction='v' or 'sample'")
+    post = _x0_transform(clip, threshold, threshold_max)
+    return SampleSetup(p, prediction, post, bool(eps_from_clipped_x0), tuple((p.noise_std > 0).tolist()))
+
+
+def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: str, post=None,
+            eps_from_clipped_x0: bool = False, io_dtype=None):
+    """The model's half of a step: call it, read (x̂_0, ε̂) from its prediction, apply the x̂_0 transform.
+
+    Args:
+        x: (B, …) x_t in the sampler's dtype (float32 or float64). t: (B,) int64.
+        abar_t: ᾱ_t, a 0-d tensor on x's device or a float.
+        post: the x̂_0 transform (``SampleSetup.post``) or None.
+        io_dtype: the dtype the model sees (default x's).
+    Returns:
+        (x̂_0, ε̂), both shaped like x, in x's dtype.
+    """
+    out = _call(model, x, t, io_dtype or x.dtype)
+    x0_pred, eps = predict_x0_eps(out, x, abar_t, prediction)
+    if post is not None:
+        x0_pred = post(x0_pred)
+        if eps_from_clipped_x0:
+            eps = eps_from_x0(x, x0_pred, abar_t)
+    return x0_pred, eps
+
+
+def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tensor,
+                noise_at: Callable[[int], Optional[torch.Tensor]], *, return_trajectory: bool = False,
+                callback=None):
+    """Run the S steps: (x̂_0, ε̂) = predict(x, t_k, ᾱ_t), then x ← eq. 12 with noise_at(k), k = 0..S−1.
+
+    Never reads a device value back to the host, so with ``callback=None`` the loop can be captured
+    as a CUDA graph (``samplers.fast``).
+
+    Args:
+        predict: ``denoise`` with the model and options bound.
+        coef: ``setup.plan`` on x's device (``Plan.to``).
+        x: (B, …) x_T in the sampler's dtype.
+        noise_at: k -> the noise term of step k (noise_std[k] · z), or None where ``setup.draws[k]`` is
+            False; called after step k's model call (the order of ``sample``'s global-RNG draws).
+    Returns:
+        x_0, or (x_0, xs (S+1, B, …), x0_preds (S, B, …)) with ``return_trajectory``.
+    """
+    t_batch = coef.timesteps[:, None].expand(-1, x.shape[0]).contiguous()  # (S, B): row k is step k's t
+    xs, x0s = ([x], []) if return_trajectory else (None, None)
+    for k in range(len(setup.draws)):
+        x0_pred, eps = predict(x, t_batch[k], coef.abar_t[k])
+        x = ddim_step(x0_pred, eps, coef.abar_prev[k], coef.sigma[k], noise_at(k))
+        if return_trajectory:
+            xs.append(x)
+            x0s.append(x0_pred)
+        if callback is not None:
+            callback(k, int(setup.plan.timesteps[k]), x, x0_pred)
+    return (x, torch.stack(xs), torch.stack(x0s)) if return_trajectory else x
+
+
+def noise_drawer(setup: SampleSetup, coef: Plan, x: torch.Tensor, generator: Generators):
+    """``noise_at`` for ``sample_loop`` that draws z ~ N(0, I) shaped like x from ``generator`` at each
+    noisy step, in step order (the order a pre-drawn buffer must follow to give the same numbers)."""
+    def noise_at(k: int) -> Optional[torch.Tensor]:
+        if not setup.draws[k]:
+            return None
+        return coef.noise_std[k] * randn(x.shape, generator, x.device, x.dtype)
+    return noise_at
+
+
 def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50,
            eta: Eta = 0.0, spacing: str = "uniform", prediction: str = "epsilon",
            generator: Generators = None, *, timesteps=None, set_alpha_to_one: bool = True,
@@ -175,36 +268,19 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
     Returns:
         x_0 (B, …) shaped like x_T, or (x_0, Trajectory) if ``return_trajectory``.
     """
-    _check_inputs(x_T, prediction, "x_T")
-    p = plan(schedule, None if timesteps is not None else steps, eta, spacing, timesteps, set_alpha_to_one)
-    if prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
-        raise ValueError("prediction='epsilon' cannot start at ᾱ_t = 0 (zero terminal SNR): x_0 = (x_t − ε)/0; "
-                         "use prediction='v' or 'sample'")
-    post = _x0_transform(clip, threshold, threshold_max)
-    draws = (p.noise_std > 0).tolist()  # host-side: which steps draw noise
+    setup = sample_setup(schedule, x_T, steps, eta, spacing, prediction, timesteps=timesteps,
+                         set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
+                         threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0)
     x = x_T.to(_work_dtype(x_T))
-    c = p.to(x.device, x.dtype)
-    B = x.shape[0]
-    t_batch = c.timesteps[:, None].expand(-1, B).contiguous()  # (S, B): row k is step k's t
-    xs, x0s = ([x], []) if return_trajectory else (None, None)
-    for k in range(len(draws)):
-        out = _call(model, x, t_batch[k], x_T.dtype)
-        x0_pred, eps = predict_x0_eps(out, x, c.abar_t[k], prediction)
-        if post is not None:
-            x0_pred = post(x0_pred)
-            if eps_from_clipped_x0:
-                eps = eps_from_x0(x, x0_pred, c.abar_t[k])
-        noise = c.noise_std[k] * randn(x.shape, generator, x.device, x.dtype) if draws[k] else None
-        x = ddim_step(x0_pred, eps, c.abar_prev[k], c.sigma[k], noise)
-        if return_trajectory:
-            xs.append(x)
-            x0s.append(x0_pred)
-        if callback is not None:
-            callback(k, int(p.timesteps[k]), x, x0_pred)
-    x = x.to(x_T.dtype)
+    c = setup.plan.to(x.device, x.dtype)
+    predict = functools.partial(denoise, model, prediction=prediction, post=setup.post,
+                                eps_from_clipped_x0=setup.eps_from_clipped_x0, io_dtype=x_T.dtype)
+    out = sample_loop(predict, setup, c, x, noise_drawer(setup, c, x, generator),
+                      return_trajectory=return_trajectory, callback=callback)
     if return_trajectory:
-        return x, Trajectory(p.timesteps, torch.stack(xs), torch.stack(x0s))
-    return x
+        x, xs, x0s = out
+        return x.to(x_T.dtype), Trajectory(setup.plan.timesteps, xs, x0s)
+    return out.to(x_T.dtype)
 
 
 def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[int] = 50,

@@ -14,6 +14,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..transfer import to_device
+
 __all__ = ["derive_seed", "epoch_permutation", "batch_indices", "step_generator", "flip_mask", "apply_flips"]
 
 # Distinct streams derived from the one run seed, so changing one use never shifts another.
@@ -62,4 +64,4 @@ def flip_mask(batch_size: int, generator: torch.Generator) -> torch.Tensor:
 
 def apply_flips(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror x[i] (…, W) along the width where mask[i]; x is (B, C, H, W)."""
-    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
+    return torch.where(to_device(mask, x.device)[:, None, None, None], x.flip(-1), x)

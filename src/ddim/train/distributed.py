@@ -66,17 +66,30 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
     return torch.device(device)
 
 
+# A gloo group beside an nccl one, for host-side flags (``any_rank``): None when the default group is
+# gloo already (CPU runs) or was not created here.
+_HOST_GROUP = None
+
+
 def init_distributed(info: DistInfo, device: torch.device) -> None:
     """Join the process group (no-op for a single process or when already joined)."""
+    global _HOST_GROUP
     if not info.distributed or dist.is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank,
                             world_size=info.world_size)
+    if device.type == "cuda":
+        try:  # every rank calls this in the same order, as new_group requires
+            _HOST_GROUP = dist.new_group(backend="gloo")
+        except Exception:  # noqa: BLE001  no gloo: any_rank uses the device all-reduce (one sync per step)
+            _HOST_GROUP = None
 
 
 def shutdown() -> None:
+    global _HOST_GROUP
+    _HOST_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -93,8 +106,11 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank if ``flag`` is True on any rank (so all ranks stop at the same step)."""
     if not info.distributed:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
+    # Called every step: over nccl, ``.item()`` would make the host wait for the GPU's whole queue each
+    # step; the gloo host group answers from CPU memory without touching the GPU.
+    on_host = _HOST_GROUP is not None
+    t = torch.tensor([1.0 if flag else 0.0], device="cpu" if on_host else device)
+    dist.all_reduce(t, group=_HOST_GROUP)
     return bool(t.item() > 0)
 
 

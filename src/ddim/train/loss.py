@@ -24,6 +24,7 @@ import torch
 
 from ..forward import PREDICTIONS, abar_at, q_sample, target_from_x0_eps
 from ..schedule import Schedule
+from ..transfer import to_device
 
 __all__ = ["Draws", "draw", "drop_labels", "min_snr_weight", "diffusion_loss", "training_loss"]
 
@@ -79,7 +80,7 @@ def drop_labels(labels: Optional[torch.Tensor], drop: torch.Tensor, null_label: 
         return labels
     if null_label is None:
         raise ValueError("label_dropout > 0 needs a model with a null label (class-conditional UNet)")
-    return torch.where(drop.to(labels.device), torch.full_like(labels, int(null_label)), labels)
+    return torch.where(to_device(drop, labels.device), torch.full_like(labels, int(null_label)), labels)
 
 
 def min_snr_weight(snr: torch.Tensor, gamma: Optional[float], prediction: str) -> torch.Tensor:
@@ -136,12 +137,12 @@ def diffusion_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, t: tor
     abar = abar_at(schedule.alphas_cumprod, t, x0)  # (B, 1, 1, 1) in x0's dtype
     x_t = q_sample(x0, abar, eps)
     target = target_from_x0_eps(x0, eps, abar, prediction)
-    out = _call_model(model, x_t, t.to(x0.device), labels)
+    out = _call_model(model, x_t, to_device(t, x0.device), labels)
     # The error is computed in float32 even when the forward ran under bf16 autocast.
     per_sample = (target.float() - out.float()).pow(2).flatten(1).mean(1)
     if min_snr_gamma is None:
         return per_sample.mean()
-    snr = schedule.snr.to(x0.device)[t.to(x0.device)]
+    snr = to_device(schedule.snr, x0.device)[to_device(t, x0.device)]
     return (min_snr_weight(snr, min_snr_gamma, prediction).float() * per_sample).mean()
 
 

@@ -27,6 +27,7 @@ from ..checkpoint import (CheckpointError, NonFiniteError, check_finite, find_ch
                           load_weights, read_json, read_tensors, save_checkpoint, verify_checkpoint, write_json)
 from ..images import save_grid
 from ..samplers import sample
+from ..transfer import to_device
 from .batches import (STREAM_INIT, STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask,
                       step_generator)
 from .config import RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
@@ -110,8 +111,6 @@ class Trainer:
 
     def __init__(self, config: RunConfig, out_dir, *, data=None, device: str = "auto", resume: bool = False,
                  quiet: bool = False, dist_info: Optional[DistInfo] = None):
-        from ..nn import UNet
-
         self.config, self.out_dir, self.quiet = config, Path(out_dir), quiet
         tc = config.train
         self.info = dist_info or dist_info_from_env()
@@ -134,10 +133,9 @@ class Trainer:
         init_distributed(self.info, self.device)
 
         torch.manual_seed(derive_seed(tc.seed, STREAM_INIT))  # identical initial weights on every rank
-        self.model = UNet.from_config(config.model).to(self.device)
+        self.model = self.build_model().to(self.device)
         self.ema = EMA(self.model, tc.ema_decay).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.adam_betas,
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = self.build_optimizer(self.model.parameters())
         self.step = 0
         self._saved_step: Optional[int] = None
         self._last_checkpoint: Optional[Path] = None
@@ -147,6 +145,19 @@ class Trainer:
         self._window = self._new_window()
 
     # ---- setup ----------------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        """The network to train, built under the run's init seed. A subclass may return any denoiser
+        called as ``net(x_t, t[, labels])`` with a ``null_label`` attribute (benchmarks/training.py
+        trains diffusers' UNet through this same loop)."""
+        from ..nn import UNet
+
+        return UNet.from_config(self.config.model)
+
+    def build_optimizer(self, params) -> torch.optim.Optimizer:
+        """AdamW with the run's hyper-parameters (a subclass may pick e.g. ``fused=True`` on CUDA)."""
+        tc = self.config.train
+        return torch.optim.AdamW(params, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         net = model
         if self.info.distributed:
@@ -199,7 +210,8 @@ class Trainer:
         """This rank's (x0, t, eps, labels) of global batch ``self.step``, on the device."""
         tc, data, sl = self.config.train, self.data, self._shard()
         g = step_generator(tc.seed, self.step)
-        idx = batch_indices(tc.seed, self.step, tc.batch_size, len(data))[sl].to(self.device)
+        # to_device: pinned, non-blocking copies, so the host never waits for the GPU here
+        idx = to_device(batch_indices(tc.seed, self.step, tc.batch_size, len(data))[sl], self.device)
         shape = (tc.batch_size, data.channels, data.image_size, data.image_size)
         d = draw(shape, self.schedule.num_steps, g, tc.label_dropout if self.class_cond else 0.0).shard(sl.start, sl.stop)
         flips = flip_mask(tc.batch_size, g)[sl] if self.config.data is not None and self.config.data.hflip else None
@@ -208,7 +220,7 @@ class Trainer:
             x0 = apply_flips(x0, flips)
         labels = data.labels[idx] if self.class_cond else None
         labels = drop_labels(labels, d.drop, self.model.null_label)
-        return x0, d.t.to(self.device), d.eps.to(self.device), labels
+        return x0, to_device(d.t, self.device), to_device(d.eps, self.device), labels
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns (loss, grad norm before clipping) as device scalars."""

@@ -1,0 +1,191 @@
+"""Files of an evaluation run: JSON (everything), CSV (one row per measurement), a markdown table and a
+plot or picture grid. Every file is written to a temporary name and renamed into place.
+
+    grid            results.json  results.csv  results.md (FID: rows S, columns η)  fid_vs_steps.png
+    reconstruction  reconstruction.json  .csv  .md
+    consistency     consistency.json  .md  consistency.png (rows: seeds, columns: S, then T)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .runner import _atomic_write, eta_label
+
+__all__ = ["versions", "write_grid_report", "write_reconstruction_report", "write_consistency_report",
+           "fid_table"]
+
+GRID_COLUMNS = ("steps", "eta", "fid", "kid_mean", "kid_std", "precision", "recall", "n", "sample_seconds",
+                "metric_seconds")
+
+
+def versions() -> dict:
+    """Versions of the software that produced the numbers."""
+    import numpy
+
+    from .. import __version__
+
+    return {"ddim": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def _write_text(path: Path, text: str) -> Path:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
+def _write_json(path: Path, obj) -> Path:
+    return _write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return _write_text(path, buf.getvalue())
+
+
+def _eta_header(eta) -> str:
+    return "σ̂" if eta == "large" else f"η = {eta_label(eta)}"
+
+
+def _number(v: float) -> str:
+    """Three significant digits in plain notation where possible (FIDs 0.0123 … 367)."""
+    if v is None or not math.isfinite(v):
+        return "—"
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _config_line(config: dict, keys: Sequence[str]) -> str:
+    return ", ".join(f"{k} {config[k]}" for k in keys if config.get(k) is not None)
+
+
+# ------------------------------------------------------------------------------------------- grid
+
+def _by_cell(cells: Sequence[dict]):
+    steps = list(dict.fromkeys(c["steps"] for c in cells))
+    etas = list(dict.fromkeys(c["eta"] for c in cells))
+    return steps, etas, {(c["steps"], c["eta"]): c for c in cells}
+
+
+def fid_table(results: dict) -> str:
+    """Markdown: FID with rows S and columns η, then the floor and what the numbers were measured with."""
+    steps, etas, cell = _by_cell(results["cells"])
+    rows = [[str(s)] + [_number(cell[(s, e)]["fid"]) if (s, e) in cell else "—" for e in etas] for s in steps]
+    text = "# FID against sampling steps S and η\n\n" + _markdown(["S"] + [_eta_header(e) for e in etas], rows)
+    floor = results.get("floor")
+    if floor:
+        text += (f"\nFloor: FID {_number(floor['fid'])} for {floor['n_fake']} real images ({floor['images']}) "
+                 "against the same reference: a perfect model would score about this.\n")
+    ref = results["reference"]
+    text += (f"\n{results['config']['n']} samples per cell against {ref['name']} ({ref['n']} images); "
+             f"features: Fashion-MNIST classifier, weights SHA-256 {results['extractor_sha256'][:16]}…; "
+             f"{_config_line(results['config'], ('checkpoint', 'seed', 'spacing', 'guidance'))}.\n")
+    return text
+
+
+def _plot_fid(results: dict, path: Path) -> Path:
+    """fid_vs_steps.png: FID against S (log axis), one line per η, the floor dashed."""
+    # The object-oriented API with its own canvas: no pyplot, no global backend switch in the caller.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    steps, etas, cell = _by_cell(results["cells"])
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    values = []
+    for e in etas:
+        xs = [s for s in steps if (s, e) in cell]
+        ys = [cell[(s, e)]["fid"] for s in xs]
+        values += ys
+        ax.plot(xs, ys, marker="o", label="σ̂ (η = large)" if e == "large" else _eta_header(e))
+    floor = results.get("floor")
+    if floor:
+        values.append(floor["fid"])
+        ax.axhline(floor["fid"], color="0.4", linestyle="--", linewidth=1, label="real images (floor)")
+    ax.set_xscale("log")
+    ax.set_xticks(steps)
+    ax.set_xticklabels([str(s) for s in steps])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) > 20 * min(positive):  # FIDs span orders of magnitude across η
+        ax.set_yscale("log")
+    ax.set_xlabel("sampling steps S")
+    ax.set_ylabel(f"FID ({results['config']['n']} samples)")
+    ax.set_title("FID against sampling steps")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    return path
+
+
+def write_grid_report(out_dir, results: dict) -> list[Path]:
+    """results.json, results.csv, results.md and fid_vs_steps.png in ``out_dir``.
+
+    ``results``: {"config", "reference": {"name", "n"}, "extractor_sha256", "floor" (or None), "versions",
+    "cells": [score_cell dicts]}.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [_write_json(out / "results.json", results),
+            _write_csv(out / "results.csv", results["cells"], GRID_COLUMNS),
+            _write_text(out / "results.md", fid_table(results)),
+            _plot_fid(results, out / "fid_vs_steps.png")]
+
+
+# ---------------------------------------------------------------------- reconstruction, consistency
+
+def write_reconstruction_report(out_dir, results: dict) -> list[Path]:
+    """reconstruction.json / .csv / .md; ``results``: {"config", "images", "versions", "rows"}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = results["rows"]
+    md = ("# Reconstruction error of DDIM inversion\n\n"
+          "x_0 → x_T (inversion, S steps) → x_0 (η = 0, S steps); per-dimension MSE on the [0, 1] scale, "
+          f"over {rows[0]['n'] if rows else 0} images of {results['images']}.\n\n"
+          + _markdown(["S", "MSE (mean)", "MSE (std)"],
+                      [[str(r["steps"]), _number(r["mse_mean"]), _number(r["mse_std"])] for r in rows]))
+    return [_write_json(out / "reconstruction.json", results),
+            _write_csv(out / "reconstruction.csv", rows, ("steps", "mse_mean", "mse_std", "n", "seconds")),
+            _write_text(out / "reconstruction.md", md)]
+
+
+def write_consistency_report(out_dir, results: dict, images: Optional[torch.Tensor] = None) -> list[Path]:
+    """consistency.json / .md, and with ``images`` (k, columns, C, H, W) the picture grid consistency.png."""
+    from ..images import save_grid
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, T = results["rows"], results["config"]["num_train_steps"]
+    md = ("# Consistency of η = 0 samples across S\n\n"
+          f"Same x_T for {results['config']['n']} seeds; distance of the S-step sample to the {T}-step one, "
+          "per dimension on the [0, 1] scale.\n\n"
+          + _markdown(["S", "MSE (mean)", "MSE (std)", "mean |Δ|"],
+                      [[str(r["steps"]), _number(r["mse_mean"]), _number(r["mse_std"]), _number(r["mae_mean"])]
+                       for r in rows]))
+    files = [_write_json(out / "consistency.json", results)]
+    if images is not None:
+        k, cols = images.shape[:2]
+        md += f"\n![samples](consistency.png)\n\nRows: seeds 0…{k - 1}; columns: S = " \
+              f"{', '.join(str(r['steps']) for r in rows)}, then {T}.\n"
+        files.append(save_grid(images.reshape(k * cols, *images.shape[2:]), out / "consistency.png", nrow=cols))
+    files.append(_write_text(out / "consistency.md", md))
+    return files

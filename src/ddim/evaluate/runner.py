@@ -1,0 +1,351 @@
+"""Evaluation runs: FID over a grid of (S, η) cells (DDIM Table 1), reconstruction error of DDIM
+inversion against S (Table 2), and how close η = 0 samples at S steps stay to those at T (section 5.3).
+
+Sampling is the slow part, so a grid run keeps its images on disk, one folder per cell::
+
+    OUT/samples/S{S}_eta{η}/key.json                      what the images depend on (seed, S, η, weights, ...)
+    OUT/samples/S{S}_eta{η}/{start:07d}-{stop:07d}.npy    uint8 (stop − start, C, H, W): samples start … stop−1
+
+Chunk k holds samples [k·b, (k+1)·b), b the batch size, drawn as one batch and written to a temporary
+file that is then renamed into place, so a chunk file is either complete or absent. A rerun reuses
+every chunk present and draws only the missing ones: sample i depends only on (seed, i) and a chunk is
+always drawn as the same batch, so a resumed run gives bit-identical images, hence identical metrics.
+Under torchrun every rank lists the missing chunks, then draws a contiguous share of them; rank 0
+scores the cells once all ranks are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..data import ImageData
+from ..generate import conditioned, generate_batch
+from ..images import to_uint8
+from ..samplers import invert, sample
+from ..schedule import Schedule
+from ..train.distributed import DistInfo, barrier
+from .reference import ReferenceStats, evaluate_images
+
+__all__ = ["Cell", "CellSamples", "SampleStore", "eta_label", "chunk_ranges", "rank_share", "weights_sha256",
+           "per_image_mse", "per_image_mae", "sample_grid", "score_cell", "floor_metrics", "reconstruction_errors",
+           "consistency"]
+
+Eta = Union[float, str]
+STORE_FORMAT = "ddim-eval-samples-v1"
+KEY_FILE = "key.json"
+PR_NEIGHBOURS = 3   # k of precision/recall (Kynkäänniemi et al. 2019), fewer only when n ≤ 3
+
+
+def eta_label(eta: Eta) -> str:
+    """η as written in folder names and tables: "0", "0.2", "1", "large"."""
+    return eta if isinstance(eta, str) else f"{float(eta):g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: S sampling steps with noise level η (a number >= 0, or "large" for σ̂)."""
+
+    steps: int
+    eta: Eta
+
+    @property
+    def name(self) -> str:
+        return f"S{self.steps}_eta{eta_label(self.eta)}"
+
+
+def chunk_ranges(n: int, size: int) -> list[range]:
+    """[0, n) cut into consecutive ranges of ``size`` (the last one shorter)."""
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def rank_share(items: Sequence, info: DistInfo) -> list:
+    """This rank's contiguous slice of ``items``; the slices of all ranks partition it."""
+    k, w, r = len(items), info.world_size, info.rank
+    return list(items[k * r // w:k * (r + 1) // w])
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hex SHA-256 over the names, dtypes, shapes and bytes of ``model.state_dict()``."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> [0, 1], clamped as when they are shown or saved; float64 for exact means."""
+    return (x.detach().double().cpu().clamp(-1, 1) + 1) / 2
+
+
+def per_image_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) mean squared difference per dimension on the [0, 1] scale (DDIM Table 2's unit).
+    x, y: (B, C, H, W) in [-1, 1] (values outside are clamped)."""
+    return (_unit(x) - _unit(y)).pow(2).flatten(1).mean(1)
+
+
+def per_image_mae(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) mean absolute difference per dimension on the [0, 1] scale."""
+    return (_unit(x) - _unit(y)).abs().flatten(1).mean(1)
+
+
+def _mean_std(v: torch.Tensor) -> tuple[float, float]:
+    return float(v.mean()), float(v.std()) if v.numel() > 1 else 0.0
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """``write(file)`` into a temporary sibling, fsync, rename over ``path``: readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ sample store
+
+class SampleStore:
+    """One cell's samples on disk (see the module docstring).
+
+    Args:
+        root: the cell's folder.
+        key: JSON dict of everything the images depend on; None to only read.
+    """
+
+    def __init__(self, root: Union[str, Path], key: Optional[dict] = None):
+        self.root, self.key = Path(root), key
+
+    def path(self, r: range) -> Path:
+        return self.root / f"{r.start:07d}-{r.stop:07d}.npy"
+
+    def open(self, create: bool) -> None:
+        """Refuse a folder drawn under another key; with ``create`` (one process only) write the key
+        and delete temporary files a killed run left behind."""
+        key_file = self.root / KEY_FILE
+        if key_file.is_file():
+            try:
+                saved = json.loads(key_file.read_text())
+            except (OSError, ValueError):
+                raise ValueError(f"{key_file} is unreadable; delete {self.root} to redraw its samples") from None
+            differ = sorted(k for k in set(saved) | set(self.key) if saved.get(k) != self.key.get(k))
+            if differ:
+                raise ValueError(f"{self.root} holds samples drawn with other settings ({', '.join(differ)} "
+                                 "differ); use another output directory or delete that folder")
+        elif create:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write(key_file, lambda f: f.write(json.dumps(self.key, indent=2, sort_keys=True).encode()))
+        if create:
+            for tmp in self.root.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def missing(self, ranges: Sequence[range]) -> list[range]:
+        return [r for r in ranges if not self.path(r).is_file()]
+
+    def write(self, r: range, images: torch.Tensor) -> None:
+        """Store uint8 images (len(r), C, H, W) as chunk ``r``."""
+        if images.dtype != torch.uint8 or images.shape[0] != len(r):
+            raise ValueError(f"chunk {r.start}-{r.stop} needs {len(r)} uint8 images, got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        _atomic_write(self.path(r), lambda f: np.save(f, images.cpu().numpy(), allow_pickle=False))
+
+    def read(self, ranges: Sequence[range], shape: Sequence[int]) -> torch.Tensor:
+        """The chunks ``ranges`` as one uint8 tensor (N, *shape); a missing or malformed chunk is an error."""
+        parts = []
+        for r in ranges:
+            p = self.path(r)
+            try:
+                a = np.load(p, allow_pickle=False)
+            except FileNotFoundError:
+                raise ValueError(f"{p} is missing; rerun to draw it") from None
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{p} is unreadable ({type(e).__name__}); delete it and rerun to redraw it") from None
+            if a.dtype != np.uint8 or a.shape != (len(r), *shape):
+                raise ValueError(f"{p} holds {a.dtype} {a.shape}, expected uint8 {(len(r), *shape)}; delete it "
+                                 "and rerun to redraw it")
+            parts.append(torch.from_numpy(a))
+        return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class CellSamples:
+    """A cell's samples after ``sample_grid``: where they are and what this run did.
+
+    ranges: the chunks holding samples 0 … n−1. reused/sampled: chunks found on disk / drawn now (by
+    all ranks). seconds: this rank's wall time drawing its share.
+    """
+
+    cell: Cell
+    store: SampleStore
+    ranges: tuple
+    shape: tuple
+    reused: int
+    sampled: int
+    seconds: float
+
+    @property
+    def n(self) -> int:
+        return self.ranges[-1].stop
+
+    def images(self) -> torch.Tensor:
+        """All n samples, uint8 (n, C, H, W)."""
+        return self.store.read(self.ranges, self.shape)
+
+
+def _image_shape(model) -> tuple:
+    cfg = model.config
+    return cfg.in_channels, cfg.image_size, cfg.image_size
+
+
+def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_dir: Union[str, Path], *,
+                seed: int = 0, batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
+                guidance: float = 0.0, device="cpu", info: DistInfo = DistInfo(),
+                on_plan: Optional[Callable[[int], None]] = None, on_step: Optional[Callable[[], None]] = None,
+                weights_hash: Optional[str] = None) -> list[CellSamples]:
+    """Draw n samples for every cell into ``out_dir/samples/<cell>/``, reusing the chunks already there.
+
+    Sample i of every cell starts from the x_T of (seed, i) and, for a class-conditional ``model``
+    (a ``ddim.nn.UNet``), has label i mod num_classes (optionally with guidance weight w). Call it on
+    every rank under torchrun; it returns when all ranks are done.
+
+    Args:
+        on_plan: called once with the number of model calls this rank will make (a progress bar's total).
+        on_step: called after each of them.
+        weights_hash: ``weights_sha256(model)``, if the caller has it already (hashing reads every weight).
+    Returns:
+        one ``CellSamples`` per cell, in order.
+    """
+    for what, v, lo in (("n", n, 1), ("batch size", batch_size, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
+    shape, device = _image_shape(model), torch.device(device)
+    base = {"format": STORE_FORMAT, "seed": seed, "spacing": spacing, "prediction": prediction,
+            "guidance": float(guidance), "weights_sha256": weights_hash or weights_sha256(model),
+            "image_shape": list(shape), "num_classes": model.config.num_classes,
+            "noise_device": device.type,  # generators draw there
+            "schedule_sha256": hashlib.sha256(schedule.alphas_cumprod.numpy().tobytes()).hexdigest()}
+    ranges = chunk_ranges(n, batch_size)
+    stores, todo = [], []
+    for cell in cells:
+        store = SampleStore(Path(out_dir) / "samples" / cell.name, {**base, "steps": cell.steps, "eta": cell.eta})
+        store.open(create=info.is_main)
+        stores.append(store)
+        todo.append(store.missing(ranges))
+    barrier(info)  # every rank has listed the missing chunks before any is written: the shares agree
+    mine = [rank_share(missing, info) for missing in todo]
+    if on_plan is not None:
+        on_plan(sum(cell.steps * len(m) for cell, m in zip(cells, mine)))
+    out = []
+    for cell, store, missing, my_chunks in zip(cells, stores, todo, mine):
+        start = time.perf_counter()
+        for r in my_chunks:
+            x = generate_batch(model, schedule, r, seed=seed, steps=cell.steps, eta=cell.eta, spacing=spacing,
+                               prediction=prediction, guidance=guidance, device=device, on_step=on_step)
+            store.write(r, to_uint8(x))
+        out.append(CellSamples(cell, store, tuple(ranges), shape, len(ranges) - len(missing), len(missing),
+                               time.perf_counter() - start))
+    barrier(info)  # all chunks are on disk
+    return out
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+def _metrics(images, reference: ReferenceStats, extractor, n: int) -> dict:
+    # Precision/recall need k + 1 points per set; keep k = 3 unless n is tiny (k is reported).
+    return evaluate_images(images, reference, extractor, k=min(PR_NEIGHBOURS, n - 1))
+
+
+def score_cell(samples: CellSamples, reference: ReferenceStats, extractor=None) -> dict:
+    """FID, KID, precision/recall of a cell's samples against ``reference`` (see ``evaluate_images``),
+    with "steps", "eta", "n", "reused_chunks", "sampled_chunks", "sample_seconds" and "metric_seconds"."""
+    start = time.perf_counter()
+    images = samples.images().float() / 127.5 - 1  # exactly the uint8 images, as saved PNGs would be
+    m = _metrics(images, reference, extractor, samples.n)
+    return {"steps": samples.cell.steps, "eta": samples.cell.eta, "n": samples.n, **m,
+            "reused_chunks": samples.reused, "sampled_chunks": samples.sampled,
+            "sample_seconds": samples.seconds, "metric_seconds": time.perf_counter() - start}
+
+
+def floor_metrics(real: ImageData, n: int, reference: ReferenceStats, extractor=None) -> dict:
+    """The metrics of the first n images of another real set (e.g. the training split) against
+    ``reference``: what a perfect model scores with n samples, finite-sample bias included."""
+    m = min(n, len(real))
+    if m < 2:
+        raise ValueError(f"the floor needs at least 2 real images, {real.name} has {len(real)}")
+    return {"images": real.name, **_metrics(ImageData(real.images[:m]), reference, extractor, m)}
+
+
+# ------------------------------------------------------------------------------ reconstruction
+
+def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, labels: Optional[torch.Tensor],
+                          steps_list: Sequence[int], *, batch_size: int = 64, spacing: str = "uniform",
+                          prediction: str = "epsilon", device="cpu",
+                          on_step: Optional[Callable[[], None]] = None) -> list[dict]:
+    """DDIM inversion x_0 -> x_T with S steps, then η = 0 sampling back with the same S (DDIM Table 2).
+
+    Args:
+        model: a network (conditioned on ``labels`` when class-conditional) or any ``model(x_t, t)``.
+        images: (N, C, H, W) float in [-1, 1]. labels: (N,) int64 for a class-conditional model, else None.
+        steps_list: the S values.
+        on_step: called after each model call (2·S per batch and S).
+    Returns:
+        per S: {"steps", "mse_mean", "mse_std" (per-dimension MSE on the [0, 1] scale, over images),
+        "n", "seconds"}.
+    """
+    device = torch.device(device)
+    callback = (lambda *_: on_step()) if on_step is not None else None
+    rows = []
+    for steps in steps_list:
+        start, errors = time.perf_counter(), []
+        for r in chunk_ranges(images.shape[0], batch_size):
+            m = conditioned(model, None if labels is None else labels[r.start:r.stop])
+            x0 = images[r.start:r.stop].to(device)
+            with torch.inference_mode():
+                x_T = invert(m, schedule, x0, steps, spacing, prediction, callback=callback)
+                back = sample(m, schedule, x_T, steps, 0.0, spacing, prediction, callback=callback)
+            errors.append(per_image_mse(back, x0))
+        mean, std = _mean_std(torch.cat(errors))
+        rows.append({"steps": steps, "mse_mean": mean, "mse_std": std, "n": images.shape[0],
+                     "seconds": time.perf_counter() - start})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ consistency
+
+def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int, *, seed: int = 0,
+                batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
+                guidance: float = 0.0, device="cpu",
+                on_step: Optional[Callable[[], None]] = None) -> tuple[list[dict], torch.Tensor]:
+    """Sample the same x_T (seeds (seed, 0 … k−1)) with η = 0 at each S and at S = T, and measure how far
+    each S lands from the T-step sample (DDIM section 5.3: η = 0 samples share high-level features).
+
+    Returns:
+        rows: per S < T, {"steps", "mse_mean", "mse_std", "mae_mean" (per dimension, [0, 1] scale, over
+        the k seeds), "k", "seconds"};
+        images: (k, len(columns), C, H, W) float in [-1, 1], columns = the S values then T.
+    """
+    T = schedule.num_steps
+    columns = [s for s in dict.fromkeys(steps_list) if s != T] + [T]
+    samples, seconds = [], []
+    for steps in columns:
+        start = time.perf_counter()
+        samples.append(torch.cat([generate_batch(model, schedule, r, seed=seed, steps=steps, eta=0.0, spacing=spacing,
+                                                 prediction=prediction, guidance=guidance, device=device,
+                                                 on_step=on_step).float().cpu()
+                                  for r in chunk_ranges(k, batch_size)]))
+        seconds.append(time.perf_counter() - start)
+    ref, rows = samples[-1], []
+    for steps, x, sec in zip(columns[:-1], samples, seconds):
+        mse_mean, mse_std = _mean_std(per_image_mse(x, ref))
+        rows.append({"steps": steps, "mse_mean": mse_mean, "mse_std": mse_std,
+                     "mae_mean": float(per_image_mae(x, ref).mean()), "k": k, "seconds": sec})
+    return rows, torch.stack(samples, 1).clamp(-1, 1)
