@@ -43,6 +43,8 @@ def training_record(run_dir: Path, command: str, device: str) -> dict:
         "final_loss_mean_last_500_steps": round(statistics.fmean(last), 5),
         "loss_log": [[m["step"], round(m["loss"], 5)] for m in metrics],
         "images_per_s_median": round(statistics.median(m["images_per_s"] for m in metrics), 2),
+        # from the run's config.json (written at the start) to the checkpoint: includes checkpoint writes
+        "wall_time_s": round((ckpt / "config.json").stat().st_mtime - (run_dir / "config.json").stat().st_mtime),
         "date": datetime.fromtimestamp((ckpt / "config.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -52,13 +54,14 @@ def training_record(run_dir: Path, command: str, device: str) -> dict:
 
 
 def class_agreement(checkpoint: Path, n: int, steps: int, seed: int = 0) -> float:
-    """Fraction of class-conditional samples (η = 0, no guidance, labels i % 10) that the shipped
+    """Fraction of class-conditional samples (η = 0, x̂₀ clipped to [-1, 1] as `ddim sample` does, no
+    guidance, labels i % 10) that the shipped
     Fashion-MNIST classifier (92.41 % test accuracy) assigns to the requested class."""
     from ddim.evaluate import load_classifier
     from ddim.generate import class_labels, generate
 
     model, schedule, config = load_checkpoint(checkpoint)
-    images = generate(model, schedule, n, seed=seed, steps=steps, prediction=config.prediction)
+    images = generate(model, schedule, n, seed=seed, steps=steps, prediction=config.prediction, clip=1.0)
     classifier, _ = load_classifier()
     with torch.no_grad():
         predicted = classifier(images.clamp(-1, 1)).argmax(1)
@@ -77,7 +80,7 @@ def main() -> None:
     out = export_checkpoint(args.run_dir, args.out, dtype=torch.float16, record=record)
     if args.quality_n:  # measured on the exported fp16 weights: what users get
         record["class_agreement"] = {"value": round(class_agreement(out, args.quality_n, 50), 4),
-                                     "n": args.quality_n, "steps": 50, "eta": 0, "guidance": 0, "seed": 0}
+                                     "n": args.quality_n, "steps": 50, "eta": 0, "guidance": 0, "clip": 1.0, "seed": 0}
         out = export_checkpoint(args.run_dir, args.out, dtype=torch.float16, record=record)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.2f} MB): step {record['steps']}, "

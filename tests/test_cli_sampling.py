@@ -58,6 +58,7 @@ def test_sample_writes_grid_and_is_deterministic(ckpt, tmp_path):
     assert len(list((tmp_path / "each").glob("*.png"))) == 6
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (6, 1, 28, 28) and np.isfinite(images).all()
+    assert np.abs(images).max() <= 1.0  # --clip 1 by default: the last step returns the clamped x̂_0
     run("sample", "--checkpoint", ckpt, "--n", "6", "--steps", "5", "--seed", "4", "--out", str(b))
     assert a.read_bytes() != b.read_bytes()
 
@@ -151,6 +152,7 @@ def _error(capsys, args):
     (["--steps", "2000"], "1 <= steps <= T=1000, got 2000"),
     (["--eta", "-1"], "eta must be a finite number >= 0 or 'large', got -1.0"),
     (["--eta", "big"], "expected a number >= 0 or 'large', got 'big'"),
+    (["--clip", "-1"], "--clip must be a number >= 0 (0: off), got -1.0"),
     (["--class", "11"], "class 11 is out of range for a model with 10 classes (allowed: 0..9)"),
     (["--n", "0"], "n must be an integer >= 1, got 0"),
 ])

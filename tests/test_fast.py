@@ -77,14 +77,20 @@ def test_cpu_warns_once_naming_the_reason():
     assert len(s.reasons) == 1 and "not CUDA" in s.reasons[0]
 
 
-def test_unet_with_channels_last_copy_matches_sample():
-    """A channels_last copy of a UNet on the CPU: the conv sums run in another order, nothing else."""
+def perturbed_tiny_unet():
+    """A tiny 8×8 class-conditional UNet with all weights moved off their init (zero-init layers too)."""
     torch.manual_seed(0)
     net = unet_from_preset("small", image_size=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
                            dropout=0.0).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def test_unet_with_channels_last_copy_matches_sample():
+    """A channels_last copy of a UNet on the CPU: the conv sums run in another order, nothing else."""
+    net = perturbed_tiny_unet()
     fast_net = fast_module(net)
     assert next(p for p in fast_net.parameters() if p.ndim == 4).is_contiguous(memory_format=torch.channels_last)
     assert all(p.is_contiguous() for p in net.parameters())  # the caller's module is untouched
@@ -157,12 +163,7 @@ def test_fast_sample_function_uses_one_sampler():
 
 
 def test_generate_fast_on_cpu_matches_and_keeps_per_sample_seeds():
-    torch.manual_seed(0)
-    net = unet_from_preset("small", image_size=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                           dropout=0.0).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    net = perturbed_tiny_unet()
     kw = dict(seed=5, steps=4, eta=1.0)
     want = generate(net, S1000, 5, batch_size=5, **kw)
     ticks = []

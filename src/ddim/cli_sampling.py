@@ -43,6 +43,19 @@ def _common(p, formatter_default_steps: int = 50) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
+def _add_clip(p) -> None:
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="clamp each step's predicted x_0 to [-clip, clip], as DDPM's sampler does for data in "
+                        "[-1, 1]; 0: off, the DDIM paper's plain update")
+
+
+def _clip(args):
+    """--clip as ``ddim.sample``'s ``clip`` argument (None: off)."""
+    if not args.clip >= 0:
+        raise ValueError(f"--clip must be a number >= 0 (0: off), got {args.clip}")
+    return args.clip or None
+
+
 def _writable(path) -> Path:
     """Fail before any work if ``path`` cannot be written."""
     path = Path(path)
@@ -85,6 +98,7 @@ def _add_sample(sub, formatter) -> None:
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
                    help="ddpm: ancestral sampling on all T steps with the fixed-large variance (ignores --steps, --eta)")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0: off)")
+    _add_clip(p)
     p.add_argument("--fast", action="store_true",
                    help="on CUDA: bf16 autocast, channels_last, torch.compile (the first batch waits for it) and "
                         "the whole loop replayed as one CUDA graph; images match the default within bf16 "
@@ -112,6 +126,7 @@ def _run_sample(args) -> int:
     steps, eta = (schedule.num_steps, "large") if args.sampler == "ddpm" else (args.steps, args.eta)
     # validate everything before the progress bar starts
     plan(schedule, steps, eta, args.spacing)
+    clip = _clip(args)
     conditioned(model, class_labels([0], model.config.num_classes, args.class_id), args.guidance)
     for name, value in (("n", args.n), ("batch size", args.batch_size)):
         if value < 1:
@@ -121,7 +136,8 @@ def _run_sample(args) -> int:
         # the trajectory only when asked: with --fast it keeps the first batch out of the CUDA graph
         res = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=steps, eta=eta,
                        spacing=args.spacing, prediction=prediction, class_id=args.class_id, guidance=args.guidance,
-                       device=device, return_trajectory=bool(args.trajectory), on_step=bar.update, fast=args.fast)
+                       device=device, return_trajectory=bool(args.trajectory), on_step=bar.update, fast=args.fast,
+                       clip=clip)
     images, traj = res if args.trajectory else (res, None)
     save_grid(images, out)
     if args.npz:
@@ -242,6 +258,7 @@ def _add_interpolate(sub, formatter) -> None:
     src.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="two seeds")
     src.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files to invert first")
     p.add_argument("--frames", type=int, default=9, help="images from A to B inclusive")
+    _add_clip(p)
     p.add_argument("--out", default="interpolation.png", help="PNG strip to write")
     p.set_defaults(func=_run_interpolate)
 
@@ -251,6 +268,7 @@ def _run_interpolate(args) -> int:
     from .images import save_grid
 
     out = _writable(args.out)
+    clip = _clip(args)
     if args.images:  # decode with the conditioning used to invert
         model, schedule, prediction, _, xT, labels, _ = _inverted(args)
         z0, z1 = xT[:1], xT[1:]
@@ -262,7 +280,7 @@ def _run_interpolate(args) -> int:
         labels = class_labels([0], cfg.num_classes, args.class_id)
     label = None if labels is None else int(labels[0])
     images = interpolate(model, schedule, z0, z1, args.frames, steps=args.steps, spacing=args.spacing,
-                         prediction=prediction, label=label)
+                         prediction=prediction, label=label, clip=clip)
     save_grid(images, out, nrow=args.frames)
     _note(args, [f"wrote {out} ({args.frames} frames)"])
     return 0

@@ -173,11 +173,11 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, frames: int, *, steps: int = 50,
                 spacing: str = "uniform", prediction: str = "epsilon", label: Optional[int] = None,
-                guidance: float = 0.0) -> torch.Tensor:
+                guidance: float = 0.0, **sample_kwargs) -> torch.Tensor:
     """Decode ``frames`` slerp points between latents z0 and z1 ((1, C, H, W) each) with η = 0.
 
     ``label``: the class of every frame for a class-conditional model (its null label for unconditional
-    decoding); None for an unconditional model.
+    decoding); None for an unconditional model. ``sample_kwargs`` (e.g. ``clip``) go to ``ddim.sample``.
     Returns:
         (frames, C, H, W) float32 CPU images; the first and last are the plain samples of z0 and z1.
     """
@@ -187,4 +187,4 @@ def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, f
     labels = None if label is None else torch.full((frames,), int(label), dtype=torch.int64)
     m = conditioned(model, labels, guidance)
     with torch.inference_mode():
-        return sample(m, schedule, z, steps, 0.0, spacing, prediction).float().cpu()
+        return sample(m, schedule, z, steps, 0.0, spacing, prediction, **sample_kwargs).float().cpu()
