@@ -158,5 +158,5 @@ def training_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, labels:
     if null_label is None:
         null_label = getattr(getattr(model, "module", model), "null_label", None)  # through a DDP wrapper
     labels = drop_labels(labels, d.drop, null_label)
-    return diffusion_loss(model, schedule, x0, d.t, d.eps.to(x0.device, x0.dtype), labels, prediction,
+    return diffusion_loss(model, schedule, x0, d.t, to_device(d.eps, x0.device).to(x0.dtype), labels, prediction,
                           min_snr_gamma)
