@@ -11,7 +11,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .cli_sampling import _bar, _eta, _note
+from .cli_sampling import _add_clip, _bar, _clip, _eta, _note
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -124,6 +124,8 @@ def _add_eval(sub, formatter) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="sample i starts from the x_T of (seed, i)")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance weight w (class-conditional models; not with --reconstruction)")
+    # Off by default, unlike `ddim sample`: the paper's tables measure the plain update.
+    _add_clip(p, default=0.0)
     p.add_argument("--out", default="eval", help="output directory (results, and samples/ for resuming)")
     g = p.add_argument_group("reference data (FID grid)")
     g.add_argument("--reference-split", choices=("test", "train"), default="test",
@@ -157,6 +159,9 @@ def _validate(args, model, schedule, mode: str, steps, etas) -> None:
         raise ValueError(f"--eta applies to the FID grid only; --{mode} samples with η = 0")
     if mode == "reconstruction" and args.guidance:
         raise ValueError("--guidance does not apply to --reconstruction (inversion is unguided)")
+    if _clip(args) is not None and mode == "reconstruction":
+        # a clamped decoder is no longer the inverse of the (unclamped) inversion ODE
+        raise ValueError(f"--clip {args.clip:g} does not apply to --reconstruction (allowed: 0)")
     if args.batch_size < 1:
         raise ValueError(f"batch size must be an integer >= 1, got {args.batch_size}")
     for s in steps:
@@ -194,7 +199,7 @@ def _run_eval(args) -> int:
         common = {"mode": mode, "checkpoint": str(args.checkpoint), "weights_sha256": weights_sha256(model),
                   "ema": args.ema, "prediction": config.prediction, "num_train_steps": schedule.num_steps,
                   "steps": list(steps), "n": n, "seed": args.seed, "batch_size": args.batch_size,
-                  "spacing": args.spacing, "guidance": args.guidance, "device": str(device),
+                  "spacing": args.spacing, "guidance": args.guidance, "clip": _clip(args), "device": str(device),
                   "world_size": info.world_size}
         run = {"fid": _run_grid, "reconstruction": _run_reconstruction, "consistency": _run_consistency}[mode]
         return run(args, model, schedule, config, device, info, common, etas)
@@ -228,7 +233,7 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
 
         samples = sample_grid(model, schedule, cells, n, args.out, seed=args.seed, batch_size=args.batch_size,
                               spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
-                              device=device, info=info, on_plan=planned, on_step=bar.update,
+                              clip=common["clip"], device=device, info=info, on_plan=planned, on_step=bar.update,
                               weights_hash=common["weights_sha256"])
     if not info.is_main:
         return 0
@@ -291,7 +296,7 @@ def _run_consistency(args, model, schedule, config, device, info, common, etas) 
     with _bar(args, sum(columns) * len(chunk_ranges(n, args.batch_size)), "sampling") as bar:
         rows, images = consistency(model, schedule, common["steps"], n, seed=args.seed, batch_size=args.batch_size,
                                    spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
-                                   device=device, on_step=bar.update)
+                                   clip=common["clip"], device=device, on_step=bar.update)
     results = {"config": common, "versions": versions(), "rows": rows}
     files = write_consistency_report(args.out, results, images)
     print(files[-1].read_text(), end="")

@@ -43,8 +43,8 @@ def _common(p, formatter_default_steps: int = 50) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
-def _add_clip(p) -> None:
-    p.add_argument("--clip", type=float, default=1.0,
+def _add_clip(p, default: float = 1.0) -> None:
+    p.add_argument("--clip", type=float, default=default,
                    help="clamp each step's predicted x_0 to [-clip, clip], as DDPM's sampler does for data in "
                         "[-1, 1]; 0: off, the DDIM paper's plain update")
 

@@ -140,6 +140,19 @@ def test_samples_of_other_settings_are_refused(ckpt, grid_run, tmp_path, capsys)
     assert code == 2 and len(err) == 1 and "drawn with other settings (seed differ)" in err[0], err
 
 
+def test_clip_changes_the_samples_and_is_recorded(ckpt, grid_run, tmp_path, capsys):
+    assert grid_run[1]["config"]["clip"] is None                 # off by default: the paper's plain update
+    assert main(["eval", "--checkpoint", ckpt, *GRID, "--out", str(tmp_path), "--clip", "1"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["clip"] == 1.0 and "clip 1.0" in (tmp_path / "results.md").read_text()
+    clipped, plain = chunk_files(tmp_path), chunk_files(grid_run[0])
+    assert [f.name for f in clipped] == [f.name for f in plain]
+    assert sum(a.read_bytes() != b.read_bytes() for a, b in zip(clipped, plain)) >= 4   # the untrained net's x̂_0 leaves [-1, 1]
+    # unclipped chunks are never reused for a clipped run
+    code, err = _error(capsys, ["eval", "--checkpoint", ckpt, *GRID, "--out", str(grid_run[0]), "--clip", "1"])
+    assert code == 2 and "drawn with other settings (clip differ)" in err[0], err
+
+
 def test_torchrun_matches_one_process(ckpt, grid_run, tmp_path):
     # torchrun reads "--n" as an abbreviation of its own options; the long form passes through
     args = ["--num-samples" if a == "--n" else a for a in GRID]
@@ -235,6 +248,8 @@ def digits_ckpt(tmp_path_factory):
     (["--reconstruction", "--consistency"], "not allowed with argument"),
     (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
     (["--seed", "x"], "argument --seed: expected an integer >= 0, got 'x'"),
+    (["--clip", "-1"], "--clip must be a number >= 0 (0: off), got -1"),
+    (["--reconstruction", "--clip", "1"], "--clip 1 does not apply to --reconstruction (allowed: 0)"),
 ])
 def test_bad_input_is_one_line(ckpt, tmp_path, capsys, args, msg):
     out = tmp_path / "out"

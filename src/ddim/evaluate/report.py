@@ -95,7 +95,7 @@ def fid_table(results: dict) -> str:
     ref = results["reference"]
     text += (f"\n{results['config']['n']} samples per cell against {ref['name']} ({ref['n']} images); "
              f"features: Fashion-MNIST classifier, weights SHA-256 {results['extractor_sha256'][:16]}…; "
-             f"{_config_line(results['config'], ('checkpoint', 'seed', 'spacing', 'guidance'))}.\n")
+             f"{_config_line(results['config'], ('checkpoint', 'seed', 'spacing', 'guidance', 'clip'))}.\n")
     return text
 
 
@@ -177,7 +177,9 @@ def write_consistency_report(out_dir, results: dict, images: Optional[torch.Tens
     rows, T = results["rows"], results["config"]["num_train_steps"]
     md = ("# Consistency of η = 0 samples across S\n\n"
           f"Same x_T for {results['config']['n']} seeds; distance of the S-step sample to the {T}-step one, "
-          "per dimension on the [0, 1] scale.\n\n"
+          "per dimension on the [0, 1] scale"
+          + (f"; x̂_0 clipped to ±{results['config']['clip']:g} at each step" if results["config"].get("clip") else "")
+          + ".\n\n"
           + _markdown(["S", "MSE (mean)", "MSE (std)", "mean |Δ|"],
                       [[str(r["steps"]), _number(r["mse_mean"]), _number(r["mse_std"]), _number(r["mae_mean"])]
                        for r in rows]))

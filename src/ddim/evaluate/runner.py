@@ -208,7 +208,7 @@ def _image_shape(model) -> tuple:
 
 def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_dir: Union[str, Path], *,
                 seed: int = 0, batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
-                guidance: float = 0.0, device="cpu", info: DistInfo = DistInfo(),
+                guidance: float = 0.0, clip: Optional[float] = None, device="cpu", info: DistInfo = DistInfo(),
                 on_plan: Optional[Callable[[int], None]] = None, on_step: Optional[Callable[[], None]] = None,
                 weights_hash: Optional[str] = None) -> list[CellSamples]:
     """Draw n samples for every cell into ``out_dir/samples/<cell>/``, reusing the chunks already there.
@@ -218,6 +218,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
     every rank under torchrun; it returns when all ranks are done.
 
     Args:
+        clip: clamp each step's x̂_0 to [-clip, clip] (``ddim.sample``'s ``clip``); None: the plain update.
         on_plan: called once with the number of model calls this rank will make (a progress bar's total).
         on_step: called after each of them.
         weights_hash: ``weights_sha256(model)``, if the caller has it already (hashing reads every weight).
@@ -229,7 +230,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
             raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
     shape, device = _image_shape(model), torch.device(device)
     base = {"format": STORE_FORMAT, "seed": seed, "spacing": spacing, "prediction": prediction,
-            "guidance": float(guidance), "weights_sha256": weights_hash or weights_sha256(model),
+            "guidance": float(guidance), "clip": clip, "weights_sha256": weights_hash or weights_sha256(model),
             "image_shape": list(shape), "num_classes": model.config.num_classes,
             "noise_device": device.type,  # generators draw there
             "schedule_sha256": hashlib.sha256(schedule.alphas_cumprod.numpy().tobytes()).hexdigest()}
@@ -249,7 +250,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         start = time.perf_counter()
         for r in my_chunks:
             x = generate_batch(model, schedule, r, seed=seed, steps=cell.steps, eta=cell.eta, spacing=spacing,
-                               prediction=prediction, guidance=guidance, device=device, on_step=on_step)
+                               prediction=prediction, guidance=guidance, device=device, on_step=on_step, clip=clip)
             store.write(r, to_uint8(x))
         out.append(CellSamples(cell, store, tuple(ranges), shape, len(ranges) - len(missing), len(missing),
                                time.perf_counter() - start))
@@ -323,10 +324,11 @@ def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, label
 
 def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int, *, seed: int = 0,
                 batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
-                guidance: float = 0.0, device="cpu",
+                guidance: float = 0.0, clip: Optional[float] = None, device="cpu",
                 on_step: Optional[Callable[[], None]] = None) -> tuple[list[dict], torch.Tensor]:
     """Sample the same x_T (seeds (seed, 0 … k−1)) with η = 0 at each S and at S = T, and measure how far
     each S lands from the T-step sample (DDIM section 5.3: η = 0 samples share high-level features).
+    ``clip`` as in ``sample_grid``.
 
     Returns:
         rows: per S < T, {"steps", "mse_mean", "mse_std", "mae_mean" (per dimension, [0, 1] scale, over
@@ -340,7 +342,7 @@ def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int, *,
         start = time.perf_counter()
         samples.append(torch.cat([generate_batch(model, schedule, r, seed=seed, steps=steps, eta=0.0, spacing=spacing,
                                                  prediction=prediction, guidance=guidance, device=device,
-                                                 on_step=on_step).float().cpu()
+                                                 on_step=on_step, clip=clip).float().cpu()
                                   for r in chunk_ranges(k, batch_size)]))
         seconds.append(time.perf_counter() - start)
     ref, rows = samples[-1], []
