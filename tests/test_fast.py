@@ -227,6 +227,17 @@ def test_graph_key_includes_the_plan():
     assert base[2] == 0 and key(eta=0.5)[2] == key(eta="large")[2] == 9  # noise draws (none on the last step)
 
 
+def test_noise_buffer_size_and_the_memory_guard():
+    """1000-step DDPM at CIFAR-10 batch 256 pre-draws 999 float32 noise tensors: ~2.9 GiB, more than a
+    quarter of an 8 GiB card's free memory, so such a loop runs uncaptured there; η = 0 holds none."""
+    x = torch.zeros(256, 3, 32, 32, dtype=torch.bfloat16)   # the buffer is float32 whatever x_T is
+    ddpm = fast_mod.noise_buffer_bytes(sample_setup(S1000, x, 1000, eta=1.0), x)
+    assert ddpm == 999 * 256 * 3 * 32 * 32 * 4
+    assert fast_mod.noise_buffer_bytes(sample_setup(S1000, x, 1000, eta=0.0), x) == 0
+    assert not fast_mod.noise_fits(ddpm, 8 * 2**30) and fast_mod.noise_fits(ddpm, 78 * 2**30)
+    assert fast_mod.noise_fits(0, 0)
+
+
 def test_model_cache_key_names_the_device_type():
     s = quiet_sampler()
     run_quietly(s.sample, affine_model, S1000, torch.zeros(2, 1, 4, 4), 3)
@@ -344,6 +355,23 @@ def test_cuda_eta1_reproducible_from_generators():
                         generator=gens)
     diff = (runs[0].clamp(-1, 1) - eager.clamp(-1, 1)).abs()
     assert diff.mean() <= MEAN_TOL and diff.max() <= MAX_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_noise_too_large_for_memory_runs_uncaptured(monkeypatch):
+    monkeypatch.setattr(fast_mod, "NOISE_MEMORY_SHARE", 0.0)   # any noise buffer is too large
+    model = lambda x, t: 0.1 * torch.tanh(x)  # noqa: E731
+    s = FastSampler(compile=False)
+    schedule = ddim.Schedule.linear(1000)
+    x, gens = initial_noise(1, range(4), (3, 8, 8), "cuda")
+    with pytest.warns(RuntimeWarning, match="noisy steps .* running this loop uncaptured"):
+        got = s.sample(model, schedule, x, 20, eta=1.0, generator=gens)
+    assert not s._graphs and s.cuda_graph                        # only this call ran uncaptured
+    x, gens = initial_noise(1, range(4), (3, 8, 8), "cuda")
+    torch.testing.assert_close(got, ddim.sample(model, schedule, x, 20, eta=1.0, generator=gens), atol=1e-5, rtol=0)
+    s.sample(model, schedule, x, 20, eta=0.0)                    # no noise: captured
+    assert len(s._graphs) == 1
 
 
 @pytest.mark.gpu

@@ -12,7 +12,8 @@ the caller's and is raised as is):
                        options) and replayed per batch: coefficients live on the device, the noise z
                        of every noisy step is drawn before the replay into a static buffer from the
                        caller's generators (in the order ``sample`` draws it), and nothing in the loop
-                       reads a device value back to the host
+                       reads a device value back to the host; a loop whose noise would take over a
+                       quarter of the free device memory (``NOISE_MEMORY_SHARE``) runs uncaptured
 
 On the CPU only channels_last applies (with a ``fast_module`` copy of the "small" preset, 1 thread:
 7-8 % less time per sampling step at batch 16 and 64, interleaved medians); bf16 and graphs are off,
@@ -47,6 +48,9 @@ from .ddim import (Eta, Model, Plan, SampleSetup, Trajectory, _work_dtype, denoi
 __all__ = ["FastSampler", "fast_sample", "fast_module"]
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+# A captured loop holds the noise of all its noisy steps at once (1000-step DDPM at CIFAR batch 256:
+# 3 GiB); beyond this share of the free device memory the loop runs uncaptured instead.
+NOISE_MEMORY_SHARE = 0.25
 
 
 def fast_module(net: nn.Module, channels_last: bool = True) -> nn.Module:
@@ -93,6 +97,16 @@ def _noise_buffer(n: int, x: torch.Tensor) -> Optional[torch.Tensor]:
         B, C, H, W = x.shape
         return torch.empty((n, B, H, W, C), device=x.device, dtype=x.dtype).permute(0, 1, 4, 2, 3)
     return torch.empty((n, *x.shape), device=x.device, dtype=x.dtype)
+
+
+def noise_buffer_bytes(setup: SampleSetup, x_T: torch.Tensor) -> int:
+    """Bytes of the pre-drawn noise a captured loop holds: one x-sized slice per noisy step."""
+    return sum(setup.draws) * x_T.numel() * torch.empty((), dtype=_work_dtype(x_T)).element_size()
+
+
+def noise_fits(nbytes: int, free_bytes: int, share: float = NOISE_MEMORY_SHARE) -> bool:
+    """Whether a noise buffer of ``nbytes`` may take device memory of which ``free_bytes`` are free."""
+    return nbytes <= share * free_bytes
 
 
 def _plan_key(setup: SampleSetup) -> tuple:
@@ -185,6 +199,13 @@ class FastSampler:
         rewind = _rng_rewind(generator, x_T.device) if any(setup.draws) else (lambda: None)
         try:
             use_graph = on_cuda and self.cuda_graph and callback is None and not return_trajectory
+            if use_graph:
+                nbytes, free = noise_buffer_bytes(setup, x_T), torch.cuda.mem_get_info(x_T.device)[0]
+                if not noise_fits(nbytes, free):
+                    use_graph = False
+                    self._note(f"the noise of {sum(setup.draws)} noisy steps ({nbytes / 2**30:.1f} GiB) would take "
+                               f"over {NOISE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {x_T.device}; "
+                               "running this loop uncaptured (fewer steps, a smaller batch or η = 0 capture)")
             x, traj = self._run(model, setup, x_T, generator, key, use_graph, return_trajectory, callback)
             return (x, traj) if return_trajectory else x
         except Exception as e:  # noqa: BLE001  the fallback must always work
