@@ -21,6 +21,7 @@ DEFAULT_STEPS = {"fid": (10, 20, 50, 100, 1000), "reconstruction": (10, 20, 50, 
 DEFAULT_ETAS = (0.0, 0.2, 0.5, 1.0, "large")
 DEFAULT_N = {"fid": 10_000, "reconstruction": 1000, "consistency": 8}
 REFERENCE_DATASET = "fashion-mnist"   # what the shipped feature extractor was trained on
+PREVIEW_SAMPLES = 10                  # per cell, in the FID grid's samples.png
 
 
 # ---------------------------------------------------------------------------------- argument types
@@ -210,6 +211,8 @@ def _run_eval(args) -> int:
 def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     import time
 
+    import torch
+
     from .data import DatasetError, load_dataset
     from .evaluate import FeatureExtractor, reference_stats
     from .evaluate.report import fid_table, versions, write_grid_report
@@ -249,7 +252,8 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
                           "reference_limit": args.reference_limit},
                "reference": {"name": reference.name, "n": reference.n}, "extractor_sha256": extractor.sha256,
                "floor": floor, "versions": versions(), "cells": scores, "seconds": time.perf_counter() - start}
-    files = write_grid_report(args.out, results)
+    previews = torch.stack([s.first(PREVIEW_SAMPLES) for s in samples])
+    files = write_grid_report(args.out, results, previews)
     print(fid_table(results), end="")
     reused = sum(c["reused_chunks"] for c in scores)
     _note(args, [f"wrote {', '.join(str(f) for f in files)}"] +

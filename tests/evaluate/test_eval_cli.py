@@ -101,6 +101,12 @@ def test_grid_writes_every_output(grid_run):
     assert "Floor: FID" in md
     with Image.open(out / "fid_vs_steps.png") as img:
         assert img.format == "PNG" and img.size[0] > 300
+    with Image.open(out / "samples.png") as img:          # 4 cells × their first 8 (of n = 8) samples
+        assert img.size == (8 * 30 + 2, 4 * 30 + 2)
+        grid = np.asarray(img.convert("L"))
+    first = np.load(out / "samples" / "S3_eta0" / "0000004-0000008.npy")[1, 0]    # sample 5 of row 3
+    assert np.array_equal(grid[2 + 2 * 30:2 + 2 * 30 + 28, 2 + 5 * 30:2 + 5 * 30 + 28], first)
+    assert "Rows: S = 2 η = 0; S = 2 σ̂; S = 3 η = 0; S = 3 σ̂." in md
     # the stored samples: 2 chunks of 4 per cell, uint8 28×28
     files = chunk_files(out)
     assert [f.name for f in files[:2]] == ["0000000-0000004.npy", "0000004-0000008.npy"] and len(files) == 8

@@ -2,6 +2,7 @@
 plot or picture grid. Every file is written to a temporary name and renamed into place.
 
     grid            results.json  results.csv  results.md (FID: rows S, columns η)  fid_vs_steps.png
+                    samples.png (rows: cells; columns: the first samples, the same x_T down a column)
     reconstruction  reconstruction.json  .csv  .md
     consistency     consistency.json  .md  consistency.png (rows: seeds, columns: S, then T)
 """
@@ -137,18 +138,29 @@ def _plot_fid(results: dict, path: Path) -> Path:
     return path
 
 
-def write_grid_report(out_dir, results: dict) -> list[Path]:
-    """results.json, results.csv, results.md and fid_vs_steps.png in ``out_dir``.
+def write_grid_report(out_dir, results: dict, previews: Optional[torch.Tensor] = None) -> list[Path]:
+    """results.json, results.csv, results.md and fid_vs_steps.png in ``out_dir``, and with ``previews``
+    samples.png: one row per cell, in the order of ``results["cells"]``.
 
     ``results``: {"config", "reference": {"name", "n"}, "extractor_sha256", "floor" (or None), "versions",
-    "cells": [score_cell dicts]}.
+    "cells": [score_cell dicts]}. ``previews``: uint8 (cells, k, C, H, W), the first k samples of each cell.
     """
+    from ..images import save_grid
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    md, files = fid_table(results), []
+    if previews is not None:
+        cells, k = previews.shape[:2]
+        rows = "; ".join(f"S = {c['steps']} {_eta_header(c['eta'])}" for c in results["cells"])
+        md += (f"\n![samples](samples.png)\n\nThe first {k} samples of each cell; column i starts from the "
+               f"same x_T in every row. Rows: {rows}.\n")
+        images = previews.reshape(cells * k, *previews.shape[2:]).float() / 127.5 - 1
+        files.append(save_grid(images, out / "samples.png", nrow=k))
     return [_write_json(out / "results.json", results),
             _write_csv(out / "results.csv", results["cells"], GRID_COLUMNS),
-            _write_text(out / "results.md", fid_table(results)),
-            _plot_fid(results, out / "fid_vs_steps.png")]
+            _write_text(out / "results.md", md),
+            _plot_fid(results, out / "fid_vs_steps.png")] + files
 
 
 # ---------------------------------------------------------------------- reconstruction, consistency

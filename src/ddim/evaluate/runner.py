@@ -200,6 +200,11 @@ class CellSamples:
         """All n samples, uint8 (n, C, H, W)."""
         return self.store.read(self.ranges, self.shape)
 
+    def first(self, k: int) -> torch.Tensor:
+        """Samples 0 … min(k, n)−1, uint8 (min(k, n), C, H, W), reading only the chunks that hold them."""
+        ranges = [r for r in self.ranges if r.start < k]
+        return self.store.read(ranges, self.shape)[:k]
+
 
 def _image_shape(model) -> tuple:
     cfg = model.config
