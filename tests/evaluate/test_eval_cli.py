@@ -30,7 +30,7 @@ from ddim.train.distributed import DistInfo
 T = 50   # training steps of the test schedule: the S = T reference of --consistency stays cheap
 GRID = ["--steps", "2,3", "--eta", "0,large", "--n", "8", "--batch-size", "4", "--reference-limit", "300",
         "--device", "cpu", "--quiet"]
-METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "n", "k")
+METRICS = ("fid", "fid_std", "kid_mean", "kid_std", "precision", "recall", "n", "k")
 
 
 def _save(root, image_size: int):
@@ -97,7 +97,8 @@ def test_grid_writes_every_output(grid_run):
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("steps,eta,fid,") and len(rows) == 5 and rows[2].startswith("2,large,")
     md = (out / "results.md").read_text()
-    assert "| S | η = 0 | σ̂ |" in md and f"| 3 | {float(rows[3].split(',')[2]):.3g} |" in md
+    fid3, std3 = (float(v) for v in rows[3].split(",")[2:4])
+    assert "| S | η = 0 | σ̂ |" in md and f"| 3 | {fid3:.3g} ± {std3:.3g} |" in md and std3 > 0
     assert "Floor: FID" in md
     with Image.open(out / "fid_vs_steps.png") as img:
         assert img.format == "PNG" and img.size[0] > 300

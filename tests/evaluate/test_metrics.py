@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ddim.data import ImageData, load_dataset
 from ddim.evaluate import (FeatureExtractor, compute_metrics, evaluate_images, extract_features, fid,
-                           frechet_distance, gaussian_stats, kid, precision_recall, reference_stats)
+                           fid_bootstrap_std, frechet_distance, gaussian_stats, kid, precision_recall, reference_stats)
 from ddim.evaluate.reference import _cache_path
 
 N_REAL = 2000   # images per set in the real-data tests: enough for a stable 128-d covariance, fast on a CPU
@@ -79,6 +79,21 @@ def test_precision_recall_on_a_line():
     assert recall == 1.0
     assert precision_recall(real, real, k=3) == (1.0, 1.0)
     assert precision_recall(real, real + 100.0, k=3) == (0.0, 0.0)
+
+
+def test_fid_bootstrap_std_shrinks_as_one_over_root_n():
+    """FID's sampling spread at N samples: for a shifted Gaussian it is dominated by the mean term, whose
+    spread falls as 1/√N, so 16× the samples give about 1/4 of the std; the estimate is seeded."""
+    d = 8
+    mu_r, sigma_r = torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+    small, large = randn(200, d, seed=8) + 0.5, randn(3200, d, seed=9) + 0.5
+    s_small, s_large = fid_bootstrap_std(mu_r, sigma_r, small), fid_bootstrap_std(mu_r, sigma_r, large)
+    assert s_small == fid_bootstrap_std(mu_r, sigma_r, small) and s_small != fid_bootstrap_std(mu_r, sigma_r, small,
+                                                                                                  seed=1)
+    # the mean term ‖μ̂ − μ_r‖² has std 2‖Δμ‖·1/√N = 2·√2/√200 = 0.2 at N = 200, 0.05 at N = 3200
+    assert 0.1 < s_small < 0.4 and 2.5 < s_small / s_large < 6.5
+    with pytest.raises(ValueError, match="rounds must be an int >= 2"):
+        fid_bootstrap_std(mu_r, sigma_r, small, rounds=1)
 
 
 def test_metrics_are_deterministic():

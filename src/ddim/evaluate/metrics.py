@@ -2,6 +2,7 @@
 
     FID   Heusel et al. 2017: ‖μ_r − μ_g‖² + tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^{1/2}) between Gaussians fitted
           to the two feature sets.                                            lower is better, >= 0
+          Its spread from the finite sample is estimated by bootstrap (``fid_bootstrap_std``).
     KID   Bińkowski et al. 2018: unbiased MMD² with the cubic kernel k(x, y) = (xᵀy / d + 1)³,
           averaged over random equal-size subsets (mean and std).             lower is better, ~0 for equal sets
     P/R   Kynkäänniemi et al. 2019: each set's manifold is the union of balls around its points with
@@ -30,7 +31,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["gaussian_stats", "frechet_distance", "fid", "kid", "knn_radii", "precision_recall", "compute_metrics"]
+__all__ = ["gaussian_stats", "frechet_distance", "fid", "fid_bootstrap_std", "kid", "knn_radii", "precision_recall", "compute_metrics"]
 
 _CHUNK_ELEMENTS = 1 << 23   # distance-matrix entries held at once (64 MiB of float64)
 
@@ -88,6 +89,31 @@ def fid(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
     """FID between two feature sets (N_r, d) and (N_g, d), each with at least 2 samples."""
     _check_same_dim(real_features, fake_features)
     return frechet_distance(*gaussian_stats(real_features), *gaussian_stats(fake_features))
+
+
+def fid_bootstrap_std(mu_r: torch.Tensor, sigma_r: torch.Tensor, fake_features: torch.Tensor, rounds: int = 50,
+                      seed: int = 0) -> float:
+    """Standard deviation of FID over ``rounds`` resamples (with replacement) of the generated features.
+
+    It measures how much the FID of N_g samples moves with the samples drawn: two cells whose FIDs
+    differ by less than about two of these are not told apart by this N_g. The real side (μ_r, Σ_r)
+    is held fixed (reference statistics over many images). Resampling with replacement repeats points,
+    which biases each FID upward a little; its spread is what is reported.
+
+    Args:
+        mu_r, sigma_r: (d,), (d, d) reference statistics. fake_features: (N_g, d), N_g >= 2.
+        rounds: number of resamples (>= 2). seed: seeds them, so the result is a pure function of the inputs.
+    Returns:
+        the sample standard deviation of the ``rounds`` FIDs.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 2:
+        raise ValueError(f"rounds must be an int >= 2, got {rounds!r}")
+    fake = _check_features(fake_features, "fake_features")
+    g = torch.Generator().manual_seed(seed)
+    values = [frechet_distance(mu_r, sigma_r, *gaussian_stats(fake[torch.randint(fake.shape[0], (fake.shape[0],),
+                                                                                  generator=g)]))
+              for _ in range(rounds)]
+    return float(torch.tensor(values, dtype=torch.float64).std())
 
 
 def kid(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
@@ -173,7 +199,8 @@ def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor, k
 
 
 def compute_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, real_stats=None, k: int = 3,
-                    kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0) -> dict:
+                    kid_subsets: int = 100, kid_subset_size: int = 1000, fid_rounds: int = 50,
+                    seed: int = 0) -> dict:
     """FID, KID and precision/recall of ``fake_features`` against ``real_features`` in one dict.
 
     Args:
@@ -183,9 +210,10 @@ def compute_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, re
         k: precision/recall neighbourhood size.
         kid_subsets, kid_subset_size: KID subsets; the size is capped at min(N_r, N_g) so that small
             runs still get a KID (the cap is reported as "kid_subset_size").
-        seed: KID subset draws.
+        fid_rounds: bootstrap resamples for "fid_std" (``fid_bootstrap_std``).
+        seed: KID subset draws and bootstrap resamples.
     Returns:
-        {"fid", "kid_mean", "kid_std", "kid_subset_size", "precision", "recall", "k", "n_real", "n_fake",
+        {"fid", "fid_std", "kid_mean", "kid_std", "kid_subset_size", "precision", "recall", "k", "n_real", "n_fake",
         "feature_dim"}: plain floats and ints, ready for JSON.
     """
     fake = _check_features(fake_features, "fake_features")
@@ -196,6 +224,7 @@ def compute_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, re
     kid_mean, kid_std = kid(real, fake, kid_subsets, size, seed=seed)
     precision, recall = precision_recall(real, fake, k)
     fid_value = frechet_distance(mu_r, sigma_r, *gaussian_stats(fake))
-    return {"fid": fid_value, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": size,
+    fid_std = fid_bootstrap_std(mu_r, sigma_r, fake, fid_rounds, seed)
+    return {"fid": fid_value, "fid_std": fid_std, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": size,
             "precision": precision, "recall": recall, "k": k, "n_real": real.shape[0], "n_fake": fake.shape[0],
             "feature_dim": real.shape[1]}

@@ -24,8 +24,8 @@ from .runner import _atomic_write, eta_label
 __all__ = ["versions", "write_grid_report", "write_reconstruction_report", "write_consistency_report",
            "fid_table"]
 
-GRID_COLUMNS = ("steps", "eta", "fid", "kid_mean", "kid_std", "precision", "recall", "n", "sample_seconds",
-                "metric_seconds")
+GRID_COLUMNS = ("steps", "eta", "fid", "fid_std", "kid_mean", "kid_std", "precision", "recall", "n",
+                "sample_seconds", "metric_seconds")
 
 
 def versions() -> dict:
@@ -66,6 +66,11 @@ def _number(v: float) -> str:
     return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
 
 
+def _fid_text(m: dict) -> str:
+    """"FID ± bootstrap std" (the std where the metrics have one)."""
+    return _number(m["fid"]) + (f" ± {_number(m['fid_std'])}" if m.get("fid_std") is not None else "")
+
+
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -85,23 +90,25 @@ def _by_cell(cells: Sequence[dict]):
 
 
 def fid_table(results: dict) -> str:
-    """Markdown: FID with rows S and columns η, then the floor and what the numbers were measured with."""
+    """Markdown: FID ± bootstrap std with rows S and columns η, then the floor and what the numbers were
+    measured with."""
     steps, etas, cell = _by_cell(results["cells"])
-    rows = [[str(s)] + [_number(cell[(s, e)]["fid"]) if (s, e) in cell else "—" for e in etas] for s in steps]
+    rows = [[str(s)] + [_fid_text(cell[(s, e)]) if (s, e) in cell else "—" for e in etas] for s in steps]
     text = "# FID against sampling steps S and η\n\n" + _markdown(["S"] + [_eta_header(e) for e in etas], rows)
     floor = results.get("floor")
     if floor:
-        text += (f"\nFloor: FID {_number(floor['fid'])} for {floor['n_fake']} real images ({floor['images']}) "
+        text += (f"\nFloor: FID {_fid_text(floor)} for {floor['n_fake']} real images ({floor['images']}) "
                  "against the same reference: a perfect model would score about this.\n")
     ref = results["reference"]
     text += (f"\n{results['config']['n']} samples per cell against {ref['name']} ({ref['n']} images); "
+             "± is the standard deviation of FID over bootstrap resamples of the samples; "
              f"features: Fashion-MNIST classifier, weights SHA-256 {results['extractor_sha256'][:16]}…; "
              f"{_config_line(results['config'], ('checkpoint', 'seed', 'spacing', 'guidance', 'clip'))}.\n")
     return text
 
 
 def _plot_fid(results: dict, path: Path) -> Path:
-    """fid_vs_steps.png: FID against S (log axis), one line per η, the floor dashed."""
+    """fid_vs_steps.png: FID against S (log axis), one line per η with bootstrap-std bars, the floor dashed."""
     # The object-oriented API with its own canvas: no pyplot, no global backend switch in the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -115,8 +122,9 @@ def _plot_fid(results: dict, path: Path) -> Path:
     for e in etas:
         xs = [s for s in steps if (s, e) in cell]
         ys = [cell[(s, e)]["fid"] for s in xs]
+        err = [cell[(s, e)].get("fid_std") or 0.0 for s in xs]   # bootstrap std; 0 where not measured
         values += ys
-        ax.plot(xs, ys, marker="o", label="σ̂ (η = large)" if e == "large" else _eta_header(e))
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label="σ̂ (η = large)" if e == "large" else _eta_header(e))
     floor = results.get("floor")
     if floor:
         values.append(floor["fid"])
