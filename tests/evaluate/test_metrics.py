@@ -90,7 +90,7 @@ def test_fid_bootstrap_std_shrinks_as_one_over_root_n():
     s_small, s_large = fid_bootstrap_std(mu_r, sigma_r, small), fid_bootstrap_std(mu_r, sigma_r, large)
     assert s_small == fid_bootstrap_std(mu_r, sigma_r, small) and s_small != fid_bootstrap_std(mu_r, sigma_r, small,
                                                                                                   seed=1)
-    # the mean term ‖μ̂ − μ_r‖² has std 2‖Δμ‖·1/√N = 2·√2/√200 = 0.2 at N = 200, 0.05 at N = 3200
+    # the mean term ‖μ̂ − μ_r‖² has std 2‖Δμ‖/√N = 2·√2/√200 = 0.2 at N = 200, 0.05 at N = 3200
     assert 0.1 < s_small < 0.4 and 2.5 < s_small / s_large < 6.5
     with pytest.raises(ValueError, match="rounds must be an int >= 2"):
         fid_bootstrap_std(mu_r, sigma_r, small, rounds=1)

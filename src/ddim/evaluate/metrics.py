@@ -31,7 +31,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["gaussian_stats", "frechet_distance", "fid", "fid_bootstrap_std", "kid", "knn_radii", "precision_recall", "compute_metrics"]
+__all__ = ["gaussian_stats", "frechet_distance", "fid", "fid_bootstrap_std", "kid", "knn_radii", "precision_recall",
+           "compute_metrics"]
 
 _CHUNK_ELEMENTS = 1 << 23   # distance-matrix entries held at once (64 MiB of float64)
 
@@ -213,8 +214,8 @@ def compute_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, re
         fid_rounds: bootstrap resamples for "fid_std" (``fid_bootstrap_std``).
         seed: KID subset draws and bootstrap resamples.
     Returns:
-        {"fid", "fid_std", "kid_mean", "kid_std", "kid_subset_size", "precision", "recall", "k", "n_real", "n_fake",
-        "feature_dim"}: plain floats and ints, ready for JSON.
+        {"fid", "fid_std", "kid_mean", "kid_std", "kid_subset_size", "precision", "recall", "k", "n_real",
+        "n_fake", "feature_dim"}: plain floats and ints, ready for JSON.
     """
     fake = _check_features(fake_features, "fake_features")
     real = _check_features(real_features, "real_features")
@@ -225,6 +226,6 @@ def compute_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, re
     precision, recall = precision_recall(real, fake, k)
     fid_value = frechet_distance(mu_r, sigma_r, *gaussian_stats(fake))
     fid_std = fid_bootstrap_std(mu_r, sigma_r, fake, fid_rounds, seed)
-    return {"fid": fid_value, "fid_std": fid_std, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": size,
-            "precision": precision, "recall": recall, "k": k, "n_real": real.shape[0], "n_fake": fake.shape[0],
+    return {"fid": fid_value, "fid_std": fid_std, "kid_mean": kid_mean, "kid_std": kid_std,
+            "kid_subset_size": size, "precision": precision, "recall": recall, "k": k, "n_real": real.shape[0], "n_fake": fake.shape[0],
             "feature_dim": real.shape[1]}

@@ -124,7 +124,8 @@ def _plot_fid(results: dict, path: Path) -> Path:
         ys = [cell[(s, e)]["fid"] for s in xs]
         err = [cell[(s, e)].get("fid_std") or 0.0 for s in xs]   # bootstrap std; 0 where not measured
         values += ys
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label="σ̂ (η = large)" if e == "large" else _eta_header(e))
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
+                    label="σ̂ (η = large)" if e == "large" else _eta_header(e))
     floor = results.get("floor")
     if floor:
         values.append(floor["fid"])
@@ -198,7 +199,8 @@ def write_consistency_report(out_dir, results: dict, images: Optional[torch.Tens
     md = ("# Consistency of η = 0 samples across S\n\n"
           f"Same x_T for {results['config']['n']} seeds; distance of the S-step sample to the {T}-step one, "
           "per dimension on the [0, 1] scale"
-          + (f"; x̂_0 clipped to ±{results['config']['clip']:g} at each step" if results["config"].get("clip") else "")
+          + (f"; x̂_0 clipped to ±{results['config']['clip']:g} at each step"
+             if results["config"].get("clip") else "")
           + ".\n\n"
           + _markdown(["S", "MSE (mean)", "MSE (std)", "mean |Δ|"],
                       [[str(r["steps"]), _number(r["mse_mean"]), _number(r["mse_std"]), _number(r["mae_mean"])]
