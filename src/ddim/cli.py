@@ -172,7 +172,10 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``ddim`` console script; returns the exit code."""
+    from .allocator import keep_freed_memory
     from .checkpoint import NonFiniteError
+
+    keep_freed_memory()   # CPU speed: see ddim.allocator
 
     try:
         args = build_parser().parse_args(argv)
