@@ -10,7 +10,15 @@ import pytest
 
 from subprocesses import ddim_env
 
-GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+
+def _glibc() -> bool:
+    try:
+        return sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):   # no such name on this platform
+        return False
+
+
+GLIBC = _glibc()
 
 PROBE = """
 import resource, sys, torch
