@@ -44,7 +44,8 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     _, plain = _faults("off")
     pages = 20 * (64 << 20) // 4096                    # 327,680 pages if every buffer is faulted in anew
     assert applied == "True"
-    assert plain > pages // 2 and kept <= pages // 10, (plain, kept)   # measured: 327,700 and 16,384
+    # measured: 327,700 without; 16,384 alone and 49,152 beside a loaded test run with (1–3 buffers)
+    assert plain > pages // 2 and kept <= pages // 4, (plain, kept)
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
