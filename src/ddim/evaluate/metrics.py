@@ -80,7 +80,11 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(f"means must be (d,) and covariances (d, d) with one d; got {tuple(mu1.shape)}, "
                          f"{tuple(s1.shape)}, {tuple(mu2.shape)}, {tuple(s2.shape)}")
-    r1 = _psd_sqrt(s1)
+    return _frechet(mu1, s1, _psd_sqrt(s1), mu2, s2)
+
+
+def _frechet(mu1: torch.Tensor, s1: torch.Tensor, r1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> float:
+    """``frechet_distance`` of checked float64 inputs, with r1 = Σ1^{1/2} given (reused across calls)."""
     tr_sqrt = torch.linalg.eigvalsh(r1 @ s2 @ r1).clamp(min=0).sqrt().sum()
     value = (mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_sqrt
     return max(float(value), 0.0)
@@ -110,9 +114,12 @@ def fid_bootstrap_std(mu_r: torch.Tensor, sigma_r: torch.Tensor, fake_features: 
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 2:
         raise ValueError(f"rounds must be an int >= 2, got {rounds!r}")
     fake = _check_features(fake_features, "fake_features")
+    _check_same_dim(mu_r[None], fake)
+    mu_r, sigma_r = (t.detach().to("cpu", torch.float64) for t in (mu_r, sigma_r))
+    root = _psd_sqrt(sigma_r)   # once: the real side does not change between resamples
     g = torch.Generator().manual_seed(seed)
-    values = [frechet_distance(mu_r, sigma_r, *gaussian_stats(fake[torch.randint(fake.shape[0], (fake.shape[0],),
-                                                                                  generator=g)]))
+    values = [_frechet(mu_r, sigma_r, root, *gaussian_stats(fake[torch.randint(fake.shape[0], (fake.shape[0],),
+                                                                                 generator=g)]))
               for _ in range(rounds)]
     return float(torch.tensor(values, dtype=torch.float64).std())
 

@@ -199,7 +199,7 @@ class FastSampler:
         rewind = _rng_rewind(generator, x_T.device) if any(setup.draws) else (lambda: None)
         try:
             use_graph = on_cuda and self.cuda_graph and callback is None and not return_trajectory
-            if use_graph:
+            if use_graph and any(setup.draws):   # η = 0 pre-draws nothing
                 nbytes, free = noise_buffer_bytes(setup, x_T), torch.cuda.mem_get_info(x_T.device)[0]
                 if not noise_fits(nbytes, free):
                     use_graph = False
