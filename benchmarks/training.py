@@ -19,6 +19,11 @@ of the fp32 run's step-to-step standard deviation there.
     python benchmarks/training.py --device cpu --batch 4 --steps 3          # small preset, smoke test
     python benchmarks/training.py --device cuda --batch 128 --json benchmarks/results/training_h100.json
     python benchmarks/training.py --device cuda --modes fp32,fastest --curve-steps 2000
+    python benchmarks/training.py --device cpu --presets small,fashion --batch 128 --steps 2 --repeats 5
+
+--presets A,B,... compares our networks instead (no diffusers): one row per preset and mode, every
+preset's trainer built as configured (class-conditional presets keep their labels), timed windows
+alternating between them in one run, images/s = steps/s × batch.
 
 Data: smooth random images (deterministic, nothing to download), or --dataset/--data-dir for any
 dataset ``ddim.data`` reads. Needs diffusers (the test extra).
@@ -175,10 +180,55 @@ def loss_curve(model_cfg, args, data, device, tmp) -> dict:
                 difference=diff, fp32_step_std=std, difference_in_std=diff / std if std > 0 else float("nan"))
 
 
+def compare_presets(args, device, modes) -> None:
+    """Our train step on several presets, side by side: steps/s, images/s, FLOPs, parameters."""
+    presets = args.presets.split(",")
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise SystemExit(f"unknown preset(s) {unknown}; allowed: {', '.join(PRESETS)}")
+    cfgs = {p: PRESETS[p] for p in presets}
+    shapes = {(c.in_channels, c.image_size) for c in cfgs.values()}
+    if len(shapes) != 1:
+        raise SystemExit(f"the presets take different images {sorted(shapes)}; compare presets of one data shape")
+    (c, s), = shapes
+    data = load_dataset(args.dataset, args.data_dir, "train", s, c) if args.dataset else synthetic_images(
+        max(4 * args.batch, 1024), c, s, args.seed)
+    if any(cfg.num_classes for cfg in cfgs.values()) and data.labels is None:  # random labels for the table
+        g = torch.Generator().manual_seed(args.seed)
+        data = ImageData(data.images, torch.randint(0, 10, (len(data),), generator=g), 10, data.name)
+    flops = {p: flops_per_step(cfg, RunConfig(model=cfg).make_schedule(), args.batch, device) for p, cfg in cfgs.items()}
+    params = {p: count_parameters(UNet.from_config(cfg)) for p, cfg in cfgs.items()}
+    print(f"batch {args.batch}, device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"data {data.name}")
+    print(f"{'mode':>6} {'preset':>10} {'params':>8} {'GFLOP/img f+b':>14} {'steps/s':>8} {'images/s':>9} {'GFLOP/s':>8}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            total = args.warmup + args.repeats * args.steps
+            data_for = {p: data if cfg.num_classes else ImageData(data.images, name=data.name) for p, cfg in cfgs.items()}
+            factories = {p: functools.partial(_trainer, cfg, args, mode, data_for[p], device, f"{tmp}/{p}_{mode}", total)
+                         for p, cfg in cfgs.items()}
+            got = steps_per_second(factories, args, device)
+            _release(device)
+            for p in presets:
+                rate = got[p][0]
+                row = dict(mode=mode, preset=p, parameters=params[p], flops_per_step=flops[p], steps_per_s=rate,
+                           images_per_s=rate * args.batch, gflops_per_s=flops[p] * rate / 1e9)
+                rows.append(row)
+                print(f"{mode:>6} {p:>10} {params[p] / 1e6:>7.2f}M {flops[p] / args.batch / 1e9:>14.3f} {rate:>8.2f} "
+                      f"{row['images_per_s']:>9.1f} {row['gflops_per_s']:>8.1f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(benchmark="training-presets", presets=presets, batch=args.batch, device=str(device),
+                           threads=torch.get_num_threads(), torch=torch.__version__, data=data.name, rows=rows),
+                      fh, indent=1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default=None, help="UNet preset (default: cifar10 on CUDA, small on CPU)")
+    ap.add_argument("--presets", default=None, help="comma-separated presets to compare with each other (ours only)")
     ap.add_argument("--batch", type=int, default=None, help="global batch (default 128 on CUDA, 4 on CPU)")
     ap.add_argument("--modes", default=None, help=f"comma-separated from {MODES} (default: all on CUDA, fp32 on CPU)")
     ap.add_argument("--steps", type=int, default=None, help="steps per timed window (default 50 CUDA, 3 CPU)")
@@ -200,6 +250,8 @@ def main(argv=None):
     modes = (args.modes or ("fp32,bf16,fastest" if cuda else "fp32")).split(",")
     if any(m not in MODES for m in modes):
         raise SystemExit(f"unknown mode in {modes}; allowed: {MODES}")
+    if args.presets:
+        return compare_presets(args, device, modes)
     preset = args.preset or ("cifar10" if cuda else "small")
     model_cfg = PRESETS[preset]
     model_cfg = replace(model_cfg, num_classes=None)  # unconditional: diffusers' form has no label table here

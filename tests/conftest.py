@@ -20,3 +20,8 @@ def one_intra_op_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+# Imported here, before any test module, so that without the full Fashion-MNIST every test (and every
+# subprocess a test starts) reads the shipped subset.
+import fmnist  # noqa: E402,F401

@@ -229,3 +229,27 @@ def test_edit_needs_conditional_model(uncond, tmp_path, capsys):
     code, err = _error(capsys, ["edit", "--checkpoint", uncond, "--image", *files, "--to-class", "1",
                                 "--out", str(tmp_path / "e.png")])
     assert code == 2 and "needs a class-conditional model" in err[0]
+
+
+def test_help_names_the_classes_and_edit_has_no_generic_class():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for cmd in ("sample", "interpolate", "edit"):
+        assert "7 Sneaker" in " ".join(sub.choices[cmd].format_help().split()), cmd
+    edit = sub.choices["edit"].format_help()
+    assert "--to-class" in edit and "--class " not in edit and "--class CLASS" not in edit
+
+
+def test_closing_line_names_every_file(ckpt, tmp_path, capsys):
+    files = {k: tmp_path / v for k, v in (("out", "g.png"), ("npz", "x.npz"), ("traj", "t.png"), ("dir", "each"))}
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", ckpt, "--n", "2", "--steps", "2", "--out", str(files["out"]),
+                 "--npz", str(files["npz"]), "--trajectory", str(files["traj"]), "--images-dir",
+                 str(files["dir"])]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("ddim: note: wrote") and all(str(f) in last for f in files.values()), last
+    assert all(f.exists() for f in files.values())
+    image = _fashion_pngs(tmp_path, 1)
+    assert main(["reconstruct", "--checkpoint", ckpt, "--images", *image, "--steps", "2",
+                 "--out", str(tmp_path / "r.png")]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"wrote {tmp_path / 'r.png'}" in last and (tmp_path / "r.png").exists()

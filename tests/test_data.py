@@ -11,12 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ddim.data import (DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, DatasetError, ImageData, load_dataset,
-                       load_idx, random_hflip)
-
-HAVE_FMNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason=f"Fashion-MNIST not at {FASHION_MNIST_DIR}; "
-                                                          "apt-get install dataset-fashion-mnist")
+from ddim.data import (DATASETS, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_ENV, DatasetError,
+                       ImageData, fashion_mnist_dir, load_dataset, load_idx, random_hflip)
+from fmnist import FMNIST_SUBSET, needs_full_fmnist
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -65,7 +62,7 @@ def test_imagedata_rejects_bad_fields():
 
 # ------------------------------------------------------------------------------------- Fashion-MNIST
 
-@needs_fmnist
+@needs_full_fmnist
 @pytest.mark.parametrize("split,n", [("train", 60000), ("test", 10000)])
 def test_fashion_mnist_real(split, n):
     d = load_dataset("fashion-mnist", split=split)
@@ -77,7 +74,7 @@ def test_fashion_mnist_real(split, n):
     assert -1.0 <= x.min() < -0.99 and 0.99 < x.max() <= 1.0
 
 
-@needs_fmnist
+@needs_full_fmnist
 def test_fashion_mnist_resize_and_channels():
     d = load_dataset("fashion-mnist", split="test", image_size=32, channels=3)
     assert d.images.shape == (10000, 3, 32, 32)
@@ -88,6 +85,27 @@ def test_fashion_mnist_missing_dir_says_how_to_get_it(tmp_path):
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist") as e:
         load_dataset("fashion-mnist", data_dir=tmp_path / "absent")
     assert str(tmp_path / "absent") in str(e.value) and "train-images-idx3-ubyte" in str(e.value)
+    assert FASHION_MNIST_ENV in str(e.value)
+
+
+def test_fashion_mnist_default_dir_follows_the_environment(tmp_path, monkeypatch):
+    images, labels = tiny_mnist(tmp_path, gz=True)
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path))
+    assert fashion_mnist_dir() == tmp_path
+    d = load_dataset("fashion-mnist")   # no data_dir: the variable decides
+    assert torch.equal(d.images[:, 0], torch.from_numpy(images)) and torch.equal(d.labels, torch.from_numpy(labels).long())
+    monkeypatch.setenv(FASHION_MNIST_ENV, "")   # empty counts as unset
+    assert fashion_mnist_dir() == FASHION_MNIST_DIR
+
+
+def test_shipped_subset_is_real_fashion_mnist():
+    test, train = (load_dataset("fashion-mnist", FMNIST_SUBSET, split=s) for s in ("test", "train"))
+    assert len(test) == 500 and len(train) == 300 and test.images.shape[1:] == (1, 28, 28)
+    assert torch.equal(test.labels.unique(), torch.arange(10)) and torch.equal(train.labels.unique(), torch.arange(10))
+    assert sum(f.stat().st_size for f in FMNIST_SUBSET.iterdir()) < 1_000_000
+    if fashion_mnist_dir() != FMNIST_SUBSET:   # the full set is installed: the subset is its first images
+        full = load_dataset("fashion-mnist", split="test")
+        assert torch.equal(full.images[:500], test.images) and torch.equal(full.labels[:500], test.labels)
 
 
 # ------------------------------------------------------------------------------------- idx files

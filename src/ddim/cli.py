@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
@@ -57,7 +58,9 @@ def _add_train(sub) -> None:
                                    "Under torchrun the global --batch-size is split across the processes.")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, choices=DATASETS, help="training images (required)")
-    g.add_argument("--data-dir", help="where the dataset's files are (default: the dataset's own default)")
+    g.add_argument("--data-dir", help="where the dataset's files are (default for fashion-mnist: "
+                                      "$DDIM_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist, from "
+                                      "`apt-get install dataset-fashion-mnist`)")
     g.add_argument("--image-size", type=int, help="resize images to this side, pixels (default: native size)")
     g.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels (default: native)")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
@@ -66,7 +69,8 @@ def _add_train(sub) -> None:
     g.add_argument("--class-cond", action=argparse.BooleanOptionalAction, default=None,
                    help="class-conditional model (default: yes when the data have labels)")
     for flag, kind in (("--base-channels", int), ("--num-res-blocks", int), ("--dropout", float),
-                       ("--norm-groups", int), ("--channel-mult", _int_list), ("--attn-resolutions", _int_list)):
+                       ("--norm-groups", int), ("--channel-mult", _int_list), ("--attn-resolutions", _int_list),
+                       ("--patch-size", int)):
         g.add_argument(flag, type=kind, help="override the preset's value (default: from the preset)")
     g.add_argument("--prediction", default=d.prediction, choices=PREDICTIONS, help="what the network predicts")
     g.add_argument("--schedule", default="linear", choices=("linear", "cosine", "scaled_linear", "sigmoid"),
@@ -123,7 +127,7 @@ def _train_configs(args: argparse.Namespace):
                                      data.num_classes if class_cond else None, base_channels=args.base_channels,
                                      num_res_blocks=args.num_res_blocks, dropout=args.dropout,
                                      norm_groups=args.norm_groups, channel_mult=args.channel_mult,
-                                     attn_resolutions=args.attn_resolutions)
+                                     attn_resolutions=args.attn_resolutions, patch_size=args.patch_size)
     return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg, schedule=schedule.to_config()), data
 
 
@@ -135,7 +139,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 128 + result.signal  # the shell convention for "stopped by signal N"
     if not args.quiet and result.checkpoint is not None:
-        print(f"ddim: trained to step {result.step}; checkpoint {result.checkpoint}", file=sys.stderr)
+        print(f"ddim: trained to step {result.step}; wrote {result.checkpoint} (checkpoint), "
+              f"{Path(args.out) / 'metrics.jsonl'}" + (f", {Path(args.out) / 'samples'}/ (sample grids)"
+                                                       if config.train.sample_every else ""), file=sys.stderr)
     return 0
 
 

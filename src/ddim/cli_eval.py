@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from .cli_sampling import _add_clip, _bar, _clip, _eta, _note
@@ -86,7 +87,7 @@ def _count(text: str) -> int:
 
 def _add_eval(sub, formatter) -> None:
     from .checkpoint import BUNDLED_MODEL
-    from .data import FASHION_MNIST_DIR
+    from .data import FASHION_MNIST_DIR, FASHION_MNIST_ENV, FASHION_MNIST_INSTALL
     from .timesteps import SPACINGS
 
     p = sub.add_parser(
@@ -135,7 +136,8 @@ def _add_eval(sub, formatter) -> None:
     g.add_argument("--reference-limit", type=_count, default=None,
                    help="use only the first N images of the reference split (default: all)")
     g.add_argument("--data-dir", default=None,
-                   help=f"where the Fashion-MNIST idx files are (default: {FASHION_MNIST_DIR}); with "
+                   help=f"where the Fashion-MNIST idx files are (default: ${FASHION_MNIST_ENV}, else {FASHION_MNIST_DIR}, "
+                        f"from `{FASHION_MNIST_INSTALL}`); with "
                         "--reconstruction, where the checkpoint's own dataset is (default: as it was trained)")
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="use the live training weights (default: the EMA weights)")
@@ -177,6 +179,17 @@ def _validate(args, model, schedule, mode: str, steps, etas) -> None:
                          "--reconstruction and --consistency work at any size")
 
 
+def _check_out_dir(out: Path) -> None:
+    """Refuse an --out that cannot become a writable folder, without creating anything."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OSError(f"cannot write --out {out}: {parent} is not a writable folder")
+
+
 def _run_eval(args) -> int:
     from .checkpoint import load_checkpoint
     from .evaluate.runner import weights_sha256
@@ -194,13 +207,13 @@ def _run_eval(args) -> int:
     try:
         model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
         _validate(args, model, schedule, mode, steps, etas)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        _check_out_dir(Path(args.out))  # created only once the data has loaded: a refusal leaves nothing behind
         # hashed once: the FID grid's sample stores record it too (``sample_grid``)
         common = {"mode": mode, "checkpoint": str(args.checkpoint), "weights_sha256": weights_sha256(model),
                   "ema": args.ema, "prediction": config.prediction, "num_train_steps": schedule.num_steps,
                   "steps": list(steps), "n": n, "seed": args.seed, "batch_size": args.batch_size,
-                  "spacing": args.spacing, "guidance": args.guidance, "clip": _clip(args), "device": str(device),
+                  "spacing": args.spacing, "guidance": args.guidance, "clip": _clip(args),
+                  "eps_from_clipped_x0": _clip(args) is not None, "device": str(device),
                   "world_size": info.world_size}
         run = {"fid": _run_grid, "reconstruction": _run_reconstruction, "consistency": _run_consistency}[mode]
         return run(args, model, schedule, config, device, info, common, etas)
@@ -236,7 +249,8 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
 
         samples = sample_grid(model, schedule, cells, n, args.out, seed=args.seed, batch_size=args.batch_size,
                               spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
-                              clip=common["clip"], device=device, info=info, on_plan=planned, on_step=bar.update,
+                              clip=common["clip"], eps_from_clipped_x0=common["eps_from_clipped_x0"],
+                              device=device, info=info, on_plan=planned, on_step=bar.update,
                               weights_hash=common["weights_sha256"])
     if not info.is_main:
         return 0
@@ -300,7 +314,8 @@ def _run_consistency(args, model, schedule, config, device, info, common, etas) 
     with _bar(args, sum(columns) * len(chunk_ranges(n, args.batch_size)), "sampling") as bar:
         rows, images = consistency(model, schedule, common["steps"], n, seed=args.seed, batch_size=args.batch_size,
                                    spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
-                                   clip=common["clip"], device=device, on_step=bar.update)
+                                   clip=common["clip"], eps_from_clipped_x0=common["eps_from_clipped_x0"],
+                                   device=device, on_step=bar.update)
     results = {"config": common, "versions": versions(), "rows": rows}
     files = write_consistency_report(args.out, results, images)
     print(files[-1].read_text(), end="")

@@ -4,8 +4,9 @@ Images stay uint8 in memory (a quarter of float32's size: Fashion-MNIST is 47 MB
 are scaled by ``ImageData.to_float`` one batch at a time: x ↦ x/127.5 − 1, so 0 → −1 and 255 → 1.
 
 Sources (``load_dataset(name, ...)``; nothing is ever downloaded):
-    fashion-mnist  idx files (gzip or raw); default dir /usr/share/datasets/fashion-mnist, from the
-                   Debian package ``dataset-fashion-mnist``. 60,000 train / 10,000 test, 1×28×28.
+    fashion-mnist  idx files (gzip or raw); default dir $DDIM_FASHION_MNIST_DIR if set, else
+                   /usr/share/datasets/fashion-mnist, from the Debian package ``dataset-fashion-mnist``.
+                   60,000 train / 10,000 test, 1×28×28.
     mnist          the same idx format in a directory you give.
     cifar10        torchvision's python layout: ``cifar-10-batches-py/`` (or the dir itself) holding
                    data_batch_1..5, test_batch and batches.meta. 50,000 / 10,000, 3×32×32.
@@ -19,6 +20,7 @@ repeats the channel, 1 on a colour set takes the ITU-R 601 luma, as PIL's "L" mo
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -29,12 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ImageData", "DatasetError", "DATASETS", "SPLITS", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
+__all__ = ["ImageData", "DatasetError", "DATASETS", "SPLITS", "FASHION_MNIST_DIR", "FASHION_MNIST_ENV",
+           "FASHION_MNIST_INSTALL", "fashion_mnist_dir", "FASHION_MNIST_CLASSES",
            "CIFAR10_CLASSES", "IMAGE_EXTENSIONS", "load_dataset", "load_idx", "load_folder", "random_hflip"]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "digits", "folder")
 SPLITS = ("train", "test")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")   # where the Debian package puts it
+FASHION_MNIST_ENV = "DDIM_FASHION_MNIST_DIR"                      # overrides that default everywhere
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
 # Used only when a CIFAR-10 directory lacks batches.meta; the order is the dataset's label order.
@@ -105,6 +110,12 @@ class ImageData:
         """Images ``idx`` (None: all; an index tensor, list or slice) as float32 in [-1, 1]: x/127.5 − 1."""
         x = self.images if idx is None else self.images[idx]
         return x.to(torch.float32) / 127.5 - 1.0
+
+
+def fashion_mnist_dir() -> Path:
+    """The default Fashion-MNIST directory: ``$DDIM_FASHION_MNIST_DIR`` when set and non-empty, else
+    ``FASHION_MNIST_DIR``. Read at each call, so the variable also steers an already imported ddim."""
+    return Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -392,7 +403,7 @@ def load_dataset(name: str, data_dir=None, split: str = "train", image_size: Opt
 
     Args:
         name: "fashion-mnist", "mnist", "cifar10", "digits" or "folder".
-        data_dir: where the files are. Default for fashion-mnist: ``FASHION_MNIST_DIR``; needed for
+        data_dir: where the files are. Default for fashion-mnist: ``fashion_mnist_dir()``; needed for
             mnist, cifar10 and folder; ignored by digits.
         split: "train" or "test". digits has no split: both give all 1,797 images. folder has none
             either: point ``data_dir`` at the split's directory (both values read it as is).
@@ -417,9 +428,9 @@ def load_dataset(name: str, data_dir=None, split: str = "train", image_size: Opt
                                "cifar-10-batches-py/ (torchvision's python layout)")
         images, labels, class_names = _load_cifar10(Path(data_dir), split)
     elif name == "fashion-mnist":
-        images, labels = _load_idx_pair(Path(data_dir or FASHION_MNIST_DIR), split, "Fashion-MNIST", "FashionMNIST",
-                                        how_to_get="install them with `apt-get install dataset-fashion-mnist` "
-                                                   "or pass data_dir (--data-dir) pointing at the idx files")
+        images, labels = _load_idx_pair(Path(data_dir or fashion_mnist_dir()), split, "Fashion-MNIST", "FashionMNIST",
+                                        how_to_get=f"install them with `{FASHION_MNIST_INSTALL}`, or point "
+                                                   f"--data-dir (data_dir) or ${FASHION_MNIST_ENV} at the idx files")
         class_names = FASHION_MNIST_CLASSES
     else:
         if data_dir is None:

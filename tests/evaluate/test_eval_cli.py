@@ -158,7 +158,8 @@ def test_clip_changes_the_samples_and_is_recorded(ckpt, grid_run, tmp_path, caps
     assert sum(a.read_bytes() != b.read_bytes() for a, b in zip(clipped, plain)) >= 4
     # unclipped chunks are never reused for a clipped run
     code, err = _error(capsys, ["eval", "--checkpoint", ckpt, *GRID, "--out", str(grid_run[0]), "--clip", "1"])
-    assert code == 2 and "drawn with other settings (clip differ)" in err[0], err
+    assert code == 2 and "drawn with other settings (clip, eps_from_clipped_x0 differ)" in err[0], err
+    assert res["config"]["eps_from_clipped_x0"] is True   # --clip re-derives ε̂, as `ddim sample` does
 
 
 def test_torchrun_matches_one_process(ckpt, grid_run, tmp_path):
@@ -273,3 +274,18 @@ def test_fid_needs_the_extractor_image_size(digits_ckpt, tmp_path, capsys):
     # the other modes measure distances between images and work at any size
     assert main(["eval", "--checkpoint", digits_ckpt, "--consistency", "--steps", "2", "--n", "2",
                  "--out", str(tmp_path), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("mode", [[], ["--reconstruction"]])
+def test_missing_data_is_one_line_and_leaves_no_folder(ckpt, tmp_path, capsys, mode):
+    out = tmp_path / "deep" / "out"
+    code, err = _error(capsys, ["eval", "--checkpoint", ckpt, "--out", str(out), "--quiet", "--steps", "2",
+                                "--n", "2", "--data-dir", str(tmp_path / "nowhere"), *mode])
+    assert code == 2 and len(err) == 1 and "apt-get install dataset-fashion-mnist" in err[0], err
+    assert not (tmp_path / "deep").exists()
+
+
+def test_out_that_is_a_file_is_refused_before_work(ckpt, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, err = _error(capsys, ["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "f"), "--quiet", "--steps", "2"])
+    assert code == 2 and err == [f"ddim: error: --out {tmp_path / 'f'} exists and is not a folder"], err

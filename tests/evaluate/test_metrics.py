@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ddim.data import ImageData, load_dataset
+from fmnist import needs_full_fmnist
 from ddim.evaluate import (FeatureExtractor, compute_metrics, evaluate_images, extract_features, fid,
                            fid_bootstrap_std, frechet_distance, gaussian_stats, kid, precision_recall, reference_stats)
 from ddim.evaluate.reference import _cache_path
@@ -141,7 +142,7 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def test_images():
-    return load_dataset("fashion-mnist", split="test").to_float(slice(0, N_REAL))
+    return load_dataset("fashion-mnist", split="test").to_float(slice(0, N_REAL))  # fewer with the subset
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,7 @@ def real_fid(extractor, test_features):
     return fid(extract_features(extractor, train.to_float(slice(0, N_REAL))), test_features)
 
 
+@needs_full_fmnist
 def test_fid_between_real_splits_is_small(real_fid):
     # Seen 0.113 with the shipped weights (2,000 vs 2,000 images; finite-sample bias, mostly), while
     # the mildest corruptions below score 0.41 (noise 0.05) and 0.57 (blur 0.5).
@@ -163,6 +165,7 @@ def test_fid_between_real_splits_is_small(real_fid):
     assert 0 < real_fid < 0.3
 
 
+@needs_full_fmnist
 @pytest.mark.parametrize("kind, levels", [("blur", (0.5, 1.0, 1.5, 2.0)), ("noise", (0.05, 0.1, 0.2, 0.4))])
 def test_fid_grows_with_corruption_strength(extractor, test_images, test_features, real_fid, kind, levels):
     # blur: Gaussian std in pixels; noise: std of added N(0, 1) on the [-1, 1] scale, then clamped.

@@ -213,3 +213,62 @@ def test_gradients_reach_every_parameter(tiny):
     F.mse_loss(out, torch.zeros_like(out)).backward()
     dead = [n for n, p in tiny.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert dead == []
+
+
+# ---- patch_size: the levels run at 1/p of the image side ------------------------------------------------
+
+def _patched(**kw):
+    torch.manual_seed(0)
+    return UNet(**{**dict(image_size=28, in_channels=1, out_channels=1, base_channels=16, channel_mult=(1, 2),
+                          num_res_blocks=1, attn_resolutions=(7,), num_classes=3, norm_groups=4, dropout=0.0,
+                          patch_size=2), **kw})
+
+
+def test_patch_size_folds_pixels_into_channels_and_back():
+    m = _patched()
+    assert m.config.resolutions == (14, 7) and m.conv_in.in_channels == 4 and m.conv_out.out_channels == 4
+    with torch.no_grad():
+        m.conv_out.weight.normal_(0, 0.1)   # the DDPM init zeroes it
+        x, t = torch.randn(2, 1, 28, 28), torch.tensor([5, 900])
+        out = m(x, t, torch.tensor([0, 3]))
+    assert out.shape == x.shape
+    # The output's 2×2 patch (i, j) is channel block (i, j) of conv_out's map at 14×14: pixel_shuffle's layout.
+    with torch.no_grad():
+        inner = m.conv_out.bias.view(1, 4, 1, 1).expand(2, 4, 14, 14)
+        m.conv_out.weight.zero_()
+        out = m(x, t, torch.tensor([0, 3]))
+    torch.testing.assert_close(out, F.pixel_shuffle(inner, 2))
+
+
+def test_patch_size_validation_and_config_round_trip():
+    with pytest.raises(ValueError, match=r"divisible by patch_size · 2\^\(levels-1\) = 12"):
+        _patched(image_size=30, patch_size=3, channel_mult=(1, 2, 2), attn_resolutions=())
+    with pytest.raises(ValueError, match="patch_size must be an integer >= 1"):
+        _patched(patch_size=0)
+    c = _patched().config
+    assert UNetConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    # configs saved before the field existed load as patch_size 1
+    old = {k: v for k, v in PRESETS["small"].to_dict().items() if k != "patch_size"}
+    assert UNetConfig.from_dict(old).patch_size == 1
+
+
+def test_patch_size_has_no_diffusers_form():
+    from ddim.nn.diffusers_io import unet_config_to_diffusers
+
+    with pytest.raises(ValueError, match="patch_size=2 has no diffusers UNet2DModel equivalent"):
+        unet_config_to_diffusers(_patched().config)
+
+
+def test_fashion_preset_fits_the_cpu_budget():
+    """Issue 12's budget for the CPU model: <= 0.25 GFLOPs per 28×28 forward, >= 2.5× cheaper than "small"."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def gflops(name):
+        m = unet_from_preset(name).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        return counter.get_total_flops() / 1e9
+
+    fast, small = gflops("fashion"), gflops("small")
+    assert fast <= 0.25 and small / fast >= 2.5, (fast, small)
+    assert 1.5e6 < count_parameters(unet_from_preset("fashion")) < 2.5e6

@@ -77,6 +77,9 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_GRID_KEYS = ("checkpoint", "seed", "spacing", "guidance", "clip", "eps_from_clipped_x0")
+
+
 def _config_line(config: dict, keys: Sequence[str]) -> str:
     return ", ".join(f"{k} {config[k]}" for k in keys if config.get(k) is not None)
 
@@ -103,7 +106,7 @@ def fid_table(results: dict) -> str:
     text += (f"\n{results['config']['n']} samples per cell against {ref['name']} ({ref['n']} images); "
              "± is the standard deviation of FID over bootstrap resamples of the samples; "
              f"features: Fashion-MNIST classifier, weights SHA-256 {results['extractor_sha256'][:16]}…; "
-             f"{_config_line(results['config'], ('checkpoint', 'seed', 'spacing', 'guidance', 'clip'))}.\n")
+             f"{_config_line(results['config'], _GRID_KEYS)}.\n")
     return text
 
 
@@ -199,7 +202,7 @@ def write_consistency_report(out_dir, results: dict, images: Optional[torch.Tens
     md = ("# Consistency of η = 0 samples across S\n\n"
           f"Same x_T for {results['config']['n']} seeds; distance of the S-step sample to the {T}-step one, "
           "per dimension on the [0, 1] scale"
-          + (f"; x̂_0 clipped to ±{results['config']['clip']:g} at each step"
+          + (f"; x̂_0 clipped to ±{results['config']['clip']:g} at each step, ε̂ re-derived from it"
              if results["config"].get("clip") else "")
           + ".\n\n"
           + _markdown(["S", "MSE (mean)", "MSE (std)", "mean |Δ|"],

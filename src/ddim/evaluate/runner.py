@@ -213,7 +213,8 @@ def _image_shape(model) -> tuple:
 
 def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_dir: Union[str, Path], *,
                 seed: int = 0, batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
-                guidance: float = 0.0, clip: Optional[float] = None, device="cpu", info: DistInfo = DistInfo(),
+                guidance: float = 0.0, clip: Optional[float] = None, eps_from_clipped_x0: bool = False,
+                device="cpu", info: DistInfo = DistInfo(),
                 on_plan: Optional[Callable[[int], None]] = None, on_step: Optional[Callable[[], None]] = None,
                 weights_hash: Optional[str] = None) -> list[CellSamples]:
     """Draw n samples for every cell into ``out_dir/samples/<cell>/``, reusing the chunks already there.
@@ -224,6 +225,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
 
     Args:
         clip: clamp each step's x̂_0 to [-clip, clip] (``ddim.sample``'s ``clip``); None: the plain update.
+        eps_from_clipped_x0: re-derive ε̂ from the clamped x̂_0 (``ddim.sample``'s; `ddim eval --clip` sets it).
         on_plan: called once with the number of model calls this rank will make (a progress bar's total).
         on_step: called after each of them.
         weights_hash: ``weights_sha256(model)``, if the caller has it already (hashing reads every weight).
@@ -235,7 +237,8 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
             raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
     shape, device = _image_shape(model), torch.device(device)
     base = {"format": STORE_FORMAT, "seed": seed, "spacing": spacing, "prediction": prediction,
-            "guidance": float(guidance), "clip": clip, "weights_sha256": weights_hash or weights_sha256(model),
+            "guidance": float(guidance), "clip": clip, "eps_from_clipped_x0": bool(eps_from_clipped_x0),
+            "weights_sha256": weights_hash or weights_sha256(model),
             "image_shape": list(shape), "num_classes": model.config.num_classes,
             "noise_device": device.type,  # generators draw there
             "schedule_sha256": hashlib.sha256(schedule.alphas_cumprod.numpy().tobytes()).hexdigest()}
@@ -255,7 +258,8 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         start = time.perf_counter()
         for r in my_chunks:
             x = generate_batch(model, schedule, r, seed=seed, steps=cell.steps, eta=cell.eta, spacing=spacing,
-                               prediction=prediction, guidance=guidance, device=device, on_step=on_step, clip=clip)
+                               prediction=prediction, guidance=guidance, device=device, on_step=on_step, clip=clip,
+                               eps_from_clipped_x0=eps_from_clipped_x0)
             store.write(r, to_uint8(x))
         out.append(CellSamples(cell, store, tuple(ranges), shape, len(ranges) - len(missing), len(missing),
                                time.perf_counter() - start))
@@ -329,11 +333,11 @@ def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, label
 
 def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int, *, seed: int = 0,
                 batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
-                guidance: float = 0.0, clip: Optional[float] = None, device="cpu",
-                on_step: Optional[Callable[[], None]] = None) -> tuple[list[dict], torch.Tensor]:
+                guidance: float = 0.0, clip: Optional[float] = None, eps_from_clipped_x0: bool = False,
+                device="cpu", on_step: Optional[Callable[[], None]] = None) -> tuple[list[dict], torch.Tensor]:
     """Sample the same x_T (seeds (seed, 0 … k−1)) with η = 0 at each S and at S = T, and measure how far
     each S lands from the T-step sample (DDIM section 5.3: η = 0 samples share high-level features).
-    ``clip`` as in ``sample_grid``.
+    ``clip`` and ``eps_from_clipped_x0`` as in ``sample_grid``.
 
     Returns:
         rows: per S < T, {"steps", "mse_mean", "mse_std", "mae_mean" (per dimension, [0, 1] scale, over
@@ -347,7 +351,8 @@ def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int, *,
         start = time.perf_counter()
         samples.append(torch.cat([generate_batch(model, schedule, r, seed=seed, steps=steps, eta=0.0, spacing=spacing,
                                                  prediction=prediction, guidance=guidance, device=device,
-                                                 on_step=on_step, clip=clip).float().cpu()
+                                                 on_step=on_step, clip=clip,
+                                                 eps_from_clipped_x0=eps_from_clipped_x0).float().cpu()
                                   for r in chunk_ranges(k, batch_size)]))
         seconds.append(time.perf_counter() - start)
     ref, rows = samples[-1], []

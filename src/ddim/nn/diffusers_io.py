@@ -127,6 +127,8 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
 
 def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
     """The diffusers ``UNet2DModel`` config.json dict equivalent to ``config``."""
+    if config.patch_size != 1:
+        raise ValueError(f"patch_size={config.patch_size} has no diffusers UNet2DModel equivalent (allowed: 1)")
     levels = range(len(config.channel_mult))
     attn = [config.resolutions[i] in config.attn_resolutions for i in levels]
     return {

@@ -265,7 +265,8 @@ def resolve_model_config(preset: str, image_size: int, channels: int, num_classe
     mult = tuple(fields.get("channel_mult", base.channel_mult))
     if "attn_resolutions" not in fields:
         levels = [i for i, r in enumerate(base.resolutions) if r in base.attn_resolutions]
-        fields["attn_resolutions"] = tuple(image_size // 2**i for i in levels if i < len(mult))
+        patch = fields.get("patch_size", base.patch_size)
+        fields["attn_resolutions"] = tuple(image_size // patch // 2**i for i in levels if i < len(mult))
     d = {**base.to_dict(), **fields, "image_size": image_size, "in_channels": channels,
          "out_channels": channels, "num_classes": num_classes}
     return UNetConfig.from_dict(d)
