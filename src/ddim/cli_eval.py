@@ -136,8 +136,8 @@ def _add_eval(sub, formatter) -> None:
     g.add_argument("--reference-limit", type=_count, default=None,
                    help="use only the first N images of the reference split (default: all)")
     g.add_argument("--data-dir", default=None,
-                   help=f"where the Fashion-MNIST idx files are (default: ${FASHION_MNIST_ENV}, else {FASHION_MNIST_DIR}, "
-                        f"from `{FASHION_MNIST_INSTALL}`); with "
+                   help=f"where the Fashion-MNIST idx files are (default: ${FASHION_MNIST_ENV}, else "
+                        f"{FASHION_MNIST_DIR}, from `{FASHION_MNIST_INSTALL}`); with "
                         "--reconstruction, where the checkpoint's own dataset is (default: as it was trained)")
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="use the live training weights (default: the EMA weights)")

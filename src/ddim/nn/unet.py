@@ -350,8 +350,8 @@ PRESETS: dict[str, UNetConfig] = {
                         channel_mult=(1, 2, 3), num_res_blocks=2, attn_resolutions=(14,), dropout=0.1,
                         num_classes=10, norm_groups=8),
     # 28×28 grayscale for a CPU (issue 12): a 2×2 patch stem puts the levels at 14 and 7 (32, 96 channels),
-    # attention at 7. 0.25 GFLOPs per forward against "small"'s 0.68, 1.95 M parameters, and 3.6–3.8× its
-    # images/s on 2 CPU cores (benchmarks/architectures.py); no diffusers form (patch_size).
+    # attention at 7. 0.25 GFLOPs per forward against "small"'s 0.68, 1.95 M parameters; 2.8× its sampling and
+    # 3.2× its training images/s on 2 CPU cores (benchmarks/architectures.py); no diffusers form (patch_size).
     "fashion": UNetConfig(image_size=28, in_channels=1, out_channels=1, base_channels=32, channel_mult=(1, 3),
                           num_res_blocks=2, attn_resolutions=(7,), dropout=0.0, num_classes=10, norm_groups=8,
                           patch_size=2),
