@@ -253,3 +253,15 @@ def test_closing_line_names_every_file(ckpt, tmp_path, capsys):
                  "--out", str(tmp_path / "r.png")]) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"wrote {tmp_path / 'r.png'}" in last and (tmp_path / "r.png").exists()
+
+
+def test_channels_last_is_the_cpu_default_and_matches_eager(ckpt, tmp_path):
+    """Issue 12: the CPU default layout (channels_last, measured 14 % faster) gives eager's images within 1e-4."""
+    npz = {k: tmp_path / f"{k}.npz" for k in ("default", "on", "off")}
+    flags = {"default": [], "on": ["--channels-last"], "off": ["--no-channels-last"]}
+    for k, f in flags.items():
+        assert run("sample", "--checkpoint", ckpt, "--n", "3", "--steps", "4", "--out", str(tmp_path / "g.png"),
+                   "--npz", str(npz[k]), *f) == 0
+    a, b, c = (np.load(npz[k])["images"] for k in ("default", "on", "off"))
+    assert np.array_equal(a, b)                    # on the CPU the default is channels_last
+    np.testing.assert_allclose(a, c, atol=1e-4)    # and it stays within the issue's bar of eager

@@ -122,6 +122,9 @@ def _add_sample(sub, formatter) -> None:
                    help="on CUDA: bf16 autocast, channels_last, torch.compile (the first batch waits for it) and "
                         "the whole loop replayed as one CUDA graph; images match the default within bf16 "
                         "rounding. On the CPU only channels_last. Whatever fails falls back, with a warning")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the network in channels_last memory format (default: on the CPU, where it is 14 %% "
+                        "faster; images equal to eager's within 2e-6)")
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
     p.add_argument("--npz", default=None, help="also write the raw float images in [-1, 1] to this .npz")
     p.add_argument("--images-dir", default=None, help="also write one PNG per image into this folder")
@@ -156,6 +159,7 @@ def _run_sample(args) -> int:
         res = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=steps, eta=eta,
                        spacing=args.spacing, prediction=prediction, class_id=args.class_id, guidance=args.guidance,
                        device=device, return_trajectory=bool(args.trajectory), on_step=bar.update, fast=args.fast,
+                       channels_last=args.channels_last,
                        **x0_rule)
     images, traj = res if args.trajectory else (res, None)
     save_grid(images, out)
