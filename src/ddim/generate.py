@@ -18,7 +18,8 @@ from .noise import generators, randn
 from .samplers import FastSampler, fast_module, sample
 from .schedule import Schedule
 
-__all__ = ["class_labels", "conditioned", "initial_noise", "generate", "generate_batch", "slerp", "interpolate"]
+__all__ = ["class_labels", "conditioned", "initial_noise", "generate", "generate_batch", "sampling_network", "slerp",
+           "interpolate"]
 
 
 def class_labels(indices: Sequence[int], num_classes: Optional[int], class_id: Optional[int] = None):
@@ -96,9 +97,7 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
     graphs = fast and torch.device(device).type == "cuda"
     callback = (lambda *_: on_step()) if on_step is not None and not graphs else None
     run, net = (FastSampler().sample, fast_module(model)) if fast else (None, None)
-    if channels_last is None:
-        channels_last = torch.device(device).type == "cpu"
-    plain = fast_module(model) if channels_last and not fast else model
+    plain = model if fast else sampling_network(model, device, channels_last)
     n_steps = len(sample_kwargs["timesteps"]) if sample_kwargs.get("timesteps") is not None else steps
     models: dict = {}  # fast: batch size -> (conditioned model, its label buffer)
     out, first_trajectory = [], None
@@ -128,6 +127,15 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
             on_step()
     images = torch.cat(out)
     return (images, first_trajectory) if return_trajectory else images
+
+
+def sampling_network(model, device="cpu", channels_last: Optional[bool] = None):
+    """The network ``generate`` runs without ``fast``: an inference copy in channels_last memory format
+    where that is on (None: on the CPU only), else ``model`` itself. Chunked samplers (``ddim eval``) call
+    ``generate_batch`` on it to draw exactly the images ``generate`` draws."""
+    if channels_last is None:
+        channels_last = torch.device(device).type == "cpu"
+    return fast_module(model) if channels_last else model
 
 
 def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: int = 0, steps: int = 50, eta=0.0,

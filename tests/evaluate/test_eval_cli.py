@@ -22,7 +22,7 @@ from ddim.cli import main
 from ddim.data import load_dataset
 from ddim.evaluate import FeatureExtractor
 from ddim.evaluate.runner import Cell, chunk_ranges, rank_share, reconstruction_errors
-from ddim.generate import generate, generate_batch
+from ddim.generate import generate, generate_batch, sampling_network
 from ddim.nn import unet_from_preset
 from ddim.train import DataConfig, RunConfig, TrainConfig
 from ddim.train.distributed import DistInfo
@@ -177,7 +177,8 @@ def test_chunks_are_the_images_of_ddim_sample(ckpt):
     model, schedule, _ = load_checkpoint(ckpt)
     for eta in (0.0, "large"):
         whole = generate(model, schedule, 6, seed=3, batch_size=3, steps=3, eta=eta)
-        parts = torch.cat([generate_batch(model, schedule, r, seed=3, steps=3, eta=eta) for r in chunk_ranges(6, 3)])
+        net = sampling_network(model, "cpu")   # the network both run (channels_last on the CPU)
+        parts = torch.cat([generate_batch(net, schedule, r, seed=3, steps=3, eta=eta) for r in chunk_ranges(6, 3)])
         assert torch.equal(parts, whole)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..data import ImageData
-from ..generate import conditioned, generate_batch
+from ..generate import conditioned, generate_batch, sampling_network
 from ..images import to_uint8
 from ..samplers import invert, sample
 from ..schedule import Schedule
@@ -236,8 +236,9 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
     shape, device = _image_shape(model), torch.device(device)
+    net = sampling_network(model, device)  # what `ddim sample` runs: chunk i holds its images i
     base = {"format": STORE_FORMAT, "seed": seed, "spacing": spacing, "prediction": prediction,
-            "guidance": float(guidance), "clip": clip, "eps_from_clipped_x0": bool(eps_from_clipped_x0),
+            "channels_last": net is not model, "guidance": float(guidance), "clip": clip, "eps_from_clipped_x0": bool(eps_from_clipped_x0),
             "weights_sha256": weights_hash or weights_sha256(model),
             "image_shape": list(shape), "num_classes": model.config.num_classes,
             "noise_device": device.type,  # generators draw there
@@ -257,7 +258,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
     for cell, store, missing, my_chunks in zip(cells, stores, todo, mine):
         start = time.perf_counter()
         for r in my_chunks:
-            x = generate_batch(model, schedule, r, seed=seed, steps=cell.steps, eta=cell.eta, spacing=spacing,
+            x = generate_batch(net, schedule, r, seed=seed, steps=cell.steps, eta=cell.eta, spacing=spacing,
                                prediction=prediction, guidance=guidance, device=device, on_step=on_step, clip=clip,
                                eps_from_clipped_x0=eps_from_clipped_x0)
             store.write(r, to_uint8(x))
@@ -346,10 +347,11 @@ def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int, *,
     """
     T = schedule.num_steps
     columns = [s for s in dict.fromkeys(steps_list) if s != T] + [T]
+    net = sampling_network(model, device)
     samples, seconds = [], []
     for steps in columns:
         start = time.perf_counter()
-        samples.append(torch.cat([generate_batch(model, schedule, r, seed=seed, steps=steps, eta=0.0, spacing=spacing,
+        samples.append(torch.cat([generate_batch(net, schedule, r, seed=seed, steps=steps, eta=0.0, spacing=spacing,
                                                  prediction=prediction, guidance=guidance, device=device,
                                                  on_step=on_step, clip=clip,
                                                  eps_from_clipped_x0=eps_from_clipped_x0).float().cpu()
