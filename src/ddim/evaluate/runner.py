@@ -238,8 +238,8 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
     shape, device = _image_shape(model), torch.device(device)
     net = sampling_network(model, device)  # what `ddim sample` runs: chunk i holds its images i
     base = {"format": STORE_FORMAT, "seed": seed, "spacing": spacing, "prediction": prediction,
-            "channels_last": net is not model, "guidance": float(guidance), "clip": clip, "eps_from_clipped_x0": bool(eps_from_clipped_x0),
-            "weights_sha256": weights_hash or weights_sha256(model),
+            "channels_last": net is not model, "guidance": float(guidance), "clip": clip,
+            "eps_from_clipped_x0": bool(eps_from_clipped_x0), "weights_sha256": weights_hash or weights_sha256(model),
             "image_shape": list(shape), "num_classes": model.config.num_classes,
             "noise_device": device.type,  # generators draw there
             "schedule_sha256": hashlib.sha256(schedule.alphas_cumprod.numpy().tobytes()).hexdigest()}
