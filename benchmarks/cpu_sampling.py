@@ -1,5 +1,6 @@
 """CPU sampling paths for one network, interleaved in one run: eager fp32 against channels_last,
-torch.compile (inductor) with and without channels_last, and other thread counts.
+torch.compile (inductor) with and without channels_last, ONNX Runtime (when installed: ``pip install
+onnxruntime onnx``; the network exported once with torch.onnx), and other thread counts.
 
 Each path runs the same ``ddim.sample`` (η = 0, --steps steps, --batch images, class-conditional labels
 i mod 10 when the network has classes) from the same x_T; reported: images/s (median of --repeats
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +26,25 @@ import torch
 import ddim
 from ddim.nn import unet_from_preset
 
-PATHS = ("eager", "channels_last", "compile", "compile+channels_last", "eager 1 thread")
+PATHS = ("eager", "channels_last", "compile", "compile+channels_last", "onnxruntime", "eager 1 thread")
+
+
+class OrtNet:
+    """The network exported to ONNX and run by ONNX Runtime's CPU provider, called like the UNet."""
+
+    def __init__(self, net, example, path: str):
+        import onnxruntime as ort
+
+        dyn = {name: {0: "batch"} for name in ("x", "t", "labels", "out")}
+        torch.onnx.export(net, example, path, input_names=["x", "t", "labels"], output_names=["out"],
+                          dynamic_axes=dyn, opset_version=18, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x, t, labels):
+        feed = {"x": x.numpy(), "t": t.numpy(), "labels": labels.numpy()}
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
 
 def build(preset: str, seed: int = 0):
@@ -36,7 +57,9 @@ def build(preset: str, seed: int = 0):
     return net
 
 
-def path_model(net, path: str):
+def path_model(net, path: str, example, tmp: str):
+    if path == "onnxruntime":
+        return OrtNet(net, example, f"{tmp}/net.onnx")
     m = copy.deepcopy(net)
     if "channels_last" in path:
         m = m.to(memory_format=torch.channels_last)
@@ -55,6 +78,9 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     paths = args.paths.split(",")
+    if "onnxruntime" in paths and importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime is not installed (pip install onnxruntime onnx): that path is left out")
+        paths.remove("onnxruntime")
     net = build(args.preset)
     c = net.config
     schedule = ddim.Schedule.linear(1000)
@@ -69,9 +95,14 @@ def main() -> None:
         with torch.inference_mode():
             return ddim.sample(f, schedule, x_T, steps=args.steps, eta=0.0, prediction="v")
 
+    if labels is None and "onnxruntime" in paths:
+        print("the onnxruntime path exports a class-conditional network only: left out")
+        paths.remove("onnxruntime")
     models, warm, outs = {}, {}, {}
+    example = (x_T, torch.zeros(args.batch, dtype=torch.long), labels)
+    tmp = tempfile.mkdtemp()
     for path in paths:
-        models[path] = path_model(net, path)
+        models[path] = path_model(net, path, example, tmp)
         t0 = time.perf_counter()
         outs[path] = run(models[path], path)
         warm[path] = time.perf_counter() - t0

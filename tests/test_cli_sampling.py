@@ -256,7 +256,7 @@ def test_closing_line_names_every_file(ckpt, tmp_path, capsys):
 
 
 def test_channels_last_is_the_cpu_default_and_matches_eager(ckpt, tmp_path):
-    """Issue 12: the CPU default layout (channels_last, measured 14 % faster) gives eager's images within 1e-4."""
+    """Issue 12: the CPU default layout (channels_last) gives eager's images within 1e-4."""
     npz = {k: tmp_path / f"{k}.npz" for k in ("default", "on", "off")}
     flags = {"default": [], "on": ["--channels-last"], "off": ["--no-channels-last"]}
     for k, f in flags.items():

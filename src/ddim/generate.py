@@ -81,7 +81,7 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
             with a warning. On CUDA every batch has min(batch_size, n) images (the last one padded with
             extra seeds whose images are dropped), so one captured graph serves all batches.
         channels_last: without ``fast``, run an inference copy of the network in channels_last memory
-            format; None: on the CPU only, where oneDNN's convolutions run 14 % more images/s that way
+            format; None: on the CPU only, where sampling ran 1–14 % more images/s that way in three runs
             (benchmarks/cpu_sampling.py; images equal to 2e-6). ``fast`` always uses it.
         others: as in ``ddim.sample``.
     Returns:
