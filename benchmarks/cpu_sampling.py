@@ -78,6 +78,8 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     paths = args.paths.split(",")
+    if paths[0] != "eager":
+        p.error("--paths must start with eager: it is the baseline of every ratio and difference")
     if "onnxruntime" in paths and importlib.util.find_spec("onnxruntime") is None:
         print("onnxruntime is not installed (pip install onnxruntime onnx): that path is left out")
         paths.remove("onnxruntime")

@@ -30,7 +30,7 @@ one() {
   local name=$1 dir="$out/$1"
   ddim train --dataset fashion-mnist ${PILOT[$name]} --steps "$steps" --batch-size 128 \
       --warmup 100 --ema-decay 0.999 --checkpoint-every "$steps" --sample-every 0 --log-every 25 --quiet \
-      --out "$dir"
+      --out "$dir" $([ -d "$dir/checkpoints" ] && echo --resume)
   ddim eval --checkpoint "$dir" --steps 20 --eta 0 --n 500 --batch-size 250 --quiet \
       --out "$dir/eval" > /dev/null
 }

@@ -20,17 +20,19 @@ FMNIST_SUBSET = Path(__file__).parent / "data" / "fashion-mnist-subset"
 FULL_COUNTS = {"train": 60_000, "t10k": 10_000}
 
 
-def _idx_count(path: Path) -> int:
-    """The item count in an idx file's header (0 if the file is missing or unreadable)."""
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            return struct.unpack(">I", f.read(8)[4:8])[0]
-    except (OSError, struct.error):
-        return 0
+def _idx_count(stem: Path) -> int:
+    """The item count in the header of idx file ``stem``[.gz] (0 if neither is there or readable)."""
+    for path, opener in ((stem.with_name(stem.name + ".gz"), gzip.open), (stem, open)):
+        try:
+            with opener(path, "rb") as f:
+                return struct.unpack(">I", f.read(8)[4:8])[0]
+        except (OSError, struct.error):
+            continue
+    return 0
 
 
 # By the counts in the headers, not by the folder: pytest-xdist workers inherit the variable set below.
-HAVE_FULL_FMNIST = all(_idx_count(fashion_mnist_dir() / f"{p}-{k}-idx{d}-ubyte.gz") == n
+HAVE_FULL_FMNIST = all(_idx_count(fashion_mnist_dir() / f"{p}-{k}-idx{d}-ubyte") == n
                        for p, n in FULL_COUNTS.items() for k, d in (("images", 3), ("labels", 1)))
 if not HAVE_FULL_FMNIST:
     os.environ[FASHION_MNIST_ENV] = str(FMNIST_SUBSET)

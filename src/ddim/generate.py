@@ -135,7 +135,8 @@ def sampling_network(model, device="cpu", channels_last: Optional[bool] = None):
     ``generate_batch`` on it to draw exactly the images ``generate`` draws."""
     if channels_last is None:
         channels_last = torch.device(device).type == "cpu"
-    return fast_module(model) if channels_last else model
+    # only an nn.Module can be copied into another memory format; any other network runs as it is
+    return fast_module(model) if channels_last and isinstance(model, torch.nn.Module) else model
 
 
 def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: int = 0, steps: int = 50, eta=0.0,

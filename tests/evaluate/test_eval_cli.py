@@ -290,3 +290,41 @@ def test_out_that_is_a_file_is_refused_before_work(ckpt, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, err = _error(capsys, ["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "f"), "--quiet", "--steps", "2"])
     assert code == 2 and err == [f"ddim: error: --out {tmp_path / 'f'} exists and is not a folder"], err
+
+
+def test_stores_written_before_a_key_field_existed_are_still_read(ckpt, grid_run, tmp_path):
+    """A sample store whose key.json predates channels_last / eps_from_clipped_x0 reads them as their old
+    value (False): a store drawn that way is reused, one drawn otherwise is still refused."""
+    import shutil
+
+    from ddim.evaluate.runner import KEY_DEFAULTS, SampleStore
+
+    src = next((grid_run[0] / "samples").iterdir())
+    old = tmp_path / "old"
+    shutil.copytree(src, old)
+    key = json.loads((old / "key.json").read_text())
+    for k in KEY_DEFAULTS:
+        key.pop(k)
+    (old / "key.json").write_text(json.dumps(key))
+    current = json.loads((src / "key.json").read_text())
+    SampleStore(old, {**current, "channels_last": False}).open(create=False)   # what it was drawn with
+    with pytest.raises(ValueError, match=r"\(channels_last differ\)"):
+        SampleStore(old, {**current, "channels_last": True}).open(create=False)
+
+
+def test_sampling_network_copies_modules_only(ckpt):
+    model, _, _ = load_checkpoint(ckpt)
+    net = sampling_network(model, "cpu")
+    assert net is not model and net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.conv_in.weight.is_contiguous()                  # the caller's network keeps its layout
+    assert sampling_network(model, "cpu", channels_last=False) is model
+
+    class Duck:   # any network with .config and .null_label, not an nn.Module: run as it is
+        config, null_label = model.config, model.null_label
+
+        def __call__(self, x, t, labels=None):
+            return model(x, t, labels)
+
+    duck = Duck()
+    assert sampling_network(duck, "cpu") is duck
+    assert generate(duck, load_checkpoint(ckpt)[1], 2, steps=2).shape == (2, 1, 28, 28)

@@ -85,3 +85,21 @@ def test_bad_batch_split_and_data_mismatch(tmp_path, digits8):
 
     with pytest.raises(ValueError, match="the data are 1×16×16 but the model expects 1×8×8"):
         Trainer(tiny_config(), tmp_path, data=load_dataset("digits", image_size=16), device="cpu")
+
+
+def test_resume_from_a_checkpoint_written_before_a_config_field_existed(tmp_path, digits8):
+    """A checkpoint whose config.json lacks a field added later (model.patch_size) resumes: the saved config
+    is read through RunConfig, so the missing field takes its default instead of reading as a difference."""
+    from ddim.checkpoint import MANIFEST, _sha256, read_json, write_json
+
+    Trainer(tiny_config(steps=3, checkpoint_every=3), tmp_path, data=digits8, device="cpu", quiet=True).fit()
+    ckpt = list_checkpoints(tmp_path)[-1]
+    saved = read_json(ckpt / "config.json")
+    del saved["model"]["patch_size"]
+    write_json(ckpt / "config.json", saved)
+    manifest = read_json(ckpt / MANIFEST)   # re-sign the edited file, as an older ddim would have written it
+    manifest["config.json"] = {"bytes": (ckpt / "config.json").stat().st_size, "sha256": _sha256(ckpt / "config.json")}
+    write_json(ckpt / MANIFEST, manifest)
+    resumed = Trainer(tiny_config(steps=5, checkpoint_every=3), tmp_path, data=digits8, device="cpu", quiet=True,
+                      resume=True)
+    assert resumed.step == 3 and resumed.fit().step == 5

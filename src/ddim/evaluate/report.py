@@ -81,7 +81,7 @@ _GRID_KEYS = ("checkpoint", "seed", "spacing", "guidance", "clip", "eps_from_cli
 
 
 def _config_line(config: dict, keys: Sequence[str]) -> str:
-    return ", ".join(f"{k} {config[k]}" for k in keys if config.get(k) is not None)
+    return ", ".join(f"{k} {config[k]}" for k in keys if config.get(k) is not None and config.get(k) is not False)
 
 
 # ------------------------------------------------------------------------------------------- grid

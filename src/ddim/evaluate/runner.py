@@ -42,6 +42,8 @@ __all__ = ["Cell", "CellSamples", "SampleStore", "eta_label", "chunk_ranges", "r
 Eta = Union[float, str]
 STORE_FORMAT = "ddim-eval-samples-v1"
 KEY_FILE = "key.json"
+# Sample-key fields added after stores were first written, with the value every older store was drawn with.
+KEY_DEFAULTS = {"channels_last": False, "eps_from_clipped_x0": False}
 PR_NEIGHBOURS = 3   # k of precision/recall (Kynkäänniemi et al. 2019), fewer only when n ≤ 3
 
 
@@ -137,7 +139,9 @@ class SampleStore:
                 saved = json.loads(key_file.read_text())
             except (OSError, ValueError):
                 raise ValueError(f"{key_file} is unreadable; delete {self.root} to redraw its samples") from None
-            differ = sorted(k for k in set(saved) | set(self.key) if saved.get(k) != self.key.get(k))
+            # a key a store predates reads as its value then (KEY_DEFAULTS), not as a difference
+            differ = sorted(k for k in set(saved) | set(self.key)
+                            if saved.get(k, KEY_DEFAULTS.get(k)) != self.key.get(k, KEY_DEFAULTS.get(k)))
             if differ:
                 raise ValueError(f"{self.root} holds samples drawn with other settings ({', '.join(differ)} "
                                  "differ); use another output directory or delete that folder")

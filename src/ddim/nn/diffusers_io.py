@@ -267,9 +267,9 @@ def save_diffusers_unet(unet: UNet, path: str | Path) -> Path:
     loadable by ``diffusers.UNet2DModel.from_pretrained(path)``. Returns the directory."""
     if not isinstance(unet, UNet):
         raise ValueError(f"save_diffusers_unet needs a ddim.nn.UNet, got {type(unet).__name__}")
+    config = unet_config_to_diffusers(unet.config)  # refuses what diffusers cannot hold, before any write
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    config = unet_config_to_diffusers(unet.config)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     # safetensors wants contiguous CPU tensors (our parameters never share storage).
     state = {diffusers_key(k): v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}

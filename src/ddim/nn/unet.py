@@ -3,7 +3,7 @@
 Layout, with L = len(channel_mult) levels and C_i = base_channels · channel_mult[i]:
 
     x (B, in, H, W) -> [patch_size p > 1: pixel-unshuffle to (B, in·p², H/p, W/p)] -> 3×3 conv to C_0
-    down level i = 0..L−1:  num_res_blocks × [ResBlock -> C_i, (+ SelfAttention if H/2^i ∈ attn_resolutions)],
+    down level i = 0..L−1:  num_res_blocks × [ResBlock -> C_i, (+ SelfAttention if H/(p·2^i) ∈ attn_resolutions)],
                             then Downsample unless i = L−1        (every output is kept as a skip)
     middle:                 ResBlock, SelfAttention, ResBlock
     up level i = L−1..0:    (num_res_blocks + 1) × [concat a skip, ResBlock -> C_i, (+ SelfAttention)],

@@ -183,6 +183,13 @@ class Trainer:
         verify_checkpoint(ckpt)
         saved = read_json(ckpt / "config.json")
         saved.pop("step", None)
+        # through RunConfig, so fields added since the checkpoint was written take their defaults
+        # (e.g. model.patch_size = 1) instead of reading as a difference
+        try:
+            saved = RunConfig.from_dict(saved).to_dict()
+        except ValueError as e:
+            raise CheckpointError(f"cannot resume from {ckpt}: its config.json is not a valid run config "
+                                  f"({e})") from None
         now = self.config.to_dict()
         ignore = {f"train.{k}" for k in RESUMABLE_FIELDS}
         diff = [k for k in config_diff(saved, now) if k not in ignore]
