@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from .cli_sampling import _add_clip, _bar, _clip, _eta, _note
+from .cli_sampling import _add_clip, _bar, _clip, _eta, _note, _x0_rule
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -213,7 +213,7 @@ def _run_eval(args) -> int:
                   "ema": args.ema, "prediction": config.prediction, "num_train_steps": schedule.num_steps,
                   "steps": list(steps), "n": n, "seed": args.seed, "batch_size": args.batch_size,
                   "spacing": args.spacing, "guidance": args.guidance, "clip": _clip(args),
-                  "eps_from_clipped_x0": _clip(args) is not None, "device": str(device),
+                  "eps_from_clipped_x0": _x0_rule(args).get("eps_from_clipped_x0", False), "device": str(device),
                   "world_size": info.world_size}
         run = {"fid": _run_grid, "reconstruction": _run_reconstruction, "consistency": _run_consistency}[mode]
         return run(args, model, schedule, config, device, info, common, etas)
