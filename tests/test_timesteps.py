@@ -33,6 +33,11 @@ def test_quadratic_is_the_papers_formula():
     ours = ddim.timesteps(T, 100, "quadratic").flip(0).numpy()
     assert len(set(ref.tolist())) < 100
     assert (ours[30:] == ref[30:]).all() and (ours >= ref).all()
+    # the module docstring's S = 50 figures: the paper's grid has 49 distinct steps, ours differs at 3 points
+    ref = np.array([int(v) for v in np.linspace(0, np.sqrt(T * 0.8), 50) ** 2])
+    ours = ddim.timesteps(T, 50, "quadratic").flip(0).numpy()
+    assert len(set(ref.tolist())) == 49 and (ours != ref).sum() == 3
+    assert ours[:4].tolist() == [0, 1, 2, 3] and ref[:4].tolist() == [0, 0, 1, 2]
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])

@@ -9,8 +9,11 @@ Spacings:
                is its code's ``range(0, T, T // S)``), exactly S steps for every S.
     quadratic  τ_i = ⌊(i/(S-1))² · 0.8T⌋ as in the DDIM paper's code (used for its CIFAR-10 tables);
                where flooring repeats a step (small t, large S) the repeat is moved up by one so the
-               S steps stay distinct. A repeated step is an exact no-op in the paper's code, so this
-               changes no result, it only spends all S model calls on distinct steps.
+               S steps stay distinct. This is a different grid from the paper's code, not a relabelling:
+               there a repeat is a no-op step, so it takes fewer distinct steps (49 at S = 50, T = 1000),
+               while here 3 of the 50 points differ (0, 1, 2, 3 instead of 0, 0, 1, 2) and every one of
+               the S model calls makes progress. Samples differ accordingly (slightly: the moved points
+               are the last, lowest-noise steps).
     leading    τ_i = i·⌊T/S⌋ (+ offset): diffusers' "leading".
     trailing   τ_i = round(T − i·T/S) − 1: diffusers' "trailing"; always contains T-1.
     linspace   round(linspace(0, T−1, S)): diffusers' "linspace"; contains 0 and T-1.
