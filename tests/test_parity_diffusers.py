@@ -228,3 +228,45 @@ def test_cli_ddpm_sampler_is_diffusers_ddpm_with_clipping(tmp_path):
         for t in ref.timesteps:
             x = ref.step(net(x, t.expand(1)), t, x, generator=g).prev_sample
     assert rel(ours, x.double()) <= 1e-4
+
+
+SOLVER_REFS = {  # our solver -> (diffusers scheduler, its settings)
+    "dpmpp-2m": ("DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
+    "dpmpp-3m": ("DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++")),
+    "dpmpp-2m-sde": ("DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="sde-dpmsolver++")),
+    "unipc": ("UniPCMultistepScheduler", dict(solver_order=2, solver_type="bh2", predict_x0=True)),
+}
+
+
+def solver_reference(solver, schedule, steps, prediction, noise_seed):
+    """diffusers' multistep scheduler in float64 (its sigmas are float32 by default), our noise fed in."""
+    cls, kw = SOLVER_REFS[solver]
+    ref = float64_scheduler(getattr(diffusers, cls), schedule, prediction_type=PRED[prediction], **kw)
+    abar = schedule.alphas_cumprod
+    ref.alpha_t, ref.sigma_t = abar.sqrt(), (1 - abar).sqrt()
+    ref.lambda_t = ref.alpha_t.log() - ref.sigma_t.log()
+    ref.set_timesteps(steps)
+    ref.sigmas = torch.cat([((1 - abar[ref.timesteps]) / abar[ref.timesteps]).sqrt(), torch.zeros(1, dtype=abar.dtype)])
+    g = torch.Generator().manual_seed(noise_seed)
+    x = x_T()
+    for k, t in enumerate(ref.timesteps):
+        out = model(x, t.expand(SHAPE[0]))
+        kw = {}
+        if solver.endswith("sde"):  # our draw order: one z per step with noise, none on the last
+            kw["variance_noise"] = (torch.randn(SHAPE, generator=g, dtype=torch.float64) if k < steps - 1
+                                    else torch.zeros(SHAPE, dtype=torch.float64))
+        x = ref.step(out, t, x, **kw).prev_sample
+    return x, ref.timesteps
+
+
+@pytest.mark.parametrize("solver", list(SOLVER_REFS))
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 10, 20])
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_solver_parity(solver, steps, prediction):
+    """DPM-Solver++(2M/3M/2M SDE) and UniPC-bh2 equal diffusers' schedulers on the same grid, float64
+    (lower-order warm-up and final steps included: S = 1, 2, 3 and S < 15 vs S = 20)."""
+    s = SCHEDULES["linear"]
+    ref, grid = solver_reference(solver, s, steps, prediction, noise_seed=3)
+    ours = ddim.sample(model, s, x_T(), timesteps=grid, prediction=prediction, solver=solver,
+                       generator=torch.Generator().manual_seed(3))
+    assert rel(ours, ref) <= TOL  # DPMSolverMultistepScheduler.step casts the sample to float32: ~1e-7

@@ -12,8 +12,9 @@ T = 1000
 
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("S", [1, 2, 3, 7, 10, 50, 99, 100, 333, 500, 501, 999, 1000])
-def test_invariants(spacing, S):
-    tau = ddim.timesteps(T, S, spacing)
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_invariants(spacing, S, schedule):
+    tau = ddim.timesteps(getattr(ddim.Schedule, schedule)(T), S, spacing)
     assert tau.dtype == torch.int64 and tau.shape == (S,)
     assert (tau[1:] < tau[:-1]).all(), "strictly decreasing, hence unique"
     assert 0 <= tau.min() and tau.max() <= T - 1

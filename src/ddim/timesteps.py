@@ -17,6 +17,12 @@ Spacings:
     leading    τ_i = i·⌊T/S⌋ (+ offset): diffusers' "leading".
     trailing   τ_i = round(T − i·T/S) − 1: diffusers' "trailing"; always contains T-1.
     linspace   round(linspace(0, T−1, S)): diffusers' "linspace"; contains 0 and T-1.
+    logsnr     uniform in λ = ½ log(ᾱ/(1 − ᾱ)) between t = T−1 and t = 0 (DPM-Solver's "logSNR"
+               steps, Lu et al. 2022 §3.3), each point the nearest integer step; needs a Schedule.
+    karras     σ_i = (σ_max^{1/ρ} + i/(S−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7, σ = √((1 − ᾱ)/ᾱ)
+               (EDM, Karras et al. 2022, eq. 5), nearest integer step in log σ; needs a Schedule.
+    Where rounding to integer steps repeats a point (logsnr, karras at large S), the repeat is moved
+    up by one, as for quadratic, so the grid keeps exactly S distinct steps.
 
 ``offset`` shifts every step (diffusers' ``steps_offset``, e.g. 1 for Stable Diffusion's "leading").
 """
@@ -28,7 +34,9 @@ import torch
 
 __all__ = ["timesteps", "SPACINGS", "check_timesteps"]
 
-SPACINGS = ("uniform", "quadratic", "leading", "trailing", "linspace")
+SPACINGS = ("uniform", "quadratic", "leading", "trailing", "linspace", "logsnr", "karras")
+NEEDS_SCHEDULE = ("logsnr", "karras")
+KARRAS_RHO = 7.0
 
 
 def _num_train_steps(schedule_or_T) -> int:
@@ -38,15 +46,38 @@ def _num_train_steps(schedule_or_T) -> int:
     return T
 
 
-def _ascending(T: int, S: int, spacing: str) -> np.ndarray:
+def _distinct(tau: np.ndarray) -> np.ndarray:
+    """Ascending integer points with repeats moved up: τ_i ≥ τ_{i-1} + 1."""
+    i = np.arange(tau.size, dtype=np.int64)
+    return np.maximum.accumulate(tau - i) + i
+
+
+def _nearest_steps(log_level: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each target (any order) the step t whose log noise level is nearest; ascending, distinct."""
+    t = np.abs(log_level[None, :] - targets[:, None]).argmin(1)
+    return _distinct(np.sort(t).astype(np.int64))
+
+
+def _ascending(T: int, S: int, spacing: str, abar=None) -> np.ndarray:
     i = np.arange(S, dtype=np.int64)
     if spacing == "uniform":
         return (i * T) // S
     if spacing == "quadratic":
         tau = np.floor(np.linspace(0, np.sqrt(T * 0.8), S) ** 2).astype(np.int64)
-        # Move repeats up: τ_i ≥ τ_{i-1} + 1. Stays ≤ T-1 for every S ≤ T (the curve rises by < 1 per
-        # index wherever repeats happen, and its end is 0.8T).
-        return np.maximum.accumulate(tau - i) + i
+        # Stays ≤ T-1 for every S ≤ T (the curve rises by < 1 per index wherever repeats happen, and its
+        # end is 0.8T).
+        return _distinct(tau)
+    if spacing in NEEDS_SCHEDULE:
+        a = np.clip(abar, 1e-300, 1 - 1e-16)
+        log_sigma = 0.5 * (np.log1p(-a) - np.log(a))  # log σ = −λ
+        if spacing == "logsnr":
+            targets = np.linspace(log_sigma[-1], log_sigma[0], S)
+        else:
+            lo, hi = np.exp(log_sigma[0]) ** (1 / KARRAS_RHO), np.exp(log_sigma[-1]) ** (1 / KARRAS_RHO)
+            targets = KARRAS_RHO * np.log(hi + i / max(S - 1, 1) * (lo - hi))
+        # moving repeats up can overrun T-1 at large S: cap point i at T-1-(S-1-i), which keeps the
+        # points strictly increasing
+        return np.minimum(_nearest_steps(log_sigma, targets), T - S + i)
     if spacing == "leading":
         return i * (T // S)
     if spacing == "trailing":
@@ -75,7 +106,10 @@ def timesteps(schedule_or_T, steps: int, spacing: str = "uniform", offset: int =
         raise ValueError(f"unknown spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
         raise ValueError(f"offset must be an integer, got {offset!r}")
-    tau = _ascending(T, int(steps), spacing) + int(offset)
+    abar = getattr(schedule_or_T, "alphas_cumprod", None)
+    if spacing in NEEDS_SCHEDULE and abar is None:
+        raise ValueError(f"spacing {spacing!r} needs the Schedule (its ᾱ), not just T={T}")
+    tau = _ascending(T, int(steps), spacing, None if abar is None else abar.double().numpy()) + int(offset)
     return check_timesteps(torch.from_numpy(tau[::-1].copy()), T)
 
 

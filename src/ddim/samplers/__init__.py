@@ -1,9 +1,12 @@
-"""Samplers: pure step functions (``steps``) and the loops built on them (``ddim``), and
+"""Samplers: pure step functions (``steps``), the solvers behind one seam (``solvers``: DDIM,
+DPM-Solver++, UniPC, Heun), the loops built on them (``ddim``), and
 the same loop made fast on CUDA (``fast``: bf16, channels_last, torch.compile, one CUDA graph)."""
 
 from .ddim import Plan, Trajectory, invert, plan, sample
 from .fast import FastSampler, fast_module, fast_sample
+from .solvers import SOLVERS, Solver, get_solver
 from .steps import clip_x0, ddim_step, dynamic_threshold, posterior_variance, sigma_eta, sigma_hat
 
 __all__ = ["sample", "invert", "plan", "Plan", "Trajectory", "FastSampler", "fast_sample", "fast_module",
-           "ddim_step", "sigma_eta", "sigma_hat", "posterior_variance", "clip_x0", "dynamic_threshold"]
+           "Solver", "SOLVERS", "get_solver", "ddim_step", "sigma_eta", "sigma_hat", "posterior_variance",
+           "clip_x0", "dynamic_threshold"]

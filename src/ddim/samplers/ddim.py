@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
@@ -24,6 +24,7 @@ from ..forward import PREDICTIONS, eps_from_x0, predict_x0_eps, x0_from_eps
 from ..noise import Generators, randn
 from ..schedule import Schedule
 from ..timesteps import check_timesteps, timesteps as make_timesteps
+from .solvers import Solver, get_solver
 from .steps import clip_x0, ddim_step, dynamic_threshold, sigma_eta, sigma_hat
 
 __all__ = ["sample", "invert", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup", "denoise",
@@ -48,7 +49,8 @@ class Plan:
 
     timesteps: τ_k, descending. abar_t: ᾱ_{τ_k}. abar_prev: ᾱ of the next grid point (1 or ᾱ_0 at the
     end). sigma: σ_t of eq. 12's direction term. noise_std: the std of the added noise (σ_t, or σ̂_t;
-    0 on the step that lands on x_0 for σ̂, as in DDPM, whose last step returns the mean).
+    0 on the step that lands on x_0 for σ̂, as in DDPM, whose last step returns the mean). table: the
+    solver's own columns (``Solver.table``), empty for DDIM.
     """
 
     timesteps: torch.Tensor
@@ -56,12 +58,14 @@ class Plan:
     abar_prev: torch.Tensor
     sigma: torch.Tensor
     noise_std: torch.Tensor
+    table: dict = field(default_factory=dict)
 
     def to(self, device, dtype) -> "Plan":
         """The coefficient columns on ``device`` in float64 for float64 samples, else float32."""
         dt = torch.float64 if dtype == torch.float64 else torch.float32
         return Plan(self.timesteps.to(device), *(getattr(self, f).to(device, dt)
-                                                 for f in ("abar_t", "abar_prev", "sigma", "noise_std")))
+                                                 for f in ("abar_t", "abar_prev", "sigma", "noise_std")),
+                    {name: col.to(device, dt) for name, col in self.table.items()})
 
 
 def _check_eta(eta: Eta) -> Eta:
@@ -153,9 +157,9 @@ def _x0_transform(clip: Optional[float], threshold: Optional[float], threshold_m
 class SampleSetup:
     """The validated arguments of one ``sample`` call, ready for a loop (host side).
 
-    plan: the grid and its float64 coefficients. prediction: the model's target. post: the x̂_0
-    transform (clip or dynamic threshold) or None. eps_from_clipped_x0: re-derive ε̂ after ``post``.
-    draws: (S,) bools, which steps add noise.
+    plan: the grid and its float64 coefficients (the solver's table included). prediction: the model's
+    target. post: the x̂_0 transform (clip or dynamic threshold) or None. eps_from_clipped_x0: re-derive
+    ε̂ after ``post``. draws: (S,) bools, which steps add noise. solver: what each step does.
     """
 
     plan: Plan
@@ -163,20 +167,24 @@ class SampleSetup:
     post: Optional[Callable[[torch.Tensor], torch.Tensor]]
     eps_from_clipped_x0: bool
     draws: tuple
+    solver: Solver = get_solver("ddim")
 
 
 def sample_setup(schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, eta: Eta = 0.0,
                  spacing: str = "uniform", prediction: str = "epsilon", *, timesteps=None,
                  set_alpha_to_one: bool = True, clip: Optional[float] = None, threshold: Optional[float] = None,
-                 threshold_max: float = 1.0, eps_from_clipped_x0: bool = False) -> SampleSetup:
+                 threshold_max: float = 1.0, eps_from_clipped_x0: bool = False, solver="ddim") -> SampleSetup:
     """Check ``sample``'s arguments (raising its errors) and compute its plan; arguments as in ``sample``."""
     _check_inputs(x_T, prediction, "x_T")
-    p = plan(schedule, None if timesteps is not None else steps, eta, spacing, timesteps, set_alpha_to_one)
+    solver = get_solver(solver)
+    p = plan(schedule, None if timesteps is not None else steps, solver.eta(_check_eta(eta)), spacing, timesteps,
+             set_alpha_to_one)
+    p = Plan(p.timesteps, p.abar_t, p.abar_prev, p.sigma, p.noise_std, solver.table(p.abar_t, p.abar_prev))
     if prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
         raise ValueError("prediction='epsilon' cannot start at ᾱ_t = 0 (zero terminal SNR): x_0 = (x_t − ε)/0; "
                          "use prediction='v' or 'sample'")
     post = _x0_transform(clip, threshold, threshold_max)
-    return SampleSetup(p, prediction, post, bool(eps_from_clipped_x0), tuple((p.noise_std > 0).tolist()))
+    return SampleSetup(p, prediction, post, bool(eps_from_clipped_x0), tuple((p.noise_std > 0).tolist()), solver)
 
 
 def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: str, post=None,
@@ -203,7 +211,8 @@ def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: 
 def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tensor,
                 noise_at: Callable[[int], Optional[torch.Tensor]], *, return_trajectory: bool = False,
                 callback=None):
-    """Run the S steps: (x̂_0, ε̂) = predict(x, t_k, ᾱ_t), then x ← eq. 12 with noise_at(k), k = 0..S−1.
+    """Run the S steps of ``setup.solver`` (for DDIM: (x̂_0, ε̂) = predict(x, t_k, ᾱ_t), then x ← eq. 12
+    with noise_at(k)), k = 0..S−1.
 
     Never reads a device value back to the host, so with ``callback=None`` the loop can be captured
     as a CUDA graph (``samplers.fast``).
@@ -219,9 +228,9 @@ def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tens
     """
     t_batch = coef.timesteps[:, None].expand(-1, x.shape[0]).contiguous()  # (S, B): row k is step k's t
     xs, x0s = ([x], []) if return_trajectory else (None, None)
+    state: dict = {}  # the solver's, for this run only
     for k in range(len(setup.draws)):
-        x0_pred, eps = predict(x, t_batch[k], coef.abar_t[k])
-        x = ddim_step(x0_pred, eps, coef.abar_prev[k], coef.sigma[k], noise_at(k))
+        x, x0_pred = setup.solver.step(k, x, predict, t_batch, coef, state, noise_at)
         if return_trajectory:
             xs.append(x)
             x0s.append(x0_pred)
@@ -245,8 +254,9 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
            generator: Generators = None, *, timesteps=None, set_alpha_to_one: bool = True,
            clip: Optional[float] = None, threshold: Optional[float] = None, threshold_max: float = 1.0,
            eps_from_clipped_x0: bool = False, return_trajectory: bool = False,
-           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None):
-    """Generate x_0 from x_T with the generalized DDIM update (eq. 12) over a sub-sequence τ.
+           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None, solver="ddim"):
+    """Generate x_0 from x_T over a sub-sequence τ: by default with the generalized DDIM update (eq. 12),
+    or with another ``solver`` (``ddim.samplers.solvers``).
 
     Args:
         model: ``model(x_t, t)`` with x_t (B, C, H, W) float and t (B,) int64 training-step indices;
@@ -265,12 +275,15 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
         eps_from_clipped_x0: re-derive ε̂ from the clipped x̂_0 (GLIDE; DDPM's posterior mean does this).
         return_trajectory: also return a ``Trajectory``.
         callback: called as ``callback(k, t, x_{t_prev}, x0_pred)`` after each step k.
+        solver: "ddim" (the η-family), "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc" or "heun" (or a
+            ``Solver``); all but "ddim" take η = 0 only (dpmpp-2m-sde adds η = 1's noise itself). S steps
+            cost S model calls, Heun's 2S − 1.
     Returns:
         x_0 (B, …) shaped like x_T, or (x_0, Trajectory) if ``return_trajectory``.
     """
     setup = sample_setup(schedule, x_T, steps, eta, spacing, prediction, timesteps=timesteps,
                          set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
-                         threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0)
+                         threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0, solver=solver)
     x = x_T.to(_work_dtype(x_T))
     c = setup.plan.to(x.device, x.dtype)
     predict = functools.partial(denoise, model, prediction=prediction, post=setup.post,

@@ -113,8 +113,9 @@ def _plan_key(setup: SampleSetup) -> tuple:
     """What a captured loop bakes in from the plan: the grid, every coefficient (its exact float64 values;
     they are read from device memory captured with the graph) and the noisy steps (the buffer's size)."""
     p = setup.plan
-    return (tuple(p.timesteps.tolist()), setup.draws, sum(setup.draws),
-            *(tuple(getattr(p, f).tolist()) for f in ("abar_t", "abar_prev", "sigma", "noise_std")))
+    return (tuple(p.timesteps.tolist()), setup.draws, sum(setup.draws), setup.solver,
+            *(tuple(getattr(p, f).tolist()) for f in ("abar_t", "abar_prev", "sigma", "noise_std")),
+            *((name, tuple(col.flatten().tolist())) for name, col in sorted(p.table.items())))
 
 
 def _rng_rewind(generator: Generators, device: torch.device):
@@ -179,11 +180,12 @@ class FastSampler:
                eta: Eta = 0.0, spacing: str = "uniform", prediction: str = "epsilon",
                generator: Generators = None, *, timesteps=None, set_alpha_to_one: bool = True,
                clip: Optional[float] = None, threshold: Optional[float] = None, threshold_max: float = 1.0,
-               eps_from_clipped_x0: bool = False, return_trajectory: bool = False, callback=None):
+               eps_from_clipped_x0: bool = False, return_trajectory: bool = False, callback=None,
+               solver="ddim"):
         """As ``ddim.sample`` (same arguments, errors and return value). ``callback`` or
         ``return_trajectory`` need the host at every step, so such calls run the loop uncaptured."""
         opts = dict(timesteps=timesteps, set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
-                    threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0)
+                    threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0, solver=solver)
         setup = sample_setup(schedule, x_T, steps, eta, spacing, prediction, **opts)  # sample's checks
         plain = lambda: sample(model, schedule, x_T, steps, eta, spacing, prediction, generator,  # noqa: E731
                                return_trajectory=return_trajectory, callback=callback, **opts)

@@ -1,0 +1,281 @@
+"""Solvers: what one sampling step does, behind one seam shared by every loop.
+
+A solver owns three things (``Solver``):
+    table   its per-step coefficients, computed once on the host in float64 from the grid's (ᾱ_t, ᾱ_{t−1})
+            pairs (``Plan``), then moved to the sample's device with the plan;
+    step    the update from x_t to x_{t−1}: it calls the model (``predict``) as often as it needs and
+            draws noise through ``noise_at``; nothing in it reads a device value back to the host;
+    state   what a multistep method carries between steps (earlier x̂_0), a dict it fills itself.
+
+The loop (``ddim.sample_loop``) only walks k = 0..S−1. A step's coefficients depend on the grid alone,
+so they are the same numbers for every batch and a CUDA graph can bake them in.
+
+Notation (DPM-Solver, Lu et al. 2022): α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t) (half the
+log-SNR), h = λ_{t−1} − λ_t > 0 the step in λ from grid point s = τ_k to the next t = τ_{k+1}; m_k the
+model's x̂_0 at step k. After the last grid point ᾱ = 1: σ = 0, λ = +∞, h = ∞, e^{−h} = 0.
+
+    ddim          the η-family, DDIM eq. 12 (η = 0: first-order DPM-Solver(++), Euler in λ)
+    dpmpp-2m      DPM-Solver++(2M), Lu et al. 2022b, Algorithm 2 (eq. 9 with D = (1 + 1/2r) m_k − 1/2r m_{k−1})
+    dpmpp-3m      DPM-Solver++(3M), the third-order multistep data-prediction update of the authors' code
+    dpmpp-2m-sde  SDE-DPM-Solver++(2M), Lu et al. 2022b §B (midpoint form; its noise is DDIM's η = 1)
+    unipc         UniPC-2 with B(h) = e^h − 1 ("bh2"), Zhao et al. 2023, Algorithms 2-3: UniP-2 predictor
+                  (equal to DPM-Solver++(2M)) and the UniC corrector, which reuses the next step's model
+                  call, so it adds no NFE
+    heun          Heun's second-order method on the probability-flow ODE in EDM's (σ, x/α) variables
+                  (Karras et al. 2022, Algorithm 1): 2 model calls per step, Euler (= DDIM η = 0) on the last
+
+Multistep methods run first order on the first step (no history yet) and on the last one (which lands
+on σ = 0, where a second-order extrapolation of x̂_0 is worst; diffusers' ``lower_order_final``), and
+3M second order on the step before the last when S < 15 (as diffusers does).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .steps import ddim_step
+
+__all__ = ["Solver", "SOLVERS", "get_solver", "dpm_lambda", "multistep_weights", "unipc_corrector_weights",
+           "heun_coefficients"]
+
+
+def dpm_lambda(abar: float) -> float:
+    """λ = log(α/σ) = ½ log(ᾱ/(1 − ᾱ)) (DPM-Solver eq. 3.1's half log-SNR); +∞ at ᾱ = 1, −∞ at ᾱ = 0."""
+    if abar >= 1.0:
+        return math.inf
+    if abar <= 0.0:
+        return -math.inf
+    return 0.5 * (math.log(abar) - math.log1p(-abar))
+
+
+def _steps_lambda(abar_t, abar_prev):
+    """Per step k: (λ_s, λ_t, h) for s = τ_k, t = the next grid point (host floats)."""
+    lam_s = [dpm_lambda(a) for a in abar_t]
+    lam_t = [dpm_lambda(a) for a in abar_prev]
+    return lam_s, lam_t, [lt - ls for ls, lt in zip(lam_s, lam_t)]
+
+
+def _order(k: int, S: int, order: int) -> int:
+    """The order a multistep method runs at step k of S: warm-up from 1, first order on the last step,
+    and at most second order on the step before it when S < 15 (diffusers' ``lower_order_final``)."""
+    o = min(order, k + 1)
+    if k == S - 1:
+        return 1
+    if k == S - 2 and S < 15:
+        return min(o, 2)
+    return o
+
+
+def multistep_weights(abar_t, abar_prev, order: int, sde: bool = False):
+    """DPM-Solver++ multistep coefficients: x_{t} = ratio_k · x_s + Σ_j w_{k,j} m_{k−j} (+ noise).
+
+    With E = e^{−h} (ODE) or e^{−2h} (SDE) and r_j = h_{k−j}/h_k:
+        order 1:  w_0 = α_t (1 − E)                                           (= DDIM η = 0 / η = 1)
+        order 2:  D = m_k + (m_k − m_{k−1})/(2 r_1)                             (2M, Alg. 2, midpoint)
+        order 3:  D1_0 = (m_k − m_{k−1})/r_1, D1_1 = (m_{k−1} − m_{k−2})/r_2,
+                  D1 = D1_0 + r_1/(r_1 + r_2) (D1_0 − D1_1), D2 = (D1_0 − D1_1)/(r_1 + r_2)
+                  x_t = ratio x_s + α_t(1 − e^{−h}) m_k + α_t(φ₂) D1 − α_t(φ₃) D2,
+                  φ₂ = (e^{−h} − 1)/h + 1, φ₃ = (e^{−h} − 1 + h)/h² − ½            (3M)
+        ratio = σ_t/σ_s (ODE) or σ_t/σ_s · e^{−h} (SDE, whose added noise is σ_t √(1 − e^{−2h}) z,
+        exactly DDIM's σ_t(η = 1)).
+
+    Args:
+        abar_t, abar_prev: (S,) sequences of ᾱ at each step's start and end (``Plan``).
+        order: 1, 2 or 3 (3 for the ODE only).
+    Returns:
+        (ratio (S,), w (S, 3)) float64 tensors; w[k, j] multiplies m_{k−j} (0 where unused).
+    """
+    S = len(abar_t)
+    _, _, h = _steps_lambda(abar_t, abar_prev)
+    ratio, w = torch.zeros(S, dtype=torch.float64), torch.zeros(S, 3, dtype=torch.float64)
+    for k in range(S):
+        a_t, s_t, s_s = math.sqrt(abar_prev[k]), math.sqrt(1 - abar_prev[k]), math.sqrt(1 - abar_t[k])
+        hk = h[k]
+        e = math.exp(-2 * hk) if sde else math.exp(-hk)
+        ratio[k] = s_t / s_s * (math.exp(-hk) if sde else 1.0)
+        p1 = a_t * (1 - e)
+        o = _order(k, S, order)
+        if o == 1:
+            w[k, 0] = p1
+        elif o == 2:
+            c = 1 / (2 * (h[k - 1] / hk))
+            w[k, 0], w[k, 1] = p1 * (1 + c), -p1 * c
+        else:
+            r1, r2 = h[k - 1] / hk, h[k - 2] / hk
+            em1 = math.expm1(-hk)
+            p2 = a_t * (em1 / hk + 1)
+            p3 = a_t * ((em1 + hk) / hk**2 - 0.5)
+            c10 = p2 * (1 + r1 / (r1 + r2)) - p3 / (r1 + r2)  # coefficient of D1_0
+            c11 = -p2 * r1 / (r1 + r2) + p3 / (r1 + r2)      # coefficient of D1_1
+            w[k, 0] = p1 + c10 / r1
+            w[k, 1] = -c10 / r1 + c11 / r2
+            w[k, 2] = -c11 / r2
+    return ratio, w
+
+
+def unipc_corrector_weights(abar_t, abar_prev, order: int = 2):
+    """UniC-p with B(h) = e^h − 1 (Zhao et al. 2023, Algorithm 3, data prediction), table form.
+
+    At step k ≥ 1 the model has just been called at x_t (the predictor's result of step k−1, from x_s);
+    the corrected point is x_t^c = ratio_{k−1} x_s + c0 m_{k−1} + c1 m_{k−2} + ct m_k, with
+        x_t^c = σ_t/σ_s x_s + α_t (1 − e^{−h}) m_{k−1} − α_t B(−h) (Σ_i ρ_i D_i + ρ_t (m_k − m_{k−1})),
+    D_1 = (m_{k−2} − m_{k−1})/r, r = (λ_{k−2} − λ_{k−1})/h < 0, and (ρ_1, ρ_t) solving R ρ = b with
+    R's rows (1, 1) and (r, 1), b from the paper's φ-recursion (``_unipc_b``). Order 1 has ρ_t = ½
+    (the trapezoidal rule). The order is that of the predictor that made x_t.
+
+    Returns:
+        (S, 3) float64: row k holds (c0, c1, ct) for the correction made at step k (row 0 unused).
+    """
+    S = len(abar_t)
+    lam_s, _, h = _steps_lambda(abar_t, abar_prev)
+    c = torch.zeros(S, 3, dtype=torch.float64)
+    for k in range(1, S):
+        j = k - 1  # the step whose result is corrected
+        a_t = math.sqrt(abar_prev[j])
+        hj = h[j]
+        B = math.expm1(-hj)
+        base = -a_t * B  # = α_t (1 − e^{−h}) > 0
+        if _order(j, S, order) == 1:
+            c[k, 0], c[k, 2] = base * 0.5, base * 0.5
+            continue
+        r = (lam_s[j - 1] - lam_s[j]) / hj  # negative: the earlier point lies at lower λ
+        b1, b2 = _unipc_b(hj, B)
+        # solve [[1, 1], [r, 1]] ρ = (b1, b2)
+        rho_d = (b1 - b2) / (1 - r)
+        rho_t = b1 - rho_d
+        # x^c = ratio x_s + base m_{k−1} + base (ρ_d (m_{k−2} − m_{k−1})/r + ρ_t (m_k − m_{k−1}))
+        c[k, 0] = base * (1 - rho_d / r - rho_t)
+        c[k, 1] = base * rho_d / r
+        c[k, 2] = base * rho_t
+    return c
+
+
+def _unipc_b(h: float, B: float) -> tuple[float, float]:
+    """b_1, b_2 of UniPC's linear system for data prediction (hh = −h): φ_k recursion
+    h_φ_1 = e^{hh} − 1, h_φ_{k+1} = h_φ_k / hh − 1/k!, b_i = h_φ_{i+1} · i! / B(h)."""
+    hh = -h
+    phi = math.expm1(hh) / hh - 1  # h_φ_2
+    b1 = phi * 1 / B
+    phi = phi / hh - 1 / 2        # h_φ_3
+    b2 = phi * 2 / B
+    return b1, b2
+
+
+def heun_coefficients(abar_t, abar_prev):
+    """EDM Algorithm 1 in the model's x: with σ_e = √((1 − ᾱ)/ᾱ) and y = x/√ᾱ, dy/dσ_e = ε̂, so
+        Euler:  x_t = a x_s + b ε̂_s,   Heun:  x_t = a x_s + b (ε̂_s + ε̂(x_t^Euler, t))/2,
+    a = √(ᾱ_t/ᾱ_s), b = √ᾱ_t (σ_e,t − σ_e,s). The Euler step is exactly DDIM η = 0.
+
+    Returns:
+        (a, b) (S,) float64.
+    """
+    at, ap = torch.as_tensor(abar_t, dtype=torch.float64), torch.as_tensor(abar_prev, dtype=torch.float64)
+    sig = lambda a: ((1 - a) / a).sqrt()  # noqa: E731
+    return (ap / at).sqrt(), ap.sqrt() * (sig(ap) - sig(at))
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One sampling method (see the module docstring). Instances are immutable and hold no run state.
+
+    name: the CLI/API name. order: the multistep order (1 for ddim/heun). noise_eta: the η whose noise
+    the solver adds (None: the caller's η, for ``ddim`` only). calls_per_step: model calls per step
+    (Heun: 2, but 1 on the last step).
+    """
+
+    name: str
+    order: int = 1
+    noise_eta: Optional[float] = None
+    sde: bool = False
+    corrector: bool = False
+    heun: bool = False
+
+    @property
+    def calls_per_step(self) -> int:
+        return 2 if self.heun else 1
+
+    def nfe(self, S: int) -> int:
+        """Model calls over S steps."""
+        return 2 * S - 1 if self.heun else S
+
+    def eta(self, eta) -> object:
+        """The η the plan's noise column is built with; refuses an η the solver does not take."""
+        if self.noise_eta is None:
+            return eta
+        if eta not in (0, 0.0):
+            raise ValueError(f"eta={eta!r} applies to solver 'ddim' only; solver {self.name!r} adds "
+                             + ("DDIM's η = 1 noise by construction" if self.noise_eta else "no noise"))
+        return self.noise_eta
+
+    def table(self, abar_t, abar_prev) -> dict:
+        """Host float64 columns (each (S,) or (S, m)) for ``step``."""
+        abar_t, abar_prev = abar_t.tolist(), abar_prev.tolist()
+        if self.heun:
+            a, b = heun_coefficients(abar_t, abar_prev)
+            return {"a": a, "b": b}
+        if self.name == "ddim":
+            return {}
+        ratio, w = multistep_weights(abar_t, abar_prev, self.order, self.sde)
+        out = {"ratio": ratio, "w": w}
+        if self.corrector:
+            out["c"] = unipc_corrector_weights(abar_t, abar_prev, self.order)
+        return out
+
+    def step(self, k: int, x: torch.Tensor, predict: Callable, t_batch: torch.Tensor, coef, state: dict,
+             noise_at: Callable):
+        """x_t → x_{t−1} for step k. ``coef`` is the device ``Plan`` (its ``table`` holds ours).
+        Returns (x_{t−1}, x̂_0 of the step's first model call)."""
+        tab = coef.table
+        x0, eps = predict(x, t_batch[k], coef.abar_t[k])
+        if self.name == "ddim":
+            return ddim_step(x0, eps, coef.abar_prev[k], coef.sigma[k], noise_at(k)), x0
+        if self.heun:
+            x_next = tab["a"][k] * x + tab["b"][k] * eps
+            if k + 1 < t_batch.shape[0]:  # the last step stays Euler (its end is σ = 0)
+                _, eps2 = predict(x_next, t_batch[k + 1], coef.abar_t[k + 1])
+                x_next = tab["a"][k] * x + tab["b"][k] * (0.5 * (eps + eps2))
+            return x_next, x0
+        hist = state.setdefault("m", [])
+        S = t_batch.shape[0]
+        if self.corrector and k > 0:  # UniC: correct the previous result with this call's x̂_0
+            terms = 2 if _order(k - 1, S, self.order) > 1 else 1
+            c = tab["c"][k]
+            x = tab["ratio"][k - 1] * state["x_s"] + c[2] * x0 + _combine(c, hist[::-1], terms)
+        hist.append(x0)
+        del hist[:-self.order]
+        if self.corrector:
+            state["x_s"] = x
+        x_next = tab["ratio"][k] * x + _combine(tab["w"][k], hist[::-1], _order(k, S, self.order))
+        noise = noise_at(k)
+        return (x_next if noise is None else x_next + noise), x0
+
+
+def _combine(w: torch.Tensor, ms, terms: int) -> torch.Tensor:
+    """Σ_{j < terms} w[j] · ms[j] (the order is known on the host; w lives on the device)."""
+    out = w[0] * ms[0]
+    for j in range(1, terms):
+        out = out + w[j] * ms[j]
+    return out
+
+
+SOLVERS = {s.name: s for s in (
+    Solver("ddim"),
+    Solver("dpmpp-2m", order=2, noise_eta=0.0),
+    Solver("dpmpp-3m", order=3, noise_eta=0.0),
+    Solver("dpmpp-2m-sde", order=2, noise_eta=1.0, sde=True),
+    Solver("unipc", order=2, noise_eta=0.0, corrector=True),
+    Solver("heun", noise_eta=0.0, heun=True),
+)}
+
+
+def get_solver(solver) -> Solver:
+    """A ``Solver`` from its name or itself."""
+    if isinstance(solver, Solver):
+        return solver
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
+    return SOLVERS[solver]

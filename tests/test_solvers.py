@@ -1,0 +1,146 @@
+"""The solver seam (``ddim.samplers.solvers``): orders of convergence on the Gaussian-mixture oracle,
+model-call counts, argument checks, and the same results through every loop (plain, fast, generate).
+
+Parity of DPM-Solver++(2M/3M/2M SDE) and UniPC with diffusers: tests/test_parity_diffusers.py.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ddim
+from ddim.samplers.solvers import SOLVERS, dpm_lambda, get_solver, multistep_weights
+from gmm import GaussianMixture
+
+F64 = torch.float64
+LINEAR = ddim.Schedule.linear(1000)
+MIX = GaussianMixture([0.5, 0.3, 0.2], [[-1.5, -1.0], [3.5, -1.0], [-1.5, 4.0]], [0.5, 0.3, 0.4])
+ODE_SOLVERS = ["ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "heun"]
+
+
+@pytest.fixture(scope="module")
+def oracle_errors():
+    """Mean |x_S − x_ref| per solver and S on the log-SNR grid, x_ref: Heun at S = 1000 (1999 calls).
+
+    Common random numbers (one x_T for all), so the differences are discretisation error only."""
+    model = MIX.model(LINEAR)
+    xT = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ref = ddim.sample(model, LINEAR, xT, steps=1000, spacing="logsnr", solver="heun")
+    return {s: {S: (ddim.sample(model, LINEAR, xT, steps=S, spacing="logsnr", solver=s) - ref).abs().mean().item()
+                for S in (10, 20, 40)} for s in ODE_SOLVERS}
+
+
+def test_orders_of_convergence(oracle_errors):
+    """Halving the step in λ divides DDIM's error by ~2 (first order) and the others' by ≥ 3.5 (second
+    order or better; measured: 4.7-5.5 from S = 20 to 40, DDIM 2.2)."""
+    e = oracle_errors
+    ratio = {s: e[s][20] / e[s][40] for s in ODE_SOLVERS}
+    assert 1.6 < ratio["ddim"] < 2.6, ratio
+    for s in ODE_SOLVERS[1:]:
+        assert ratio[s] > 3.5, (s, ratio)
+
+
+def test_higher_order_solvers_beat_ddim_at_equal_model_calls(oracle_errors):
+    """At 20 model calls every multistep solver's error is under a third of DDIM's (measured 5-12× lower).
+    Heun pays two calls per step: at 19 calls (S = 10) it is still worse than DDIM at 20 (0.18 vs 0.14),
+    at 39 calls (S = 20) it is 2.1× better than DDIM at 40."""
+    e = oracle_errors
+    for s in ("dpmpp-2m", "dpmpp-3m", "unipc"):
+        assert e[s][20] < e["ddim"][20] / 3, (s, e[s][20], e["ddim"][20])
+    assert e["heun"][20] < e["ddim"][40] / 1.8
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_model_calls(solver):
+    calls = []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return 0.1 * x
+
+    ddim.sample(model, LINEAR, torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)), steps=7,
+                solver=solver, generator=torch.Generator().manual_seed(1))
+    grid = ddim.timesteps(LINEAR, 7).tolist()
+    assert len(calls) == get_solver(solver).nfe(7) == (13 if solver == "heun" else 7)
+    assert sorted(set(calls), reverse=True) == grid  # every call at a grid point
+
+
+def test_first_order_multistep_is_ddim():
+    """With no history (S = 1 step, or the warm-up step) DPM-Solver++ is DDIM (η = 0), its SDE variant is
+    DDIM η = 1 with the same noise, and the multistep weights of a first-order step equal eq. 12's."""
+    model = MIX.model(LINEAR)
+    xT = torch.randn(64, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    grid = [999, 500]  # step 0 first order for all; step 1 is the last: first order too
+    for solver, eta in (("dpmpp-2m", 0.0), ("dpmpp-3m", 0.0), ("unipc", 0.0), ("dpmpp-2m-sde", 1.0)):
+        ours = ddim.sample(model, LINEAR, xT, timesteps=grid, solver=solver, set_alpha_to_one=False,
+                           generator=torch.Generator().manual_seed(5))
+        ref = ddim.sample(model, LINEAR, xT, timesteps=grid, eta=eta, set_alpha_to_one=False,
+                          generator=torch.Generator().manual_seed(5))
+        if solver == "unipc":  # its corrector changes the second point; check the first step only
+            ours = ddim.sample(model, LINEAR, xT, timesteps=grid[:1], solver=solver, set_alpha_to_one=False)
+            ref = ddim.sample(model, LINEAR, xT, timesteps=grid[:1], set_alpha_to_one=False)
+        assert torch.allclose(ours, ref, atol=1e-12, rtol=0), solver
+
+
+def test_lambda_and_final_step():
+    assert dpm_lambda(1.0) == math.inf and dpm_lambda(0.0) == -math.inf
+    assert dpm_lambda(0.5) == 0.0
+    abar = LINEAR.alphas_cumprod
+    tau = ddim.timesteps(LINEAR, 5)
+    at, ap = abar[tau], torch.cat([abar[tau[1:]], torch.ones(1, dtype=F64)])
+    ratio, w = multistep_weights(at.tolist(), ap.tolist(), 3)
+    assert ratio[-1] == 0 and w[-1].tolist() == [1.0, 0.0, 0.0]  # lands on x̂_0: first order at σ = 0
+    assert torch.isfinite(w).all() and torch.isfinite(ratio).all()
+    # consistency: with every x̂_0 = c, x_s = √ᾱ_s c + σ_s ε goes to √ᾱ_t c + σ_t ε (the exact path), i.e.
+    # ratio = σ_t/σ_s and Σ_j w_j = √ᾱ_t − ratio √ᾱ_s
+    assert torch.allclose(ratio, ((1 - ap) / (1 - at)).sqrt(), atol=1e-15)
+    assert torch.allclose(w.sum(1), ap.sqrt() - ratio * at.sqrt(), atol=1e-12)
+
+
+def test_bad_solver_arguments():
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="unknown solver 'euler'; allowed: ddim, dpmpp-2m"):
+        ddim.sample(lambda x, t: x, LINEAR, x, steps=3, solver="euler")
+    with pytest.raises(ValueError, match="eta=0.5 applies to solver 'ddim' only"):
+        ddim.sample(lambda x, t: x, LINEAR, x, steps=3, solver="dpmpp-2m", eta=0.5)
+    with pytest.raises(ValueError, match="eta='large' applies to solver 'ddim' only"):
+        ddim.sample(lambda x, t: x, LINEAR, x, steps=3, solver="heun", eta="large")
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_fast_path_and_clipping_run_every_solver(solver):
+    """The fast path (CPU: channels_last) gives the plain loop's result for every solver, with x̂_0
+    clipped and ε̂ re-derived (the CLI's rule), and the trajectory has one x̂_0 per step."""
+    net = torch.nn.Conv2d(1, 1, 3, padding=1, dtype=F64)
+    torch.nn.init.normal_(net.weight, std=0.5, generator=torch.Generator().manual_seed(3))
+    model = lambda x, t: net(x) * (1 + t.view(-1, 1, 1, 1) / 1000)  # noqa: E731
+    xT = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
+    kw = dict(steps=6, solver=solver, clip=1.0, eps_from_clipped_x0=True, prediction="v")
+    plain, traj = ddim.sample(model, LINEAR, xT, generator=torch.Generator().manual_seed(6),
+                              return_trajectory=True, **kw)
+    with pytest.warns(RuntimeWarning, match="not CUDA"):
+        fast = ddim.samplers.FastSampler().sample(model, LINEAR, xT, generator=torch.Generator().manual_seed(6),
+                                                  **kw)
+    assert torch.isfinite(plain).all() and torch.allclose(fast, plain, atol=1e-12)
+    assert traj.x0_pred.shape[0] == 6 and traj.x0_pred.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+@pytest.mark.parametrize("S", [1, 2, 5, 10, 50, 200, 999, 1000])
+def test_schedule_spacings_are_exact_grids(spacing, S):
+    tau = ddim.timesteps(LINEAR, S, spacing)
+    assert tau.numel() == S and (S == 1 or (tau[1:] < tau[:-1]).all())
+    assert int(tau[0]) == 999 and (S == 1 or int(tau[-1]) == 0)
+
+
+def test_logsnr_grid_is_uniform_in_lambda():
+    """At S = 10 no point needs moving: each is the nearest step to its target λ (spacing 0.98)."""
+    abar = LINEAR.alphas_cumprod.numpy()
+    lam = np.array([dpm_lambda(a) for a in abar])
+    tau = ddim.timesteps(LINEAR, 10, "logsnr").numpy()
+    targets = np.linspace(lam[999], lam[0], 10)
+    assert (tau == [int(np.abs(lam - v).argmin()) for v in targets]).all()
+    with pytest.raises(ValueError, match="needs the Schedule"):
+        ddim.timesteps(1000, 10, "logsnr")
