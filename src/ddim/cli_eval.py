@@ -61,6 +61,18 @@ def _eta_list(text: str) -> tuple:
     return tuple(dict.fromkeys(out))
 
 
+def _solver_list(text: str) -> tuple[str, ...]:
+    """--solver "ddim,dpmpp-2m" -> ("ddim", "dpmpp-2m"); repeats dropped, order kept."""
+    from .samplers import SOLVERS
+
+    out = _items(text)
+    for v in out:
+        if v not in SOLVERS:
+            raise argparse.ArgumentTypeError(f"{v!r} in {text!r} is not a solver (allowed: comma-separated "
+                                             f"names from {', '.join(SOLVERS)})")
+    return tuple(dict.fromkeys(out))
+
+
 def _seed(text: str) -> int:
     """--seed: an integer >= 0 (checked here, before any output folder exists)."""
     try:
@@ -116,6 +128,10 @@ def _add_eval(sub, formatter) -> None:
     p.add_argument("--eta", type=_eta_list, default=None,
                    help="comma-separated η values, numbers >= 0 or 'large' for σ̂ (default: 0,0.2,0.5,1,large; "
                         "the FID grid only: the other modes use η = 0)")
+    p.add_argument("--solver", type=_solver_list, default=("ddim",),
+                   help="comma-separated solvers (ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, unipc, heun): the FID "
+                        "grid gets one column per η for ddim and one per other solver (η = 0), and the plot one "
+                        "curve each, against model calls per image (Heun makes 2S − 1 per S steps)")
     p.add_argument("--n", "--num-samples", dest="n", type=_count, default=None,
                    help="samples per cell (default: 10000); with --reconstruction test images (default: 1000); "
                         "with --consistency seeds (default: 8). Under torchrun write --num-samples: torchrun "
@@ -160,6 +176,8 @@ def _validate(args, model, schedule, mode: str, steps, etas) -> None:
 
     if mode != "fid" and args.eta is not None:
         raise ValueError(f"--eta applies to the FID grid only; --{mode} samples with η = 0")
+    if mode != "fid" and args.solver != ("ddim",):
+        raise ValueError(f"--solver applies to the FID grid only; --{mode} uses DDIM (got {','.join(args.solver)})")
     if mode == "reconstruction" and args.guidance:
         raise ValueError("--guidance does not apply to --reconstruction (inversion is unguided)")
     if _clip(args) is not None and mode == "reconstruction":
@@ -167,6 +185,8 @@ def _validate(args, model, schedule, mode: str, steps, etas) -> None:
         raise ValueError(f"--clip {args.clip:g} does not apply to --reconstruction (allowed: 0)")
     if args.batch_size < 1:
         raise ValueError(f"batch size must be an integer >= 1, got {args.batch_size}")
+    if "ddim" not in args.solver and args.eta is not None:
+        raise ValueError("--eta applies to the ddim solver; add ddim to --solver or leave --eta out")
     for s in steps:
         for eta in etas:
             plan(schedule, s, eta, args.spacing)
@@ -212,7 +232,8 @@ def _run_eval(args) -> int:
         common = {"mode": mode, "checkpoint": str(args.checkpoint), "weights_sha256": weights_sha256(model),
                   "ema": args.ema, "prediction": config.prediction, "num_train_steps": schedule.num_steps,
                   "steps": list(steps), "n": n, "seed": args.seed, "batch_size": args.batch_size,
-                  "spacing": args.spacing, "guidance": args.guidance, "clip": _clip(args),
+                  "spacing": args.spacing, "solver": list(args.solver), "guidance": args.guidance,
+                  "clip": _clip(args),
                   "eps_from_clipped_x0": _x0_rule(args).get("eps_from_clipped_x0", False), "device": str(device),
                   "world_size": info.world_size}
         run = {"fid": _run_grid, "reconstruction": _run_reconstruction, "consistency": _run_consistency}[mode]
@@ -240,7 +261,8 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     except DatasetError as e:
         floor_data = None
         _note(args, [f"no floor: {e}"])
-    cells = [Cell(s, e) for s in common["steps"] for e in etas]
+    cells = [Cell(s, e) for s in common["steps"] for e in etas] if "ddim" in args.solver else []
+    cells += [Cell(s, 0.0, solver) for s in common["steps"] for solver in args.solver if solver != "ddim"]
     n = common["n"]
     with _bar(args, 0, "sampling") as bar:
         def planned(total: int) -> None:

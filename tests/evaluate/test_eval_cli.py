@@ -95,9 +95,10 @@ def test_grid_writes_every_output(grid_run):
     assert {"ddim", "torch", "numpy", "python"} <= set(res["versions"])
 
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("steps,eta,fid,") and len(rows) == 5 and rows[2].startswith("2,large,")
+    assert rows[0].startswith("steps,eta,solver,nfe,fid,") and len(rows) == 5
+    assert rows[2].startswith("2,large,ddim,2,")
     md = (out / "results.md").read_text()
-    fid3, std3 = (float(v) for v in rows[3].split(",")[2:4])
+    fid3, std3 = (float(v) for v in rows[3].split(",")[4:6])
     assert "| S | η = 0 | σ̂ |" in md and f"| 3 | {fid3:.3g} ± {std3:.3g} |" in md and std3 > 0
     assert "Floor: FID" in md
     with Image.open(out / "fid_vs_steps.png") as img:
@@ -112,6 +113,24 @@ def test_grid_writes_every_output(grid_run):
     files = chunk_files(out)
     assert [f.name for f in files[:2]] == ["0000000-0000004.npy", "0000004-0000008.npy"] and len(files) == 8
     assert np.load(files[0]).shape == (4, 1, 28, 28) and np.load(files[0]).dtype == np.uint8
+
+
+def test_solver_columns(ckpt, grid_run, tmp_path):
+    """--solver adds one column per solver; DDIM's cells are the grid run's own (same store names, same
+    images), Heun's record 2S − 1 model calls, and the plot/table say so."""
+    args = list(GRID)
+    args[args.index("--eta") + 1] = "0"
+    assert main(["eval", "--checkpoint", ckpt, *args, "--solver", "ddim,dpmpp-2m,heun", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [(c["steps"], c["solver"], c["nfe"]) for c in res["cells"]] == [
+        (2, "ddim", 2), (3, "ddim", 3), (2, "dpmpp-2m", 2), (2, "heun", 3), (3, "dpmpp-2m", 3), (3, "heun", 5)]
+    assert (tmp_path / "samples" / "S3_eta0" / "0000004-0000008.npy").read_bytes() == \
+        (grid_run[0] / "samples" / "S3_eta0" / "0000004-0000008.npy").read_bytes()
+    heun = np.load(tmp_path / "samples" / "S3_heun" / "0000000-0000004.npy")
+    assert not np.array_equal(heun, np.load(tmp_path / "samples" / "S3_eta0" / "0000000-0000004.npy"))
+    md = (tmp_path / "results.md").read_text()
+    assert "| S | η = 0 | dpmpp-2m | heun |" in md and "(5 calls)" in md
+    assert json.loads((tmp_path / "samples" / "S2_heun" / "key.json").read_text())["solver"] == "heun"
 
 
 def test_same_seed_same_numbers(ckpt, grid_run, tmp_path):
@@ -260,6 +279,9 @@ def digits_ckpt(tmp_path_factory):
     (["--seed", "x"], "argument --seed: expected an integer >= 0, got 'x'"),
     (["--clip", "-1"], "--clip must be a number >= 0 (0: off), got -1"),
     (["--reconstruction", "--clip", "1"], "--clip 1 does not apply to --reconstruction (allowed: 0)"),
+    (["--solver", "ddim,euler"], "'euler' in 'ddim,euler' is not a solver (allowed: comma-separated names from ddim"),
+    (["--consistency", "--solver", "heun"], "--solver applies to the FID grid only; --consistency uses DDIM"),
+    (["--solver", "heun", "--eta", "1"], "--eta applies to the ddim solver"),
 ])
 def test_bad_input_is_one_line(ckpt, tmp_path, capsys, args, msg):
     out = tmp_path / "out"

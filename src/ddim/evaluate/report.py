@@ -1,7 +1,7 @@
 """Files of an evaluation run: JSON (everything), CSV (one row per measurement), a markdown table and a
 plot or picture grid. Every file is written to a temporary name and renamed into place.
 
-    grid            results.json  results.csv  results.md (FID: rows S, columns η)  fid_vs_steps.png
+    grid            results.json  results.csv  results.md (FID: rows S, columns η or solver)  fid_vs_steps.png
                     samples.png (rows: cells; columns: the first samples, the same x_T down a column)
     reconstruction  reconstruction.json  .csv  .md
     consistency     consistency.json  .md  consistency.png (rows: seeds, columns: S, then T)
@@ -24,8 +24,8 @@ from .runner import _atomic_write, eta_label
 __all__ = ["versions", "write_grid_report", "write_reconstruction_report", "write_consistency_report",
            "fid_table"]
 
-GRID_COLUMNS = ("steps", "eta", "fid", "fid_std", "kid_mean", "kid_std", "precision", "recall", "n",
-                "sample_seconds", "metric_seconds")
+GRID_COLUMNS = ("steps", "eta", "solver", "nfe", "fid", "fid_std", "kid_mean", "kid_std", "precision", "recall",
+                "n", "sample_seconds", "metric_seconds")
 
 
 def versions() -> dict:
@@ -59,6 +59,17 @@ def _eta_header(eta) -> str:
     return "σ̂" if eta == "large" else f"η = {eta_label(eta)}"
 
 
+def _column(c: dict):
+    """A cell's column: its η for the DDIM solver (results without a solver field are DDIM's), else the
+    solver's name."""
+    solver = c.get("solver", "ddim")
+    return c["eta"] if solver == "ddim" else solver
+
+
+def _header(column) -> str:
+    return _eta_header(column) if column == "large" or not isinstance(column, str) else column
+
+
 def _number(v: float) -> str:
     """Three significant digits in plain notation where possible (FIDs 0.0123 … 367)."""
     if v is None or not math.isfinite(v):
@@ -88,16 +99,21 @@ def _config_line(config: dict, keys: Sequence[str]) -> str:
 
 def _by_cell(cells: Sequence[dict]):
     steps = list(dict.fromkeys(c["steps"] for c in cells))
-    etas = list(dict.fromkeys(c["eta"] for c in cells))
-    return steps, etas, {(c["steps"], c["eta"]): c for c in cells}
+    columns = list(dict.fromkeys(_column(c) for c in cells))
+    return steps, columns, {(c["steps"], _column(c)): c for c in cells}
 
 
 def fid_table(results: dict) -> str:
-    """Markdown: FID ± bootstrap std with rows S and columns η, then the floor and what the numbers were
-    measured with."""
+    """Markdown: FID ± bootstrap std with rows S and columns η (DDIM) or solver, then the floor and what
+    the numbers were measured with. Heun's cells say their model calls (2S − 1)."""
     steps, etas, cell = _by_cell(results["cells"])
-    rows = [[str(s)] + [_fid_text(cell[(s, e)]) if (s, e) in cell else "—" for e in etas] for s in steps]
-    text = "# FID against sampling steps S and η\n\n" + _markdown(["S"] + [_eta_header(e) for e in etas], rows)
+
+    def entry(c: dict) -> str:
+        nfe = c.get("nfe", c["steps"])
+        return _fid_text(c) + (f" ({nfe} calls)" if nfe != c["steps"] else "")
+
+    rows = [[str(s)] + [entry(cell[(s, e)]) if (s, e) in cell else "—" for e in etas] for s in steps]
+    text = "# FID against sampling steps S and η\n\n" + _markdown(["S"] + [_header(e) for e in etas], rows)
     floor = results.get("floor")
     if floor:
         text += (f"\nFloor: FID {_fid_text(floor)} for {floor['n_fake']} real images ({floor['images']}) "
@@ -111,7 +127,8 @@ def fid_table(results: dict) -> str:
 
 
 def _plot_fid(results: dict, path: Path) -> Path:
-    """fid_vs_steps.png: FID against S (log axis), one line per η with bootstrap-std bars, the floor dashed."""
+    """fid_vs_steps.png: FID against model calls per image (log axis; = S but for Heun), one line per η or
+    solver with bootstrap-std bars, the floor dashed."""
     # The object-oriented API with its own canvas: no pyplot, no global backend switch in the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -123,12 +140,13 @@ def _plot_fid(results: dict, path: Path) -> Path:
     ax = fig.subplots()
     values = []
     for e in etas:
-        xs = [s for s in steps if (s, e) in cell]
-        ys = [cell[(s, e)]["fid"] for s in xs]
-        err = [cell[(s, e)].get("fid_std") or 0.0 for s in xs]   # bootstrap std; 0 where not measured
+        ss = [s for s in steps if (s, e) in cell]
+        xs = [cell[(s, e)].get("nfe", s) for s in ss]
+        ys = [cell[(s, e)]["fid"] for s in ss]
+        err = [cell[(s, e)].get("fid_std") or 0.0 for s in ss]   # bootstrap std; 0 where not measured
         values += ys
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
-                    label="σ̂ (η = large)" if e == "large" else _eta_header(e))
+                    label="σ̂ (η = large)" if e == "large" else _header(e))
     floor = results.get("floor")
     if floor:
         values.append(floor["fid"])
@@ -140,7 +158,7 @@ def _plot_fid(results: dict, path: Path) -> Path:
     positive = [v for v in values if v > 0]
     if positive and max(positive) > 20 * min(positive):  # FIDs span orders of magnitude across η
         ax.set_yscale("log")
-    ax.set_xlabel("sampling steps S")
+    ax.set_xlabel("model calls per image (NFE; = sampling steps S but for Heun)")
     ax.set_ylabel(f"FID ({results['config']['n']} samples)")
     ax.set_title("FID against sampling steps")
     ax.grid(True, which="major", alpha=0.3)
@@ -164,7 +182,7 @@ def write_grid_report(out_dir, results: dict, previews: Optional[torch.Tensor] =
     md, files = fid_table(results), []
     if previews is not None:
         cells, k = previews.shape[:2]
-        rows = "; ".join(f"S = {c['steps']} {_eta_header(c['eta'])}" for c in results["cells"])
+        rows = "; ".join(f"S = {c['steps']} {_header(_column(c))}" for c in results["cells"])
         md += (f"\n![samples](samples.png)\n\nThe first {k} samples of each cell; column i starts from the "
                f"same x_T in every row. Rows: {rows}.\n")
         images = previews.reshape(cells * k, *previews.shape[2:]).float() / 127.5 - 1

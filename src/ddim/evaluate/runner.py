@@ -43,7 +43,7 @@ Eta = Union[float, str]
 STORE_FORMAT = "ddim-eval-samples-v1"
 KEY_FILE = "key.json"
 # Sample-key fields added after stores were first written, with the value every older store was drawn with.
-KEY_DEFAULTS = {"channels_last": False, "eps_from_clipped_x0": False}
+KEY_DEFAULTS = {"channels_last": False, "eps_from_clipped_x0": False, "solver": "ddim"}
 PR_NEIGHBOURS = 3   # k of precision/recall (Kynkäänniemi et al. 2019), fewer only when n ≤ 3
 
 
@@ -54,14 +54,24 @@ def eta_label(eta: Eta) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell: S sampling steps with noise level η (a number >= 0, or "large" for σ̂)."""
+    """One grid cell: S sampling steps with noise level η (a number >= 0, or "large" for σ̂) of the DDIM
+    solver, or with another solver (η = 0; see ``ddim.samplers.solvers``)."""
 
     steps: int
     eta: Eta
+    solver: str = "ddim"
 
     @property
     def name(self) -> str:
-        return f"S{self.steps}_eta{eta_label(self.eta)}"
+        tail = f"eta{eta_label(self.eta)}" if self.solver == "ddim" else self.solver
+        return f"S{self.steps}_{tail}"
+
+    @property
+    def nfe(self) -> int:
+        """Model calls per image (Heun: 2S − 1)."""
+        from ..samplers import get_solver
+
+        return get_solver(self.solver).nfe(self.steps)
 
 
 def chunk_ranges(n: int, size: int) -> list[range]:
@@ -250,7 +260,8 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
     ranges = chunk_ranges(n, batch_size)
     stores, todo = [], []
     for cell in cells:
-        store = SampleStore(Path(out_dir) / "samples" / cell.name, {**base, "steps": cell.steps, "eta": cell.eta})
+        store = SampleStore(Path(out_dir) / "samples" / cell.name,
+                            {**base, "steps": cell.steps, "eta": cell.eta, "solver": cell.solver})
         store.open(create=info.is_main)
         stores.append(store)
         todo.append(store.missing(ranges))
@@ -264,7 +275,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         for r in my_chunks:
             x = generate_batch(net, schedule, r, seed=seed, steps=cell.steps, eta=cell.eta, spacing=spacing,
                                prediction=prediction, guidance=guidance, device=device, on_step=on_step, clip=clip,
-                               eps_from_clipped_x0=eps_from_clipped_x0)
+                               eps_from_clipped_x0=eps_from_clipped_x0, solver=cell.solver)
             store.write(r, to_uint8(x))
         out.append(CellSamples(cell, store, tuple(ranges), shape, len(ranges) - len(missing), len(missing),
                                time.perf_counter() - start))
@@ -281,11 +292,13 @@ def _metrics(images, reference: ReferenceStats, extractor, n: int) -> dict:
 
 def score_cell(samples: CellSamples, reference: ReferenceStats, extractor=None) -> dict:
     """FID, KID, precision/recall of a cell's samples against ``reference`` (see ``evaluate_images``),
-    with "steps", "eta", "n", "reused_chunks", "sampled_chunks", "sample_seconds" and "metric_seconds"."""
+    with "steps", "eta", "solver", "nfe", "n", "reused_chunks", "sampled_chunks", "sample_seconds" and
+    "metric_seconds"."""
     start = time.perf_counter()
     images = samples.images().float() / 127.5 - 1  # exactly the uint8 images, as saved PNGs would be
     m = _metrics(images, reference, extractor, samples.n)
-    return {"steps": samples.cell.steps, "eta": samples.cell.eta, "n": samples.n, **m,
+    c = samples.cell
+    return {"steps": c.steps, "eta": c.eta, "solver": c.solver, "nfe": c.nfe, "n": samples.n, **m,
             "reused_chunks": samples.reused, "sampled_chunks": samples.sampled,
             "sample_seconds": samples.seconds, "metric_seconds": time.perf_counter() - start}
 
