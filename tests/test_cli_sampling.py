@@ -88,6 +88,16 @@ def test_trajectory_and_ddpm(ckpt, uncond, tmp_path):
     assert int(np.load(tmp_path / "d.npz")["steps"]) == 1000
 
 
+def test_guidance_rescale_flag(ckpt, tmp_path):
+    """--guidance-rescale 1 changes guided samples (pulls their scale back); with it 0 they are as before."""
+    outs = {}
+    for phi in ("0", "1"):
+        assert run("sample", "--checkpoint", ckpt, "--n", "2", "--steps", "5", "--class", "3", "--guidance", "4",
+                   "--guidance-rescale", phi, "--out", str(tmp_path / "g.png"), "--npz", str(tmp_path / f"{phi}.npz")) == 0
+        outs[phi] = np.load(tmp_path / f"{phi}.npz")["images"]
+    assert not np.allclose(outs["0"], outs["1"], atol=1e-3)
+
+
 def test_class_and_guidance(ckpt, tmp_path):
     assert run("sample", "--checkpoint", ckpt, "--n", "4", "--steps", "5", "--class", "3", "--guidance", "2",
                "--out", str(tmp_path / "c.png")) == 0
@@ -155,6 +165,7 @@ def _error(capsys, args):
     (["--clip", "-1"], "--clip must be a number >= 0 (0: off), got -1.0"),
     (["--class", "11"], "class 11 is out of range for a model with 10 classes (allowed: 0..9)"),
     (["--n", "0"], "n must be an integer >= 1, got 0"),
+    (["--guidance-rescale", "1.5"], "guidance rescale must be a number in [0, 1], got 1.5"),
 ])
 def test_bad_sample_input(ckpt, tmp_path, capsys, args, msg):
     code, err = _error(capsys, ["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "x.png"), *args])

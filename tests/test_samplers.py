@@ -179,6 +179,26 @@ def test_guidance_wrapper():
         g(x[:2], t[:2])
 
 
+def test_guidance_rescale():
+    """φ = 1 gives the guided output the conditional branch's per-sample std; φ mixes linearly."""
+    g = torch.Generator().manual_seed(0)
+    cond_w = torch.randn(3, 2, 4, 4, generator=g)
+
+    def cond_model(x, t, labels):  # conditional branch: x + per-label pattern; null branch: 0.2 x
+        return torch.where((labels == 10).view(-1, 1, 1, 1), 0.2 * x, x + cond_w[labels.clamp(max=2)])
+
+    x, t, labels = torch.randn(3, 2, 4, 4, generator=g), torch.zeros(3, dtype=torch.int64), torch.tensor([0, 1, 2])
+    plain = ddim.ClassifierFreeGuidance(cond_model, labels, w=4.0, null_label=10)(x, t)
+    full = ddim.ClassifierFreeGuidance(cond_model, labels, w=4.0, null_label=10, rescale=1.0)(x, t)
+    part = ddim.ClassifierFreeGuidance(cond_model, labels, w=4.0, null_label=10, rescale=0.7)(x, t)
+    cond = x + cond_w
+    assert torch.allclose(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-5)
+    assert not torch.allclose(plain.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-2)
+    assert torch.allclose(part, 0.7 * full + 0.3 * plain, atol=1e-5)
+    with pytest.raises(ValueError, match=r"guidance rescale must be a number in \[0, 1\], got 1.5"):
+        ddim.ClassifierFreeGuidance(cond_model, labels, w=1.0, null_label=10, rescale=1.5)
+
+
 def test_guidance_combines_bf16_outputs_in_float32():
     """Under autocast the model answers in bf16; cond + w·(cond − uncond) is formed in float32 from those
     values (the result here, 1 + 3.5·2⁻⁷, needs one bit more than bf16 keeps)."""

@@ -124,6 +124,9 @@ def _add_sample(sub, formatter) -> None:
                         "2 model calls per step); all but ddim take η = 0 only. Higher orders pay off in few steps "
                         "(10-20) with --spacing logsnr")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0: off)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0,
+                   help="φ in [0, 1]: pull the guided output's per-sample std back to the conditional one's "
+                        "(Lin et al. 2023; they use 0.7); 0: off")
     _add_clip(p)
     p.add_argument("--fast", action="store_true",
                    help="on CUDA: bf16 autocast, channels_last, torch.compile (the first batch waits for it) and "
@@ -158,7 +161,8 @@ def _run_sample(args) -> int:
     # validate everything before the progress bar starts
     plan(schedule, steps, get_solver(args.solver).eta(eta), args.spacing)
     x0_rule = _x0_rule(args)
-    conditioned(model, class_labels([0], model.config.num_classes, args.class_id), args.guidance)
+    conditioned(model, class_labels([0], model.config.num_classes, args.class_id), args.guidance,
+                args.guidance_rescale)
     for name, value in (("n", args.n), ("batch size", args.batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value}")
@@ -167,7 +171,7 @@ def _run_sample(args) -> int:
         # the trajectory only when asked: with --fast it keeps the first batch out of the CUDA graph
         res = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=steps, eta=eta,
                        spacing=args.spacing, prediction=prediction, class_id=args.class_id, guidance=args.guidance,
-                       device=device, return_trajectory=bool(args.trajectory), on_step=bar.update, fast=args.fast,
+                       guidance_rescale=args.guidance_rescale, device=device, return_trajectory=bool(args.trajectory), on_step=bar.update, fast=args.fast,
                        channels_last=args.channels_last, solver=args.solver,
                        **x0_rule)
     images, traj = res if args.trajectory else (res, None)

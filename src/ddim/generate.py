@@ -37,9 +37,13 @@ def class_labels(indices: Sequence[int], num_classes: Optional[int], class_id: O
     return torch.tensor([i % num_classes for i in indices], dtype=torch.int64)
 
 
-def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0) -> Callable:
+def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
+                guidance_rescale: float = 0.0) -> Callable:
     """``model(x, t)`` for the sampler: the network itself (unconditional), conditioned on ``labels``,
-    or with classifier-free guidance weight ``guidance`` (w of ε̂ = (1+w) ε_c − w ε_∅)."""
+    or with classifier-free guidance weight ``guidance`` (w of ε̂ = (1+w) ε_c − w ε_∅), rescaled by
+    φ = ``guidance_rescale`` (``ClassifierFreeGuidance``)."""
+    if not 0 <= guidance_rescale <= 1:
+        raise ValueError(f"guidance rescale must be a number in [0, 1], got {guidance_rescale!r}")
     null = getattr(model, "null_label", None)
     if null is None:
         if guidance:
@@ -51,7 +55,7 @@ def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0) ->
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
     if guidance == 0:
         return lambda x, t: model(x, t, labels.to(x.device))
-    return ClassifierFreeGuidance(model, labels, w=guidance)
+    return ClassifierFreeGuidance(model, labels, w=guidance, rescale=guidance_rescale)
 
 
 def initial_noise(seed: int, indices: Sequence[int], shape, device="cpu", dtype=torch.float32):
@@ -63,7 +67,7 @@ def initial_noise(seed: int, indices: Sequence[int], shape, device="cpu", dtype=
 
 def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: int = 64, steps: int = 50,
              eta=0.0, spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
-             guidance: float = 0.0, device="cpu", return_trajectory: bool = False,
+             guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu", return_trajectory: bool = False,
              on_step: Optional[Callable[[], None]] = None, fast: bool = False,
              channels_last: Optional[bool] = None, **sample_kwargs):
     """Draw n samples from a ``ddim.nn.UNet`` (or any network with ``.config`` and ``.null_label``).
@@ -73,6 +77,7 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
         batch_size: images per model call (does not change the images).
         class_id: generate this class only (class-conditional models); default cycles through classes.
         guidance: classifier-free guidance weight w (0: plain conditional sampling).
+        guidance_rescale: φ of guidance rescale (Lin et al. 2023), 0 (off) to 1.
         on_step: called after each sampling step (progress bars); with ``fast`` on CUDA, S times after
             each batch (a captured loop does not come back to the host between steps).
         fast: sample with a ``ddim.samplers.FastSampler`` on a ``fast_module`` copy of the network
@@ -107,13 +112,14 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
         if not fast:
             res = generate_batch(plain, schedule, range(start, stop), seed=seed, steps=steps, eta=eta,
                                  spacing=spacing, prediction=prediction, class_id=class_id, guidance=guidance,
+                                 guidance_rescale=guidance_rescale,
                                  device=device, on_step=on_step, return_trajectory=trajectory, **sample_kwargs)
         else:
             idx = range(start, start + min(batch_size, n) if graphs else stop)
             x_T, gens = initial_noise(seed, idx, shape, device)
             labels = class_labels(idx, cfg.num_classes, class_id)
             if len(idx) not in models:
-                models[len(idx)] = _in_place_conditioned(net, labels, guidance, device)
+                models[len(idx)] = _in_place_conditioned(net, labels, guidance, device, guidance_rescale)
             m, buf = models[len(idx)]
             if buf is not None:
                 buf.copy_(labels)
@@ -141,7 +147,8 @@ def sampling_network(model, device="cpu", channels_last: Optional[bool] = None):
 
 def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: int = 0, steps: int = 50, eta=0.0,
                    spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
-                   guidance: float = 0.0, device="cpu", on_step: Optional[Callable[[], None]] = None,
+                   guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu",
+                   on_step: Optional[Callable[[], None]] = None,
                    return_trajectory: bool = False, **sample_kwargs):
     """The samples with global indices ``indices`` (e.g. ``range(64, 128)``) as one batch, exactly as
     ``generate`` draws them (it calls this for each batch without ``fast``): sample i seeded by (seed, i)
@@ -154,18 +161,18 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: i
     """
     cfg = model.config
     x_T, gens = initial_noise(seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), device)
-    m = conditioned(model, class_labels(indices, cfg.num_classes, class_id), guidance)
+    m = conditioned(model, class_labels(indices, cfg.num_classes, class_id), guidance, guidance_rescale)
     callback = (lambda *_: on_step()) if on_step is not None else None
     with torch.inference_mode():
         return sample(m, schedule, x_T, steps, eta, spacing, prediction, gens, callback=callback,
                       return_trajectory=return_trajectory, **sample_kwargs)
 
 
-def _in_place_conditioned(net, labels: Optional[torch.Tensor], guidance: float, device):
+def _in_place_conditioned(net, labels: Optional[torch.Tensor], guidance: float, device, guidance_rescale=0.0):
     """(``conditioned`` model, its device label buffer or None): a captured CUDA graph reads the labels
     from the buffer's memory, so later batches overwrite it in place instead of building a new model."""
     buf = None if labels is None else labels.to(device)
-    return conditioned(net, buf, guidance), buf
+    return conditioned(net, buf, guidance, guidance_rescale), buf
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -7,6 +7,14 @@ Convention used here (the paper's, eq. 6): with guidance weight w ≥ 0,
 w = 0 is the plain conditional model. Other libraries (diffusers, Imagen) write the same thing with a
 "guidance scale" s = 1 + w:  ε̂ = ε(∅) + s (ε(c) − ε(∅)). Pass ``scale=s`` to use that convention.
 The combination is linear, so it is equally valid for ε-, x_0- and v-prediction models.
+
+Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps Are Flawed",
+§3.4, eqs. 15-16): large w inflates the guided output's scale; with φ ∈ [0, 1]
+
+    ε̂_rescaled = ε̂ · std(ε(c)) / std(ε̂),    ε̂_final = φ ε̂_rescaled + (1 − φ) ε̂
+
+per sample (std over all of a sample's dimensions), applied to the model's output whatever its
+prediction type, as diffusers' ``guidance_rescale`` does (the paper's φ = 0.7).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["ClassifierFreeGuidance", "guidance_weight"]
+__all__ = ["ClassifierFreeGuidance", "guidance_weight", "rescale_guided"]
 
 
 def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) -> float:
@@ -30,6 +38,17 @@ def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) ->
     return float(value)
 
 
+def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """φ · guided · std(cond)/std(guided) + (1 − φ) · guided, stds per sample (Lin et al. 2023, eqs. 15-16).
+
+    Args:
+        guided, cond: (B, …) the guided output and the conditional branch's.
+    """
+    dims = tuple(range(1, guided.ndim))
+    ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return phi * guided * ratio + (1 - phi) * guided
+
+
 class ClassifierFreeGuidance(nn.Module):
     """Wrap a conditional model ``model(x_t, t, labels)`` into a guided ``model(x_t, t)``.
 
@@ -40,13 +59,17 @@ class ClassifierFreeGuidance(nn.Module):
         labels: (B,) class indices of the samples to generate.
         w: guidance weight of eq. 6 (or give ``scale`` = 1 + w).
         null_label: the label index meaning ∅ (unconditional); defaults to ``model.null_label``.
+        rescale: φ of guidance rescale (module docstring), 0 (off) to 1.
     """
 
     def __init__(self, model, labels: torch.Tensor, w: Optional[float] = None, scale: Optional[float] = None,
-                 null_label: Optional[int] = None):
+                 null_label: Optional[int] = None, rescale: float = 0.0):
         super().__init__()
         self.model = model
         self.w = guidance_weight(w, scale)
+        if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
+            raise ValueError(f"guidance rescale must be a number in [0, 1], got {rescale!r}")
+        self.rescale = float(rescale)
         if null_label is None:
             null_label = getattr(model, "null_label", None)
         if null_label is None:
@@ -68,4 +91,5 @@ class ClassifierFreeGuidance(nn.Module):
         # At least float32 for the combination: under autocast the model answers in bf16, and
         # cond − uncond (a small difference of large values) times w would keep ~3 significant digits.
         cond, uncond = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)
-        return cond + self.w * (cond - uncond)  # = (1 + w) cond − w uncond
+        guided = cond + self.w * (cond - uncond)  # = (1 + w) cond − w uncond
+        return rescale_guided(guided, cond, self.rescale) if self.rescale else guided
