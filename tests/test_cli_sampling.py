@@ -133,12 +133,13 @@ def test_invert_and_reconstruct_error_falls_with_steps(ckpt, tmp_path, capsys):
     assert errors[0] > errors[1] > errors[2], errors
 
 
-def test_interpolation_endpoints_are_the_plain_samples(ckpt, tmp_path):
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp-2m"])
+def test_interpolation_endpoints_are_the_plain_samples(ckpt, tmp_path, solver):
     for seed in ("3", "7"):
-        run("sample", "--checkpoint", ckpt, "--n", "1", "--steps", "6", "--seed", seed,
+        run("sample", "--checkpoint", ckpt, "--n", "1", "--steps", "6", "--seed", seed, "--solver", solver,
             "--out", str(tmp_path / f"s{seed}.png"))
     assert run("interpolate", "--checkpoint", ckpt, "--seeds", "3", "7", "--frames", "5", "--steps", "6",
-               "--out", str(tmp_path / "i.png")) == 0
+               "--solver", solver, "--out", str(tmp_path / "i.png")) == 0
     strip = png(tmp_path / "i.png").astype(int)
     assert strip.shape == (TILE + 2, 5 * TILE + 2)
     first, last = strip[2:TILE, 2:TILE], strip[2:TILE, 4 * TILE + 2:5 * TILE]
@@ -218,6 +219,11 @@ def test_edit(ckpt, tmp_path):
                "--out", str(tmp_path / "weak.png")) == 0
     weak = png(tmp_path / "weak.png").astype(int)
     assert np.abs(weak[2:TILE, 2:TILE] - weak[TILE + 2:2 * TILE, 2:TILE]).mean() < 8
+    # the regeneration runs on the chosen solver: another image, still close to the DDIM one
+    assert run("edit", "--checkpoint", ckpt, "--image", *files, "--to-class", "7", "--guidance", "3",
+               "--strength", "0.6", "--steps", "10", "--solver", "unipc", "--out", str(tmp_path / "u.png")) == 0
+    other = png(tmp_path / "u.png").astype(int)
+    assert 0 < np.abs(other[TILE:] - grid[TILE:]).mean() < 30 and np.array_equal(other[:TILE], grid[:TILE])
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -75,6 +75,17 @@ def _x0_rule(args) -> dict:
     return {} if clip is None else {"clip": clip, "eps_from_clipped_x0": True}
 
 
+def _add_solver(p, deterministic: bool = False) -> None:
+    """--solver; ``deterministic``: the ODE solvers only (where an image must be a function of its x_T)."""
+    names = tuple(n for n in SOLVERS if not (deterministic and SOLVERS[n].noise_eta))
+    p.add_argument("--solver", choices=names, default="ddim",
+                   help="the step: ddim (the η-family), dpmpp-2m / dpmpp-3m (DPM-Solver++ multistep), "
+                        + ("" if deterministic else "dpmpp-2m-sde (adds η = 1's noise), ")
+                        + "unipc (UniPC-bh2 with its corrector), heun (EDM's 2nd order, 2 model calls per step)"
+                        + ("" if deterministic else "; all but ddim take η = 0 only")
+                        + ". Higher orders pay off in few steps (10-20) with --spacing logsnr")
+
+
 def _writable(path) -> Path:
     """Fail before any work if ``path`` cannot be written."""
     path = Path(path)
@@ -118,11 +129,7 @@ def _add_sample(sub, formatter) -> None:
                    help="ddpm: ancestral sampling on all T steps with the fixed-large variance (ignores --steps, "
                         "--eta); T = 1000 model calls per image, 20× the default's 50: about 12 minutes for "
                         "64 images of the bundled model on 2 CPU cores")
-    p.add_argument("--solver", choices=tuple(SOLVERS), default="ddim",
-                   help="the step: ddim (the η-family), dpmpp-2m / dpmpp-3m (DPM-Solver++ multistep), dpmpp-2m-sde "
-                        "(adds η = 1's noise), unipc (UniPC-bh2 with its corrector), heun (EDM's 2nd order, "
-                        "2 model calls per step); all but ddim take η = 0 only. Higher orders pay off in few steps "
-                        "(10-20) with --spacing logsnr")
+    _add_solver(p)
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0: off)")
     p.add_argument("--guidance-rescale", type=float, default=0.0,
                    help="φ in [0, 1]: pull the guided output's per-sample std back to the conditional one's "
@@ -299,6 +306,7 @@ def _add_interpolate(sub, formatter) -> None:
     src.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="two seeds")
     src.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files to invert first")
     p.add_argument("--frames", type=int, default=9, help="images from A to B inclusive")
+    _add_solver(p, deterministic=True)
     _add_clip(p)
     p.add_argument("--out", default="interpolation.png", help="PNG strip to write")
     p.set_defaults(func=_run_interpolate)
@@ -321,7 +329,7 @@ def _run_interpolate(args) -> int:
         labels = class_labels([0], cfg.num_classes, args.class_id)
     label = None if labels is None else int(labels[0])
     images = interpolate(model, schedule, z0, z1, args.frames, steps=args.steps, spacing=args.spacing,
-                         prediction=prediction, label=label, **x0_rule)
+                         prediction=prediction, label=label, solver=args.solver, **x0_rule)
     save_grid(images, out, nrow=args.frames)
     _note(args, [f"wrote {out} ({args.frames} frames)"])
     return 0
@@ -344,6 +352,7 @@ def _add_edit(sub, formatter) -> None:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight w toward --to-class")
     p.add_argument("--strength", type=float, default=0.6, help="how far to go: the edit starts at step strength·T")
     p.add_argument("--mode", choices=("invert", "sdedit", "both"), default="both", help="which edits to run")
+    _add_solver(p, deterministic=True)
     p.add_argument("--out", default="edit.png", help="PNG to write")
     p.set_defaults(func=_run_edit)
 
@@ -371,7 +380,7 @@ def _run_edit(args) -> int:
     x0, notes = load_images(args.image, cfg.image_size, cfg.in_channels)
     _note(args, notes)
     x0 = x0.to(device)
-    kw = dict(steps=args.steps, spacing=args.spacing, prediction=prediction)
+    kw = dict(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver)
     rows = [x0.cpu()]
     with torch.inference_mode():
         if args.mode in ("invert", "both"):

@@ -42,17 +42,21 @@ def edit_timesteps(schedule: Schedule, steps: int, strength: float, spacing: str
 
 def sdedit(model: Model, schedule: Schedule, x0: torch.Tensor, strength: float, steps: int = 50,
            spacing: str = "uniform", prediction: str = "epsilon", eta: float = 0.0,
-           generator: Generators = None) -> torch.Tensor:
-    """SDEdit: noise x_0 (B, …) to t_top with q(x_t | x_0), then denoise with ``model`` over the edit grid."""
+           generator: Generators = None, solver="ddim") -> torch.Tensor:
+    """SDEdit: noise x_0 (B, …) to t_top with q(x_t | x_0), then denoise with ``model`` over the edit grid
+    (with ``solver``, see ``ddim.sample``)."""
     tau = edit_timesteps(schedule, steps, strength, spacing)
     abar_top = schedule.alphas_cumprod[tau[0]]
     x_top = q_sample(x0, abar_top, randn(x0.shape, generator, x0.device, x0.dtype))
-    return sample(model, schedule, x_top, eta=eta, prediction=prediction, generator=generator, timesteps=tau)
+    return sample(model, schedule, x_top, eta=eta, prediction=prediction, generator=generator, timesteps=tau,
+                  solver=solver)
 
 
 def invert_regenerate(source: Model, target: Model, schedule: Schedule, x0: torch.Tensor, strength: float,
-                      steps: int = 50, spacing: str = "uniform", prediction: str = "epsilon") -> torch.Tensor:
-    """DDIM-invert x_0 (B, …) to t_top with ``source``, then sample back down (η = 0) with ``target``."""
+                      steps: int = 50, spacing: str = "uniform", prediction: str = "epsilon",
+                      solver="ddim") -> torch.Tensor:
+    """DDIM-invert x_0 (B, …) to t_top with ``source``, then sample back down (η = 0, with ``solver``) with
+    ``target``."""
     tau = edit_timesteps(schedule, steps, strength, spacing)
     x_top = invert(source, schedule, x0, prediction=prediction, timesteps=tau)
-    return sample(target, schedule, x_top, prediction=prediction, timesteps=tau)
+    return sample(target, schedule, x_top, prediction=prediction, timesteps=tau, solver=solver)
