@@ -43,14 +43,28 @@ def training_record(run_dir: Path, command: str, device: str) -> dict:
         "final_loss_mean_last_500_steps": round(statistics.fmean(last), 5),
         "loss_log": [[m["step"], round(m["loss"], 5)] for m in metrics],
         "images_per_s_median": round(statistics.median(m["images_per_s"] for m in metrics), 2),
-        # from the run's config.json (written at the start) to the checkpoint: includes checkpoint writes
-        "wall_time_s": round((ckpt / "config.json").stat().st_mtime - (run_dir / "config.json").stat().st_mtime),
+        **training_seconds(metrics, config["train"]["batch_size"]),
         "date": datetime.fromtimestamp((ckpt / "config.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "parameters": count_parameters(model),
         "weights": "EMA, stored as float16",
     }
+
+
+def training_seconds(metrics: list, batch_size: int) -> dict:
+    """The time the logged steps took, from metrics.jsonl: each log window's steps × batch / its images/s.
+
+    A run may span sessions (stopped and resumed), so the span between its files' dates says nothing;
+    this counts optimizer steps only (no checkpoint writes, pauses or steps redone after a kill), at the
+    speed each window actually had, i.e. slowed by whatever shared the cores. ``at_median_speed`` is the
+    same steps at the run's median images/s: the time on an otherwise idle machine."""
+    done, logged = 0, 0.0
+    for m in metrics:
+        logged += (m["step"] - done) * batch_size / m["images_per_s"]
+        done = m["step"]
+    median = statistics.median(m["images_per_s"] for m in metrics)
+    return {"train_seconds_logged": round(logged), "train_seconds_at_median_speed": round(done * batch_size / median)}
 
 
 def class_agreement(checkpoint: Path, n: int, steps: int, seed: int = 0) -> float:
