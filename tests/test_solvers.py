@@ -159,3 +159,14 @@ def test_logsnr_grid_is_uniform_in_lambda():
     assert (tau == [int(np.abs(lam - v).argmin()) for v in targets]).all()
     with pytest.raises(ValueError, match="needs the Schedule"):
         ddim.timesteps(1000, 10, "logsnr")
+
+
+def test_invert_runs_on_the_seam():
+    """`invert` takes its step from the solver: DDIM's inverse; solvers without one are refused."""
+    model = MIX.model(LINEAR)
+    x0, _ = MIX.sample(16, torch.Generator().manual_seed(1))
+    xT = ddim.invert(model, LINEAR, x0, steps=200, solver="ddim")
+    assert torch.equal(xT, ddim.invert(model, LINEAR, x0, steps=200))
+    assert (ddim.sample(model, LINEAR, xT, steps=200) - x0).abs().max() < 0.05
+    with pytest.raises(ValueError, match="solver 'dpmpp-2m' has no inversion; allowed: ddim"):
+        ddim.invert(model, LINEAR, x0, steps=10, solver="dpmpp-2m")

@@ -20,12 +20,12 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 
-from ..forward import PREDICTIONS, eps_from_x0, predict_x0_eps, x0_from_eps
+from ..forward import PREDICTIONS, eps_from_x0, predict_x0_eps
 from ..noise import Generators, randn
 from ..schedule import Schedule
 from ..timesteps import check_timesteps, timesteps as make_timesteps
-from .solvers import Solver, get_solver
-from .steps import clip_x0, ddim_step, dynamic_threshold, sigma_eta, sigma_hat
+from .solvers import SOLVERS, Solver, get_solver
+from .steps import clip_x0, dynamic_threshold, sigma_eta, sigma_hat
 
 __all__ = ["sample", "invert", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup", "denoise",
            "sample_loop", "noise_drawer"]
@@ -299,7 +299,7 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
 def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[int] = 50,
            spacing: str = "uniform", prediction: str = "epsilon", *, timesteps=None,
            set_alpha_to_one: bool = True, return_trajectory: bool = False,
-           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None):
+           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None, solver="ddim"):
     """DDIM inversion: encode x_0 into x_T by running the η = 0 ODE (eq. 13-14) backwards on τ.
 
     The grid and its pairs are exactly those of ``sample`` with the same arguments, visited in reverse:
@@ -311,23 +311,29 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[i
 
     Args:
         x0: (B, …) clean images (or x at ᾱ_0 with ``set_alpha_to_one=False``).
+        solver: a solver with an inverse step (``Solver.invertible``: "ddim").
         others: as in ``sample``.
     Returns:
         x_T (B, …), or (x_T, Trajectory) if ``return_trajectory``; the trajectory runs x_0 → x_T and its
         timesteps ascend.
     """
     _check_inputs(x0, prediction, "x0")
+    solver = get_solver(solver)
+    if not solver.invertible:
+        raise ValueError(f"solver {solver.name!r} has no inversion; allowed: "
+                         + ", ".join(n for n, s in SOLVERS.items() if s.invertible))
     p = plan(schedule, None if timesteps is not None else steps, 0.0, spacing, timesteps, set_alpha_to_one)
     x = x0.to(_work_dtype(x0))
     c = p.to(x.device, x.dtype)
     S, B = p.timesteps.numel(), x.shape[0]
     t_batch = c.timesteps[:, None].expand(-1, B).contiguous()
+
+    def eps_at(x, t, abar_t):
+        return predict_x0_eps(_call(model, x, t, x0.dtype), x, abar_t, prediction)[1]
+
     xs, x0s = ([x], []) if return_trajectory else (None, None)
     for k in reversed(range(S)):
-        out = _call(model, x, t_batch[k], x0.dtype)
-        _, eps = predict_x0_eps(out, x, c.abar_t[k], prediction)
-        x0_pred = x0_from_eps(x, eps, c.abar_prev[k])
-        x = ddim_step(x0_pred, eps, c.abar_t[k], 0.0)
+        x, x0_pred = solver.invert_step(k, x, eps_at, t_batch, c)
         if return_trajectory:
             xs.append(x)
             x0s.append(x0_pred)

@@ -37,6 +37,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..forward import x0_from_eps
 from .steps import ddim_step
 
 __all__ = ["Solver", "SOLVERS", "get_solver", "dpm_lambda", "multistep_weights", "unipc_corrector_weights",
@@ -195,6 +196,11 @@ class Solver:
     heun: bool = False
 
     @property
+    def invertible(self) -> bool:
+        """Whether ``invert_step`` exists: DDIM's η = 0 step, run backwards (DDIM eq. 13-14)."""
+        return self.name == "ddim"
+
+    @property
     def calls_per_step(self) -> int:
         return 2 if self.heun else 1
 
@@ -252,6 +258,15 @@ class Solver:
         x_next = tab["ratio"][k] * x + _combine(tab["w"][k], hist[::-1], _order(k, S, self.order))
         noise = noise_at(k)
         return (x_next if noise is None else x_next + noise), x0
+
+
+    def invert_step(self, k: int, x: torch.Tensor, eps_at: Callable, t_batch: torch.Tensor, coef):
+        """x_{t−1} → x_t, the reverse of step k (``invertible`` solvers only): ε̂ is read at x_{t−1} with the
+        model told t (the only point available), x̂_0 from it at level ᾱ_{t−1}, then eq. 12 up to ᾱ_t.
+        ``eps_at(x, t, ᾱ_t)`` gives ε̂. Returns (x_t, x̂_0)."""
+        eps = eps_at(x, t_batch[k], coef.abar_t[k])
+        x0 = x0_from_eps(x, eps, coef.abar_prev[k])
+        return ddim_step(x0, eps, coef.abar_t[k], 0.0), x0
 
 
 def _combine(w: torch.Tensor, ms, terms: int) -> torch.Tensor:
