@@ -286,16 +286,17 @@ def test_channels_last_is_the_cpu_default_and_matches_eager(ckpt, tmp_path):
 
 def test_solver_flag(ckpt, tmp_path, capsys):
     """`--solver dpmpp-2m --spacing logsnr` samples; its images differ from DDIM's at the same seed but
-    agree closely (same ODE); bad combinations are refused before any work."""
+    agree closely (same ODE); bad combinations are refused before the checkpoint is even read."""
     for solver in ("ddim", "dpmpp-2m"):
         assert run("sample", "--checkpoint", ckpt, "--n", "2", "--steps", "8", "--spacing", "logsnr", "--solver",
                    solver, "--out", str(tmp_path / f"{solver}.png"), "--npz", str(tmp_path / f"{solver}.npz")) == 0
     a, b = (np.load(tmp_path / f"{s}.npz")["images"] for s in ("ddim", "dpmpp-2m"))
     assert 0 < np.abs(a - b).mean() < 0.2
-    code, err = _error(capsys, ["sample", "--checkpoint", ckpt, "--solver", "heun", "--eta", "1",
+    missing = str(tmp_path / "no-such-checkpoint")
+    code, err = _error(capsys, ["sample", "--checkpoint", missing, "--solver", "heun", "--eta", "1",
                                 "--out", str(tmp_path / "x.png")])
     assert code == 2 and "eta=1.0 applies to solver 'ddim' only" in err[0]
-    code, err = _error(capsys, ["sample", "--checkpoint", ckpt, "--solver", "unipc", "--sampler", "ddpm",
+    code, err = _error(capsys, ["sample", "--checkpoint", missing, "--solver", "unipc", "--sampler", "ddpm",
                                 "--out", str(tmp_path / "x.png")])
     assert code == 2 and "takes no --solver" in err[0]
     assert not (tmp_path / "x.png").exists()

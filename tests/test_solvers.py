@@ -83,20 +83,20 @@ def test_model_calls(solver):
 
 
 def test_first_order_multistep_is_ddim():
-    """With no history (S = 1 step, or the warm-up step) DPM-Solver++ is DDIM (η = 0), its SDE variant is
-    DDIM η = 1 with the same noise, and the multistep weights of a first-order step equal eq. 12's."""
+    """Over two first-order steps (warm-up, and the last) DPM-Solver++ is DDIM (η = 0) and its SDE variant
+    DDIM η = 1 with the same noise."""
     model = MIX.model(LINEAR)
     xT = torch.randn(64, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     grid = [999, 500]  # step 0 first order for all; step 1 is the last: first order too
-    for solver, eta in (("dpmpp-2m", 0.0), ("dpmpp-3m", 0.0), ("unipc", 0.0), ("dpmpp-2m-sde", 1.0)):
+    for solver, eta in (("dpmpp-2m", 0.0), ("dpmpp-3m", 0.0), ("dpmpp-2m-sde", 1.0)):
         ours = ddim.sample(model, LINEAR, xT, timesteps=grid, solver=solver, set_alpha_to_one=False,
                            generator=torch.Generator().manual_seed(5))
         ref = ddim.sample(model, LINEAR, xT, timesteps=grid, eta=eta, set_alpha_to_one=False,
                           generator=torch.Generator().manual_seed(5))
-        if solver == "unipc":  # its corrector changes the second point; check the first step only
-            ours = ddim.sample(model, LINEAR, xT, timesteps=grid[:1], solver=solver, set_alpha_to_one=False)
-            ref = ddim.sample(model, LINEAR, xT, timesteps=grid[:1], set_alpha_to_one=False)
         assert torch.allclose(ours, ref, atol=1e-12, rtol=0), solver
+    # UniPC's corrector moves the second point, so there it differs (its values: the parity tests)
+    unipc = ddim.sample(model, LINEAR, xT, timesteps=grid, solver="unipc", set_alpha_to_one=False)
+    assert not torch.allclose(unipc, ddim.sample(model, LINEAR, xT, timesteps=grid, set_alpha_to_one=False))
 
 
 def test_lambda_and_final_step():
@@ -112,6 +112,46 @@ def test_lambda_and_final_step():
     # ratio = σ_t/σ_s and Σ_j w_j = √ᾱ_t − ratio √ᾱ_s
     assert torch.allclose(ratio, ((1 - ap) / (1 - at)).sqrt(), atol=1e-15)
     assert torch.allclose(w.sum(1), ap.sqrt() - ratio * at.sqrt(), atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_zero_terminal_snr(solver):
+    """Starting at ᾱ = 0 (v-prediction): every solver but Heun samples finite values; Heun (σ = ∞ there)
+    is refused with a reason."""
+    sched = ddim.Schedule.linear(1000, zero_terminal_snr=True)
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    xT = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    kw = dict(steps=6, spacing="trailing", prediction="v", solver=solver, generator=torch.Generator().manual_seed(1))
+    if solver == "heun":
+        with pytest.raises(ValueError, match="solver 'heun' cannot start at ᾱ_t = 0"):
+            ddim.sample(model, sched, xT, **kw)
+    else:
+        assert torch.isfinite(ddim.sample(model, sched, xT, **kw)).all()
+
+
+def test_solver_invariants_are_checked():
+    from ddim.samplers import Solver
+
+    for bad in (dict(kind="multistep", order=2), dict(kind="multistep", order=3, noise_eta=1.0, sde=True),
+                dict(kind="multistep", order=3, noise_eta=0.0, corrector=True), dict(kind="ddim", order=2),
+                dict(kind="heun", noise_eta=1.0, sde=True), dict(kind="euler", noise_eta=0.0)):
+        with pytest.raises(ValueError, match="inconsistent solver"):
+            Solver("x", **bad)
+
+
+def test_clip_acts_on_every_solver():
+    """A clamp on x̂_0 changes every solver's result (Heun reads ε̂ only: it is re-derived from the clamped
+    x̂_0), and for the x̂_0-based solvers eps_from_clipped_x0 makes no difference."""
+    net = torch.nn.Conv2d(1, 1, 3, padding=1, dtype=F64)
+    torch.nn.init.normal_(net.weight, std=0.8, generator=torch.Generator().manual_seed(3))
+    model = lambda x, t: net(x)  # noqa: E731
+    xT = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
+    for solver in ("heun", "dpmpp-2m", "unipc"):
+        kw = dict(steps=6, solver=solver, prediction="v")
+        plain = ddim.sample(model, LINEAR, xT, **kw)
+        clipped = ddim.sample(model, LINEAR, xT, clip=0.5, **kw)
+        assert not torch.allclose(plain, clipped, atol=1e-6), solver
+        assert torch.equal(clipped, ddim.sample(model, LINEAR, xT, clip=0.5, eps_from_clipped_x0=True, **kw))
 
 
 def test_bad_solver_arguments():
@@ -143,11 +183,16 @@ def test_fast_path_and_clipping_run_every_solver(solver):
 
 
 @pytest.mark.parametrize("spacing", ["logsnr", "karras"])
-@pytest.mark.parametrize("S", [1, 2, 5, 10, 50, 200, 999, 1000])
-def test_schedule_spacings_are_exact_grids(spacing, S):
-    tau = ddim.timesteps(LINEAR, S, spacing)
-    assert tau.numel() == S and (S == 1 or (tau[1:] < tau[:-1]).all())
-    assert int(tau[0]) == 999 and (S == 1 or int(tau[-1]) == 0)
+@pytest.mark.parametrize("zsnr", [False, True])
+def test_schedule_spacings_span_the_schedule(spacing, zsnr):
+    """From T−1 to 0, and spread out even with zero terminal SNR (σ = ∞ at T−1 is clamped, as diffusers
+    does; unclamped, every point but the last would pile up next to T−1)."""
+    sched = ddim.Schedule.linear(1000, zero_terminal_snr=zsnr)
+    for S in (2, 5, 10, 50):
+        tau = ddim.timesteps(sched, S, spacing)
+        assert int(tau[0]) == 999 and int(tau[-1]) == 0
+    tau = ddim.timesteps(sched, 5, spacing).tolist()
+    assert all(a - b > 10 for a, b in zip(tau, tau[1:])), tau
 
 
 def test_logsnr_grid_is_uniform_in_lambda():

@@ -12,9 +12,11 @@ T = 1000
 
 @pytest.mark.parametrize("spacing", SPACINGS)
 @pytest.mark.parametrize("S", [1, 2, 3, 7, 10, 50, 99, 100, 333, 500, 501, 999, 1000])
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "linear_zsnr"])
 def test_invariants(spacing, S, schedule):
-    tau = ddim.timesteps(getattr(ddim.Schedule, schedule)(T), S, spacing)
+    sched = ddim.Schedule.linear(T, zero_terminal_snr=True) if schedule == "linear_zsnr" \
+        else getattr(ddim.Schedule, schedule)(T)
+    tau = ddim.timesteps(sched, S, spacing)
     assert tau.dtype == torch.int64 and tau.shape == (S,)
     assert (tau[1:] < tau[:-1]).all(), "strictly decreasing, hence unique"
     assert 0 <= tau.min() and tau.max() <= T - 1

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .cli_sampling import _add_clip, _bar, _clip, _eta, _note, _x0_rule
+from .samplers.solvers import solver_help
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -129,8 +130,8 @@ def _add_eval(sub, formatter) -> None:
                    help="comma-separated η values, numbers >= 0 or 'large' for σ̂ (default: 0,0.2,0.5,1,large; "
                         "the FID grid only: the other modes use η = 0)")
     p.add_argument("--solver", type=_solver_list, default=("ddim",),
-                   help="comma-separated solvers (ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, unipc, heun): the FID "
-                        "grid gets one column per η for ddim and one per other solver (η = 0), and the plot one "
+                   help=f"comma-separated solvers ({solver_help()}): the FID grid gets one column per η for ddim "
+                        "and one per other solver (no η: their own noise, none or η = 1's), and the plot one "
                         "curve each, against model calls per image (Heun makes 2S − 1 per S steps)")
     p.add_argument("--n", "--num-samples", dest="n", type=_count, default=None,
                    help="samples per cell (default: 10000); with --reconstruction test images (default: 1000); "
@@ -168,11 +169,13 @@ def _shape_text(shape) -> str:
     return "×".join(str(v) for v in shape)
 
 
-def _validate(args, model, schedule, mode: str, steps, etas) -> None:
+def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: str) -> None:
     """Every user error before any sampling: grids, guidance, batch size, image size."""
     from .evaluate import FeatureExtractor
     from .generate import class_labels, conditioned
-    from .samplers import plan
+    import torch
+
+    from .samplers.ddim import sample_setup
 
     if mode != "fid" and args.eta is not None:
         raise ValueError(f"--eta applies to the FID grid only; --{mode} samples with η = 0")
@@ -187,9 +190,11 @@ def _validate(args, model, schedule, mode: str, steps, etas) -> None:
         raise ValueError(f"batch size must be an integer >= 1, got {args.batch_size}")
     if "ddim" not in args.solver and args.eta is not None:
         raise ValueError("--eta applies to the ddim solver; add ddim to --solver or leave --eta out")
+    probe = torch.zeros(1, 1, 1, 1)  # sample_setup checks a run's arguments without a model
     for s in steps:
-        for eta in etas:
-            plan(schedule, s, eta, args.spacing)
+        for solver in args.solver:
+            for eta in etas if solver == "ddim" else (0.0,):
+                sample_setup(schedule, probe, s, eta, args.spacing, model_prediction, solver=solver)
     cfg = model.config
     conditioned(model, class_labels([0], cfg.num_classes), args.guidance)
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
@@ -226,7 +231,7 @@ def _run_eval(args) -> int:
     init_distributed(info, device)
     try:
         model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
-        _validate(args, model, schedule, mode, steps, etas)
+        _validate(args, model, schedule, mode, steps, etas, config.prediction)
         _check_out_dir(Path(args.out))  # created only once the data has loaded: a refusal leaves nothing behind
         # hashed once: the FID grid's sample stores record it too (``sample_grid``)
         common = {"mode": mode, "checkpoint": str(args.checkpoint), "weights_sha256": weights_sha256(model),
@@ -284,7 +289,8 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
         for s in samples:
             scores.append(score_cell(s, reference, extractor))
             bar.update()
-    results = {"config": {**common, "eta": list(etas), "reference_split": args.reference_split,
+    ddim_etas = list(etas) if "ddim" in args.solver else []
+    results = {"config": {**common, "eta": ddim_etas, "reference_split": args.reference_split,
                           "reference_limit": args.reference_limit},
                "reference": {"name": reference.name, "n": reference.n}, "extractor_sha256": extractor.sha256,
                "floor": floor, "versions": versions(), "cells": scores, "seconds": time.perf_counter() - start}

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .samplers.solvers import SOLVERS, get_solver
+from .samplers.solvers import SOLVERS, get_solver, solver_help
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -79,9 +79,7 @@ def _add_solver(p, deterministic: bool = False) -> None:
     """--solver; ``deterministic``: the ODE solvers only (where an image must be a function of its x_T)."""
     names = tuple(n for n in SOLVERS if not (deterministic and SOLVERS[n].noise_eta))
     p.add_argument("--solver", choices=names, default="ddim",
-                   help="the step: ddim (the η-family), dpmpp-2m / dpmpp-3m (DPM-Solver++ multistep), "
-                        + ("" if deterministic else "dpmpp-2m-sde (adds η = 1's noise), ")
-                        + "unipc (UniPC-bh2 with its corrector), heun (EDM's 2nd order, 2 model calls per step)"
+                   help=f"the step: {solver_help(deterministic)}"
                         + ("" if deterministic else "; all but ddim take η = 0 only")
                         + ". Higher orders pay off in few steps (10-20) with --spacing logsnr")
 
@@ -161,12 +159,14 @@ def _run_sample(args) -> int:
             _writable(extra)
     if args.trajectory and Path(args.trajectory).suffix.lower() not in (".png", ".gif"):
         raise ValueError(f"--trajectory must end in .png or .gif, got {args.trajectory}")
-    model, schedule, prediction, device = _load(args)
-    steps, eta = (schedule.num_steps, "large") if args.sampler == "ddpm" else (args.steps, args.eta)
     if args.sampler == "ddpm" and args.solver != "ddim":
         raise ValueError(f"--sampler ddpm is DDPM's own ancestral step; it takes no --solver (got {args.solver})")
+    if args.sampler == "ddim":
+        get_solver(args.solver).eta(args.eta)  # a solver that takes no η: before loading anything
+    model, schedule, prediction, device = _load(args)
+    steps, eta = (schedule.num_steps, "large") if args.sampler == "ddpm" else (args.steps, args.eta)
     # validate everything before the progress bar starts
-    plan(schedule, steps, get_solver(args.solver).eta(eta), args.spacing)
+    plan(schedule, steps, eta, args.spacing, solver=args.solver)
     x0_rule = _x0_rule(args)
     conditioned(model, class_labels([0], model.config.num_classes, args.class_id), args.guidance,
                 args.guidance_rescale)

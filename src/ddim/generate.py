@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, check_rescale
 from .noise import generators, randn
 from .samplers import FastSampler, fast_module, sample
 from .schedule import Schedule
@@ -42,8 +42,7 @@ def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
     """``model(x, t)`` for the sampler: the network itself (unconditional), conditioned on ``labels``,
     or with classifier-free guidance weight ``guidance`` (w of ε̂ = (1+w) ε_c − w ε_∅), rescaled by
     φ = ``guidance_rescale`` (``ClassifierFreeGuidance``)."""
-    if not 0 <= guidance_rescale <= 1:
-        raise ValueError(f"guidance rescale must be a number in [0, 1], got {guidance_rescale!r}")
+    check_rescale(guidance_rescale)  # also where there is no guidance to rescale: a bad value is a typo
     null = getattr(model, "null_label", None)
     if null is None:
         if guidance:

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["ClassifierFreeGuidance", "guidance_weight", "rescale_guided"]
+__all__ = ["ClassifierFreeGuidance", "guidance_weight", "check_rescale", "rescale_guided"]
 
 
 def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) -> float:
@@ -36,6 +36,13 @@ def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) ->
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"guidance weight must be a finite number, got w={w!r}, scale={scale!r}")
     return float(value)
+
+
+def check_rescale(phi) -> float:
+    """φ of guidance rescale as a float in [0, 1], or a ValueError naming the value."""
+    if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not 0 <= phi <= 1:
+        raise ValueError(f"guidance rescale must be a number in [0, 1], got {phi!r}")
+    return float(phi)
 
 
 def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
@@ -67,9 +74,7 @@ class ClassifierFreeGuidance(nn.Module):
         super().__init__()
         self.model = model
         self.w = guidance_weight(w, scale)
-        if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
-            raise ValueError(f"guidance rescale must be a number in [0, 1], got {rescale!r}")
-        self.rescale = float(rescale)
+        self.rescale = check_rescale(rescale)
         if null_label is None:
             null_label = getattr(model, "null_label", None)
         if null_label is None:

@@ -22,7 +22,8 @@ Spacings:
     karras     σ_i = (σ_max^{1/ρ} + i/(S−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7, σ = √((1 − ᾱ)/ᾱ)
                (EDM, Karras et al. 2022, eq. 5), nearest integer step in log σ; needs a Schedule.
     Where rounding to integer steps repeats a point (logsnr, karras at large S), the repeat is moved
-    up by one, as for quadratic, so the grid keeps exactly S distinct steps.
+    up by one, as for quadratic, and near S = T points are then capped from above (point i at most
+    T−S+i), so the grid keeps exactly S distinct steps within [0, T−1].
 
 ``offset`` shifts every step (diffusers' ``steps_offset``, e.g. 1 for Stable Diffusion's "leading").
 """
@@ -68,16 +69,21 @@ def _ascending(T: int, S: int, spacing: str, abar=None) -> np.ndarray:
         # end is 0.8T).
         return _distinct(tau)
     if spacing in NEEDS_SCHEDULE:
-        a = np.clip(abar, 1e-300, 1 - 1e-16)
+        # ᾱ_{T-1} = 0 (zero terminal SNR) has σ = ∞: the range then ends at ᾱ = 2^-24 (as diffusers clamps
+        # it), which still maps to t = T-1
+        a = np.clip(abar, 2.0**-24, 1 - 1e-16)
         log_sigma = 0.5 * (np.log1p(-a) - np.log(a))  # log σ = −λ
         if spacing == "logsnr":
             targets = np.linspace(log_sigma[-1], log_sigma[0], S)
         else:
-            lo, hi = np.exp(log_sigma[0]) ** (1 / KARRAS_RHO), np.exp(log_sigma[-1]) ** (1 / KARRAS_RHO)
-            targets = KARRAS_RHO * np.log(hi + i / max(S - 1, 1) * (lo - hi))
+            u = i / max(S - 1, 1)
+            lo, hi = np.exp(log_sigma[0] / KARRAS_RHO), np.exp(log_sigma[-1] / KARRAS_RHO)
+            targets = KARRAS_RHO * np.log((1 - u) * hi + u * lo)
         # moving repeats up can overrun T-1 at large S: cap point i at T-1-(S-1-i), which keeps the
-        # points strictly increasing
-        return np.minimum(_nearest_steps(log_sigma, targets), T - S + i)
+        # points strictly increasing; the top is T-1 (with the clamp above several steps tie for it)
+        tau = np.minimum(_nearest_steps(log_sigma, targets), T - S + i)
+        tau[-1] = T - 1
+        return tau
     if spacing == "leading":
         return i * (T // S)
     if spacing == "trailing":

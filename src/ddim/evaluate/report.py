@@ -113,7 +113,8 @@ def fid_table(results: dict) -> str:
         return _fid_text(c) + (f" ({nfe} calls)" if nfe != c["steps"] else "")
 
     rows = [[str(s)] + [entry(cell[(s, e)]) if (s, e) in cell else "—" for e in etas] for s in steps]
-    text = "# FID against sampling steps S and η\n\n" + _markdown(["S"] + [_header(e) for e in etas], rows)
+    title = "η" if all(not isinstance(e, str) or e == "large" for e in etas) else "η or solver"
+    text = f"# FID against sampling steps S and {title}\n\n" + _markdown(["S"] + [_header(e) for e in etas], rows)
     floor = results.get("floor")
     if floor:
         text += (f"\nFloor: FID {_fid_text(floor)} for {floor['n_fake']} real images ({floor['images']}) "
@@ -160,7 +161,7 @@ def _plot_fid(results: dict, path: Path) -> Path:
         ax.set_yscale("log")
     ax.set_xlabel("model calls per image (NFE; = sampling steps S but for Heun)")
     ax.set_ylabel(f"FID ({results['config']['n']} samples)")
-    ax.set_title("FID against sampling steps")
+    ax.set_title("FID against model calls")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

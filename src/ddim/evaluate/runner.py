@@ -240,7 +240,8 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
     Args:
         clip: clamp each step's x̂_0 to [-clip, clip] (``ddim.sample``'s ``clip``); None: the plain update.
         eps_from_clipped_x0: re-derive ε̂ from the clamped x̂_0 (``ddim.sample``'s; `ddim eval --clip` sets it).
-        on_plan: called once with the number of model calls this rank will make (a progress bar's total).
+        on_plan: called once with the number of sampling steps this rank will run, over all its batches
+            (a progress bar's total; Heun makes two model calls per step).
         on_step: called after each of them.
         weights_hash: ``weights_sha256(model)``, if the caller has it already (hashing reads every weight).
     Returns:

@@ -45,12 +45,12 @@ class Trajectory(NamedTuple):
 
 @dataclass(frozen=True)
 class Plan:
-    """Per-step quantities of a run over grid τ (all (S,) float64 on the CPU, step k = k-th model call).
+    """Per-step quantities of a run over grid τ (float64 on the CPU; row k belongs to step k).
 
     timesteps: τ_k, descending. abar_t: ᾱ_{τ_k}. abar_prev: ᾱ of the next grid point (1 or ᾱ_0 at the
     end). sigma: σ_t of eq. 12's direction term. noise_std: the std of the added noise (σ_t, or σ̂_t;
-    0 on the step that lands on x_0 for σ̂, as in DDPM, whose last step returns the mean). table: the
-    solver's own columns (``Solver.table``), empty for DDIM.
+    0 on the step that lands on x_0 for σ̂, as in DDPM, whose last step returns the mean); each (S,).
+    table: the solver's own columns (``Solver.table``: (S,) or (S, 3)), empty for DDIM.
     """
 
     timesteps: torch.Tensor
@@ -79,14 +79,16 @@ def _check_eta(eta: Eta) -> Eta:
 
 
 def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacing: str = "uniform",
-         timesteps=None, set_alpha_to_one: bool = True) -> Plan:
-    """Compute the grid and per-step coefficients for ``sample``/``invert`` (host side, float64).
+         timesteps=None, set_alpha_to_one: bool = True, solver="ddim") -> Plan:
+    """Compute the grid and per-step coefficients for ``sample``/``invert`` (host side, float64): the
+    η-family's columns, with ``eta`` as ``solver`` takes it (``Solver.eta``), and the solver's table.
 
     Give either ``steps`` (+ ``spacing``) or an explicit descending ``timesteps`` grid.
     """
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a ddim.Schedule, got {type(schedule).__name__}")
-    eta = _check_eta(eta)
+    solver = get_solver(solver)
+    eta = solver.eta(_check_eta(eta))
     if timesteps is None:
         if steps is None:
             raise ValueError("give steps (with spacing) or an explicit timesteps grid")
@@ -111,7 +113,7 @@ def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacin
             k = int(bad.nonzero()[0])
             raise ValueError(f"eta={eta!r} is too large at t={int(tau[k])}: σ_t² exceeds 1 − ᾱ_(t-1) "
                              "(DDIM eq. 12 needs η <= 1 there)")
-    return Plan(tau, abar_t, abar_prev, sigma, noise_std)
+    return Plan(tau, abar_t, abar_prev, sigma, noise_std, solver.table(abar_t, abar_prev))
 
 
 def _check_inputs(x: torch.Tensor, prediction: str, name: str) -> None:
@@ -177,14 +179,16 @@ def sample_setup(schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 5
     """Check ``sample``'s arguments (raising its errors) and compute its plan; arguments as in ``sample``."""
     _check_inputs(x_T, prediction, "x_T")
     solver = get_solver(solver)
-    p = plan(schedule, None if timesteps is not None else steps, solver.eta(_check_eta(eta)), spacing, timesteps,
-             set_alpha_to_one)
-    p = Plan(p.timesteps, p.abar_t, p.abar_prev, p.sigma, p.noise_std, solver.table(p.abar_t, p.abar_prev))
+    p = plan(schedule, None if timesteps is not None else steps, eta, spacing, timesteps, set_alpha_to_one, solver)
     if prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
         raise ValueError("prediction='epsilon' cannot start at ᾱ_t = 0 (zero terminal SNR): x_0 = (x_t − ε)/0; "
                          "use prediction='v' or 'sample'")
+    solver.check(p.abar_t)
     post = _x0_transform(clip, threshold, threshold_max)
-    return SampleSetup(p, prediction, post, bool(eps_from_clipped_x0), tuple((p.noise_std > 0).tolist()), solver)
+    # Only DDIM reads both x̂_0 and ε̂ and so has a choice: Heun reads ε̂ alone, which must then come from the
+    # transformed x̂_0 for the transform to act at all; the multistep solvers read x̂_0 alone.
+    eps_from = bool(eps_from_clipped_x0) if solver.kind == "ddim" else post is not None
+    return SampleSetup(p, prediction, post, eps_from, tuple((p.noise_std > 0).tolist()), solver)
 
 
 def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: str, post=None,
@@ -263,7 +267,8 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
             returns a tensor shaped like x_t holding the prediction named by ``prediction``.
         schedule: the training noise schedule.
         x_T: (B, …) starting noise (N(0, I) for generation, or the output of ``invert``).
-        steps: S, the number of model calls, 1 ≤ S ≤ T (ignored when ``timesteps`` is given).
+        steps: S, the number of steps, 1 ≤ S ≤ T (ignored when ``timesteps`` is given); one model call each
+            (Heun: 2S − 1 in all).
         eta: η ≥ 0 of σ_t(η) (eq. 16), or "large" for σ̂_t.
         spacing: how τ is chosen, see ``ddim.timesteps``.
         prediction: "epsilon", "sample" (x_0) or "v".
@@ -273,11 +278,12 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
         clip: clamp x̂_0 to [−clip, clip] each step.
         threshold: dynamic thresholding quantile (e.g. 0.995), with ``threshold_max`` as s's cap.
         eps_from_clipped_x0: re-derive ε̂ from the clipped x̂_0 (GLIDE; DDPM's posterior mean does this).
+            DDIM only: with another solver a clipped x̂_0 always comes with ε̂ re-derived (Heun reads ε̂
+            alone, the multistep solvers x̂_0 alone).
         return_trajectory: also return a ``Trajectory``.
         callback: called as ``callback(k, t, x_{t_prev}, x0_pred)`` after each step k.
-        solver: "ddim" (the η-family), "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc" or "heun" (or a
-            ``Solver``); all but "ddim" take η = 0 only (dpmpp-2m-sde adds η = 1's noise itself). S steps
-            cost S model calls, Heun's 2S − 1.
+        solver: a name from ``ddim.samplers.SOLVERS`` (default "ddim", the η-family) or a ``Solver``; all
+            but "ddim" take η = 0 only (dpmpp-2m-sde adds η = 1's noise itself).
     Returns:
         x_0 (B, …) shaped like x_T, or (x_0, Trajectory) if ``return_trajectory``.
     """

@@ -25,8 +25,9 @@ model's x̂_0 at step k. After the last grid point ᾱ = 1: σ = 0, λ = +∞, h
                   (Karras et al. 2022, Algorithm 1): 2 model calls per step, Euler (= DDIM η = 0) on the last
 
 Multistep methods run first order on the first step (no history yet) and on the last one (which lands
-on σ = 0, where a second-order extrapolation of x̂_0 is worst; diffusers' ``lower_order_final``), and
-3M second order on the step before the last when S < 15 (as diffusers does).
+on σ = 0, or on ᾱ_0 with ``set_alpha_to_one=False``; a second-order extrapolation of x̂_0 is worst
+there; diffusers' ``lower_order_final``), and 3M second order on the step before the last when S < 15
+(as diffusers does).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 from ..forward import x0_from_eps
 from .steps import ddim_step
 
-__all__ = ["Solver", "SOLVERS", "get_solver", "dpm_lambda", "multistep_weights", "unipc_corrector_weights",
+__all__ = ["Solver", "SOLVERS", "get_solver", "solver_help", "dpm_lambda", "multistep_weights", "unipc_corrector_weights",
            "heun_coefficients"]
 
 
@@ -169,7 +170,8 @@ def _unipc_b(h: float, B: float) -> tuple[float, float]:
 def heun_coefficients(abar_t, abar_prev):
     """EDM Algorithm 1 in the model's x: with σ_e = √((1 − ᾱ)/ᾱ) and y = x/√ᾱ, dy/dσ_e = ε̂, so
         Euler:  x_t = a x_s + b ε̂_s,   Heun:  x_t = a x_s + b (ε̂_s + ε̂(x_t^Euler, t))/2,
-    a = √(ᾱ_t/ᾱ_s), b = √ᾱ_t (σ_e,t − σ_e,s). The Euler step is exactly DDIM η = 0.
+    a = √(ᾱ_t/ᾱ_s), b = √ᾱ_t (σ_e,t − σ_e,s). The Euler step is exactly DDIM η = 0 (with a clipped x̂_0
+    too: ``sample`` then re-derives the ε̂ this step reads from it).
 
     Returns:
         (a, b) (S,) float64.
@@ -179,34 +181,48 @@ def heun_coefficients(abar_t, abar_prev):
     return (ap / at).sqrt(), ap.sqrt() * (sig(ap) - sig(at))
 
 
+KINDS = ("ddim", "multistep", "heun")
+
+
 @dataclass(frozen=True)
 class Solver:
     """One sampling method (see the module docstring). Instances are immutable and hold no run state.
 
-    name: the CLI/API name. order: the multistep order (1 for ddim/heun). noise_eta: the η whose noise
-    the solver adds (None: the caller's η, for ``ddim`` only). calls_per_step: model calls per step
-    (Heun: 2, but 1 on the last step).
+    name: the CLI/API name. kind: "ddim" (eq. 12 with the caller's η), "multistep" (DPM-Solver++ /
+    UniPC tables) or "heun". order: the multistep order (1 for ddim and heun). noise_eta: the η whose
+    noise the solver adds (None for "ddim": the caller's η; 0 or 1 for the others). sde: the multistep
+    update of SDE-DPM-Solver++ (needs noise_eta 1, order ≤ 2). corrector: UniC after each step (order 2).
+    summary: one line for help texts.
     """
 
     name: str
+    kind: str = "ddim"
     order: int = 1
     noise_eta: Optional[float] = None
     sde: bool = False
     corrector: bool = False
-    heun: bool = False
+    summary: str = ""
+
+    def __post_init__(self):
+        ok = self.kind in KINDS and (self.noise_eta is None) == (self.kind == "ddim")
+        if self.kind != "multistep":
+            ok = ok and self.order == 1 and not (self.sde or self.corrector)
+        else:
+            ok = ok and 1 <= self.order <= 3 and self.sde == (self.noise_eta == 1.0) and self.noise_eta in (0.0, 1.0)
+            ok = ok and (not self.sde or self.order <= 2) and (not self.corrector or (self.order == 2 and not self.sde))
+        if not ok:
+            raise ValueError(f"inconsistent solver {self!r}: kind in {KINDS}; noise_eta None exactly for 'ddim'; "
+                             "multistep: order 1-3, sde (noise_eta 1, order <= 2) or ODE (noise_eta 0), "
+                             "corrector with order 2 only; ddim/heun: order 1")
 
     @property
     def invertible(self) -> bool:
         """Whether ``invert_step`` exists: DDIM's η = 0 step, run backwards (DDIM eq. 13-14)."""
-        return self.name == "ddim"
-
-    @property
-    def calls_per_step(self) -> int:
-        return 2 if self.heun else 1
+        return self.kind == "ddim"
 
     def nfe(self, S: int) -> int:
-        """Model calls over S steps."""
-        return 2 * S - 1 if self.heun else S
+        """Model calls over S steps (Heun: 2 per step but 1 on the last)."""
+        return 2 * S - 1 if self.kind == "heun" else S
 
     def eta(self, eta) -> object:
         """The η the plan's noise column is built with; refuses an η the solver does not take."""
@@ -217,13 +233,20 @@ class Solver:
                              + ("DDIM's η = 1 noise by construction" if self.noise_eta else "no noise"))
         return self.noise_eta
 
+    def check(self, abar_t) -> None:
+        """Refuse a grid the solver cannot run: Heun's σ_e = √((1 − ᾱ)/ᾱ) is infinite at ᾱ = 0 (zero
+        terminal SNR)."""
+        if self.kind == "heun" and float(abar_t[0]) == 0.0:
+            raise ValueError("solver 'heun' cannot start at ᾱ_t = 0 (zero terminal SNR: its σ = √((1−ᾱ)/ᾱ) is "
+                             "infinite); use dpmpp-2m, unipc or ddim, or a grid without the last training step")
+
     def table(self, abar_t, abar_prev) -> dict:
-        """Host float64 columns (each (S,) or (S, m)) for ``step``."""
+        """Host float64 columns (each (S,), or (S, 3) for the multistep weights) for ``step``."""
         abar_t, abar_prev = abar_t.tolist(), abar_prev.tolist()
-        if self.heun:
+        if self.kind == "heun":
             a, b = heun_coefficients(abar_t, abar_prev)
             return {"a": a, "b": b}
-        if self.name == "ddim":
+        if self.kind == "ddim":
             return {}
         ratio, w = multistep_weights(abar_t, abar_prev, self.order, self.sde)
         out = {"ratio": ratio, "w": w}
@@ -234,14 +257,15 @@ class Solver:
     def step(self, k: int, x: torch.Tensor, predict: Callable, t_batch: torch.Tensor, coef, state: dict,
              noise_at: Callable):
         """x_t → x_{t−1} for step k. ``coef`` is the device ``Plan`` (its ``table`` holds ours).
-        Returns (x_{t−1}, x̂_0 of the step's first model call)."""
+        Returns (x_{t−1}, x̂_0 of the step's first model call). For UniPC x_t here is the predictor's
+        point: the corrector moves it at the start of the next step, with that step's model call."""
         tab = coef.table
         x0, eps = predict(x, t_batch[k], coef.abar_t[k])
-        if self.name == "ddim":
+        if self.kind == "ddim":
             return ddim_step(x0, eps, coef.abar_prev[k], coef.sigma[k], noise_at(k)), x0
-        if self.heun:
+        if self.kind == "heun":
             x_next = tab["a"][k] * x + tab["b"][k] * eps
-            if k + 1 < t_batch.shape[0]:  # the last step stays Euler (its end is σ = 0)
+            if k + 1 < t_batch.shape[0]:  # the last step stays Euler
                 _, eps2 = predict(x_next, t_batch[k + 1], coef.abar_t[k + 1])
                 x_next = tab["a"][k] * x + tab["b"][k] * (0.5 * (eps + eps2))
             return x_next, x0
@@ -258,7 +282,6 @@ class Solver:
         x_next = tab["ratio"][k] * x + _combine(tab["w"][k], hist[::-1], _order(k, S, self.order))
         noise = noise_at(k)
         return (x_next if noise is None else x_next + noise), x0
-
 
     def invert_step(self, k: int, x: torch.Tensor, eps_at: Callable, t_batch: torch.Tensor, coef):
         """x_{t−1} → x_t, the reverse of step k (``invertible`` solvers only): ε̂ is read at x_{t−1} with the
@@ -278,13 +301,20 @@ def _combine(w: torch.Tensor, ms, terms: int) -> torch.Tensor:
 
 
 SOLVERS = {s.name: s for s in (
-    Solver("ddim"),
-    Solver("dpmpp-2m", order=2, noise_eta=0.0),
-    Solver("dpmpp-3m", order=3, noise_eta=0.0),
-    Solver("dpmpp-2m-sde", order=2, noise_eta=1.0, sde=True),
-    Solver("unipc", order=2, noise_eta=0.0, corrector=True),
-    Solver("heun", noise_eta=0.0, heun=True),
+    Solver("ddim", summary="the η-family of DDIM eq. 12 (η = 0: deterministic)"),
+    Solver("dpmpp-2m", "multistep", 2, 0.0, summary="DPM-Solver++(2M), second-order multistep"),
+    Solver("dpmpp-3m", "multistep", 3, 0.0, summary="DPM-Solver++(3M), third-order multistep"),
+    Solver("dpmpp-2m-sde", "multistep", 2, 1.0, sde=True,
+           summary="SDE-DPM-Solver++(2M), adds η = 1's noise"),
+    Solver("unipc", "multistep", 2, 0.0, corrector=True, summary="UniPC-bh2 with its corrector"),
+    Solver("heun", "heun", 1, 0.0, summary="EDM's Heun, 2 model calls per step"),
 )}
+
+
+def solver_help(deterministic: bool = False) -> str:
+    """The solvers, one clause each, for help texts (``deterministic``: those adding no noise)."""
+    return "; ".join(f"{n}: {s.summary}" for n, s in SOLVERS.items()
+                     if not (deterministic and s.noise_eta))
 
 
 def get_solver(solver) -> Solver:
