@@ -125,7 +125,7 @@ def _add_sample(sub, formatter) -> None:
                                                           "posterior variance), or 'large' for σ̂")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
                    help="ddpm: ancestral sampling on all T steps with the fixed-large variance (ignores --steps, "
-                        "--eta); T = 1000 model calls per image, 20× the default's 50: about 12 minutes for "
+                        "--eta); T = 1000 model calls per image, 20× the default's 50: about 2 minutes for "
                         "64 images of the bundled model on 2 CPU cores")
     _add_solver(p)
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0: off)")
