@@ -55,10 +55,9 @@ def dpm_lambda(abar: float) -> float:
 
 
 def _steps_lambda(abar_t, abar_prev):
-    """Per step k: (λ_s, λ_t, h) for s = τ_k, t = the next grid point (host floats)."""
+    """Per step k: (λ_s, h) for s = τ_k and h = λ_t − λ_s, t the next grid point (host floats)."""
     lam_s = [dpm_lambda(a) for a in abar_t]
-    lam_t = [dpm_lambda(a) for a in abar_prev]
-    return lam_s, lam_t, [lt - ls for ls, lt in zip(lam_s, lam_t)]
+    return lam_s, [dpm_lambda(a) - ls for ls, a in zip(lam_s, abar_prev)]
 
 
 def _order(k: int, S: int, order: int) -> int:
@@ -92,7 +91,7 @@ def multistep_weights(abar_t, abar_prev, order: int, sde: bool = False):
         (ratio (S,), w (S, 3)) float64 tensors; w[k, j] multiplies m_{k−j} (0 where unused).
     """
     S = len(abar_t)
-    _, _, h = _steps_lambda(abar_t, abar_prev)
+    _, h = _steps_lambda(abar_t, abar_prev)
     ratio, w = torch.zeros(S, dtype=torch.float64), torch.zeros(S, 3, dtype=torch.float64)
     for k in range(S):
         a_t, s_t, s_s = math.sqrt(abar_prev[k]), math.sqrt(1 - abar_prev[k]), math.sqrt(1 - abar_t[k])
@@ -133,7 +132,7 @@ def unipc_corrector_weights(abar_t, abar_prev, order: int = 2):
         (S, 3) float64: row k holds (c0, c1, ct) for the correction made at step k (row 0 unused).
     """
     S = len(abar_t)
-    lam_s, _, h = _steps_lambda(abar_t, abar_prev)
+    lam_s, h = _steps_lambda(abar_t, abar_prev)
     c = torch.zeros(S, 3, dtype=torch.float64)
     for k in range(1, S):
         j = k - 1  # the step whose result is corrected
