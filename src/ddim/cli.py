@@ -81,6 +81,8 @@ def _add_train(sub) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
     g.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
     g.add_argument("--warmup", type=int, default=d.warmup, help="linear learning-rate warm-up, steps")
+    g.add_argument("--lr-decay", type=int, default=d.lr_decay,
+                   help="linear learning-rate decay to zero over the last N steps (default: 0, none)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the weights")
@@ -112,7 +114,8 @@ def _train_configs(args: argparse.Namespace):
     data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
                           channels=args.channels, hflip=args.hflip)
     train_cfg = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_decay=args.lr_decay,
+        weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, prediction=args.prediction,
         min_snr_gamma=args.min_snr_gamma, label_dropout=args.label_dropout, seed=args.seed,
         checkpoint_every=args.checkpoint_every, keep_last=args.keep_last, sample_every=args.sample_every,

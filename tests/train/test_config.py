@@ -51,6 +51,14 @@ def test_lr_warms_up_linearly():
     assert TrainConfig(lr=0.1, warmup=0).lr_at(0) == 0.1
 
 
+def test_lr_decays_linearly_over_the_last_steps():
+    c = TrainConfig(lr=1.0, warmup=2, steps=8, lr_decay=4)
+    assert [c.lr_at(k) for k in range(8)] == [0.5, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert TrainConfig(lr=1.0, warmup=0, steps=3, lr_decay=3).lr_at(0) == 1.0
+    with pytest.raises(ValueError, match="lr_decay must be at most steps"):
+        TrainConfig(steps=3, lr_decay=4)
+
+
 def test_resolved_model_keeps_attention_on_the_preset_levels():
     m = resolve_model_config("small", 8, 1, 10, channel_mult=(1, 2))
     assert m.image_size == 8 and m.in_channels == m.out_channels == 1 and m.num_classes == 10

@@ -19,7 +19,9 @@ __all__ = ["TrainConfig", "DataConfig", "RunConfig", "resolve_model_config", "co
 FORMAT, VERSION = "ddim-run", 1
 
 # TrainConfig fields a resumed run may change without changing what is computed step by step.
-RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep_last", "sample_every", "log_every")
+# ``lr_decay`` is one of them because, like ``steps``, it only places the final decay window: extending a
+# finished constant-rate run with a cool-down is the common reason to resume.
+RESUMABLE_FIELDS = ("steps", "lr_decay", "checkpoint_every", "keep_last", "sample_every", "log_every")
 
 
 def _is_int(v: Any) -> bool:
@@ -63,6 +65,7 @@ class TrainConfig:
         batch_size: global batch (split evenly across ranks under torchrun).
         lr: peak AdamW learning rate, reached after ``warmup`` steps of linear ramp.
         warmup: steps of linear warm-up (0: none).
+        lr_decay: steps of linear decay to zero at the end of the run (0: none; warm-up, constant, decay).
         weight_decay: AdamW's decoupled weight decay.
         adam_betas: AdamW's (β1, β2).
         grad_clip: max global gradient L2 norm (0: no clipping; the norm is still logged).
@@ -85,6 +88,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-4
     warmup: int = 500
+    lr_decay: int = 0
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -108,6 +112,9 @@ class TrainConfig:
         _need_int("batch_size", self.batch_size, 1)
         _need_num("lr", self.lr, 0.0, lo_open=True)
         _need_int("warmup", self.warmup, 0)
+        _need_int("lr_decay", self.lr_decay, 0)
+        if self.lr_decay > self.steps:
+            raise ValueError(f"lr_decay must be at most steps ({self.steps}), got {self.lr_decay}")
         _need_num("weight_decay", self.weight_decay, 0.0)
         if len(self.adam_betas) != 2:
             raise ValueError(f"adam_betas must be two numbers (β1, β2), got {self.adam_betas!r}")
@@ -130,10 +137,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant."""
-        if self.warmup == 0:
-            return self.lr
-        return self.lr * min(1.0, (step + 1) / self.warmup)
+        """Learning rate for optimizer step ``step`` (0-based): linear warm-up, constant, then linear decay.
+
+        The decay takes the last ``lr_decay`` steps from ``lr`` down to ``lr / lr_decay`` at the final step
+        (never exactly 0, so every step still moves the weights).
+        """
+        ramp = 1.0 if self.warmup == 0 else min(1.0, (step + 1) / self.warmup)
+        fall = 1.0 if self.lr_decay == 0 else min(1.0, (self.steps - step) / self.lr_decay)
+        return self.lr * min(ramp, fall)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
