@@ -12,7 +12,7 @@ from ddim.generate import conditioned, generate, initial_noise
 from ddim.nn import unet_from_preset
 from ddim.samplers import FastSampler, fast_module, fast_sample
 from ddim.samplers import fast as fast_mod
-from ddim.samplers.ddim import sample_setup
+from ddim.samplers.ddim import SampleOptions, sample_setup
 
 S1000 = ddim.Schedule.linear(1000)
 
@@ -217,7 +217,8 @@ def test_graph_key_includes_the_plan():
     """A captured loop bakes in the plan's coefficients and the number of noise draws: any change of
     schedule, η or end point is another graph (the grid τ alone is not enough)."""
     x = torch.zeros(2, 1, 4, 4)
-    key = lambda schedule=S1000, **kw: fast_mod._plan_key(sample_setup(schedule, x, 10, **kw))  # noqa: E731
+    key = lambda schedule=S1000, **kw: fast_mod._plan_key(  # noqa: E731
+        sample_setup(schedule, x, SampleOptions(steps=10, **kw)))
     base = key()
     assert key() == base and hash(base) == hash(key())
     others = [key(ddim.Schedule.linear(1000, beta_end=0.03)), key(ddim.Schedule.cosine(1000)), key(eta=0.5),
@@ -231,9 +232,9 @@ def test_noise_buffer_size_and_the_memory_guard():
     """1000-step DDPM at CIFAR-10 batch 256 pre-draws 999 float32 noise tensors: ~2.9 GiB, more than a
     quarter of an 8 GiB card's free memory, so such a loop runs uncaptured there; η = 0 holds none."""
     x = torch.zeros(256, 3, 32, 32, dtype=torch.bfloat16)   # the buffer is float32 whatever x_T is
-    ddpm = fast_mod.noise_buffer_bytes(sample_setup(S1000, x, 1000, eta=1.0), x)
+    ddpm = fast_mod.noise_buffer_bytes(sample_setup(S1000, x, SampleOptions(1000, eta=1.0)), x)
     assert ddpm == 999 * 256 * 3 * 32 * 32 * 4
-    assert fast_mod.noise_buffer_bytes(sample_setup(S1000, x, 1000, eta=0.0), x) == 0
+    assert fast_mod.noise_buffer_bytes(sample_setup(S1000, x, SampleOptions(1000, eta=0.0)), x) == 0
     assert not fast_mod.noise_fits(ddpm, 8 * 2**30) and fast_mod.noise_fits(ddpm, 78 * 2**30)
     assert fast_mod.noise_fits(0, 0)
 

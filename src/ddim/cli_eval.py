@@ -175,7 +175,7 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
     from .generate import class_labels, conditioned
     import torch
 
-    from .samplers.ddim import sample_setup
+    from .samplers.ddim import SampleOptions, sample_setup
 
     if mode != "fid" and args.eta is not None:
         raise ValueError(f"--eta applies to the FID grid only; --{mode} samples with η = 0")
@@ -194,7 +194,9 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
     for s in steps:
         for solver in args.solver:
             for eta in etas if solver == "ddim" else (0.0,):
-                sample_setup(schedule, probe, s, eta, args.spacing, model_prediction, solver=solver)
+                opts = SampleOptions(steps=s, eta=eta, spacing=args.spacing, prediction=model_prediction,
+                                     solver=solver)
+                sample_setup(schedule, probe, opts)
     cfg = model.config
     conditioned(model, class_labels([0], cfg.num_classes), args.guidance)
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)

@@ -16,6 +16,7 @@ import torch
 from .guidance import ClassifierFreeGuidance, check_rescale
 from .noise import generators, randn
 from .samplers import FastSampler, fast_module, sample
+from .samplers.ddim import SampleOptions, run_sample
 from .schedule import Schedule
 
 __all__ = ["class_labels", "conditioned", "initial_noise", "generate", "generate_batch", "sampling_network", "slerp",
@@ -68,7 +69,7 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
              eta=0.0, spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
              guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu", return_trajectory: bool = False,
              on_step: Optional[Callable[[], None]] = None, fast: bool = False,
-             channels_last: Optional[bool] = None, **sample_kwargs):
+             channels_last: Optional[bool] = None, options: Optional[SampleOptions] = None, **sample_kwargs):
     """Draw n samples from a ``ddim.nn.UNet`` (or any network with ``.config`` and ``.null_label``).
 
     Args:
@@ -87,11 +88,14 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
         channels_last: without ``fast``, run an inference copy of the network in channels_last memory
             format; None: on the CPU only, where sampling ran 1–14 % more images/s that way in three runs
             (benchmarks/cpu_sampling.py; images equal to 2e-6). ``fast`` always uses it.
+        options: the sampling options as one ``SampleOptions`` (instead of steps … prediction and
+            ``sample_kwargs``).
         others: as in ``ddim.sample``.
     Returns:
         (n, C, H, W) float32 CPU tensor in the model's data range, and with ``return_trajectory`` the
         ``Trajectory`` of the first batch.
     """
+    opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction, **sample_kwargs)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -102,17 +106,16 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
     callback = (lambda *_: on_step()) if on_step is not None and not graphs else None
     run, net = (FastSampler().sample, fast_module(model)) if fast else (None, None)
     plain = model if fast else sampling_network(model, device, channels_last)
-    n_steps = len(sample_kwargs["timesteps"]) if sample_kwargs.get("timesteps") is not None else steps
+    n_steps = len(opts.timesteps) if opts.timesteps is not None else opts.steps
     models: dict = {}  # fast: batch size -> (conditioned model, its label buffer)
     out, first_trajectory = [], None
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         trajectory = return_trajectory and start == 0
         if not fast:
-            res = generate_batch(plain, schedule, range(start, stop), seed=seed, steps=steps, eta=eta,
-                                 spacing=spacing, prediction=prediction, class_id=class_id, guidance=guidance,
-                                 guidance_rescale=guidance_rescale,
-                                 device=device, on_step=on_step, return_trajectory=trajectory, **sample_kwargs)
+            res = generate_batch(plain, schedule, range(start, stop), seed=seed, class_id=class_id,
+                                 guidance=guidance, guidance_rescale=guidance_rescale, device=device,
+                                 on_step=on_step, return_trajectory=trajectory, options=opts)
         else:
             idx = range(start, start + min(batch_size, n) if graphs else stop)
             x_T, gens = initial_noise(seed, idx, shape, device)
@@ -123,8 +126,8 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
             if buf is not None:
                 buf.copy_(labels)
             with torch.inference_mode():
-                res = run(m, schedule, x_T, steps, eta, spacing, prediction, gens, callback=callback,
-                          return_trajectory=trajectory, **sample_kwargs)
+                res = run(m, schedule, x_T, generator=gens, callback=callback, return_trajectory=trajectory,
+                          options=opts)
         if isinstance(res, tuple):
             res, first_trajectory = res
         out.append(res[: stop - start].float().cpu())
@@ -148,7 +151,7 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: i
                    spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
                    guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu",
                    on_step: Optional[Callable[[], None]] = None,
-                   return_trajectory: bool = False, **sample_kwargs):
+                   return_trajectory: bool = False, options: Optional[SampleOptions] = None, **sample_kwargs):
     """The samples with global indices ``indices`` (e.g. ``range(64, 128)``) as one batch, exactly as
     ``generate`` draws them (it calls this for each batch without ``fast``): sample i seeded by (seed, i)
     and, for a class-conditional network, labelled as in ``class_labels``. Used where samples are drawn
@@ -158,13 +161,13 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: i
         (len(indices), C, H, W) on ``device`` in the model's dtype, and with ``return_trajectory`` the
         batch's ``Trajectory``; arguments as in ``generate``.
     """
+    opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction, **sample_kwargs)
     cfg = model.config
     x_T, gens = initial_noise(seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), device)
     m = conditioned(model, class_labels(indices, cfg.num_classes, class_id), guidance, guidance_rescale)
     callback = (lambda *_: on_step()) if on_step is not None else None
     with torch.inference_mode():
-        return sample(m, schedule, x_T, steps, eta, spacing, prediction, gens, callback=callback,
-                      return_trajectory=return_trajectory, **sample_kwargs)
+        return run_sample(m, schedule, x_T, opts, gens, callback=callback, return_trajectory=return_trajectory)
 
 
 def _in_place_conditioned(net, labels: Optional[torch.Tensor], guidance: float, device, guidance_rescale=0.0):

@@ -4,9 +4,10 @@ the same loop made fast on CUDA (``fast``: bf16, channels_last, torch.compile, o
 
 from .ddim import Plan, Trajectory, invert, plan, sample
 from .fast import FastSampler, fast_module, fast_sample
+from .options import SampleOptions
 from .solvers import SOLVERS, Solver, get_solver
 from .steps import clip_x0, ddim_step, dynamic_threshold, posterior_variance, sigma_eta, sigma_hat
 
-__all__ = ["sample", "invert", "plan", "Plan", "Trajectory", "FastSampler", "fast_sample", "fast_module",
+__all__ = ["sample", "invert", "SampleOptions", "plan", "Plan", "Trajectory", "FastSampler", "fast_sample", "fast_module",
            "Solver", "SOLVERS", "get_solver", "ddim_step", "sigma_eta", "sigma_hat", "posterior_variance",
            "clip_x0", "dynamic_threshold"]

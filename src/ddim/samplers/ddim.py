@@ -14,24 +14,23 @@ body is model call, prediction → (x̂_0, ε̂), eq. 12; it never reads a devic
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ..forward import PREDICTIONS, eps_from_x0, predict_x0_eps
+from ..forward import eps_from_x0, predict_x0_eps
 from ..noise import Generators, randn
 from ..schedule import Schedule
 from ..timesteps import check_timesteps, timesteps as make_timesteps
+from .options import Eta, SampleOptions, check_eta
 from .solvers import SOLVERS, Solver, get_solver
-from .steps import clip_x0, dynamic_threshold, sigma_eta, sigma_hat
+from .steps import sigma_eta, sigma_hat
 
-__all__ = ["sample", "invert", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup", "denoise",
-           "sample_loop", "noise_drawer"]
+__all__ = ["sample", "run_sample", "invert", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup",
+           "denoise", "sample_loop", "noise_drawer", "SampleOptions"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Eta = Union[float, str]
 
 
 class Trajectory(NamedTuple):
@@ -68,16 +67,6 @@ class Plan:
                     {name: col.to(device, dt) for name, col in self.table.items()})
 
 
-def _check_eta(eta: Eta) -> Eta:
-    if isinstance(eta, str):
-        if eta != "large":
-            raise ValueError(f"eta must be a number >= 0 or 'large', got {eta!r}")
-        return eta
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0 or 'large', got {eta!r}")
-    return float(eta)
-
-
 def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacing: str = "uniform",
          timesteps=None, set_alpha_to_one: bool = True, solver="ddim") -> Plan:
     """Compute the grid and per-step coefficients for ``sample``/``invert`` (host side, float64): the
@@ -88,7 +77,7 @@ def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacin
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a ddim.Schedule, got {type(schedule).__name__}")
     solver = get_solver(solver)
-    eta = solver.eta(_check_eta(eta))
+    eta = solver.eta(check_eta(eta))
     if timesteps is None:
         if steps is None:
             raise ValueError("give steps (with spacing) or an explicit timesteps grid")
@@ -116,9 +105,7 @@ def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacin
     return Plan(tau, abar_t, abar_prev, sigma, noise_std, solver.table(abar_t, abar_prev))
 
 
-def _check_inputs(x: torch.Tensor, prediction: str, name: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+def _check_inputs(x: torch.Tensor, name: str) -> None:
     if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f"{name} must be a floating-point tensor shaped (B, ...), got "
                          f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
@@ -141,54 +128,46 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _x0_transform(clip: Optional[float], threshold: Optional[float], threshold_max: float):
-    if clip is not None and threshold is not None:
-        raise ValueError("use either clip or threshold, not both")
-    if clip is not None:
-        if not clip > 0:
-            raise ValueError(f"clip must be > 0, got {clip!r}")
-        return lambda x0: clip_x0(x0, clip)
-    if threshold is not None:
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be a quantile in (0, 1], got {threshold!r}")
-        return lambda x0: dynamic_threshold(x0, threshold, threshold_max)
-    return None
-
-
 @dataclass(frozen=True)
 class SampleSetup:
     """The validated arguments of one ``sample`` call, ready for a loop (host side).
 
-    plan: the grid and its float64 coefficients (the solver's table included). prediction: the model's
-    target. post: the x̂_0 transform (clip or dynamic threshold) or None. eps_from_clipped_x0: re-derive
-    ε̂ after ``post``. draws: (S,) bools, which steps add noise. solver: what each step does.
+    options: the run's ``SampleOptions``. plan: the grid and its float64 coefficients (the solver's table
+    included). post: the x̂_0 transform (clip or dynamic threshold) or None. eps_from_clipped_x0: re-derive
+    ε̂ after ``post`` (as the solver needs it, see ``sample_setup``). draws: (S,) bools, which steps add
+    noise.
     """
 
+    options: SampleOptions
     plan: Plan
-    prediction: str
     post: Optional[Callable[[torch.Tensor], torch.Tensor]]
     eps_from_clipped_x0: bool
     draws: tuple
-    solver: Solver = get_solver("ddim")
+
+    @property
+    def prediction(self) -> str:
+        return self.options.prediction
+
+    @property
+    def solver(self) -> Solver:
+        return self.options.solver
 
 
-def sample_setup(schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, eta: Eta = 0.0,
-                 spacing: str = "uniform", prediction: str = "epsilon", *, timesteps=None,
-                 set_alpha_to_one: bool = True, clip: Optional[float] = None, threshold: Optional[float] = None,
-                 threshold_max: float = 1.0, eps_from_clipped_x0: bool = False, solver="ddim") -> SampleSetup:
-    """Check ``sample``'s arguments (raising its errors) and compute its plan; arguments as in ``sample``."""
-    _check_inputs(x_T, prediction, "x_T")
-    solver = get_solver(solver)
-    p = plan(schedule, None if timesteps is not None else steps, eta, spacing, timesteps, set_alpha_to_one, solver)
-    if prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
+def sample_setup(schedule: Schedule, x_T: torch.Tensor, options: SampleOptions = SampleOptions()) -> SampleSetup:
+    """Check a run's x_T against ``options`` (raising ``sample``'s errors) and compute its plan."""
+    _check_inputs(x_T, "x_T")
+    o, solver = options, options.solver
+    p = plan(schedule, None if o.timesteps is not None else o.steps, o.eta, o.spacing, o.timesteps,
+             o.set_alpha_to_one, solver)
+    if o.prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
         raise ValueError("prediction='epsilon' cannot start at ᾱ_t = 0 (zero terminal SNR): x_0 = (x_t − ε)/0; "
                          "use prediction='v' or 'sample'")
     solver.check(p.abar_t)
-    post = _x0_transform(clip, threshold, threshold_max)
+    post = o.x0_transform()
     # Only DDIM reads both x̂_0 and ε̂ and so has a choice: Heun reads ε̂ alone, which must then come from the
     # transformed x̂_0 for the transform to act at all; the multistep solvers read x̂_0 alone.
-    eps_from = bool(eps_from_clipped_x0) if solver.kind == "ddim" else post is not None
-    return SampleSetup(p, prediction, post, eps_from, tuple((p.noise_std > 0).tolist()), solver)
+    eps_from = bool(o.eps_from_clipped_x0) if solver.kind == "ddim" else post is not None
+    return SampleSetup(o, p, post, eps_from, tuple((p.noise_std > 0).tolist()))
 
 
 def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: str, post=None,
@@ -258,7 +237,8 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
            generator: Generators = None, *, timesteps=None, set_alpha_to_one: bool = True,
            clip: Optional[float] = None, threshold: Optional[float] = None, threshold_max: float = 1.0,
            eps_from_clipped_x0: bool = False, return_trajectory: bool = False,
-           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None, solver="ddim"):
+           callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None, solver="ddim",
+           options: Optional[SampleOptions] = None):
     """Generate x_0 from x_T over a sub-sequence τ: by default with the generalized DDIM update (eq. 12),
     or with another ``solver`` (``ddim.samplers.solvers``).
 
@@ -284,15 +264,23 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
         callback: called as ``callback(k, t, x_{t_prev}, x0_pred)`` after each step k.
         solver: a name from ``ddim.samplers.SOLVERS`` (default "ddim", the η-family) or a ``Solver``; all
             but "ddim" take η = 0 only (dpmpp-2m-sde adds η = 1's noise itself).
+        options: all of steps … solver above as one ``SampleOptions``, instead of those keywords.
     Returns:
         x_0 (B, …) shaped like x_T, or (x_0, Trajectory) if ``return_trajectory``.
     """
-    setup = sample_setup(schedule, x_T, steps, eta, spacing, prediction, timesteps=timesteps,
-                         set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
-                         threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0, solver=solver)
+    opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction,
+                            timesteps=timesteps, set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
+                            threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0, solver=solver)
+    return run_sample(model, schedule, x_T, opts, generator, return_trajectory=return_trajectory, callback=callback)
+
+
+def run_sample(model: Model, schedule: Schedule, x_T: torch.Tensor, options: SampleOptions,
+               generator: Generators = None, *, return_trajectory: bool = False, callback=None):
+    """``sample`` with its options already bundled (arguments and result as in ``sample``)."""
+    setup = sample_setup(schedule, x_T, options)
     x = x_T.to(_work_dtype(x_T))
     c = setup.plan.to(x.device, x.dtype)
-    predict = functools.partial(denoise, model, prediction=prediction, post=setup.post,
+    predict = functools.partial(denoise, model, prediction=options.prediction, post=setup.post,
                                 eps_from_clipped_x0=setup.eps_from_clipped_x0, io_dtype=x_T.dtype)
     out = sample_loop(predict, setup, c, x, noise_drawer(setup, c, x, generator),
                       return_trajectory=return_trajectory, callback=callback)
@@ -323,12 +311,14 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[i
         x_T (B, …), or (x_T, Trajectory) if ``return_trajectory``; the trajectory runs x_0 → x_T and its
         timesteps ascend.
     """
-    _check_inputs(x0, prediction, "x0")
-    solver = get_solver(solver)
+    o = SampleOptions(steps=steps, spacing=spacing, prediction=prediction, timesteps=timesteps,
+                      set_alpha_to_one=set_alpha_to_one, solver=solver)
+    _check_inputs(x0, "x0")
+    solver = o.solver
     if not solver.invertible:
         raise ValueError(f"solver {solver.name!r} has no inversion; allowed: "
                          + ", ".join(n for n, s in SOLVERS.items() if s.invertible))
-    p = plan(schedule, None if timesteps is not None else steps, 0.0, spacing, timesteps, set_alpha_to_one)
+    p = plan(schedule, None if o.timesteps is not None else steps, 0.0, spacing, o.timesteps, set_alpha_to_one)
     x = x0.to(_work_dtype(x0))
     c = p.to(x.device, x.dtype)
     S, B = p.timesteps.numel(), x.shape[0]

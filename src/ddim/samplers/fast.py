@@ -42,8 +42,8 @@ from torch import nn
 
 from ..noise import Generators, randn
 from ..schedule import Schedule
-from .ddim import (Eta, Model, Plan, SampleSetup, Trajectory, _work_dtype, denoise, noise_drawer, sample,
-                   sample_loop, sample_setup)
+from .ddim import (Eta, Model, Plan, SampleOptions, SampleSetup, Trajectory, _work_dtype, denoise,
+                   noise_drawer, run_sample, sample_loop, sample_setup)
 
 __all__ = ["FastSampler", "fast_sample", "fast_module"]
 
@@ -178,20 +178,18 @@ class FastSampler:
 
     def sample(self, model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50,
                eta: Eta = 0.0, spacing: str = "uniform", prediction: str = "epsilon",
-               generator: Generators = None, *, timesteps=None, set_alpha_to_one: bool = True,
-               clip: Optional[float] = None, threshold: Optional[float] = None, threshold_max: float = 1.0,
-               eps_from_clipped_x0: bool = False, return_trajectory: bool = False, callback=None,
-               solver="ddim"):
-        """As ``ddim.sample`` (same arguments, errors and return value). ``callback`` or
-        ``return_trajectory`` need the host at every step, so such calls run the loop uncaptured."""
-        opts = dict(timesteps=timesteps, set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
-                    threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0, solver=solver)
-        setup = sample_setup(schedule, x_T, steps, eta, spacing, prediction, **opts)  # sample's checks
-        plain = lambda: sample(model, schedule, x_T, steps, eta, spacing, prediction, generator,  # noqa: E731
-                               return_trajectory=return_trajectory, callback=callback, **opts)
+               generator: Generators = None, *, options: Optional[SampleOptions] = None,
+               return_trajectory: bool = False, callback=None, **option_kwargs):
+        """As ``ddim.sample`` (same arguments, errors and return value; the options after ``generator``
+        by keyword or as ``options``). ``callback`` or ``return_trajectory`` need the host at every step,
+        so such calls run the loop uncaptured."""
+        opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction,
+                                **option_kwargs)
+        setup = sample_setup(schedule, x_T, opts)  # sample's checks
+        plain = lambda: run_sample(model, schedule, x_T, opts, generator,  # noqa: E731
+                                   return_trajectory=return_trajectory, callback=callback)
         # the io dtype last (``_predict`` reads it); the device type decides bf16 and compile
-        key = (id(model), prediction, clip, threshold, threshold_max, eps_from_clipped_x0, x_T.device.type,
-               x_T.dtype)
+        key = (id(model), *opts.model_key(), x_T.device.type, x_T.dtype)
         on_cuda = x_T.device.type == "cuda"
         if self._broken:
             return plain()
