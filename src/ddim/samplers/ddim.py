@@ -134,8 +134,8 @@ class SampleSetup:
 
     options: the run's ``SampleOptions``. plan: the grid and its float64 coefficients (the solver's table
     included). post: the x̂_0 transform (clip or dynamic threshold) or None. eps_from_clipped_x0: re-derive
-    ε̂ after ``post`` (as the solver needs it, see ``sample_setup``). draws: (S,) bools, which steps add
-    noise.
+    ε̂ after ``post`` (as the solver needs it, see ``sample_setup``). draws: (S,) ints, the N(0, I) draws
+    of each step (``Solver.draws``).
     """
 
     options: SampleOptions
@@ -167,7 +167,7 @@ def sample_setup(schedule: Schedule, x_T: torch.Tensor, options: SampleOptions =
     # Only DDIM reads both x̂_0 and ε̂ and so has a choice: Heun reads ε̂ alone, which must then come from the
     # transformed x̂_0 for the transform to act at all; the multistep solvers read x̂_0 alone.
     eps_from = bool(o.eps_from_clipped_x0) if solver.kind == "ddim" else post is not None
-    return SampleSetup(o, p, post, eps_from, tuple((p.noise_std > 0).tolist()))
+    return SampleSetup(o, p, post, eps_from, solver.draws(p))
 
 
 def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: str, post=None,
@@ -192,7 +192,7 @@ def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: 
 
 
 def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tensor,
-                noise_at: Callable[[int], Optional[torch.Tensor]], *, return_trajectory: bool = False,
+                noise_at: Callable[..., Optional[torch.Tensor]], *, return_trajectory: bool = False,
                 callback=None):
     """Run the S steps of ``setup.solver`` (for DDIM: (x̂_0, ε̂) = predict(x, t_k, ᾱ_t), then x ← eq. 12
     with noise_at(k)), k = 0..S−1.
@@ -204,8 +204,9 @@ def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tens
         predict: ``denoise`` with the model and options bound.
         coef: ``setup.plan`` on x's device (``Plan.to``).
         x: (B, …) x_T in the sampler's dtype.
-        noise_at: k -> the noise term of step k (noise_std[k] · z), or None where ``setup.draws[k]`` is
-            False; called after step k's model call (the order of ``sample``'s global-RNG draws).
+        noise_at: (k, j=0) -> the j-th N(0, I) draw of step k (j < ``setup.draws[k]``), or None where step
+            k draws nothing; the solver scales it and calls it in a fixed order (after the model call it
+            belongs to: the order of ``sample``'s global-RNG draws).
     Returns:
         x_0, or (x_0, xs (S+1, B, …), x0_preds (S, B, …)) with ``return_trajectory``.
     """
@@ -224,11 +225,11 @@ def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tens
 
 def noise_drawer(setup: SampleSetup, coef: Plan, x: torch.Tensor, generator: Generators):
     """``noise_at`` for ``sample_loop`` that draws z ~ N(0, I) shaped like x from ``generator`` at each
-    noisy step, in step order (the order a pre-drawn buffer must follow to give the same numbers)."""
-    def noise_at(k: int) -> Optional[torch.Tensor]:
+    call, in call order (the order a pre-drawn buffer must follow to give the same numbers)."""
+    def noise_at(k: int, j: int = 0) -> Optional[torch.Tensor]:
         if not setup.draws[k]:
             return None
-        return coef.noise_std[k] * randn(x.shape, generator, x.device, x.dtype)
+        return randn(x.shape, generator, x.device, x.dtype)
     return noise_at
 
 

@@ -81,11 +81,11 @@ class _Graph:
     predict: object
 
 
-def _static_noise(setup: SampleSetup, coef: Plan, z: Optional[torch.Tensor]):
-    """``noise_at`` reading the pre-drawn buffer: step k's term is noise_std[k] · z[j], j counting the
-    noisy steps before k (the same product ``noise_drawer`` forms from a fresh draw)."""
+def _static_noise(setup: SampleSetup, z: Optional[torch.Tensor]):
+    """``noise_at`` reading the pre-drawn buffer: draw j of step k is z[slot_k + j], slot_k counting the
+    draws of the steps before k (the order ``noise_drawer`` draws them in)."""
     slot = [sum(setup.draws[:k]) for k in range(len(setup.draws))]
-    return lambda k: coef.noise_std[k] * z[slot[k]] if setup.draws[k] else None
+    return lambda k, j=0: z[slot[k] + j] if setup.draws[k] else None
 
 
 def _noise_buffer(n: int, x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -100,7 +100,7 @@ def _noise_buffer(n: int, x: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 def noise_buffer_bytes(setup: SampleSetup, x_T: torch.Tensor) -> int:
-    """Bytes of the pre-drawn noise a captured loop holds: one x-sized slice per noisy step."""
+    """Bytes of the pre-drawn noise a captured loop holds: one x-sized slice per draw."""
     return sum(setup.draws) * x_T.numel() * torch.empty((), dtype=_work_dtype(x_T)).element_size()
 
 
@@ -305,7 +305,7 @@ class FastSampler:
         x_in = x.clone()
         z = _noise_buffer(sum(setup.draws), x)
         _fill_noise(z, setup, generator)
-        noise_at = _static_noise(setup, coef, z)
+        noise_at = _static_noise(setup, z)
         if dev.index not in self._streams:  # one per device, for all warm-ups and captures there
             self._streams[dev.index] = torch.cuda.Stream(dev)
         main, side = torch.cuda.current_stream(dev), self._streams[dev.index]

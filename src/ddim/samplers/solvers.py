@@ -239,6 +239,10 @@ class Solver:
             raise ValueError("solver 'heun' cannot start at ᾱ_t = 0 (zero terminal SNR: its σ = √((1−ᾱ)/ᾱ) is "
                              "infinite); use dpmpp-2m, unipc or ddim, or a grid without the last training step")
 
+    def draws(self, plan) -> tuple:
+        """(S,) ints: the N(0, I) draws each step of ``plan`` takes (one where its noise_std > 0)."""
+        return tuple(int(v > 0) for v in plan.noise_std.tolist())
+
     def table(self, abar_t, abar_prev) -> dict:
         """Host float64 columns (each (S,), or (S, 3) for the multistep weights) for ``step``."""
         abar_t, abar_prev = abar_t.tolist(), abar_prev.tolist()
@@ -260,8 +264,10 @@ class Solver:
         point: the corrector moves it at the start of the next step, with that step's model call."""
         tab = coef.table
         x0, eps = predict(x, t_batch[k], coef.abar_t[k])
+        z = noise_at(k)  # unit draws: None where the step adds no noise
+        noise = None if z is None else coef.noise_std[k] * z
         if self.kind == "ddim":
-            return ddim_step(x0, eps, coef.abar_prev[k], coef.sigma[k], noise_at(k)), x0
+            return ddim_step(x0, eps, coef.abar_prev[k], coef.sigma[k], noise), x0
         if self.kind == "heun":
             x_next = tab["a"][k] * x + tab["b"][k] * eps
             if k + 1 < t_batch.shape[0]:  # the last step stays Euler
@@ -279,7 +285,6 @@ class Solver:
         if self.corrector:
             state["x_s"] = x
         x_next = tab["ratio"][k] * x + _combine(tab["w"][k], hist[::-1], _order(k, S, self.order))
-        noise = noise_at(k)
         return (x_next if noise is None else x_next + noise), x0
 
     def invert_step(self, k: int, x: torch.Tensor, eps_at: Callable, t_batch: torch.Tensor, coef):
