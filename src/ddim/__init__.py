@@ -7,11 +7,11 @@ Public API (see README): ``Schedule``, ``timesteps``, ``sample``, ``invert``,
 from .checkpoint import load_checkpoint
 from .guidance import ClassifierFreeGuidance
 from .noise import generators, randn
-from .samplers import SampleOptions, Trajectory, invert, sample
+from .samplers import SampleOptions, Trajectory, invert, sample, score
 from .schedule import Schedule
 from .timesteps import timesteps
 
 __version__ = "0.1.0"
 
-__all__ = ["Schedule", "timesteps", "sample", "SampleOptions", "invert", "Trajectory", "ClassifierFreeGuidance", "load_checkpoint",
+__all__ = ["Schedule", "timesteps", "sample", "SampleOptions", "score", "invert", "Trajectory", "ClassifierFreeGuidance", "load_checkpoint",
            "generators", "randn", "__version__"]

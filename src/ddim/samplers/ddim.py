@@ -166,7 +166,7 @@ def sample_setup(schedule: Schedule, x_T: torch.Tensor, options: SampleOptions =
     post = o.x0_transform()
     # Only DDIM reads both x̂_0 and ε̂ and so has a choice: Heun reads ε̂ alone, which must then come from the
     # transformed x̂_0 for the transform to act at all; the multistep solvers read x̂_0 alone.
-    eps_from = bool(o.eps_from_clipped_x0) if solver.kind == "ddim" else post is not None
+    eps_from = bool(o.eps_from_clipped_x0) if solver.reads_x0_and_eps else post is not None
     return SampleSetup(o, p, post, eps_from, solver.draws(p))
 
 

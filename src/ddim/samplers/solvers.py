@@ -180,7 +180,7 @@ def heun_coefficients(abar_t, abar_prev):
     return (ap / at).sqrt(), ap.sqrt() * (sig(ap) - sig(at))
 
 
-KINDS = ("ddim", "multistep", "heun")
+KINDS = ("ddim", "multistep", "heun", "score")  # "score": the subclasses in ``score``, with steps of their own
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,12 @@ class Solver:
             raise ValueError(f"inconsistent solver {self!r}: kind in {KINDS}; noise_eta None exactly for 'ddim'; "
                              "multistep: order 1-3, sde (noise_eta 1, order <= 2) or ODE (noise_eta 0), "
                              "corrector with order 2 only; ddim/heun: order 1")
+
+    @property
+    def reads_x0_and_eps(self) -> bool:
+        """Whether a step reads both x̂_0 and ε̂ (DDIM): only then is re-deriving ε̂ from a clipped x̂_0 a
+        choice (``SampleOptions.eps_from_clipped_x0``); a solver reading one of them gets it consistent."""
+        return self.kind == "ddim"
 
     @property
     def invertible(self) -> bool:
@@ -304,7 +310,7 @@ def _combine(w: torch.Tensor, ms, terms: int) -> torch.Tensor:
     return out
 
 
-SOLVERS = {s.name: s for s in (
+SOLVERS = {s.name: s for s in (  # ``score`` adds the score-view solvers (reverse-sde, pf-ode, langevin, pc)
     Solver("ddim", summary="the η-family of DDIM eq. 12 (η = 0: deterministic)"),
     Solver("dpmpp-2m", "multistep", 2, 0.0, summary="DPM-Solver++(2M), second-order multistep"),
     Solver("dpmpp-3m", "multistep", 3, 0.0, summary="DPM-Solver++(3M), third-order multistep"),

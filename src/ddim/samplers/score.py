@@ -1,0 +1,265 @@
+"""The score view of the same model (Song et al. 2021, "Score-Based Generative Modeling through SDEs"),
+as solvers on the seam of ``solvers``.
+
+The network's ε̂ is a scaled score of the noised marginal q(x_t) (Tweedie):
+
+    s_θ(x_t, t) = ∇ₓ log q(x_t) ≈ −ε̂(x_t, t) / √(1 − ᾱ_t)                                        (1)
+
+The DDPM chain is the VP SDE dx = −½β(s) x ds + √β(s) dw discretised; over one grid step from level
+t (ᾱ_t) down to the next grid point t' (ᾱ_t' > ᾱ_t) its integrated rate is B = ∫β ds = log(ᾱ_t'/ᾱ_t)
+(since ᾱ = exp(−∫β)), so the continuous-time samplers map to the model's discrete t through ᾱ alone:
+
+    reverse SDE   dx = [−½β x − β ∇log q] ds + √β dw̄,  Euler–Maruyama:  x' = x + B (½x + s) + √B z   (6)
+    probability-flow ODE  dx = [−½β x − ½β ∇log q] ds,    Euler:           x' = x + B (½x + ½s)       (13)
+    Langevin at one level   x ← x + δ s + √(2δ) z   (leaves q(x_t) invariant as δ → 0)
+
+    reverse-sde   Euler–Maruyama on (6); the last step adds no noise (it returns the mean, as DDPM does)
+    pf-ode        Euler on (13); converges to DDIM η = 0 (the same ODE) as the steps shrink
+    langevin      annealed Langevin dynamics (NCSN, Song & Ermon 2019): L steps at each grid level with
+                  δ_t = r (1 − ᾱ_t) (step ∝ the level's noise variance σ_t²), then x̂_0 at the last level;
+                  between levels x is scaled by √(ᾱ_t'/ᾱ_t), which carries q_t's signal onto q_t''s (NCSN's
+                  VE levels share one scale and need no such move; without it the signal must grow by
+                  Langevin mixing alone, which at low noise takes ~s²/δ steps)
+    pc            predictor–corrector (Song et al. 2021, Alg. 1 in VP form): at each level n Langevin
+                  corrector steps with the signal-to-noise rule δ = 2 α (snr ‖z‖/‖s‖)², per sample
+                  (α = ᾱ_t/ᾱ_t', score_sde's α_i for this grid), then one step of a predictor of the seam
+
+(1) is applied to the ε̂ the loop's ``predict`` returns, so clipping x̂_0 acts on the score too (ε̂ is
+then re-derived from the clipped x̂_0). Nothing reads a device value back to the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..forward import predict_x0_eps
+from .solvers import SOLVERS, Solver, get_solver
+
+__all__ = ["score", "score_from_eps", "langevin_step", "snr_step_size", "sde_coefficients", "ReverseSDE",
+           "ProbabilityFlow", "AnnealedLangevin", "PredictorCorrector", "SCORE_SOLVERS", "PC_PREDICTORS"]
+
+
+def score_from_eps(eps: torch.Tensor, abar_t) -> torch.Tensor:
+    """s = −ε̂ / √(1 − ᾱ_t), eq. (1). eps: (B, …); abar_t: float or a tensor broadcasting against it."""
+    return -eps / torch.sqrt(1 - torch.as_tensor(abar_t, dtype=eps.dtype, device=eps.device))
+
+
+def score(model, schedule, x_t: torch.Tensor, t: torch.Tensor, prediction: str = "epsilon") -> torch.Tensor:
+    """∇ₓ log q(x_t) as the model estimates it, from any prediction type, eq. (1).
+
+    Args:
+        model: ``model(x_t, t)`` returning its prediction. schedule: the ``ddim.Schedule`` it was trained on.
+        x_t: (B, …) float. t: (B,) int64 training steps. prediction: "epsilon", "sample" or "v".
+    Returns:
+        (B, …) in x_t's dtype.
+    """
+    if not torch.is_tensor(t) or t.dtype != torch.int64 or t.shape != (x_t.shape[0],):
+        raise ValueError(f"t must be an int64 tensor shaped ({x_t.shape[0]},), got {t!r}")
+    if int(t.min()) < 0 or int(t.max()) >= schedule.num_steps:
+        raise ValueError(f"t must lie in [0, {schedule.num_steps - 1}], got values in [{int(t.min())}, {int(t.max())}]")
+    abar = schedule.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
+    if bool((abar >= 1).any()):
+        raise ValueError("the score is undefined at ᾱ_t = 1 (no noise)")
+    _, eps = predict_x0_eps(model(x_t, t), x_t, abar, prediction)
+    return score_from_eps(eps, abar)
+
+
+def langevin_step(x: torch.Tensor, s: torch.Tensor, delta, z: torch.Tensor) -> torch.Tensor:
+    """One unadjusted Langevin step x + δ s + √(2δ) z; δ a number or a per-sample (B, 1, …) tensor."""
+    return x + delta * s + torch.sqrt(2 * torch.as_tensor(delta, dtype=x.dtype, device=x.device)) * z
+
+
+def snr_step_size(s: torch.Tensor, z: torch.Tensor, snr: float, alpha) -> torch.Tensor:
+    """score_sde's Langevin-corrector step δ = 2 α (snr ‖z‖ / ‖s‖)², one per sample (norms over all of a
+    sample's dimensions; score_sde averages them over the batch, which would couple the samples).
+    Returns (B, 1, …) shaped to broadcast against s."""
+    B = s.shape[0]
+    s_norm = s.reshape(B, -1).norm(dim=1).clamp_min(torch.finfo(s.dtype).tiny)
+    z_norm = z.reshape(B, -1).norm(dim=1)
+    return (2 * alpha * (snr * z_norm / s_norm) ** 2).view(B, *([1] * (s.ndim - 1)))
+
+
+def sde_coefficients(abar_t, abar_prev) -> dict:
+    """Host float64 columns of the score solvers for a plan's (ᾱ_t, ᾱ_t') pairs, each (S,):
+    B = log(ᾱ_t'/ᾱ_t) (the step's integrated β), sqrt_B = √B, inv_sigma = 1/√(1 − ᾱ_t) (eq. 1),
+    alpha = ᾱ_t/ᾱ_t' (score_sde's α_i, for the corrector), var = 1 − ᾱ_t (σ_t², for annealed Langevin),
+    rescale = √(ᾱ_t'/ᾱ_t) (annealed Langevin's move between levels)."""
+    at = torch.as_tensor(abar_t, dtype=torch.float64)
+    ap = torch.as_tensor(abar_prev, dtype=torch.float64)
+    B = torch.log(ap) - torch.log(at)
+    return {"B": B, "sqrt_B": B.sqrt(), "inv_sigma": (1 - at).rsqrt(), "alpha": at / ap, "var": 1 - at,
+            "rescale": (ap / at).sqrt()}
+
+
+def _refuse_pure_noise(name: str, abar_t) -> None:
+    if float(abar_t[0]) == 0.0:
+        raise ValueError(f"solver {name!r} cannot start at ᾱ_t = 0 (zero terminal SNR: the step's ∫β = "
+                         "log(ᾱ_t'/ᾱ_t) is infinite); use a grid without the last training step")
+
+
+@dataclass(frozen=True)
+class _ScoreSolver(Solver):
+    """Common ground of the score solvers: their table, their refusal of ᾱ_t = 0 starts, no η."""
+
+    def table(self, abar_t, abar_prev) -> dict:
+        return sde_coefficients(abar_t.tolist(), abar_prev.tolist())
+
+    def check(self, abar_t) -> None:
+        _refuse_pure_noise(self.name, abar_t)
+
+    def eta(self, eta) -> object:
+        if eta not in (0, 0.0):
+            raise ValueError(f"eta={eta!r} applies to solver 'ddim' (or a pc with predictor ddim) only; "
+                             f"solver {self.name!r} " + ("adds its own noise" if self.noise_eta else "adds no noise"))
+        return 0.0
+
+
+@dataclass(frozen=True)
+class ReverseSDE(_ScoreSolver):
+    """Euler–Maruyama on the reverse VP SDE, eq. (6): one model call and one draw per step (none on the last)."""
+
+    name: str = "reverse-sde"
+    kind: str = "score"
+    noise_eta: float = 1.0
+    summary: str = "Euler-Maruyama on the reverse VP SDE (score_sde)"
+
+    def draws(self, plan) -> tuple:
+        S = plan.timesteps.numel()
+        return tuple(int(k < S - 1) for k in range(S))
+
+    def step(self, k, x, predict, t_batch, coef, state, noise_at):
+        tab = coef.table
+        x0, eps = predict(x, t_batch[k], coef.abar_t[k])
+        s = -eps * tab["inv_sigma"][k]
+        x_next = x + tab["B"][k] * (0.5 * x + s)
+        z = noise_at(k)
+        return (x_next if z is None else x_next + tab["sqrt_B"][k] * z), x0
+
+
+@dataclass(frozen=True)
+class ProbabilityFlow(_ScoreSolver):
+    """Euler on the probability-flow ODE, eq. (13): one model call per step, deterministic."""
+
+    name: str = "pf-ode"
+    kind: str = "score"
+    noise_eta: float = 0.0
+    summary: str = "Euler on the probability-flow ODE (score_sde)"
+
+    def step(self, k, x, predict, t_batch, coef, state, noise_at):
+        tab = coef.table
+        x0, eps = predict(x, t_batch[k], coef.abar_t[k])
+        return x + tab["B"][k] * (0.5 * x - 0.5 * eps * tab["inv_sigma"][k]), x0
+
+
+@dataclass(frozen=True)
+class AnnealedLangevin(_ScoreSolver):
+    """Annealed Langevin dynamics over the grid's noise levels (NCSN): ``langevin_steps`` L steps at each
+    level with δ_t = ``step_size`` · (1 − ᾱ_t), then one more call for x̂_0 at the last level (Tweedie's
+    denoising step of NCSN v2). Model calls: L·S + 1; draws: L per level."""
+
+    name: str = "langevin"
+    kind: str = "score"
+    noise_eta: float = 1.0
+    summary: str = "annealed Langevin dynamics, L steps per level (NCSN)"
+    langevin_steps: int = 2
+    step_size: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.langevin_steps, bool) or not isinstance(self.langevin_steps, int) or self.langevin_steps < 1:
+            raise ValueError(f"langevin_steps must be an integer >= 1, got {self.langevin_steps!r}")
+        if not (isinstance(self.step_size, (int, float)) and 0 < self.step_size <= 1):
+            raise ValueError(f"step_size must be a number in (0, 1] (δ = step_size · σ_t²), got {self.step_size!r}")
+
+    def nfe(self, S: int) -> int:
+        return self.langevin_steps * S + 1
+
+    def draws(self, plan) -> tuple:
+        return (self.langevin_steps,) * plan.timesteps.numel()
+
+    def step(self, k, x, predict, t_batch, coef, state, noise_at):
+        tab, t, abar = coef.table, t_batch[k], coef.abar_t[k]
+        delta = self.step_size * tab["var"][k]
+        x0 = None
+        for j in range(self.langevin_steps):
+            x0, eps = predict(x, t, abar)
+            x = langevin_step(x, -eps * tab["inv_sigma"][k], delta, noise_at(k, j))
+        if k == t_batch.shape[0] - 1:  # denoise: x̂_0 at the last level (whatever set_alpha_to_one says)
+            x, _ = predict(x, t, abar)
+            return x, x
+        return tab["rescale"][k] * x, x0
+
+
+# Predictors a pc may run after its corrector: one-call steps without a corrector of their own (UniPC's
+# would overwrite the Langevin moves with its own correction of the previous point).
+PC_PREDICTORS = ("ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "heun", "reverse-sde", "pf-ode")
+
+
+@dataclass(frozen=True)
+class PredictorCorrector(_ScoreSolver):
+    """Predictor–corrector sampling: at each grid level, ``corrector_steps`` Langevin corrector steps with
+    the signal-to-noise rule (``snr_step_size``), then one step of ``predictor`` (score_sde's order:
+    corrector first). Model calls: (n + the predictor's) per step; draws: n, then the predictor's."""
+
+    name: str = "pc"
+    kind: str = "score"
+    noise_eta: float = 1.0
+    summary: str = "predictor-corrector: Langevin corrector (snr rule), then a predictor"
+    predictor: object = "ddim"
+    corrector_steps: int = 1
+    snr: float = 0.16
+
+    def __post_init__(self):
+        super().__post_init__()
+        pred = get_solver(self.predictor)
+        if pred.name not in PC_PREDICTORS or isinstance(pred, (AnnealedLangevin, PredictorCorrector)):
+            raise ValueError(f"predictor {pred.name!r} cannot be a pc predictor; allowed: {', '.join(PC_PREDICTORS)}")
+        object.__setattr__(self, "predictor", pred)
+        if isinstance(self.corrector_steps, bool) or not isinstance(self.corrector_steps, int) or self.corrector_steps < 0:
+            raise ValueError(f"corrector_steps must be an integer >= 0, got {self.corrector_steps!r}")
+        if not (isinstance(self.snr, (int, float)) and not isinstance(self.snr, bool) and math.isfinite(self.snr)
+                and self.snr > 0):
+            raise ValueError(f"snr must be a number > 0, got {self.snr!r}")
+
+    @property
+    def reads_x0_and_eps(self) -> bool:
+        return self.predictor.reads_x0_and_eps
+
+    def nfe(self, S: int) -> int:
+        return self.corrector_steps * S + self.predictor.nfe(S)
+
+    def eta(self, eta) -> object:
+        return self.predictor.eta(eta)
+
+    def check(self, abar_t) -> None:
+        _refuse_pure_noise(self.name, abar_t)  # the corrector's score at ᾱ = 0 is fine; its α = ᾱ_t/ᾱ_t' is 0
+        self.predictor.check(abar_t)
+
+    def table(self, abar_t, abar_prev) -> dict:
+        own = sde_coefficients(abar_t.tolist(), abar_prev.tolist())
+        return {**{f"p_{k}": v for k, v in self.predictor.table(abar_t, abar_prev).items()}, **own}
+
+    def draws(self, plan) -> tuple:
+        return tuple(self.corrector_steps + d for d in self.predictor.draws(plan))
+
+    def step(self, k, x, predict, t_batch, coef, state, noise_at):
+        tab, t, abar = coef.table, t_batch[k], coef.abar_t[k]
+        n = self.corrector_steps
+        for j in range(n):
+            _, eps = predict(x, t, abar)
+            s = -eps * tab["inv_sigma"][k]
+            z = noise_at(k, j)
+            x = langevin_step(x, s, snr_step_size(s, z, self.snr, tab["alpha"][k]), z)
+        # the predictor sees its own table and its draws after the corrector's
+        pcoef = dataclasses.replace(coef, table={key[2:]: v for key, v in tab.items() if key.startswith("p_")})
+        return self.predictor.step(k, x, predict, t_batch, pcoef, state,
+                                   lambda kk, jj=0: noise_at(kk, jj + n))
+
+
+SCORE_SOLVERS = {s.name: s for s in (ReverseSDE(), ProbabilityFlow(), AnnealedLangevin())}
+SOLVERS.update(SCORE_SOLVERS)  # the registry of ``solvers``: one list of names for the API and the CLI
+SCORE_SOLVERS["pc"] = SOLVERS["pc"] = PredictorCorrector()  # its predictor may be one of the above
