@@ -32,13 +32,16 @@ from torch import nn
 
 __all__ = ["CheckpointError", "NonFiniteError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
            "list_checkpoints", "verify_checkpoint", "read_tensors", "read_json", "load_weights", "check_finite",
-           "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "export_checkpoint"]
+           "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "BUNDLED_CLASSIFIER", "export_checkpoint",
+           "load_classifier"]
 
 PathLike = Union[str, os.PathLike]
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "fashion_mnist_small"
 """The pretrained class-conditional Fashion-MNIST model shipped in the package (``ddim sample``'s default)."""
+BUNDLED_CLASSIFIER = Path(__file__).resolve().parent / "assets" / "fashion_mnist_classifier"
+"""The noisy Fashion-MNIST classifier shipped for classifier guidance of the bundled model."""
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _HASH_CHUNK = 1 << 22  # 4 MiB reads keep memory flat for large files
 
@@ -312,21 +315,40 @@ def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cp
         CheckpointError: missing, truncated or corrupted files, or weights that do not fit the config.
     """
     from .nn import UNet
-    from .train.config import RunConfig
 
     p = Path(path)
     if p.is_dir() and (_is_diffusers_unet(p) or (p / "unet").is_dir()):
         return _load_diffusers(p, device)
-    ckpt = find_checkpoint(p)
+    return _load_run(p, ema, device, UNet, classifier=False)
+
+
+def load_classifier(path: PathLike = BUNDLED_CLASSIFIER, ema: bool = True, device="cpu"):
+    """Load a noisy classifier (``ddim train-classifier``): ``(classifier, schedule, config)``, arguments and
+    errors as in ``load_checkpoint``; the default is the bundled Fashion-MNIST classifier. The classifier
+    is a ``ddim.nn.NoisyClassifier`` in eval mode, called as ``classifier(x_t, t)`` -> (B, K) logits."""
+    from .nn import NoisyClassifier
+
+    return _load_run(Path(path), ema, device, NoisyClassifier, classifier=True)
+
+
+def _load_run(path: Path, ema: bool, device, cls, classifier: bool):
+    """(network, schedule, RunConfig) of a ddim checkpoint holding a denoiser or (``classifier``) a classifier."""
+    from .train.config import RunConfig
+
+    ckpt = find_checkpoint(path)
     weights = "ema.safetensors" if ema else "model.safetensors"
     verify_checkpoint(ckpt, ["config.json", weights])
     try:
         config = RunConfig.from_dict(read_json(ckpt / "config.json"))
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{ckpt / 'config.json'} is not a valid run config ({_one_line(e)})") from None
-    model = UNet.from_config(config.model)
-    load_weights(model, read_tensors(ckpt / weights), str(ckpt / weights))
-    return model.to(device).eval(), config.make_schedule(), config
+    if config.is_classifier != classifier:
+        raise CheckpointError(f"{ckpt} holds a {'noisy classifier' if config.is_classifier else 'denoiser'}, not a "
+                              f"{'noisy classifier' if classifier else 'denoiser'}"
+                              + (" (pass it as the classifier, e.g. --classifier)" if config.is_classifier else ""))
+    net = cls.from_config(config.model)
+    load_weights(net, read_tensors(ckpt / weights), str(ckpt / weights))
+    return net.to(device).eval(), config.make_schedule(), config
 
 
 # ---------------------------------------------------------------------------------------- export

@@ -46,16 +46,15 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------------------------------- train
 
-def _add_train(sub) -> None:
-    from .data import DATASETS
-    from .forward import PREDICTIONS
-    from .nn import PRESETS
-    from .train.config import TrainConfig
+# What `ddim train-classifier` changes from the TrainConfig defaults: a small classifier wants a larger rate,
+# weight decay (ADM's 0.05) and a shorter EMA; its labels are targets, never dropped.
+_CLASSIFIER_TRAIN = dict(steps=4000, lr=1e-3, warmup=200, weight_decay=0.05, ema_decay=0.999, checkpoint_every=500,
+                         log_every=25)
 
-    d = TrainConfig()
-    p = sub.add_parser("train", help="train a UNet with the DDPM objective", formatter_class=_Formatter,
-                       description="Train a diffusion model (DDPM L_simple) and write checkpoints to --out. "
-                                   "Under torchrun the global --batch-size is split across the processes.")
+
+def _add_data_args(p) -> None:
+    from .data import DATASETS
+
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, choices=DATASETS, help="training images (required)")
     g.add_argument("--data-dir", help="where the dataset's files are (default for fashion-mnist: "
@@ -64,18 +63,17 @@ def _add_train(sub) -> None:
     g.add_argument("--image-size", type=int, help="resize images to this side, pixels (default: native size)")
     g.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels (default: native)")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", default="small", choices=tuple(PRESETS), help="UNet shape to start from")
-    g.add_argument("--class-cond", action=argparse.BooleanOptionalAction, default=None,
-                   help="class-conditional model (default: yes when the data have labels)")
-    for flag, kind in (("--base-channels", int), ("--num-res-blocks", int), ("--dropout", float),
-                       ("--norm-groups", int), ("--channel-mult", _int_list), ("--attn-resolutions", _int_list),
-                       ("--patch-size", int)):
-        g.add_argument(flag, type=kind, help="override the preset's value (default: from the preset)")
-    g.add_argument("--prediction", default=d.prediction, choices=PREDICTIONS, help="what the network predicts")
-    g.add_argument("--schedule", default="linear", choices=("linear", "cosine", "scaled_linear", "sigmoid"),
-                   help="β schedule")
-    g.add_argument("--num-train-steps", type=int, default=1000, help="T, diffusion steps of the schedule")
+
+
+def _add_shape_args(g, flags) -> None:
+    kinds = {"--base-channels": int, "--num-res-blocks": int, "--dropout": float, "--norm-groups": int,
+             "--channel-mult": _int_list, "--attn-resolutions": _int_list, "--patch-size": int}
+    for flag in flags:
+        g.add_argument(flag, type=kinds[flag], help="override the preset's value (default: from the preset)")
+
+
+def _add_optim_run_args(p, d, classifier: bool) -> None:
+    """The optimisation and run groups of `train` (``classifier``: without the denoiser-only options)."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -86,52 +84,125 @@ def _add_train(sub) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the weights")
-    g.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (default: off)")
-    g.add_argument("--label-dropout", type=float, default=d.label_dropout,
-                   help="probability of dropping a label (classifier-free guidance training)")
+    if not classifier:
+        g.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (default: off)")
+        g.add_argument("--label-dropout", type=float, default=d.label_dropout,
+                       help="probability of dropping a label (classifier-free guidance training)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random stream")
     g = p.add_argument_group("run")
-    g.add_argument("--out", required=True, help="run directory for checkpoints, metrics.jsonl, samples/ (required)")
+    g.add_argument("--out", required=True, help="run directory for checkpoints, metrics.jsonl" +
+                   ("" if classifier else ", samples/") + " (required)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only; ignored on the CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the network")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: end only)")
     g.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints to keep (0: all)")
-    g.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
-    g.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for the sample grids")
-    g.add_argument("--num-samples", type=int, default=d.num_samples, help="images per sample grid")
+    if not classifier:
+        g.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: none)")
+        g.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for the sample grids")
+        g.add_argument("--num-samples", type=int, default=d.num_samples, help="images per sample grid")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics.jsonl lines")
     g.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    p.set_defaults(func=_run_train)
+
+
+def _add_train(sub) -> None:
+    from .forward import PREDICTIONS
+    from .nn import PRESETS
+    from .train.config import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a UNet with the DDPM objective", formatter_class=_Formatter,
+                       description="Train a diffusion model (DDPM L_simple) and write checkpoints to --out. "
+                                   "Under torchrun the global --batch-size is split across the processes.")
+    _add_data_args(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="small", choices=tuple(PRESETS), help="UNet shape to start from")
+    g.add_argument("--class-cond", action=argparse.BooleanOptionalAction, default=None,
+                   help="class-conditional model (default: yes when the data have labels)")
+    _add_shape_args(g, ("--base-channels", "--num-res-blocks", "--dropout", "--norm-groups", "--channel-mult",
+                        "--attn-resolutions", "--patch-size"))
+    g.add_argument("--prediction", default=d.prediction, choices=PREDICTIONS, help="what the network predicts")
+    g.add_argument("--schedule", default="linear", choices=("linear", "cosine", "scaled_linear", "sigmoid"),
+                   help="β schedule")
+    g.add_argument("--num-train-steps", type=int, default=1000, help="T, diffusion steps of the schedule")
+    _add_optim_run_args(p, d, classifier=False)
+    p.set_defaults(func=_run_train, classifier=False)
+
+
+def _add_train_classifier(sub) -> None:
+    from .nn import CLASSIFIER_PRESETS
+    from .train.config import TrainConfig
+
+    d = TrainConfig(**_CLASSIFIER_TRAIN)
+    p = sub.add_parser("train-classifier", formatter_class=_Formatter,
+                       help="train a noisy classifier p(y | x_t, t) for classifier guidance",
+                       description="Train a time-conditioned classifier on noised images x_t (cross-entropy at t "
+                                   "uniform over the schedule's steps), with the checkpoints, resume and safeguards "
+                                   "of `ddim train`. Guide with `ddim sample --classifier DIR --classifier-scale S`.")
+    _add_data_args(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="fashion", choices=tuple(CLASSIFIER_PRESETS), help="classifier shape to start from")
+    _add_shape_args(g, ("--base-channels", "--num-res-blocks", "--dropout", "--norm-groups", "--channel-mult",
+                        "--attn-resolutions", "--patch-size"))
+    g.add_argument("--schedule-from", default=None, metavar="CHECKPOINT",
+                   help="take the noise schedule from this diffusion checkpoint, so the classifier sees the x_t "
+                        "that model samples (default: the bundled model)")
+    _add_optim_run_args(p, d, classifier=True)
+    p.set_defaults(func=_run_train, classifier=True)
 
 
 def _train_configs(args: argparse.Namespace):
-    """(RunConfig, ImageData) from the parsed ``train`` arguments."""
+    """(RunConfig, ImageData) from the parsed ``train`` / ``train-classifier`` arguments."""
     from .schedule import Schedule
-    from .train import DataConfig, RunConfig, TrainConfig, load_data, resolve_model_config
+    from .train import DataConfig, RunConfig, TrainConfig, load_data
 
     data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
                           channels=args.channels, hflip=args.hflip)
-    train_cfg = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_decay=args.lr_decay,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip, ema_decay=args.ema_decay, prediction=args.prediction,
-        min_snr_gamma=args.min_snr_gamma, label_dropout=args.label_dropout, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, keep_last=args.keep_last, sample_every=args.sample_every,
-        sample_steps=args.sample_steps, num_samples=args.num_samples, log_every=args.log_every, bf16=args.bf16,
-        compile=args.compile)
-    schedule = Schedule.from_config({"name": args.schedule, "num_steps": args.num_train_steps})
-    data = load_data(data_cfg)
+    common = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_decay=args.lr_decay,
+                  weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed,
+                  checkpoint_every=args.checkpoint_every, keep_last=args.keep_last, log_every=args.log_every,
+                  bf16=args.bf16, compile=args.compile)
+    shape = dict(base_channels=args.base_channels, num_res_blocks=args.num_res_blocks, dropout=args.dropout,
+                 norm_groups=args.norm_groups, channel_mult=args.channel_mult,
+                 attn_resolutions=args.attn_resolutions, patch_size=args.patch_size)
+    if args.classifier:
+        from .checkpoint import BUNDLED_MODEL, load_checkpoint
+
+        train_cfg = TrainConfig(**common, label_dropout=0.0, sample_every=0)
+        schedule = load_checkpoint(args.schedule_from or BUNDLED_MODEL)[1]
+        data = load_data(data_cfg)
+        if data.labels is None:
+            raise ValueError(f"a classifier needs labelled data, but {data.name} has no labels")
+        model_cfg = _classifier_config(args.preset, data, shape)
+    else:
+        train_cfg = TrainConfig(**common, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
+                                label_dropout=args.label_dropout, sample_every=args.sample_every,
+                                sample_steps=args.sample_steps, num_samples=args.num_samples)
+        schedule = Schedule.from_config({"name": args.schedule, "num_steps": args.num_train_steps})
+        data = load_data(data_cfg)
+        model_cfg = _unet_config(args, data, shape)
+    return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg, schedule=schedule.to_config()), data
+
+
+def _unet_config(args, data, shape: dict):
+    from .train import resolve_model_config
+
     class_cond = data.labels is not None if args.class_cond is None else args.class_cond
     if class_cond and data.labels is None:
         raise ValueError(f"--class-cond needs labelled data, but {data.name} has no labels; use --no-class-cond")
-    model_cfg = resolve_model_config(args.preset, data.image_size, data.channels,
-                                     data.num_classes if class_cond else None, base_channels=args.base_channels,
-                                     num_res_blocks=args.num_res_blocks, dropout=args.dropout,
-                                     norm_groups=args.norm_groups, channel_mult=args.channel_mult,
-                                     attn_resolutions=args.attn_resolutions, patch_size=args.patch_size)
-    return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg, schedule=schedule.to_config()), data
+    return resolve_model_config(args.preset, data.image_size, data.channels,
+                                data.num_classes if class_cond else None, **shape)
+
+
+def _classifier_config(preset: str, data, shape: dict):
+    from .nn import CLASSIFIER_PRESETS, ClassifierConfig
+    from .train.config import fit_preset
+
+    base = CLASSIFIER_PRESETS[preset]
+    return ClassifierConfig.from_dict({**base.to_dict(), **fit_preset(base, data.image_size, shape),
+                                       "image_size": data.image_size, "in_channels": data.channels,
+                                       "num_classes": data.num_classes})
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -158,7 +229,7 @@ def _module_subcommands() -> tuple[Callable, ...]:
     return tuple(lambda sub, add=add: add(sub, _Formatter) for add in (*SAMPLING, *EVAL))
 
 
-_SUBCOMMANDS: tuple[Callable, ...] = (_add_train,)
+_SUBCOMMANDS: tuple[Callable, ...] = (_add_train, _add_train_classifier)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022) as a model wrapper, so samplers never see classes.
+"""Guidance as model wrappers, so samplers never see classes: classifier-free guidance (Ho & Salimans
+2022) and classifier guidance (Dhariwal & Nichol 2021; ``ClassifierGuidance`` at the end).
 
 Convention used here (the paper's, eq. 6): with guidance weight w ≥ 0,
 
@@ -25,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["ClassifierFreeGuidance", "guidance_weight", "check_rescale", "rescale_guided"]
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "guidance_weight", "check_rescale", "rescale_guided"]
 
 
 def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) -> float:
@@ -98,3 +99,69 @@ class ClassifierFreeGuidance(nn.Module):
         cond, uncond = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)
         guided = cond + self.w * (cond - uncond)  # = (1 + w) cond − w uncond
         return rescale_guided(guided, cond, self.rescale) if self.rescale else guided
+
+
+class ClassifierGuidance(nn.Module):
+    """Classifier guidance (Dhariwal & Nichol 2021, Algorithm 2 in ε form; Song et al. 2021 eq. 14):
+    wrap ``model(x_t, t)`` into a ``model(x_t, t)`` whose ε̂ follows ∇ log p(x_t) + s ∇ log p_φ(y | x_t):
+
+        ε̂' = ε̂(x_t, t) − s √(1 − ᾱ_t) ∇ₓ log p_φ(y | x_t, t)
+
+    The output keeps the model's prediction type (x̂_0 and v are re-derived from ε̂'), so any sampler
+    reads it as it reads the model. ``model`` may itself be guided (``ClassifierFreeGuidance``), or be
+    a conditional model with its labels bound: the two guidances then add up.
+
+    Args:
+        model: ``model(x_t, t)`` returning its prediction. classifier: ``classifier(x_t, t)`` -> (B, K) logits
+            of a noisy classifier trained on the same schedule (``ddim train-classifier``).
+        labels: (B,) the classes y to guide towards. scale: s ≥ 0 (0: the model itself; 1: the posterior
+            p(x_t | y) exactly, for an exact classifier and score).
+        schedule: the ``ddim.Schedule`` both were trained with (ᾱ_t). prediction: the model's target.
+    The gradient is taken in float32 or wider with autograd enabled, also under ``torch.inference_mode``.
+    """
+
+    def __init__(self, model, classifier, labels: torch.Tensor, scale: float, schedule, prediction: str = "epsilon"):
+        super().__init__()
+        from .forward import PREDICTIONS
+
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"classifier scale must be a finite number >= 0, got {scale!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
+        k = getattr(getattr(classifier, "config", None), "num_classes", None)
+        if k is not None and labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < k):
+            raise ValueError(f"labels must lie in [0, {k - 1}] for a classifier of {k} classes, got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        self.model, self.classifier, self.scale = model, classifier, float(scale)
+        self.prediction = prediction
+        self.register_buffer("labels", labels, persistent=False)
+        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.clone(), persistent=False)
+
+    def log_prob_grad(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """∇ₓ log p_φ(y | x_t, t) for the bound labels: (B, …) in x's dtype (at least float32)."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        # a fresh leaf outside inference mode: x may be an inference tensor, which autograd cannot record
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = x.detach().clone().to(dtype).requires_grad_(True)
+            logits = self.classifier(xg, t.clone())
+            picked = torch.log_softmax(logits.to(dtype), dim=-1).gather(1, self.labels.to(x.device)[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, xg)
+        return grad
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        from .forward import predict_x0_eps, target_from_x0_eps, x0_from_eps
+
+        if x.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"batch of {x.shape[0]} samples but {self.labels.shape[0]} labels")
+        out = self.model(x, t)
+        if self.scale == 0:
+            return out
+        work = torch.promote_types(out.dtype, torch.float32)
+        xw = x.to(work)
+        abar = self.alphas_cumprod.to(x.device, work)[t].view(-1, *([1] * (x.ndim - 1)))
+        _, eps = predict_x0_eps(out.to(work), xw, abar, self.prediction)
+        eps = eps - self.scale * (1 - abar).sqrt() * self.log_prob_grad(x, t).to(work)
+        return target_from_x0_eps(x0_from_eps(xw, eps, abar), eps, abar, self.prediction).to(out.dtype)

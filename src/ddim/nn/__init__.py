@@ -1,7 +1,8 @@
-"""Denoising networks: the DDPM UNet, its presets, and diffusers import/export."""
+"""Networks: the DDPM UNet, its presets, diffusers import/export, and the noisy classifier."""
 
+from .classifier import CLASSIFIER_PRESETS, ClassifierConfig, NoisyClassifier
 from .diffusers_io import load_diffusers_schedule, load_diffusers_unet, save_diffusers_unet, schedule_from_diffusers
 from .unet import PRESETS, UNet, UNetConfig, count_parameters, unet_from_preset
 
-__all__ = ["UNet", "UNetConfig", "PRESETS", "unet_from_preset", "count_parameters", "load_diffusers_unet",
+__all__ = ["NoisyClassifier", "ClassifierConfig", "CLASSIFIER_PRESETS", "UNet", "UNetConfig", "PRESETS", "unet_from_preset", "count_parameters", "load_diffusers_unet",
            "save_diffusers_unet", "schedule_from_diffusers", "load_diffusers_schedule"]

@@ -145,6 +145,43 @@ class _Level(nn.Module):
         self.resample = resample
 
 
+def down_path(c: UNetConfig) -> tuple[nn.ModuleList, list[int]]:
+    """The encoder half of the UNet (shared with ``NoisyClassifier``): per level, ``num_res_blocks``
+    ResBlocks (each followed by attention at ``attn_resolutions``), then a Downsample except on the last.
+    Returns (the levels, the channels of every tensor ``encode`` keeps, in order; the last is the output's)."""
+    E, groups, eps = c.embed_dim, c.norm_groups, c.norm_eps
+    skips, ch, downs = [c.base_channels], c.base_channels, []
+    for i, (ch_out, size) in enumerate(zip(c.channels, c.resolutions)):
+        res, attn = [], []
+        for _ in range(c.num_res_blocks):
+            res.append(ResBlock(ch, ch_out, E, c.dropout, groups, eps))
+            ch = ch_out
+            if size in c.attn_resolutions:
+                attn.append(SelfAttention(ch, groups, eps))
+            skips.append(ch)
+        last = i == len(c.channels) - 1
+        downs.append(_Level(res, attn, None if last else Downsample(ch)))
+        if not last:
+            skips.append(ch)
+    return nn.ModuleList(downs), skips
+
+
+def encode(levels: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``down_path``'s levels on h (B, C_0, H, W) with embedding emb (B, E); returns every kept
+    tensor (the UNet's skips), the first being h and the last the deepest level's output."""
+    hs = [h]
+    for level in levels:
+        for j, block in enumerate(level.res):
+            h = block(h, emb)
+            if len(level.attn):
+                h = level.attn[j](h)
+            hs.append(h)
+        if level.resample is not None:
+            h = level.resample(h)
+            hs.append(h)
+    return hs
+
+
 class _Middle(nn.Module):
     def __init__(self, ch: int, E: int, c: UNetConfig):
         super().__init__()
@@ -171,21 +208,8 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(c.base_channels, E)
         self.label_embed = nn.Embedding(c.num_classes + 1, E) if c.num_classes is not None else None
 
-        # Down path; `skips` records the channels of every tensor kept for the up path.
-        skips, ch, downs = [c.base_channels], c.base_channels, []
-        for i, (ch_out, size) in enumerate(zip(c.channels, c.resolutions)):
-            res, attn = [], []
-            for _ in range(c.num_res_blocks):
-                res.append(ResBlock(ch, ch_out, E, p, groups, eps))
-                ch = ch_out
-                if size in c.attn_resolutions:
-                    attn.append(SelfAttention(ch, groups, eps))
-                skips.append(ch)
-            last = i == len(c.channels) - 1
-            downs.append(_Level(res, attn, None if last else Downsample(ch)))
-            if not last:
-                skips.append(ch)
-        self.down = nn.ModuleList(downs)
+        self.down, skips = down_path(c)
+        ch = skips[-1]
         self.mid = _Middle(ch, E, c)
 
         # Up path, deepest level first; each ResBlock eats one skip (concatenated after h).
@@ -243,18 +267,8 @@ class UNet(nn.Module):
             raise ValueError("labels were given but this UNet is unconditional (num_classes=None)")
 
         p = self._config.patch_size
-        h = self.conv_in(x if p == 1 else nn.functional.pixel_unshuffle(x, p))
-        hs = [h]
-        for level in self.down:
-            for j, block in enumerate(level.res):
-                h = block(h, emb)
-                if len(level.attn):
-                    h = level.attn[j](h)
-                hs.append(h)
-            if level.resample is not None:
-                h = level.resample(h)
-                hs.append(h)
-        h = self.mid(h, emb)
+        hs = encode(self.down, self.conv_in(x if p == 1 else nn.functional.pixel_unshuffle(x, p)), emb)
+        h = self.mid(hs[-1], emb)
         for level in self.up:
             for j, block in enumerate(level.res):
                 h = block(torch.cat([h, hs.pop()], dim=1), emb)

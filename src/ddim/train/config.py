@@ -208,7 +208,8 @@ def _default_schedule() -> dict:
 class RunConfig:
     """Everything needed to rebuild a run: train, data (None for imported models), model, schedule.
 
-    ``model`` is a ``ddim.nn.UNetConfig``; ``schedule`` is ``Schedule.to_config()`` (plain JSON).
+    ``model`` is a ``ddim.nn.UNetConfig`` (a denoiser) or a ``ddim.nn.ClassifierConfig`` (a noisy classifier,
+    ``ddim train-classifier``); ``schedule`` is ``Schedule.to_config()`` (plain JSON).
     """
 
     model: Any
@@ -217,13 +218,20 @@ class RunConfig:
     schedule: Mapping[str, Any] = field(default_factory=_default_schedule)
 
     def __post_init__(self) -> None:
-        from ..nn import UNetConfig
+        from ..nn import ClassifierConfig, UNetConfig
         from ..schedule import Schedule
 
-        if not isinstance(self.model, UNetConfig):
-            raise ValueError(f"model must be a UNetConfig, got {type(self.model).__name__}")
+        if not isinstance(self.model, (UNetConfig, ClassifierConfig)):
+            raise ValueError(f"model must be a UNetConfig or ClassifierConfig, got {type(self.model).__name__}")
         object.__setattr__(self, "schedule", dict(self.schedule))
         Schedule.from_config(self.schedule)  # validates; the Schedule itself is rebuilt on demand
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether this run trains a noisy classifier (else a denoiser)."""
+        from ..nn import ClassifierConfig
+
+        return isinstance(self.model, ClassifierConfig)
 
     @property
     def prediction(self) -> str:
@@ -243,14 +251,19 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
-        from ..nn import UNetConfig
+        from ..nn import ClassifierConfig, UNetConfig
+        from ..nn.classifier import CLASSIFIER_KIND
 
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise ValueError(f"not a ddim run config (expected \"format\": \"{FORMAT}\")")
         if d.get("version") != VERSION:
             raise ValueError(f"unsupported run config version {d.get('version')!r}; this ddim reads {VERSION}")
         data = d.get("data")
-        return cls(model=UNetConfig.from_dict(d["model"]), train=TrainConfig.from_dict(d.get("train", {})),
+        model = d["model"]
+        if not isinstance(model, Mapping):
+            raise ValueError(f"the run config's model must be a JSON object, got {type(model).__name__}")
+        build = ClassifierConfig.from_dict if model.get("kind") == CLASSIFIER_KIND else UNetConfig.from_dict
+        return cls(model=build(model), train=TrainConfig.from_dict(d.get("train", {})),
                    data=None if data is None else DataConfig.from_dict(data), schedule=d["schedule"])
 
 
@@ -272,15 +285,23 @@ def resolve_model_config(preset: str, image_size: int, channels: int, num_classe
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
     base = PRESETS[preset]
-    fields = {k: v for k, v in overrides.items() if v is not None}
-    mult = tuple(fields.get("channel_mult", base.channel_mult))
-    if "attn_resolutions" not in fields:
-        levels = [i for i, r in enumerate(base.resolutions) if r in base.attn_resolutions]
-        patch = fields.get("patch_size", base.patch_size)
-        fields["attn_resolutions"] = tuple(image_size // patch // 2**i for i in levels if i < len(mult))
+    fields = fit_preset(base, image_size, overrides)
     d = {**base.to_dict(), **fields, "image_size": image_size, "in_channels": channels,
          "out_channels": channels, "num_classes": num_classes}
     return UNetConfig.from_dict(d)
+
+
+def fit_preset(base, image_size: int, overrides: Mapping[str, Any]) -> dict:
+    """The non-None ``overrides`` of a preset (a UNetConfig, or a ClassifierConfig through its ``encoder``),
+    with attention kept on the preset's levels (by index) unless ``attn_resolutions`` is overridden."""
+    enc = getattr(base, "encoder", base)
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    mult = tuple(fields.get("channel_mult", enc.channel_mult))
+    if "attn_resolutions" not in fields:
+        levels = [i for i, r in enumerate(enc.resolutions) if r in enc.attn_resolutions]
+        patch = fields.get("patch_size", enc.patch_size)
+        fields["attn_resolutions"] = tuple(image_size // patch // 2**i for i in levels if i < len(mult))
+    return fields
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

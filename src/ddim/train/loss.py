@@ -26,7 +26,7 @@ from ..forward import PREDICTIONS, abar_at, q_sample, target_from_x0_eps
 from ..schedule import Schedule
 from ..transfer import to_device
 
-__all__ = ["Draws", "draw", "drop_labels", "min_snr_weight", "diffusion_loss", "training_loss"]
+__all__ = ["Draws", "draw", "drop_labels", "min_snr_weight", "diffusion_loss", "classifier_loss", "training_loss"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,15 @@ def _call_model(model: Callable, x_t: torch.Tensor, t: torch.Tensor, labels: Opt
     if out.shape != x_t.shape:
         raise ValueError(f"model output has shape {tuple(out.shape)}, expected {tuple(x_t.shape)}")
     return out
+
+
+def classifier_loss(classifier: Callable, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                    labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a noisy classifier p_φ(y | x_t, t) on x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (DDPM eq. 4's
+    q(x_t | x_0)); arguments as in ``diffusion_loss``, labels required. Returns the scalar float32 batch mean."""
+    abar = abar_at(schedule.alphas_cumprod, t, x0)
+    logits = classifier(q_sample(x0, abar, eps), to_device(t, x0.device))
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
 
 
 def diffusion_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,

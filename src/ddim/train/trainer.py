@@ -226,7 +226,7 @@ class Trainer:
         if flips is not None:
             x0 = apply_flips(x0, flips)
         labels = data.labels[idx] if self.class_cond else None
-        labels = drop_labels(labels, d.drop, self.model.null_label)
+        labels = drop_labels(labels, d.drop, getattr(self.model, "null_label", None))
         return x0, to_device(d.t, self.device), to_device(d.eps, self.device), labels
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,7 +238,7 @@ class Trainer:
             group["lr"] = tc.lr_at(self.step)
         self.model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
-            loss = diffusion_loss(self.net, self.schedule, x0, t, eps, labels, tc.prediction, tc.min_snr_gamma)
+            loss = self.compute_loss(x0, t, eps, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
@@ -247,6 +247,11 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         return loss.detach(), grad_norm.detach()
+
+    def compute_loss(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, labels) -> torch.Tensor:
+        """The scalar loss of one shard: L_simple (with the run's target and weighting) for a denoiser."""
+        tc = self.config.train
+        return diffusion_loss(self.net, self.schedule, x0, t, eps, labels, tc.prediction, tc.min_snr_gamma)
 
     # ---- logging, samples, checkpoints ------------------------------------------------------------
     def _new_window(self) -> dict:
@@ -341,8 +346,11 @@ class Trainer:
 
 def run_training(config: RunConfig, out_dir, *, data=None, device: str = "auto", resume: bool = False,
           quiet: bool = False) -> TrainResult:
-    """Build a ``Trainer`` and run it to the end (leaving the process group, if any, afterwards)."""
+    """Build a ``Trainer`` (a ``ClassifierTrainer`` for a classifier config) and run it to the end (leaving
+    the process group, if any, afterwards)."""
+    from .classifier import ClassifierTrainer  # it extends Trainer
+
     try:
-        return Trainer(config, out_dir, data=data, device=device, resume=resume, quiet=quiet).fit()
+        return (ClassifierTrainer if config.is_classifier else Trainer)(config, out_dir, data=data, device=device, resume=resume, quiet=quiet).fit()
     finally:
         shutdown()
