@@ -78,13 +78,28 @@ class GaussianMixture:
     # ---- the noised marginal q(x_t) and the optimal predictions --------------------------------
     def _parts(self, x: torch.Tensor, abar: torch.Tensor):
         """For x (B, d) and ᾱ (B,) or (1,): responsibilities r (B, K), residuals x − √ᾱ μ_k (B, K, d), v_k (B, K)."""
+        logits, resid, var, a = self._logits(x, abar)
+        r = torch.softmax(logits, dim=1)  # = exp(logits − logsumexp(logits)), the stable form
+        return r, resid, var, a
+
+    def _logits(self, x: torch.Tensor, abar: torch.Tensor):
         a = _column(abar)                                            # (B, 1) or (1, 1)
         var = a * self.stds[None] ** 2 + (1 - a)                     # (B or 1, K)  v_k
         resid = x[:, None, :] - a.sqrt()[:, :, None] * self.means[None]  # (B, K, d)
         # log π_k + log N(x; √ᾱ μ_k, v_k I), up to the k-independent −(d/2) log 2π
         logits = (torch.log(self.weights)[None] - 0.5 * self.d * torch.log(var)) - 0.5 * (resid**2).sum(-1) / var
-        r = torch.softmax(logits, dim=1)  # = exp(logits − logsumexp(logits)), the stable form
-        return r, resid, var, a
+        return logits, resid, var, a
+
+    def classifier(self, schedule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The exact noisy classifier as ``classifier(x_t, t)`` -> (B, K) logits: log q(k | x_t) up to a
+        per-sample constant (differentiable in x_t, float64)."""
+        abar_table = schedule.alphas_cumprod.to(_F64)
+
+        def classifier(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            flat = x_t.reshape(x_t.shape[0], -1).to(_F64)
+            return self._logits(flat, abar_table[t.cpu()].to(flat.device))[0]
+
+        return classifier
 
     def log_prob(self, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
         """(B,) log q(x_t) at ᾱ (B,)."""

@@ -84,6 +84,66 @@ def _add_solver(p, deterministic: bool = False) -> None:
                         + ". Higher orders pay off in few steps (10-20) with --spacing logsnr")
 
 
+def _add_score_solver(p) -> None:
+    """The options of --solver pc and --solver langevin (``ddim.samplers.score``)."""
+    from .samplers.score import PC_PREDICTORS
+
+    g = p.add_argument_group("predictor-corrector and Langevin (--solver pc / langevin)")
+    g.add_argument("--predictor", choices=PC_PREDICTORS, default=None,
+                   help="pc: the step after the corrector (default: ddim, with --eta)")
+    g.add_argument("--corrector", choices=("langevin",), default=None,
+                   help="pc: the corrector, Langevin dynamics with the signal-to-noise step rule (default: langevin)")
+    g.add_argument("--snr", type=float, default=None,
+                   help="pc: the corrector's signal-to-noise ratio r in δ = 2α (r‖z‖/‖s‖)² (default: 0.16, score_sde's)")
+    g.add_argument("--corrector-steps", type=int, default=None, help="pc: Langevin steps per level (default: 1)")
+    g.add_argument("--langevin-steps", type=int, default=None, help="langevin: steps L per level (default: 2)")
+    g.add_argument("--step-size", type=float, default=None,
+                   help="langevin: δ_t = step-size · (1 − ᾱ_t) (default: 0.1)")
+
+
+def _solver(args):
+    """The ``Solver`` --solver and its options name (checked: an option of another solver is an error)."""
+    import dataclasses
+
+    solver = get_solver(args.solver)
+    options = {"pc": {"predictor": "predictor", "corrector": None, "snr": "snr", "corrector_steps": "corrector_steps"},
+               "langevin": {"langevin_steps": "langevin_steps", "step_size": "step_size"}}
+    for name, fields in options.items():
+        given = {arg: getattr(args, arg, None) for arg in fields if getattr(args, arg, None) is not None}
+        if given and args.solver != name:
+            flags = ", ".join("--" + a.replace("_", "-") for a in given)
+            raise ValueError(f"{flags} applies to --solver {name} only (got --solver {args.solver})")
+        if given:
+            solver = dataclasses.replace(solver, **{fields[a]: v for a, v in given.items() if fields[a]})
+    return solver
+
+
+def _add_classifier(p) -> None:
+    g = p.add_argument_group("classifier guidance")
+    g.add_argument("--classifier-scale", type=float, default=0.0,
+                   help="scale s of classifier guidance, ε̂ − s √(1−ᾱ_t) ∇ log p(y | x_t) (0: off)")
+    g.add_argument("--classifier", default=None,
+                   help="noisy classifier checkpoint (`ddim train-classifier`; default with --classifier-scale: "
+                        "the bundled Fashion-MNIST classifier)")
+
+
+def _load_classifier(args, model, schedule, device):
+    """The noisy classifier of --classifier / --classifier-scale, checked against the model; None when off."""
+    from .checkpoint import BUNDLED_CLASSIFIER, load_classifier
+    from .generate import check_classifier
+
+    scale = args.classifier_scale
+    if not (scale >= 0 and scale < float("inf")):
+        raise ValueError(f"--classifier-scale must be a finite number >= 0, got {scale}")
+    if not scale:
+        if args.classifier is not None:
+            raise ValueError("--classifier needs --classifier-scale > 0")
+        return None
+    classifier, c_schedule, _ = load_classifier(args.classifier or BUNDLED_CLASSIFIER, device=device)
+    check_classifier(model, schedule, classifier, c_schedule)
+    return classifier
+
+
 def _writable(path) -> Path:
     """Fail before any work if ``path`` cannot be written."""
     path = Path(path)
@@ -128,6 +188,8 @@ def _add_sample(sub, formatter) -> None:
                         "--eta); T = 1000 model calls per image, 20× the default's 50: about 2 minutes for "
                         "64 images of the bundled model on 2 CPU cores")
     _add_solver(p)
+    _add_score_solver(p)
+    _add_classifier(p)
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0: off)")
     p.add_argument("--guidance-rescale", type=float, default=0.0,
                    help="φ in [0, 1]: pull the guided output's per-sample std back to the conditional one's "
@@ -161,15 +223,19 @@ def _run_sample(args) -> int:
         raise ValueError(f"--trajectory must end in .png or .gif, got {args.trajectory}")
     if args.sampler == "ddpm" and args.solver != "ddim":
         raise ValueError(f"--sampler ddpm is DDPM's own ancestral step; it takes no --solver (got {args.solver})")
+    solver = _solver(args)
     if args.sampler == "ddim":
-        get_solver(args.solver).eta(args.eta)  # a solver that takes no η: before loading anything
+        solver.eta(args.eta)  # a solver that takes no η: before loading anything
     model, schedule, prediction, device = _load(args)
     steps, eta = (schedule.num_steps, "large") if args.sampler == "ddpm" else (args.steps, args.eta)
     # validate everything before the progress bar starts
-    plan(schedule, steps, eta, args.spacing, solver=args.solver)
+    plan(schedule, steps, eta, args.spacing, solver=solver)
     x0_rule = _x0_rule(args)
-    conditioned(model, class_labels([0], model.config.num_classes, args.class_id), args.guidance,
-                args.guidance_rescale)
+    classifier = _load_classifier(args, model, schedule, device)
+    model_class = args.class_id if model.config.num_classes is not None or classifier is None else None
+    conditioned(model, class_labels([0], model.config.num_classes, model_class), args.guidance, args.guidance_rescale)
+    if classifier is not None:
+        class_labels([0], classifier.config.num_classes, args.class_id)
     for name, value in (("n", args.n), ("batch size", args.batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value}")
@@ -178,9 +244,9 @@ def _run_sample(args) -> int:
         # the trajectory only when asked: with --fast it keeps the first batch out of the CUDA graph
         res = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=steps, eta=eta,
                        spacing=args.spacing, prediction=prediction, class_id=args.class_id, guidance=args.guidance,
-                       guidance_rescale=args.guidance_rescale, device=device, return_trajectory=bool(args.trajectory), on_step=bar.update, fast=args.fast,
-                       channels_last=args.channels_last, solver=args.solver,
-                       **x0_rule)
+                       guidance_rescale=args.guidance_rescale, device=device, return_trajectory=bool(args.trajectory),
+                       on_step=bar.update, fast=args.fast, channels_last=args.channels_last, solver=solver,
+                       classifier=classifier, classifier_scale=args.classifier_scale, **x0_rule)
     images, traj = res if args.trajectory else (res, None)
     save_grid(images, out)
     if args.npz:

@@ -13,14 +13,14 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .guidance import ClassifierFreeGuidance, check_rescale
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_rescale
 from .noise import generators, randn
 from .samplers import FastSampler, fast_module, sample
 from .samplers.ddim import SampleOptions, run_sample
 from .schedule import Schedule
 
-__all__ = ["class_labels", "conditioned", "initial_noise", "generate", "generate_batch", "sampling_network", "slerp",
-           "interpolate"]
+__all__ = ["class_labels", "conditioned", "classifier_guided", "check_classifier", "initial_noise", "generate",
+           "generate_batch", "sampling_network", "slerp", "interpolate"]
 
 
 def class_labels(indices: Sequence[int], num_classes: Optional[int], class_id: Optional[int] = None):
@@ -58,6 +58,40 @@ def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
     return ClassifierFreeGuidance(model, labels, w=guidance, rescale=guidance_rescale)
 
 
+def check_classifier(model, schedule: Schedule, classifier, classifier_schedule: Optional[Schedule] = None) -> None:
+    """Refuse a noisy classifier that cannot guide ``model``: other image shape, other classes (for a
+    class-conditional model), or (when given) another noise schedule, whose x_t it never saw."""
+    m, c = model.config, classifier.config
+    if (c.in_channels, c.image_size) != (m.in_channels, m.image_size):
+        raise ValueError(f"the classifier takes {c.in_channels}×{c.image_size}×{c.image_size} images but the model "
+                         f"makes {m.in_channels}×{m.image_size}×{m.image_size}")
+    if m.num_classes is not None and c.num_classes != m.num_classes:
+        raise ValueError(f"the classifier has {c.num_classes} classes but the model has {m.num_classes}")
+    if classifier_schedule is not None and not (
+            classifier_schedule.num_steps == schedule.num_steps
+            and torch.allclose(classifier_schedule.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-6, atol=1e-12)):
+        raise ValueError("the classifier was trained on another noise schedule than the model's "
+                         "(train it with --schedule-from the model's checkpoint)")
+
+
+def classifier_guided(model_fn: Callable, schedule: Schedule, prediction: str, labels: Optional[torch.Tensor],
+                      indices: Sequence[int], class_id: Optional[int], classifier=None, scale: float = 0.0) -> Callable:
+    """``model_fn`` with classifier guidance at ``scale`` towards ``labels`` (those of a conditional model), or
+    towards ``class_labels`` over the classifier's classes (an unconditional model); itself when scale is 0."""
+    if classifier is None or not scale:
+        if scale and classifier is None:
+            raise ValueError(f"classifier scale {scale!r} needs a classifier")
+        return model_fn
+    y = labels if labels is not None else class_labels(indices, classifier.config.num_classes, class_id)
+    return ClassifierGuidance(model_fn, classifier, y, scale, schedule, prediction)
+
+
+def _model_class(cfg, class_id: Optional[int], classifier_scale: float) -> Optional[int]:
+    """The class the network itself is given: ``class_id``, except that an unconditional network guided by
+    a classifier takes none (the class is the classifier's)."""
+    return class_id if cfg.num_classes is not None or not classifier_scale else None
+
+
 def initial_noise(seed: int, indices: Sequence[int], shape, device="cpu", dtype=torch.float32):
     """x_T for samples ``indices`` (each from its own generator), and the generators, advanced past x_T,
     that the chain then continues to draw from. shape: (C, H, W)."""
@@ -69,7 +103,8 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
              eta=0.0, spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
              guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu", return_trajectory: bool = False,
              on_step: Optional[Callable[[], None]] = None, fast: bool = False,
-             channels_last: Optional[bool] = None, options: Optional[SampleOptions] = None, **sample_kwargs):
+             channels_last: Optional[bool] = None, options: Optional[SampleOptions] = None, classifier=None,
+             classifier_scale: float = 0.0, **sample_kwargs):
     """Draw n samples from a ``ddim.nn.UNet`` (or any network with ``.config`` and ``.null_label``).
 
     Args:
@@ -90,6 +125,8 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
             (benchmarks/cpu_sampling.py; images equal to 2e-6). ``fast`` always uses it.
         options: the sampling options as one ``SampleOptions`` (instead of steps … prediction and
             ``sample_kwargs``).
+        classifier, classifier_scale: classifier guidance (``ClassifierGuidance``) with this noisy classifier
+            at scale s, towards each sample's class (with ``guidance``: on top of classifier-free guidance).
         others: as in ``ddim.sample``.
     Returns:
         (n, C, H, W) float32 CPU tensor in the model's data range, and with ``return_trajectory`` the
@@ -115,16 +152,18 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
         if not fast:
             res = generate_batch(plain, schedule, range(start, stop), seed=seed, class_id=class_id,
                                  guidance=guidance, guidance_rescale=guidance_rescale, device=device,
-                                 on_step=on_step, return_trajectory=trajectory, options=opts)
+                                 on_step=on_step, return_trajectory=trajectory, options=opts, classifier=classifier,
+                                 classifier_scale=classifier_scale)
         else:
             idx = range(start, start + min(batch_size, n) if graphs else stop)
             x_T, gens = initial_noise(seed, idx, shape, device)
-            labels = class_labels(idx, cfg.num_classes, class_id)
+            labels = class_labels(idx, cfg.num_classes, _model_class(cfg, class_id, classifier_scale))
             if len(idx) not in models:
                 models[len(idx)] = _in_place_conditioned(net, labels, guidance, device, guidance_rescale)
             m, buf = models[len(idx)]
             if buf is not None:
                 buf.copy_(labels)
+            m = classifier_guided(m, schedule, opts.prediction, buf, idx, class_id, classifier, classifier_scale)
             with torch.inference_mode():
                 res = run(m, schedule, x_T, generator=gens, callback=callback, return_trajectory=trajectory,
                           options=opts)
@@ -151,7 +190,8 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: i
                    spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
                    guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu",
                    on_step: Optional[Callable[[], None]] = None,
-                   return_trajectory: bool = False, options: Optional[SampleOptions] = None, **sample_kwargs):
+                   return_trajectory: bool = False, options: Optional[SampleOptions] = None, classifier=None,
+                   classifier_scale: float = 0.0, **sample_kwargs):
     """The samples with global indices ``indices`` (e.g. ``range(64, 128)``) as one batch, exactly as
     ``generate`` draws them (it calls this for each batch without ``fast``): sample i seeded by (seed, i)
     and, for a class-conditional network, labelled as in ``class_labels``. Used where samples are drawn
@@ -164,7 +204,9 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: i
     opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction, **sample_kwargs)
     cfg = model.config
     x_T, gens = initial_noise(seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), device)
-    m = conditioned(model, class_labels(indices, cfg.num_classes, class_id), guidance, guidance_rescale)
+    labels = class_labels(indices, cfg.num_classes, _model_class(cfg, class_id, classifier_scale))
+    m = classifier_guided(conditioned(model, labels, guidance, guidance_rescale), schedule, opts.prediction, labels,
+                          indices, class_id, classifier, classifier_scale)
     callback = (lambda *_: on_step()) if on_step is not None else None
     with torch.inference_mode():
         return run_sample(m, schedule, x_T, opts, gens, callback=callback, return_trajectory=return_trajectory)
