@@ -32,15 +32,15 @@ from torch import nn
 
 __all__ = ["CheckpointError", "NonFiniteError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
            "list_checkpoints", "verify_checkpoint", "read_tensors", "read_json", "load_weights", "check_finite",
-           "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "BUNDLED_CLASSIFIER", "export_checkpoint",
-           "load_classifier"]
+           "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "BUNDLED_NOISY_CLASSIFIER", "export_checkpoint",
+           "load_noisy_classifier"]
 
 PathLike = Union[str, os.PathLike]
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "fashion_mnist_small"
 """The pretrained class-conditional Fashion-MNIST model shipped in the package (``ddim sample``'s default)."""
-BUNDLED_CLASSIFIER = Path(__file__).resolve().parent / "assets" / "fashion_mnist_classifier"
+BUNDLED_NOISY_CLASSIFIER = Path(__file__).resolve().parent / "assets" / "fashion_mnist_noisy_classifier"
 """The noisy Fashion-MNIST classifier shipped for classifier guidance of the bundled model."""
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _HASH_CHUNK = 1 << 22  # 4 MiB reads keep memory flat for large files
@@ -322,7 +322,7 @@ def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cp
     return _load_run(p, ema, device, UNet, classifier=False)
 
 
-def load_classifier(path: PathLike = BUNDLED_CLASSIFIER, ema: bool = True, device="cpu"):
+def load_noisy_classifier(path: PathLike = BUNDLED_NOISY_CLASSIFIER, ema: bool = True, device="cpu"):
     """Load a noisy classifier (``ddim train-classifier``): ``(classifier, schedule, config)``, arguments and
     errors as in ``load_checkpoint``; the default is the bundled Fashion-MNIST classifier. The classifier
     is a ``ddim.nn.NoisyClassifier`` in eval mode, called as ``classifier(x_t, t)`` -> (B, K) logits."""

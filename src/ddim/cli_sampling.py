@@ -129,7 +129,7 @@ def _add_classifier(p) -> None:
 
 def _load_classifier(args, model, schedule, device):
     """The noisy classifier of --classifier / --classifier-scale, checked against the model; None when off."""
-    from .checkpoint import BUNDLED_CLASSIFIER, load_classifier
+    from .checkpoint import BUNDLED_NOISY_CLASSIFIER, load_noisy_classifier
     from .generate import check_classifier
 
     scale = args.classifier_scale
@@ -139,7 +139,7 @@ def _load_classifier(args, model, schedule, device):
         if args.classifier is not None:
             raise ValueError("--classifier needs --classifier-scale > 0")
         return None
-    classifier, c_schedule, _ = load_classifier(args.classifier or BUNDLED_CLASSIFIER, device=device)
+    classifier, c_schedule, _ = load_noisy_classifier(args.classifier or BUNDLED_NOISY_CLASSIFIER, device=device)
     check_classifier(model, schedule, classifier, c_schedule)
     return classifier
 
