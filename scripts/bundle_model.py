@@ -23,15 +23,16 @@ from ddim.checkpoint import BUNDLED_MODEL, export_checkpoint, find_checkpoint, l
 from ddim.nn import count_parameters
 
 
-def training_record(run_dir: Path, command: str, device: str) -> dict:
-    """What a user needs to judge and reproduce the bundled model, from ``run_dir``'s own files."""
+def training_record(run_dir: Path, command: str, device: str, loader=load_checkpoint) -> dict:
+    """What a user needs to judge and reproduce the bundled model, from ``run_dir``'s own files
+    (``loader``: ``load_checkpoint``, or ``load_noisy_classifier`` for a classifier run)."""
     ckpt = find_checkpoint(run_dir)
     config = read_json(ckpt / "config.json")
     step = int(config["step"])
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     metrics = [m for m in metrics if "loss" in m and m["step"] <= step]
     last = [m["loss"] for m in metrics if m["step"] > step - 500]  # the last 500 steps: one noisy value says little
-    model, _, _ = load_checkpoint(ckpt)
+    model, _, _ = loader(ckpt)
     return {
         "steps": step,
         "steps_planned": config["train"]["steps"],
