@@ -80,7 +80,7 @@ def _add_solver(p, deterministic: bool = False) -> None:
     names = tuple(n for n in SOLVERS if not (deterministic and SOLVERS[n].noise_eta))
     p.add_argument("--solver", choices=names, default="ddim",
                    help=f"the step: {solver_help(deterministic)}"
-                        + ("" if deterministic else "; all but ddim take η = 0 only")
+                        + ("" if deterministic else "; all but ddim (and pc with the ddim predictor) take η = 0 only")
                         + ". Higher orders pay off in few steps (10-20) with --spacing logsnr")
 
 
