@@ -241,13 +241,20 @@ class UNet(nn.Module):
     def config(self) -> UNetConfig:
         return self._config
 
+    def label_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, E) rows of the label-embedding table for (B,) labels (num_classes = the null label ∅)."""
+        if self.label_embed is None:
+            raise ValueError("this UNet is unconditional: it has no label embeddings")
+        return self.label_embed(labels.to(self.label_embed.weight.device).long())
+
     @property
     def null_label(self) -> int | None:
         """The label index meaning "no class" (= num_classes), or None for an unconditional model."""
         return self._config.num_classes
 
     # ---- forward --------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, *,
+                label_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the training target (ε for DDPM) at noisy images x_t.
 
         Args:
@@ -255,16 +262,25 @@ class UNet(nn.Module):
             t: (B,) int64 or float training-step indices (a 0-d tensor or number is broadcast).
             labels: (B,) int64 class indices in [0, num_classes] (num_classes = null label), or None
                 (all-null on a conditional model). Must be None for an unconditional model.
+            label_emb: (B, E) label embeddings used in place of ``labels``' rows of the embedding table
+                (null-label inversion optimises these; ``label_embedding`` gives the table's rows).
         Returns:
             (B, out_channels, H, W) in x's dtype.
         """
         self._check_input(x)
         t = self._check_t(t, x)
         emb = self.time_embed(t)
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(self._check_labels(labels, x))
-        elif labels is not None:
+        if self.label_embed is None and (labels is not None or label_emb is not None):
             raise ValueError("labels were given but this UNet is unconditional (num_classes=None)")
+        if label_emb is not None:
+            if labels is not None:
+                raise ValueError("give labels or label_emb, not both")
+            if label_emb.shape != (x.shape[0], self._config.embed_dim):
+                raise ValueError(f"label_emb must be ({x.shape[0]}, {self._config.embed_dim}), "
+                                 f"got {tuple(label_emb.shape)}")
+            emb = emb + label_emb.to(emb.dtype)
+        elif self.label_embed is not None:
+            emb = emb + self.label_embed(self._check_labels(labels, x))
 
         p = self._config.patch_size
         hs = encode(self.down, self.conv_in(x if p == 1 else nn.functional.pixel_unshuffle(x, p)), emb)
