@@ -289,9 +289,27 @@ def _add_invert(sub, formatter) -> None:
     p = sub.add_parser("invert", help="DDIM inversion: images -> latents x_T", formatter_class=formatter,
                        description="Encode images into x_T by running the deterministic DDIM ODE backwards.")
     _common(p)
+    _add_method(p)
     p.add_argument("--images", nargs="+", required=True, help="image files (PNG/JPEG, any size and mode)")
-    p.add_argument("--out", default="latents.npz", help=".npz with latents (N, C, H, W) and file names")
+    p.add_argument("--out", default="latents.npz", help=".npz with latents (N, C, H, W), file names, and what the "
+                                                          "method keeps (null embeddings, noise maps, EDICT's 2nd chain)")
     p.set_defaults(func=_run_invert)
+
+
+def _add_method(p, guidance: bool = True) -> None:
+    from .inversion import METHODS
+
+    g = p.add_argument_group("guided inversion (class-conditional models; needs the images' class)")
+    g.add_argument("--method", choices=METHODS, default="ddim",
+                   help="ddim: plain DDIM inversion with the conditional model; null-label: null-text inversion "
+                        "(per-step null embeddings optimised for --guidance); negative-label: the class stands in "
+                        "for ∅; ddpm: edit-friendly DDPM inversion (exact, η = --ddpm-eta); edict: EDICT's coupled "
+                        "chains (exact)")
+    if guidance:
+        g.add_argument("--guidance", type=float, default=0.0,
+                       help="classifier-free guidance weight w the images are sampled back under (null-label, ddpm "
+                            "and edict invert for it)")
+    g.add_argument("--ddpm-eta", type=float, default=1.0, help="η of --method ddpm")
 
 
 def _add_reconstruct(sub, formatter) -> None:
@@ -300,9 +318,45 @@ def _add_reconstruct(sub, formatter) -> None:
                        description="x_0 -> x_T -> x_0 with --steps each way. Writes originals (top row) above "
                                    "reconstructions and prints the per-image MSE on the [0, 1] scale.")
     _common(p)
+    _add_method(p)
     p.add_argument("--images", nargs="+", required=True, help="image files (PNG/JPEG, any size and mode)")
     p.add_argument("--out", default="reconstruction.png", help="side-by-side PNG to write")
     p.set_defaults(func=_run_reconstruct)
+
+
+def _guided(args) -> bool:
+    """Whether --method/--guidance ask for ``ddim.inversion`` (else the plain ``ddim.invert`` path)."""
+    return getattr(args, "method", "ddim") != "ddim" or getattr(args, "guidance", 0.0) != 0
+
+
+def _guided_inversion(args):
+    """(model, schedule, prediction, x_0, ``Inversion``) for --method / --guidance."""
+    import torch
+
+    from .generate import class_labels
+    from .images import load_images
+    from .inversion import invert_image
+    from .noise import generators
+    from .samplers import plan
+
+    model, schedule, prediction, device = _load(args)
+    plan(schedule, args.steps, 0.0, args.spacing)
+    cfg = model.config
+    if cfg.num_classes is None:
+        raise ValueError(f"--method {args.method} / --guidance need a class-conditional model; this one is "
+                         "unconditional")
+    if args.class_id is None:
+        raise ValueError(f"--method {args.method} / --guidance need --class (the images' class)")
+    if not args.guidance >= 0:
+        raise ValueError(f"--guidance must be a number >= 0, got {args.guidance}")
+    x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
+    _note(args, notes)
+    labels = class_labels(range(len(x0)), cfg.num_classes, args.class_id)
+    with torch.inference_mode(False):
+        inv = invert_image(model, schedule, x0.to(device), labels, method=args.method, w=args.guidance,
+                           steps=args.steps, spacing=args.spacing, prediction=prediction, eta=args.ddpm_eta,
+                           generator=generators(args.seed, range(len(x0)), device))
+    return model, schedule, prediction, x0, inv
 
 
 def _inverted(args):
@@ -333,8 +387,18 @@ def _run_invert(args) -> int:
     import numpy as np
 
     out = _writable(args.out)
-    xT = _inverted(args)[4]
-    np.savez(out, latents=xT.float().cpu().numpy(), files=np.array([str(p) for p in args.images]), steps=args.steps)
+    extra = {}
+    if _guided(args):
+        inv = _guided_inversion(args)[4]
+        xT = inv.x_T
+        extra = {k: v.float().cpu().numpy() for k, v in (("null_embeddings", inv.null), ("noise", inv.noise),
+                                                          ("latents_y", inv.y_T)) if v is not None}
+        extra.update(method=inv.method, guidance=inv.w, labels=inv.labels.cpu().numpy(),
+                     timesteps=inv.timesteps.numpy())
+    else:
+        xT = _inverted(args)[4]
+    np.savez(out, latents=xT.float().cpu().numpy(), files=np.array([str(p) for p in args.images]), steps=args.steps,
+             **extra)
     _note(args, [f"wrote {out} ({len(args.images)} latents, {args.steps} steps)"])
     return 0
 
@@ -346,10 +410,16 @@ def _run_reconstruct(args) -> int:
     from .samplers import sample
 
     out = _writable(args.out)
-    _, schedule, prediction, x0, xT, _, m = _inverted(args)
-    with torch.inference_mode(), _bar(args, args.steps, "sampling") as bar:
-        back = sample(m, schedule, xT, args.steps, 0.0, args.spacing, prediction,
-                      callback=lambda *_: bar.update()).float().cpu()
+    if _guided(args):
+        from .inversion import regenerate
+
+        model, schedule, prediction, x0, inv = _guided_inversion(args)
+        back = regenerate(model, schedule, inv, prediction=prediction).float().cpu()
+    else:
+        _, schedule, prediction, x0, xT, _, m = _inverted(args)
+        with torch.inference_mode(), _bar(args, args.steps, "sampling") as bar:
+            back = sample(m, schedule, xT, args.steps, 0.0, args.spacing, prediction,
+                          callback=lambda *_: bar.update()).float().cpu()
     save_grid(torch.cat([x0, back]), out, nrow=len(x0))
     mse = ((back - x0) / 2).pow(2).flatten(1).mean(1)  # [-1, 1] -> [0, 1] scale, per image
     for path, e in zip(args.images, mse.tolist()):
@@ -418,6 +488,7 @@ def _add_edit(sub, formatter) -> None:
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight w toward --to-class")
     p.add_argument("--strength", type=float, default=0.6, help="how far to go: the edit starts at step strength·T")
     p.add_argument("--mode", choices=("invert", "sdedit", "both"), default="both", help="which edits to run")
+    _add_method(p, guidance=False)
     _add_solver(p, deterministic=True)
     p.add_argument("--out", default="edit.png", help="PNG to write")
     p.set_defaults(func=_run_edit)
@@ -448,8 +519,20 @@ def _run_edit(args) -> int:
     x0 = x0.to(device)
     kw = dict(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver)
     rows = [x0.cpu()]
+    if args.method != "ddim" and args.mode in ("invert", "both"):
+        from .inversion import invert_image, regenerate
+
+        if args.from_class is None:
+            raise ValueError(f"--method {args.method} needs --from-class (the images' class)")
+        if args.solver != "ddim":
+            raise ValueError(f"--method {args.method} runs its own steps; it takes no --solver (got {args.solver})")
+        tau = edit_timesteps(schedule, args.steps, args.strength, args.spacing)
+        inv = invert_image(model, schedule, x0, source_labels, method=args.method, w=args.guidance, timesteps=tau,
+                           prediction=prediction, eta=args.ddpm_eta, generator=generators(args.seed, range(n), device))
+        rows.append(regenerate(model, schedule, inv, class_labels(range(n), cfg.num_classes, args.to_class),
+                               prediction=prediction).float().cpu())
     with torch.inference_mode():
-        if args.mode in ("invert", "both"):
+        if args.mode in ("invert", "both") and args.method == "ddim":
             rows.append(invert_regenerate(source, target, schedule, x0, args.strength, **kw).float().cpu())
         if args.mode in ("sdedit", "both"):
             gens = generators(args.seed, range(n), device)  # one stream per image

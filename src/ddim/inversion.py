@@ -111,7 +111,7 @@ def _embeddings(model, labels: torch.Tensor):
 def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tensor, *, method: str = "ddim",
                  w: float = 0.0, steps: int = 50, spacing: str = "uniform", prediction: str = "epsilon",
                  eta: float = 1.0, mix: float = 0.93, null_iters: int = 10, null_lr: float = 1e-2,
-                 null_tol: float = 1e-5, generator: Generators = None) -> Inversion:
+                 null_tol: float = 1e-5, generator: Generators = None, timesteps=None) -> Inversion:
     """Invert x_0 (B, C, H, W) of classes ``labels`` (B,) for regeneration under guidance ``w``.
 
     Args:
@@ -121,6 +121,8 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
             iterations per step, its learning rate, and the early-stop threshold on the step's loss
             (null-text inversion's 10, 1e-2 and 1e-5, the threshold growing by 2e-5 per step as there).
         generator: the ddpm method's draws of x_t ~ q(x_t | x_0).
+        timesteps: an explicit descending grid instead of steps/spacing (e.g. ``ddim.edit.edit_timesteps``'s
+            low-noise part of one, for an edit of strength < 1).
     """
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; allowed: {', '.join(METHODS)}")
@@ -133,18 +135,24 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
     labels = labels.to(x0.device)
     cond, null = _embeddings(model, labels)
     if method == "ddpm":
-        inv = _invert_ddpm(model, schedule, x0, labels, cond, null, w, steps, spacing, prediction, eta, generator)
+        if not (isinstance(eta, (int, float)) and eta > 0):
+            raise ValueError(f"edit-friendly DDPM inversion needs eta > 0, got {eta!r}")
+        grid = _coefs(schedule, steps, spacing, eta, timesteps)
+        inv = _invert_ddpm(model, grid, x0, labels, cond, null, w, prediction, eta, generator)
     elif method == "edict":
-        inv = _invert_edict(model, schedule, x0, labels, cond, null, w, steps, spacing, prediction, mix)
+        if not (isinstance(mix, (int, float)) and 0 < mix < 1):
+            raise ValueError(f"EDICT's mixing p must lie in (0, 1), got {mix!r}")
+        inv = _invert_edict(model, _coefs(schedule, steps, spacing, 0.0, timesteps), x0, labels, cond, null, w,
+                            prediction, mix)
     else:
-        inv = _invert_ddim(model, schedule, x0, labels, cond, null, steps, spacing, prediction, w, method,
-                           null_iters, null_lr, null_tol)
+        inv = _invert_ddim(model, _coefs(schedule, steps, spacing, 0.0, timesteps), x0, labels, cond, null,
+                           prediction, w, method, null_iters, null_lr, null_tol)
     inv.seconds = time.perf_counter() - start
     return inv
 
 
-def _invert_ddim(model, schedule, x0, labels, cond, null, steps, spacing, prediction, w, method, iters, lr, tol):
-    p, rows = _coefs(schedule, steps, spacing)
+def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, iters, lr, tol):
+    p, rows = grid
     tb = lambda k: p.timesteps[k].expand(x0.shape[0]).to(x0.device)  # noqa: E731
     # the pivot: conditional DDIM inversion, z*_0 = x_0 up to z*_T (eq. 12 with the roles of ᾱ swapped)
     pivot, x, calls = [x0], x0, 0
@@ -192,10 +200,8 @@ def _invert_step(model, x, t, cond, abar_t, abar_prev, prediction):
     return abar_t**0.5 * x0 + (1 - abar_t) ** 0.5 * eps
 
 
-def _invert_ddpm(model, schedule, x0, labels, cond, null, w, steps, spacing, prediction, eta, generator):
-    if not (isinstance(eta, (int, float)) and eta > 0):
-        raise ValueError(f"edit-friendly DDPM inversion needs eta > 0, got {eta!r}")
-    p, rows = _coefs(schedule, steps, spacing, eta)
+def _invert_ddpm(model, grid, x0, labels, cond, null, w, prediction, eta, generator):
+    p, rows = grid
     # x_t ~ q(x_t | x_0) independently at every grid point (not a chain: the edit-friendly choice)
     xs = [abar**0.5 * x0 + (1 - abar) ** 0.5 * randn(x0.shape, generator, x0.device, x0.dtype)
           for abar, _, _ in rows] + [x0]
@@ -215,10 +221,8 @@ def edict_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float]:
     return (abar_prev / abar_t) ** 0.5, (1 - abar_prev) ** 0.5 - (abar_prev * (1 - abar_t) / abar_t) ** 0.5
 
 
-def _invert_edict(model, schedule, x0, labels, cond, null, w, steps, spacing, prediction, mix):
-    if not (isinstance(mix, (int, float)) and 0 < mix < 1):
-        raise ValueError(f"EDICT's mixing p must lie in (0, 1), got {mix!r}")
-    p, rows = _coefs(schedule, steps, spacing)
+def _invert_edict(model, grid, x0, labels, cond, null, w, prediction, mix):
+    p, rows = grid
     x, y = x0, x0.clone()
     with torch.no_grad():
         for k in reversed(range(len(rows))):  # EDICT inversion: the denoising step solved backwards
