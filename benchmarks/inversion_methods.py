@@ -76,7 +76,7 @@ def main() -> None:
             calls = inv.model_calls
             back = regenerate(model, schedule, inv, prediction=config.prediction)
             seconds = time.perf_counter() - t0
-            calls += (4 if method == "edict" else 2 if w else 1) * args.steps
+            calls += (2 if method == "edict" else 1) * (2 if w else 1) * args.steps  # the regeneration's
             err = _mse(back, x0)
             rows.append({"method": method, "w": w, "n": len(x0), "mse": float(err.mean()), "mse_max": float(err.max()),
                          "nfe_per_image": calls, "seconds_per_image": seconds / len(x0)})

@@ -50,7 +50,8 @@ class Inversion:
     method, w: how it was made (regenerate under this w to get x_0 back). timesteps: (S,) the grid, descending.
     x_T: (B, …) the start. y_T: EDICT's second chain (else None). null: (S, B, E) per-step null embeddings
     (null-label). noise: (S, B, …) per-step noise terms (ddpm). eta: the η of ddpm. labels: (B,) the source
-    classes. model_calls: network evaluations (image-batches) the inversion took. seconds: its wall time.
+    classes. model_calls: network forward passes per image the inversion took (a guided ε̂ is 2; null-label's
+    backward passes not counted). seconds: its wall time.
     """
 
     method: str
@@ -212,7 +213,7 @@ def _invert_ddpm(model, grid, x0, labels, cond, null, w, prediction, eta, genera
                          abar_prev, sigma, prediction)
             noise.append(xs[k + 1] - mean)  # n_k: what the step must add to land on x_{t−1}
     return Inversion("ddpm", float(w), p.timesteps, xs[0], labels, noise=torch.stack(noise), eta=float(eta),
-                     model_calls=len(rows))
+                     model_calls=len(rows) * (2 if w else 1))
 
 
 def edict_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float]:
@@ -233,7 +234,8 @@ def _invert_edict(model, grid, x0, labels, cond, null, w, prediction, mix):
             x_inter = (x - (1 - mix) * y_inter) / mix
             y = (y_inter - b * guided_eps(model, x_inter, t, cond, null, w, abar_t, prediction)) / a
             x = (x_inter - b * guided_eps(model, y, t, cond, null, w, abar_t, prediction)) / a
-    return Inversion("edict", float(w), p.timesteps, x, labels, y_T=y, eta=float(mix), model_calls=2 * len(rows))
+    return Inversion("edict", float(w), p.timesteps, x, labels, y_T=y, eta=float(mix),
+                     model_calls=2 * len(rows) * (2 if w else 1))
 
 
 def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch.Tensor] = None,
