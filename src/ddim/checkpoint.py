@@ -33,7 +33,7 @@ from torch import nn
 __all__ = ["CheckpointError", "NonFiniteError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
            "list_checkpoints", "verify_checkpoint", "read_tensors", "read_json", "load_weights", "check_finite",
            "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "BUNDLED_NOISY_CLASSIFIER", "export_checkpoint",
-           "load_noisy_classifier"]
+           "load_noisy_classifier", "clean_leftovers"]
 
 PathLike = Union[str, os.PathLike]
 CHECKPOINTS_DIR = "checkpoints"
@@ -116,7 +116,12 @@ def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     # safetensors wants contiguous CPU tensors that share no storage.
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+    try:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+    except Exception as e:  # a full disk surfaces as safetensors' own error type: report it as what it is
+        if isinstance(e, OSError):
+            raise
+        raise OSError(f"cannot write {path}: {_one_line(e)}") from None
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -144,6 +149,10 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], source:
         if tuple(tensors[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source} does not fit this architecture: {k!r} has shape "
                                   f"{tuple(tensors[k].shape)}, the model expects {tuple(v.shape)}")
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{source} holds NaN or Inf in {bad!r}: the weights are unusable (a diverged or "
+                              "damaged run; use an earlier checkpoint)")
     module.load_state_dict(dict(tensors), strict=True)
 
 
@@ -203,6 +212,27 @@ def _write_dir_atomically(final: Path, jsons: Mapping[str, Mapping],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def clean_leftovers(run_dir: PathLike) -> list[str]:
+    """Remove what a killed ``save_checkpoint`` may leave in ``run_dir/checkpoints``: half-written ``.tmp-*``
+    folders (deleted), and ``.old-*`` folders, the previous version of a checkpoint moved aside (put back
+    if the new one never arrived, else deleted). Returns what it did, one line each."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    done = []
+    for p in sorted(root.glob(".tmp-*")) if root.is_dir() else []:
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(f"removed the unfinished {p.name}")
+    for p in sorted(root.glob(".old-*")) if root.is_dir() else []:
+        m = re.match(r"^\.old-(step_\d+)-\d+$", p.name)
+        final = root / m.group(1) if m else None
+        if final is not None and not final.exists():
+            p.rename(final)
+            done.append(f"restored {final.name} from {p.name}")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed the superseded {p.name}")
+    return done
 
 
 def save_checkpoint(run_dir: PathLike, step: int, config: Mapping, tensors: Mapping[str, Mapping[str, torch.Tensor]],

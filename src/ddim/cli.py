@@ -245,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_allocation_failure(e: BaseException) -> bool:
+    text = str(e)
+    return any(s in text for s in ("bad_alloc", "can't allocate memory", "out of memory", "DefaultCPUAllocator"))
+
+
 def _fail(message: str, code: int) -> int:
     print(f"ddim: error: {' '.join(str(message).split())}", file=sys.stderr)
     return code
@@ -266,6 +271,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(str(e), EXIT_FAILED)
     except (ValueError, OSError) as e:  # bad values, missing/unwritable paths, corrupted checkpoints
         return _fail(str(e), EXIT_USAGE)
+    except MemoryError as e:
+        return _fail(f"out of memory ({e or 'the request is too large'}); lower --batch-size or the sizes", EXIT_USAGE)
+    except RuntimeError as e:  # torch's allocator reports a failed allocation as a RuntimeError
+        if not _is_allocation_failure(e):
+            raise
+        return _fail(f"out of memory: {str(e).splitlines()[0][:200]}; lower --batch-size or the sizes", EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
 

@@ -144,13 +144,55 @@ def _load_classifier(args, model, schedule, device):
     return classifier
 
 
-def _writable(path) -> Path:
-    """Fail before any work if ``path`` cannot be written."""
+MAX_N = 1_000_000          # images per command (an FID needs 50,000)
+MAX_BATCH = 65_536
+MAX_FRAMES = 1_000
+
+
+def _writable(path, suffixes=None, folder: bool = False) -> Path:
+    """Fail before any work (and without creating anything) if ``path`` cannot be written: a wrong suffix
+    (``suffixes``: the allowed ones; None: an image format), an existing folder in its place (or, with
+    ``folder``, a file), a file where a parent folder must go, an unwritable folder or a symlink loop."""
+    from .images import check_image_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise OSError(f"cannot write {path}")
+    if folder:
+        pass
+    elif suffixes is None:
+        check_image_path(path)
+    elif path.suffix.lower() not in suffixes:
+        raise ValueError(f"cannot write {path}: the file name must end in {' or '.join(suffixes)}")
+    try:
+        if path.is_dir() != folder and path.exists():
+            raise OSError(f"cannot write {path}: it exists and is {'not ' if folder else ''}a folder")
+        ancestor = path if folder else path.parent
+        while not ancestor.exists():  # the nearest existing ancestor must be a writable folder
+            if ancestor.is_symlink():
+                raise OSError(f"cannot write {path}: {ancestor} is a symlink that leads nowhere (dangling, or a loop)")
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OSError(f"cannot write {path}: {ancestor} exists and is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise OSError(f"cannot write {path}: {ancestor} is not writable")
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OSError(f"cannot write {path}: {e.strerror}") from None  # e.g. a symlink loop (ELOOP)
     return path
+
+
+def _check_count(name: str, value: int, most: int, least: int = 1) -> None:
+    if not least <= value <= most:
+        raise ValueError(f"{name} must be an integer in [{least}, {most:,}], got {value}")
+
+
+def _save_npz(path, **arrays) -> None:
+    """``numpy.savez`` to exactly ``path`` (no ".npz" appended), atomically."""
+    import numpy as np
+
+    from .atomic import atomic_write
+
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load(args):
@@ -216,11 +258,14 @@ def _run_sample(args) -> int:
     from .samplers import plan
 
     out = _writable(args.out)
-    for extra in (args.npz, args.trajectory):
-        if extra:
-            _writable(extra)
-    if args.trajectory and Path(args.trajectory).suffix.lower() not in (".png", ".gif"):
-        raise ValueError(f"--trajectory must end in .png or .gif, got {args.trajectory}")
+    if args.npz:
+        _writable(args.npz, (".npz",))
+    if args.trajectory:
+        _writable(args.trajectory, (".png", ".gif"))
+    if args.images_dir:
+        _writable(args.images_dir, folder=True)
+    _check_count("--n", args.n, MAX_N)
+    _check_count("--batch-size", args.batch_size, MAX_BATCH)
     if args.sampler == "ddpm" and args.solver != "ddim":
         raise ValueError(f"--sampler ddpm is DDPM's own ancestral step; it takes no --solver (got {args.solver})")
     solver = _solver(args)
@@ -236,9 +281,6 @@ def _run_sample(args) -> int:
     conditioned(model, class_labels([0], model.config.num_classes, model_class), args.guidance, args.guidance_rescale)
     if classifier is not None:
         class_labels([0], classifier.config.num_classes, args.class_id)
-    for name, value in (("n", args.n), ("batch size", args.batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value}")
     batches = -(-args.n // args.batch_size)
     with _bar(args, batches * steps, "sampling") as bar:
         # the trajectory only when asked: with --fast it keeps the first batch out of the CUDA graph
@@ -250,9 +292,7 @@ def _run_sample(args) -> int:
     images, traj = res if args.trajectory else (res, None)
     save_grid(images, out)
     if args.npz:
-        import numpy as np
-
-        np.savez(args.npz, images=images.numpy(), seed=args.seed, steps=steps, eta=str(eta))
+        _save_npz(args.npz, images=images.numpy(), seed=args.seed, steps=steps, eta=str(eta))
     if args.images_dir:
         save_images(images, args.images_dir)
     if args.trajectory:
@@ -386,7 +426,7 @@ def _inverted(args):
 def _run_invert(args) -> int:
     import numpy as np
 
-    out = _writable(args.out)
+    out = _writable(args.out, (".npz",))
     extra = {}
     if _guided(args):
         inv = _guided_inversion(args)[4]
@@ -397,8 +437,8 @@ def _run_invert(args) -> int:
                      timesteps=inv.timesteps.numpy())
     else:
         xT = _inverted(args)[4]
-    np.savez(out, latents=xT.float().cpu().numpy(), files=np.array([str(p) for p in args.images]), steps=args.steps,
-             **extra)
+    _save_npz(out, latents=xT.float().cpu().numpy(), files=np.array([str(p) for p in args.images]), steps=args.steps,
+              **extra)
     _note(args, [f"wrote {out} ({len(args.images)} latents, {args.steps} steps)"])
     return 0
 
@@ -453,6 +493,7 @@ def _run_interpolate(args) -> int:
     from .images import save_grid
 
     out = _writable(args.out)
+    _check_count("--frames", args.frames, MAX_FRAMES, least=2)
     x0_rule = _x0_rule(args)
     if args.images:  # decode with the conditioning used to invert
         model, schedule, prediction, _, xT, labels, _ = _inverted(args)

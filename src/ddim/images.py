@@ -12,7 +12,25 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "load_images", "save_gif"]
+from .atomic import atomic_write
+
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "load_images", "save_gif", "check_image_path",
+           "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
+                  ".tiff": "TIFF", ".webp": "WEBP"}
+MAX_PIXELS = 16_000_000  # per input image: 4000×4000; larger files are refused before decoding
+
+
+def check_image_path(path: Union[str, Path], allowed=None) -> str:
+    """The Pillow format for an output path's suffix, or a ValueError naming the suffix and what is allowed
+    (checked before any work, so a typo does not cost a whole sampling run)."""
+    suffixes = allowed or tuple(IMAGE_SUFFIXES)
+    suffix = Path(path).suffix.lower()
+    if suffix not in suffixes:
+        raise ValueError(f"cannot write {path}: unknown image extension {suffix or '(none)'!r}; "
+                         f"allowed: {', '.join(suffixes)}")
+    return IMAGE_SUFFIXES[suffix]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -70,24 +88,26 @@ def _to_pil(image: torch.Tensor):
 
 def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: Optional[int] = None,
               padding: int = 2) -> Path:
-    """Write ``make_grid(images, nrow, padding)`` as a PNG (parent folders are created)."""
+    """Write ``make_grid(images, nrow, padding)`` as an image file, atomically (parent folders are created;
+    the format follows the suffix, see ``check_image_path``)."""
     path = Path(path)
+    fmt = check_image_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(make_grid(images, nrow, padding)).save(path)
-    return path
+    pil = _to_pil(make_grid(images, nrow, padding))
+    return atomic_write(path, lambda f: pil.save(f, format=fmt))
 
 
 def save_images(images: torch.Tensor, directory: Union[str, Path], start: int = 0,
                 prefix: str = "") -> list[Path]:
-    """Write each image of a (N, C, H, W) batch as ``{prefix}{start+i:06d}.png`` in ``directory``."""
+    """Write each image of a (N, C, H, W) batch as ``{prefix}{start+i:06d}.png`` in ``directory`` (each file
+    atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     x = images.cpu() if images.dtype == torch.uint8 else to_uint8(images)
     paths = []
     for i in range(x.shape[0]):
-        p = directory / f"{prefix}{start + i:06d}.png"
-        _to_pil(x[i]).save(p)
-        paths.append(p)
+        pil = _to_pil(x[i])
+        paths.append(atomic_write(directory / f"{prefix}{start + i:06d}.png", lambda f: pil.save(f, format="PNG")))
     return paths
 
 
@@ -112,11 +132,19 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
     for path in map(Path, paths):
         try:
             with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:  # refused from the header, before decoding
+                    raise ValueError(f"{path} is {img.width}×{img.height} pixels; at most {MAX_PIXELS:,} are read")
                 img.load()
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as e:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"{path} is not a readable image ({type(e).__name__})") from None
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: scale, do not clip to 255
+            import numpy as np
+
+            wide = np.asarray(img, dtype=np.float64)
+            notes.append(f"{path}: scaled 16-bit {img.mode} to 8 bits")
+            img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
         if img.mode != mode:
             notes.append(f"{path}: converted {img.mode} to {mode}")
             img = img.convert(mode)
@@ -131,9 +159,9 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
 
 
 def save_gif(frames: list, path: Union[str, Path], duration_ms: int = 120) -> Path:
-    """Write uint8 (C, H, W) frames as a looping GIF."""
+    """Write uint8 (C, H, W) frames as a looping GIF, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = [_to_pil(f) for f in frames]
-    pil[0].save(path, save_all=True, append_images=pil[1:], duration=duration_ms, loop=0)
-    return path
+    return atomic_write(path, lambda f: pil[0].save(f, format="GIF", save_all=True, append_images=pil[1:],
+                                                    duration=duration_ms, loop=0))

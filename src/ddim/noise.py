@@ -7,6 +7,7 @@ its position in the batch. ``generators(seed, indices)`` derives those seeds fro
 
 from __future__ import annotations
 
+from collections import abc
 from typing import Iterable, Sequence, Union
 
 import numpy as np
@@ -43,6 +44,10 @@ def randn(shape, generator: Generators = None, device=None, dtype=torch.float32)
     shape = tuple(shape)
     if generator is None or isinstance(generator, torch.Generator):
         return _draw(shape, generator, device, dtype)
+    if not isinstance(generator, abc.Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise ValueError(f"generator must be a torch.Generator, a sequence of them (one per sample) or None, got "
+                         f"{type(generator).__name__} (for a seed use torch.Generator().manual_seed(seed) or "
+                         "ddim.generators(seed, indices))")
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} per-sample generators for a batch of {shape[0]}")
     return torch.stack([_draw(shape[1:], g, device, dtype) for g in generator])

@@ -22,9 +22,12 @@ __all__ = ["Schedule", "rescale_zero_terminal_snr"]
 _F64 = torch.float64
 
 
+MAX_T = 100_000  # diffusion steps; real schedules use 1,000-4,000 (a config asking for 2e9 is damaged)
+
+
 def _check_T(num_steps: int) -> int:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= MAX_T:
+        raise ValueError(f"num_steps must be an integer in [1, {MAX_T:,}], got {num_steps!r}")
     return num_steps
 
 

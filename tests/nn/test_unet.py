@@ -243,7 +243,7 @@ def test_patch_size_folds_pixels_into_channels_and_back():
 def test_patch_size_validation_and_config_round_trip():
     with pytest.raises(ValueError, match=r"divisible by patch_size · 2\^\(levels-1\) = 12"):
         _patched(image_size=30, patch_size=3, channel_mult=(1, 2, 2), attn_resolutions=())
-    with pytest.raises(ValueError, match="patch_size must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"patch_size must be an integer in \[1, 64\]"):
         _patched(patch_size=0)
     c = _patched().config
     assert UNetConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c

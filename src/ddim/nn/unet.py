@@ -107,13 +107,27 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Upper bounds checked before any weight is allocated: a damaged or hostile config.json must get an
+# error, not a request for 64 GB. Generous for real models (DDPM's largest: 256 px, 128 channels).
+LIMITS = {"image_size": 4096, "in_channels": 64, "out_channels": 64, "base_channels": 2048, "num_res_blocks": 32,
+          "norm_groups": 2048, "patch_size": 64}
+MAX_PARAMETERS = 4_000_000_000
+
+
 def _validate(c: UNetConfig) -> None:
     """Raise ValueError naming the first field that cannot build a working network."""
     for name in ("image_size", "in_channels", "out_channels", "base_channels", "num_res_blocks", "norm_groups",
                  "patch_size"):
         v = getattr(c, name)
-        if not _is_int(v) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not _is_int(v) or not 1 <= v <= LIMITS[name]:
+            raise ValueError(f"{name} must be an integer in [1, {LIMITS[name]}], got {v!r}")
+    if len(c.channel_mult) > 12 or any(_is_int(m) and m > 64 for m in c.channel_mult):
+        raise ValueError(f"channel_mult must have at most 12 levels of at most 64, got {c.channel_mult!r}")
+    widest = c.base_channels * max((m for m in c.channel_mult if _is_int(m)), default=1)
+    # two 3×3 convs per ResBlock, (2·num_res_blocks + 1) ResBlocks per level up and down: a coarse upper bound
+    if 18 * widest**2 * (2 * c.num_res_blocks + 3) * len(c.channel_mult) > MAX_PARAMETERS:
+        raise ValueError(f"this UNet config would have billions of parameters (base_channels={c.base_channels}, "
+                         f"channel_mult={c.channel_mult}); at most {MAX_PARAMETERS:,} are built")
     if c.base_channels % 2 or c.base_channels < 4:
         raise ValueError(f"base_channels must be even and >= 4 (sinusoid width), got {c.base_channels}")
     if not c.channel_mult or not all(_is_int(m) and m >= 1 for m in c.channel_mult):

@@ -116,7 +116,9 @@ def _check_inputs(x: torch.Tensor, name: str) -> None:
 def _call(model: Model, x: torch.Tensor, t: torch.Tensor, io_dtype: torch.dtype) -> torch.Tensor:
     """The model sees x in the caller's dtype; its output comes back in the sampler's (x's) dtype."""
     out = model(x.to(io_dtype), t)
-    if not torch.is_tensor(out) or out.shape != x.shape:
+    if not torch.is_tensor(out):
+        raise ValueError(f"the model must return a torch.Tensor, got {type(out).__module__}.{type(out).__name__}")
+    if out.shape != x.shape:
         raise ValueError(f"model output has shape {tuple(getattr(out, 'shape', ()))}, "
                          f"expected {tuple(x.shape)} (the shape of x_t)")
     return out.to(x.dtype)

@@ -23,8 +23,9 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import (CheckpointError, NonFiniteError, check_finite, find_checkpoint, list_checkpoints,
-                          load_weights, read_json, read_tensors, save_checkpoint, verify_checkpoint, write_json)
+from ..checkpoint import (CheckpointError, NonFiniteError, check_finite, clean_leftovers, find_checkpoint,
+                          list_checkpoints, load_weights, read_json, read_tensors, save_checkpoint, verify_checkpoint,
+                          write_json)
 from ..images import save_grid
 from ..samplers import sample
 from ..transfer import to_device
@@ -168,6 +169,11 @@ class Trainer:
         return torch.compile(net) if self.config.train.compile else net
 
     def _prepare_out_dir(self, resume: bool) -> None:
+        if self.info.is_main:
+            for line in clean_leftovers(self.out_dir):  # a kill during a checkpoint write
+                if not self.quiet:
+                    print(f"ddim: note: {line}")
+        barrier(self.info)
         existing = list_checkpoints(self.out_dir)
         if existing and not resume:
             raise ValueError(f"{self.out_dir} already holds checkpoints (latest {existing[-1].name}); pass --resume "

@@ -1,0 +1,47 @@
+"""Atomic file output: every file ddim writes for a user appears whole or not at all.
+
+``atomic_write(path, write)`` calls ``write(f)`` on a temporary sibling of ``path`` (same folder, so the
+final rename never crosses file systems), fsyncs it and renames it over ``path``. If anything fails —
+the writer, a full disk, a kill — the temporary file is removed and a file already at ``path`` is left
+byte for byte as it was. Temporary names start with ``.`` and end in ``.tmp`` (``TEMP_GLOB``), so a
+crash leftover is recognisable and never mistaken for an output.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Union
+
+__all__ = ["atomic_write", "TEMP_GLOB"]
+
+TEMP_GLOB = ".*.tmp"
+
+
+def atomic_write(path: Union[str, Path], write: Callable) -> Path:
+    """Write ``path`` through ``write(binary file)`` atomically (module docstring); returns the path.
+
+    Raises:
+        OSError: the folder is missing or unwritable, or the disk is full (the message names ``path``);
+            errors raised by ``write`` itself propagate unchanged. Either way nothing at ``path`` changed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        # O_EXCL: never reuse a stranger's file; 0o666 & umask: the permissions a plain open() gives
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise OSError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    return path
