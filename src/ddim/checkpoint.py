@@ -82,7 +82,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """``obj`` as indented JSON at ``path``, atomically (``ddim.atomic``)."""
+    from .atomic import atomic_write
+
+    text = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def read_json(path: PathLike) -> dict:

@@ -220,7 +220,7 @@ def _note(args, lines) -> None:
 def _add_sample(sub, formatter) -> None:
     p = sub.add_parser("sample", help="generate images with DDIM (or DDPM) sampling", formatter_class=formatter,
                        description="Generate --n images into a grid PNG. With a fixed --seed, image i is the "
-                                   "same whatever --n or --batch-size.")
+                                   "same whatever --n or --batch-size (up to float rounding: one grey level).")
     _common(p)
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--eta", type=_eta, default=0.0, help="η of DDIM eq. 16 (0: deterministic DDIM, 1: DDPM "

@@ -133,11 +133,15 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
         try:
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:  # refused from the header, before decoding
-                    raise ValueError(f"{path} is {img.width}×{img.height} pixels; at most {MAX_PIXELS:,} are read")
+                    raise ValueError(f"{path} is too large: {img.width}×{img.height} pixels; at most "
+                                     f"{MAX_PIXELS:,} are read")
                 img.load()
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        except Image.DecompressionBombError:  # Pillow's own guard, in open() for the largest headers
+            raise ValueError(f"{path} is too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; at most "
+                             f"{MAX_PIXELS:,} are read") from None
+        except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{path} is not a readable image ({type(e).__name__})") from None
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: scale, do not clip to 255
             import numpy as np

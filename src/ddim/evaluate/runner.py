@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..data import ImageData
 from ..generate import conditioned, generate_batch, sampling_network
 from ..images import to_uint8
@@ -116,12 +116,7 @@ def _mean_std(v: torch.Tensor) -> tuple[float, float]:
 
 def _atomic_write(path: Path, write: Callable) -> None:
     """``write(file)`` into a temporary sibling, fsync, rename over ``path``: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------------ sample store

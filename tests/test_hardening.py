@@ -1,0 +1,252 @@
+"""Hostile input, table-driven: every case gets one `ddim: error:` line and exit 2 (no traceback), leaves
+any pre-existing output byte for byte, and creates nothing; plus fault injection (disk full during every
+kind of output write) and the README's determinism sentence. Add a case: one row in CASES."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddim
+from ddim import atomic
+from ddim.checkpoint import BUNDLED_MODEL, MANIFEST
+from ddim.cli import main
+
+FAST = ["--steps", "2", "--n", "2", "--quiet"]
+
+
+def _bundle_with(tmp: Path, **config_changes) -> str:
+    """A copy of the bundled model whose config.json has ``config_changes`` (dotted keys) and a manifest
+    that matches it, so the config itself (not its hash) is what gets refused."""
+    dst = tmp / "ckpt"
+    shutil.copytree(BUNDLED_MODEL, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for key, value in config_changes.items():
+        section, field = key.split(".")
+        cfg[section][field] = value
+    (dst / "config.json").write_text(json.dumps(cfg))
+    manifest = json.loads((dst / MANIFEST).read_text())
+    data = (dst / "config.json").read_bytes()
+    manifest["config.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (dst / MANIFEST).write_text(json.dumps(manifest))
+    return str(dst)
+
+
+def _nan_weights(tmp: Path) -> str:
+    from safetensors.torch import load_file, save_file
+
+    dst = Path(_bundle_with(tmp))
+    tensors = load_file(str(dst / "ema.safetensors"))
+    first = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, str(dst / "ema.safetensors"))
+    manifest = json.loads((dst / MANIFEST).read_text())
+    data = (dst / "ema.safetensors").read_bytes()
+    manifest["ema.safetensors"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (dst / MANIFEST).write_text(json.dumps(manifest))
+    return str(dst)
+
+
+def _huge_png(tmp: Path) -> str:
+    path = tmp / "huge.png"
+    Image.new("L", (20000, 20000)).save(path)  # ~400 KB on disk, 400 M pixels decoded
+    return str(path)
+
+
+def _loop(tmp: Path) -> str:
+    (tmp / "a").symlink_to(tmp / "b")
+    (tmp / "b").symlink_to(tmp / "a")
+    return str(tmp / "a" / "x.png")
+
+
+def _file(tmp: Path) -> str:
+    (tmp / "file").write_text("x")
+    return str(tmp / "file")
+
+
+# (id, argv builder(tmp) -> list, expected message fragment)
+CASES = [
+    ("huge n and batch", lambda t: ["sample", "--n", "1000000000", "--batch-size", "1000000000", "--out",
+                                    str(t / "o.png")], "--n must be an integer in [1, 1,000,000]"),
+    ("huge batch", lambda t: ["sample", "--batch-size", "1000000000", "--out", str(t / "o.png")],
+     "--batch-size must be an integer in"),
+    ("config base_channels 65536", lambda t: ["sample", "--checkpoint", _bundle_with(t, **{"model.base_channels": 65536}),
+                                              "--out", str(t / "o.png")], "base_channels must be an integer in [1, 2048]"),
+    ("config num_steps 2e9", lambda t: ["sample", "--checkpoint", _bundle_with(t, **{"schedule.num_steps": 2_000_000_000}),
+                                        "--out", str(t / "o.png")], "num_steps must be an integer in [1, 100,000]"),
+    ("config image_size 114688", lambda t: ["sample", "--checkpoint", _bundle_with(t, **{"model.image_size": 114688}),
+                                            "--out", str(t / "o.png")], "image_size must be an integer in [1, 4096]"),
+    ("decompression bomb", lambda t: ["reconstruct", "--images", _huge_png(t), "--out", str(t / "o.png")],
+     "huge.png is too large"),
+    ("NaN EMA weights", lambda t: ["sample", "--checkpoint", _nan_weights(t), "--out", str(t / "o.png")],
+     "holds NaN or Inf"),
+    ("npz without .npz", lambda t: ["sample", "--npz", str(t / "x.bin"), "--out", str(t / "o.png")],
+     "must end in .npz"),
+    ("invert --out lat.bin", lambda t: ["invert", "--images", str(BUNDLED_MODEL / "config.json"), "--out",
+                                        str(t / "lat.bin")], "must end in .npz"),
+    ("bad extension", lambda t: ["sample", "--out", str(t / "new" / "x.bmpx")], "unknown image extension '.bmpx'"),
+    ("symlink loop", lambda t: ["sample", "--out", _loop(t)], "leads nowhere"),
+    ("file as a folder", lambda t: ["sample", "--out", str(Path(_file(t)) / "x.png")], "exists and is not a folder"),
+    ("file as images-dir", lambda t: ["sample", "--images-dir", _file(t), "--out", str(t / "o.png")],
+     "exists and is not a folder"),
+    ("folder as --out", lambda t: ["sample", "--out", str(t) + "/"], "unknown image extension"),
+    ("frames 1e6", lambda t: ["interpolate", "--seeds", "1", "2", "--frames", "1000000", "--out", str(t / "o.png")],
+     "--frames must be an integer in [2, 1,000]"),
+    ("n as a float", lambda t: ["sample", "--n", "1e9", "--out", str(t / "o.png")], "invalid int value: '1e9'"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_gets_one_line_and_exit_2(case, tmp_path, capsys):
+    _, argv, message = case
+    sentinel = tmp_path / "o.png"
+    sentinel.write_bytes(b"previous output")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = argv(tmp_path)
+    created = sorted(set(p.name for p in tmp_path.iterdir()) - set(before))  # what the case itself set up
+    capsys.readouterr()
+    assert main([*args, *([] if "--quiet" in args else ["--quiet"]), *(FAST[:2] if "--steps" not in args else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddim: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert sentinel.read_bytes() == b"previous output"
+    after = sorted(set(p.name for p in tmp_path.iterdir()) - set(before) - set(created))
+    assert after == [], after  # a refused command creates nothing
+
+
+class _FullDisk:
+    """A file object that accepts 100 bytes, then fails as a full disk does."""
+
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def write(self, b):
+        self.n += len(b)
+        if self.n > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(b)
+
+    def fileno(self):  # no descriptor: writers (Pillow) that would write to it directly use write() instead
+        raise io.UnsupportedOperation("fileno")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_during_any_output_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    from ddim.images import save_gif, save_grid, save_images, make_grid
+
+    images = torch.rand(4, 1, 28, 28) * 2 - 1
+    writers = {
+        "grid.png": lambda p: save_grid(images, p),
+        "grid.jpg": lambda p: save_grid(images, p),
+        "anim.gif": lambda p: save_gif([make_grid(images[:2]), make_grid(images[2:])], p),
+        "x.npz": lambda p: atomic.atomic_write(p, lambda f: np.savez(f, images=images.numpy())),
+        "frames/000000.png": lambda p: save_images(images[:1], p.parent),
+        "cell/config.json": lambda p: ddim.checkpoint.write_json(p, {"a": list(range(100))}),
+    }
+    real_fdopen = os.fdopen
+    for name, write in writers.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"old bytes")
+        monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode)))
+        with pytest.raises(OSError, match="No space left on device"):
+            write(path)
+        monkeypatch.setattr(atomic.os, "fdopen", real_fdopen)
+        assert path.read_bytes() == b"old bytes", name
+        assert not list(path.parent.glob(atomic.TEMP_GLOB)), name  # no temporary file left behind
+        write(path)  # and with room on the disk it is written
+        assert path.read_bytes() != b"old bytes", name
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    import safetensors.torch
+
+    from ddim.checkpoint import list_checkpoints
+
+    args = ["train", "--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
+            "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--quiet",
+            "--batch-size", "8", "--checkpoint-every", "2", "--keep-last", "0", "--out", str(tmp_path)]
+    assert main([*args, "--steps", "2"]) == 0
+    before = {p.name: (p / "ema.safetensors").read_bytes() for p in list_checkpoints(tmp_path)}
+
+    def full(*a, **k):
+        raise RuntimeError("IoError: No space left on device (os error 28)")  # safetensors' own error type
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    capsys.readouterr()
+    assert main([*args, "--steps", "4", "--resume"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert {p.name: (p / "ema.safetensors").read_bytes() for p in list_checkpoints(tmp_path)} == before
+    # a kill mid-write leaves a temporary folder; the next start removes it (and a moved-aside old one comes back)
+    ck = tmp_path / "checkpoints"
+    (ck / ".tmp-step_000004-123").mkdir()
+    (ck / "step_000002").rename(ck / ".old-step_000002-123")
+    assert main([*args, "--steps", "4", "--resume"]) == 0
+    assert sorted(p.name for p in ck.iterdir()) == ["step_000002", "step_000004"]
+
+
+def test_library_refusals():
+    s = ddim.Schedule.linear(1000)
+    x = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="must return a torch.Tensor, got numpy.ndarray"):
+        ddim.sample(lambda x, t: x.numpy(), s, x, steps=2)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        ddim.sample(lambda x, t: x, s, x, steps=2, eta=1.0, generator=42)
+
+
+def test_nan_model_output_is_an_error_not_a_black_image():
+    from ddim.generate import generate
+    from ddim.nn import UNet
+
+    net = UNet(image_size=8, in_channels=1, out_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1,
+               attn_resolutions=(), norm_groups=4).eval()
+    with torch.no_grad():
+        net.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="produced NaN or Inf in 3 of 3 images"):
+        generate(net, ddim.Schedule.linear(1000), 3, steps=2)
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from ddim.images import load_images
+
+    wide = (np.arange(28 * 28).reshape(28, 28) * 83).astype(np.uint16)  # up to 65,000
+    Image.fromarray(wide).save(tmp_path / "w.png")
+    x, notes = load_images([tmp_path / "w.png"], 28, 1)
+    assert "16-bit" in notes[0]
+    assert (x > 0.99).float().mean() < 0.01  # clipping would make ~99 % of pixels white
+    assert torch.allclose((x[0, 0] + 1) * 127.5, torch.from_numpy(wide / 257.0).float(), atol=0.51)
+
+
+def test_readme_determinism_sentence_holds(tmp_path):
+    """README: image i is the same whatever --n or --batch-size up to float rounding: raw values within
+    1e-5, PNG pixels within one grey level."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "raw values agree to 1e-5 and PNG pixels to one grey level" in readme
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert main(["sample", "--n", "3", "--batch-size", "1", "--steps", "5", "--npz", str(a), "--out",
+                 str(tmp_path / "a.png"), "--quiet"]) == 0
+    assert main(["sample", "--n", "5", "--batch-size", "5", "--steps", "5", "--npz", str(b), "--out",
+                 str(tmp_path / "b.png"), "--quiet"]) == 0
+    x, y = np.load(a)["images"], np.load(b)["images"][:3]
+    assert np.abs(x - y).max() <= 1e-5
+    to8 = lambda v: np.floor((np.clip(v, -1, 1) + 1) * 127.5 + 0.5)  # noqa: E731
+    assert np.abs(to8(x) - to8(y)).max() <= 1
