@@ -168,7 +168,7 @@ def _error(capsys, args):
     (["--eta", "big"], "expected a number >= 0 or 'large', got 'big'"),
     (["--clip", "-1"], "--clip must be a number >= 0 (0: off), got -1.0"),
     (["--class", "11"], "class 11 is out of range for a model with 10 classes (allowed: 0..9)"),
-    (["--n", "0"], "n must be an integer >= 1, got 0"),
+    (["--n", "0"], "--n must be an integer in [1, 1,000,000], got 0"),
     (["--guidance-rescale", "1.5"], "guidance rescale must be a number in [0, 1], got 1.5"),
 ])
 def test_bad_sample_input(ckpt, tmp_path, capsys, args, msg):
