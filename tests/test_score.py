@@ -151,3 +151,28 @@ def test_score_solvers_refuse_bad_settings():
     assert {"reverse-sde", "pf-ode", "langevin", "pc"} <= set(SOLVERS)
     with pytest.raises(ValueError, match="classifier scale must be"):
         ddim.ClassifierGuidance(GM.model(S1000), GM.classifier(S1000), torch.zeros(2, dtype=torch.int64), -1.0, S1000)
+
+
+@pytest.mark.parametrize("solver", [PredictorCorrector(corrector_steps=2, snr=0.1), AnnealedLangevin(langevin_steps=3),
+                                    "reverse-sde"])
+def test_pre_drawn_noise_of_the_graph_path_matches_the_loop(solver):
+    """The CUDA-graph path pre-draws every step's noise into one buffer (several draws per step for pc and
+    langevin); replayed in the loop's order it gives ``sample``'s result exactly (checked here on the CPU)."""
+    import functools
+
+    from ddim.samplers import fast
+    from ddim.samplers.ddim import SampleOptions, denoise, noise_drawer, sample_loop, sample_setup
+
+    x = noise(6)
+    setup = sample_setup(S1000, x, SampleOptions(steps=8, solver=solver))
+    coef = setup.plan.to(x.device, x.dtype)
+    predict = functools.partial(denoise, GM.model(S1000), prediction="epsilon")
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(6)]  # noqa: E731
+    want = sample_loop(predict, setup, coef, x, noise_drawer(setup, coef, x, gens()))
+    z = fast._noise_buffer(sum(setup.draws), x)
+    fast._fill_noise(z, setup, gens())
+    got = sample_loop(predict, setup, coef, x, fast._static_noise(setup, z))
+    assert sum(setup.draws) > len(setup.draws) or getattr(solver, "name", solver) == "reverse-sde"
+    assert torch.equal(got, want)
+    assert torch.equal(fast.FastSampler().sample(GM.model(S1000), S1000, x, steps=8, solver=solver,
+                                                 generator=gens()), want)

@@ -206,8 +206,7 @@ def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tens
         predict: ``denoise`` with the model and options bound.
         coef: ``setup.plan`` on x's device (``Plan.to``).
         x: (B, …) x_T in the sampler's dtype.
-        noise_at: (k, j=0) -> the j-th N(0, I) draw of step k (j < ``setup.draws[k]``), or None where step
-            k draws nothing; the solver scales it and calls it in a fixed order (after the model call it
+        noise_at: (k, j=0) -> the j-th N(0, I) draw of step k, or None for j ≥ ``setup.draws[k]``; the solver scales it and calls it in a fixed order (after the model call it
             belongs to: the order of ``sample``'s global-RNG draws).
     Returns:
         x_0, or (x_0, xs (S+1, B, …), x0_preds (S, B, …)) with ``return_trajectory``.
@@ -229,7 +228,7 @@ def noise_drawer(setup: SampleSetup, coef: Plan, x: torch.Tensor, generator: Gen
     """``noise_at`` for ``sample_loop`` that draws z ~ N(0, I) shaped like x from ``generator`` at each
     call, in call order (the order a pre-drawn buffer must follow to give the same numbers)."""
     def noise_at(k: int, j: int = 0) -> Optional[torch.Tensor]:
-        if not setup.draws[k]:
+        if j >= setup.draws[k]:  # a step asking beyond its draws (e.g. an η = 0 predictor in a pc) gets none
             return None
         return randn(x.shape, generator, x.device, x.dtype)
     return noise_at

@@ -85,7 +85,7 @@ def _static_noise(setup: SampleSetup, z: Optional[torch.Tensor]):
     """``noise_at`` reading the pre-drawn buffer: draw j of step k is z[slot_k + j], slot_k counting the
     draws of the steps before k (the order ``noise_drawer`` draws them in)."""
     slot = [sum(setup.draws[:k]) for k in range(len(setup.draws))]
-    return lambda k, j=0: z[slot[k] + j] if setup.draws[k] else None
+    return lambda k, j=0: z[slot[k] + j] if j < setup.draws[k] else None
 
 
 def _noise_buffer(n: int, x: torch.Tensor) -> Optional[torch.Tensor]:
