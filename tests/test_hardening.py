@@ -204,6 +204,11 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tmp_path, monke
     assert sorted(p.name for p in ck.iterdir()) == ["step_000002", "step_000004"]
 
 
+def test_npz_into_a_new_folder(tmp_path):
+    assert main(["sample", *FAST, "--npz", str(tmp_path / "new" / "x.npz"), "--out", str(tmp_path / "o.png")]) == 0
+    assert np.load(tmp_path / "new" / "x.npz")["images"].shape == (2, 1, 28, 28)
+
+
 def test_library_refusals():
     s = ddim.Schedule.linear(1000)
     x = torch.zeros(2, 1, 4, 4)

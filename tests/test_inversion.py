@@ -61,6 +61,16 @@ def test_null_label_survives_guidance_and_negative_label_ignores_it(bundled, ima
     assert err["negative-label"] == pytest.approx(err["ddim w=0"], rel=1e-6), err  # ε̂_w = ε(c) up to rounding
 
 
+def test_sample_prediction_inverts_without_nan(images):
+    """The inversion reads the model (told t) at ᾱ_t, as ddim.invert does: at the first up-step ᾱ_prev = 1,
+    where an x_0-prediction read at ᾱ_prev would divide by zero."""
+    x0, y = images
+    net = UNet(image_size=28, in_channels=1, out_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1,
+               attn_resolutions=(), norm_groups=4, num_classes=10).eval()
+    inv = invert_image(net, S1000, x0[:2], y[:2], method="ddim", w=1.0, steps=4, prediction="sample")
+    assert torch.isfinite(inv.x_T).all()
+
+
 def test_refusals(images):
     x0, y = images
     uncond = UNet(image_size=28, in_channels=1, out_channels=1, base_channels=8, channel_mult=(1,),

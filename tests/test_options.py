@@ -68,3 +68,13 @@ def test_options_and_keywords_do_not_mix():
         FastSampler().sample(toy_model, S1000, x, stepz=3)
     with pytest.raises(TypeError, match="must be a ddim.SampleOptions"):
         ddim.sample(toy_model, S1000, x, options={"steps": 3})
+
+
+def test_fast_sampler_cache_follows_the_effective_eps_rule():
+    """The bound model call is cached per (model, effective ε̂ rule): DDIM keeps the raw ε̂ with a clip,
+    Heun re-derives it; the second call must not reuse the first one's closure."""
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    fs = FastSampler()
+    for solver in ("ddim", "heun"):
+        got = fs.sample(toy_model, S1000, x, steps=6, clip=0.05, solver=solver)
+        assert torch.equal(got, ddim.sample(toy_model, S1000, x, steps=6, clip=0.05, solver=solver)), solver

@@ -176,3 +176,11 @@ def test_pre_drawn_noise_of_the_graph_path_matches_the_loop(solver):
     assert torch.equal(got, want)
     assert torch.equal(fast.FastSampler().sample(GM.model(S1000), S1000, x, steps=8, solver=solver,
                                                  generator=gens()), want)
+
+
+def test_classifier_guidance_built_under_inference_mode():
+    with torch.inference_mode():
+        guided = ddim.ClassifierGuidance(GM.model(S1000), GM.classifier(S1000), torch.zeros(4, dtype=torch.int64),
+                                         2.0, S1000)
+        out = ddim.sample(guided, S1000, noise(4), steps=5)
+    assert torch.isfinite(out).all()

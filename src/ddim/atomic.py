@@ -19,12 +19,16 @@ __all__ = ["atomic_write", "TEMP_GLOB"]
 TEMP_GLOB = ".*.tmp"
 
 
-def atomic_write(path: Union[str, Path], write: Callable) -> Path:
+def atomic_write(path: Union[str, Path], write: Callable, fsync: bool = True) -> Path:
     """Write ``path`` through ``write(binary file)`` atomically (module docstring); returns the path.
 
+    ``fsync=False`` skips flushing to the device (many small files, e.g. one PNG per sample): the rename
+    still never exposes a partial file, but a power loss may lose the newest ones.
+
     Raises:
-        OSError: the folder is missing or unwritable, or the disk is full (the message names ``path``);
-            errors raised by ``write`` itself propagate unchanged. Either way nothing at ``path`` changed.
+        OSError: any OSError (a missing or unwritable folder, a full disk, the writer's own), re-raised
+            with a message naming ``path`` and the original errno; other errors of ``write`` propagate
+            unchanged. Either way nothing at ``path`` changed.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -34,7 +38,8 @@ def atomic_write(path: Union[str, Path], write: Callable) -> Path:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -42,6 +47,8 @@ def atomic_write(path: Union[str, Path], write: Callable) -> Path:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise OSError(f"cannot write {path}: {e.strerror or e}") from None
+            err = OSError(f"cannot write {path}: {e.strerror or e}")
+            err.errno = e.errno
+            raise err from None
         raise
     return path

@@ -218,6 +218,21 @@ def _write_dir_atomically(final: Path, jsons: Mapping[str, Mapping],
         raise
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a ``.tmp-*`` / ``.old-*`` folder (its pid is the last field) still
+    runs: another job writing into the same run directory keeps its folders."""
+    pid = name.rsplit("-", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
 def clean_leftovers(run_dir: PathLike) -> list[str]:
     """Remove what a killed ``save_checkpoint`` may leave in ``run_dir/checkpoints``: half-written ``.tmp-*``
     folders (deleted), and ``.old-*`` folders, the previous version of a checkpoint moved aside (put back
@@ -225,9 +240,13 @@ def clean_leftovers(run_dir: PathLike) -> list[str]:
     root = Path(run_dir) / CHECKPOINTS_DIR
     done = []
     for p in sorted(root.glob(".tmp-*")) if root.is_dir() else []:
+        if _writer_alive(p.name):
+            continue
         shutil.rmtree(p, ignore_errors=True)
         done.append(f"removed the unfinished {p.name}")
     for p in sorted(root.glob(".old-*")) if root.is_dir() else []:
+        if _writer_alive(p.name):
+            continue
         m = re.match(r"^\.old-(step_\d+)-\d+$", p.name)
         final = root / m.group(1) if m else None
         if final is not None and not final.exists():

@@ -192,6 +192,7 @@ def _save_npz(path, **arrays) -> None:
 
     from .atomic import atomic_write
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -560,6 +561,8 @@ def _run_edit(args) -> int:
     x0 = x0.to(device)
     kw = dict(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver)
     rows = [x0.cpu()]
+    if args.method != "ddim" and args.mode == "sdedit":
+        raise ValueError(f"--method {args.method} applies to --mode invert or both (SDEdit does not invert)")
     if args.method != "ddim" and args.mode in ("invert", "both"):
         from .inversion import invert_image, regenerate
 

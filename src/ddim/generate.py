@@ -9,6 +9,7 @@ so the sampler itself never sees labels.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -139,6 +140,11 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
         raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    if fast and classifier is not None and classifier_scale:
+        # a gradient per step cannot be captured in a CUDA graph: the plain path, said once
+        warnings.warn("ddim: classifier guidance runs without the fast path (its gradient cannot be captured)",
+                      RuntimeWarning, stacklevel=2)
+        fast = False
     graphs = fast and torch.device(device).type == "cuda"
     callback = (lambda *_: on_step()) if on_step is not None and not graphs else None
     run, net = (FastSampler().sample, fast_module(model)) if fast else (None, None)

@@ -147,7 +147,8 @@ class ClassifierGuidance(nn.Module):
         with torch.inference_mode(False), torch.enable_grad():
             xg = x.detach().clone().to(dtype).requires_grad_(True)
             logits = self.classifier(xg, t.clone())
-            picked = torch.log_softmax(logits.to(dtype), dim=-1).gather(1, self.labels.to(x.device)[:, None]).sum()
+            labels = self.labels.to(x.device).clone()  # not an inference tensor, whatever mode built the buffer
+            picked = torch.log_softmax(logits.to(dtype), dim=-1).gather(1, labels[:, None]).sum()
             (grad,) = torch.autograd.grad(picked, xg)
         return grad
 
@@ -164,4 +165,6 @@ class ClassifierGuidance(nn.Module):
         abar = self.alphas_cumprod.to(x.device, work)[t].view(-1, *([1] * (x.ndim - 1)))
         _, eps = predict_x0_eps(out.to(work), xw, abar, self.prediction)
         eps = eps - self.scale * (1 - abar).sqrt() * self.log_prob_grad(x, t).to(work)
-        return target_from_x0_eps(x0_from_eps(xw, eps, abar), eps, abar, self.prediction).to(out.dtype)
+        guided = target_from_x0_eps(x0_from_eps(xw, eps, abar), eps, abar, self.prediction)
+        # at ᾱ_t = 0 (zero terminal SNR) x̂_0 = (x − ε̂)/0: the x_0- and v-outputs cannot carry the shift there
+        return torch.where(abar > 0, guided, out.to(work)).to(out.dtype)

@@ -107,7 +107,8 @@ def save_images(images: torch.Tensor, directory: Union[str, Path], start: int = 
     paths = []
     for i in range(x.shape[0]):
         pil = _to_pil(x[i])
-        paths.append(atomic_write(directory / f"{prefix}{start + i:06d}.png", lambda f: pil.save(f, format="PNG")))
+        paths.append(atomic_write(directory / f"{prefix}{start + i:06d}.png", lambda f: pil.save(f, format="PNG"),
+                                  fsync=False))
     return paths
 
 

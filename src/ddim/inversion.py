@@ -49,7 +49,7 @@ class Inversion:
 
     method, w: how it was made (regenerate under this w to get x_0 back). timesteps: (S,) the grid, descending.
     x_T: (B, …) the start. y_T: EDICT's second chain (else None). null: (S, B, E) per-step null embeddings
-    (null-label). noise: (S, B, …) per-step noise terms (ddpm). eta: the η of ddpm. labels: (B,) the source
+    (null-label). noise: (S, B, …) per-step noise terms (ddpm). eta: the η of ddpm. mix: EDICT's p. labels: (B,) the source
     classes. model_calls: network forward passes per image the inversion took (a guided ε̂ is 2; null-label's
     backward passes not counted). seconds: its wall time.
     """
@@ -63,6 +63,7 @@ class Inversion:
     null: Optional[torch.Tensor] = None
     noise: Optional[torch.Tensor] = None
     eta: float = 0.0
+    mix: float = 0.0
     model_calls: int = 0
     seconds: float = 0.0
 
@@ -179,8 +180,7 @@ def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, ite
                 eps = eps_c + w * (eps_c - _eps(model, z, tb(k), emb, abar_t, prediction))
                 out = _step(model, z, tb(k), cond, emb, w, abar_t, abar_prev, 0.0, prediction, eps=eps)
                 loss = (out - pivot[k + 1]).pow(2).flatten(1).mean(1)  # per image: images are independent
-                opt.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                (emb.grad,) = torch.autograd.grad(loss.sum(), emb)  # the embedding's only, not the network's
             opt.step()
             calls += 1
             if float(loss.detach().max()) < tol + k * 2e-5:
@@ -195,8 +195,9 @@ def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, ite
 
 
 def _invert_step(model, x, t, cond, abar_t, abar_prev, prediction):
-    """x_{t−1} -> x_t with the conditional ε̂ read at x_{t−1} (``ddim.invert``'s step, on embeddings)."""
-    eps = guided_eps(model, x, t, cond, cond, 0.0, abar_prev, prediction)
+    """x_{t−1} -> x_t with the conditional ε̂ read at x_{t−1} (``ddim.invert``'s step, on embeddings): the
+    model is told t, so its output is read at ᾱ_t, as ``ddim.invert`` does."""
+    eps = guided_eps(model, x, t, cond, cond, 0.0, abar_t, prediction)
     x0 = (x - (1 - abar_prev) ** 0.5 * eps) / abar_prev**0.5
     return abar_t**0.5 * x0 + (1 - abar_t) ** 0.5 * eps
 
@@ -234,7 +235,7 @@ def _invert_edict(model, grid, x0, labels, cond, null, w, prediction, mix):
             x_inter = (x - (1 - mix) * y_inter) / mix
             y = (y_inter - b * guided_eps(model, x_inter, t, cond, null, w, abar_t, prediction)) / a
             x = (x_inter - b * guided_eps(model, y, t, cond, null, w, abar_t, prediction)) / a
-    return Inversion("edict", float(w), p.timesteps, x, labels, y_T=y, eta=float(mix),
+    return Inversion("edict", float(w), p.timesteps, x, labels, y_T=y, mix=float(mix),
                      model_calls=2 * len(rows) * (2 if w else 1))
 
 
@@ -254,7 +255,7 @@ def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch
             t = p.timesteps[k].expand(x.shape[0]).to(x.device)
             if inv.method == "edict":
                 a, b = edict_coefficients(abar_t, abar_prev)
-                mix = inv.eta
+                mix = inv.mix
                 x_inter = a * x + b * guided_eps(model, y, t, cond, null, w, abar_t, prediction)
                 y_inter = a * y + b * guided_eps(model, x_inter, t, cond, null, w, abar_t, prediction)
                 x = mix * x_inter + (1 - mix) * y_inter

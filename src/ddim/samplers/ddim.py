@@ -154,6 +154,12 @@ class SampleSetup:
     def solver(self) -> Solver:
         return self.options.solver
 
+    def model_key(self) -> tuple:
+        """What decides how a model output becomes (x̂_0, ε̂) in this run (the effective ε̂ rule included): a
+        cache key for bound model calls."""
+        o = self.options
+        return (o.prediction, o.clip, o.threshold, o.threshold_max, self.eps_from_clipped_x0)
+
 
 def sample_setup(schedule: Schedule, x_T: torch.Tensor, options: SampleOptions = SampleOptions()) -> SampleSetup:
     """Check a run's x_T against ``options`` (raising ``sample``'s errors) and compute its plan."""

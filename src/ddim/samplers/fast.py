@@ -189,7 +189,7 @@ class FastSampler:
         plain = lambda: run_sample(model, schedule, x_T, opts, generator,  # noqa: E731
                                    return_trajectory=return_trajectory, callback=callback)
         # the io dtype last (``_predict`` reads it); the device type decides bf16 and compile
-        key = (id(model), *opts.model_key(), x_T.device.type, x_T.dtype)
+        key = (id(model), *setup.model_key(), x_T.device.type, x_T.dtype)
         on_cuda = x_T.device.type == "cuda"
         if self._broken:
             return plain()

@@ -132,9 +132,6 @@ class SampleOptions:
             return lambda x0: dynamic_threshold(x0, q, s_max)
         return None
 
-    def model_key(self) -> tuple:
-        """The fields that decide how a model output becomes (x̂_0, ε̂): a cache key for bound models."""
-        return (self.prediction, self.clip, self.threshold, self.threshold_max, self.eps_from_clipped_x0)
 
 
 def _same(name: str, value, default) -> bool:
