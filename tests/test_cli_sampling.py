@@ -303,3 +303,16 @@ def test_solver_flag(ckpt, tmp_path, capsys):
                                 "--out", str(tmp_path / "x.png")])
     assert code == 2 and "takes no --solver" in err[0]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_defaults_follow_the_solver(tmp_path):
+    """`ddim sample`: DPM-Solver++(2M) on the log-SNR grid with 10 steps by default; --eta selects DDIM with
+    its uniform 50-step grid; an explicit solver brings its own spacing and steps."""
+    def out(name, *args):
+        assert run("sample", "--n", "2", "--out", str(tmp_path / f"{name}.png"), *args) == 0
+        return (tmp_path / f"{name}.png").read_bytes()
+
+    assert out("a") == out("b", "--solver", "dpmpp-2m", "--spacing", "logsnr", "--steps", "10")
+    assert out("c", "--eta", "0") == out("d", "--solver", "ddim", "--spacing", "uniform", "--steps", "50")
+    assert out("e", "--solver", "ddim") == out("d", "--solver", "ddim", "--spacing", "uniform", "--steps", "50")
+    assert out("a") != out("c", "--eta", "0")
