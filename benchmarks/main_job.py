@@ -1,9 +1,12 @@
-"""The Quick start's main job, `ddim sample --out PNG` (64 images, 50 steps), end to end, for several
-checkpoints interleaved in one run: each round runs every checkpoint once, in a fresh process, so the
-times include starting Python, importing torch, loading the model and writing the PNG, as a user sees it.
+"""The Quick start's main job, `ddim sample --out PNG` (64 images), end to end, for several checkpoints
+(each with the arguments of its time) interleaved in one run: each round runs every checkpoint once, in a
+fresh process, so the times include starting Python, importing torch, loading the model and writing the
+PNG, as a user sees it.
 
-    python benchmarks/main_job.py --checkpoint old=/work/runs/old_model --checkpoint new=src/ddim/assets/fashion_mnist_small \
-        --rounds 4 --json benchmarks/results/main_job_cpu.json
+    python benchmarks/main_job.py --checkpoint "old=/work/runs/old_model::--solver ddim --spacing uniform --steps 50" \
+        --checkpoint new=src/ddim/assets/fashion_mnist_small --rounds 4 --json benchmarks/results/main_job_cpu.json
+
+(the previous model with the previous default, DDIM at 50 steps, against today's `ddim sample`)
 
 Prints per-round wall times, the medians and each checkpoint's median against the first one's.
 """
@@ -38,20 +41,24 @@ def run_once(checkpoint: str, out: Path, extra: list[str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=DIR",
-                   help="a checkpoint to time, with its label (repeat; the first is the baseline)")
+    p.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=DIR[::ARGS]",
+                   help="a checkpoint to time, with its label and optionally its own `ddim sample` arguments after "
+                        "'::' (e.g. 'old=DIR::--solver ddim --steps 50', the command as it was); repeat; the first "
+                        "is the baseline")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("extra", nargs="*", help="more `ddim sample` arguments after --, e.g. -- --steps 20")
     args = p.parse_args()
     pairs = [c.split("=", 1) for c in args.checkpoint]
     if any(len(c) != 2 for c in pairs):
-        p.error("--checkpoint takes LABEL=DIR")
+        p.error("--checkpoint takes LABEL=DIR[::ARGS]")
+    own = {label: spec.split("::", 1)[1].split() if "::" in spec else [] for label, spec in pairs}
+    pairs = [(label, spec.split("::", 1)[0]) for label, spec in pairs]
     times: dict[str, list[float]] = {label: [] for label, _ in pairs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for label, ckpt in (pairs if r % 2 == 0 else pairs[::-1]):  # alternate the order: no slot bias
-                times[label].append(run_once(ckpt, Path(tmp) / f"{label}.png", args.extra))
+                times[label].append(run_once(ckpt, Path(tmp) / f"{label}.png", [*own[label], *args.extra]))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
     base = statistics.median(times[pairs[0][0]])
     print("\n| checkpoint | wall s (rounds) | median s | speed-up vs " + pairs[0][0] + " |\n|---|---|---:|---:|")
@@ -61,7 +68,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "command": "python " + " ".join(sys.argv), "checkpoints": dict(pairs), "seconds": times,
+            "command": "python " + " ".join(sys.argv), "checkpoints": dict(pairs), "arguments": own, "seconds": times,
             "median_seconds": {k: statistics.median(v) for k, v in times.items()},
             "threads": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
