@@ -81,3 +81,29 @@ def test_readme_guidance_weight_draws_the_class_at_least_as_well_as_no_guidance(
     guided = _cli_agreement(tmp_path, "--guidance", README_GUIDANCE)
     print(f"class agreement: unguided {plain:.2f}, guidance {README_GUIDANCE} {guided:.2f}")
     assert guided >= plain and guided >= 0.8, (plain, guided)
+
+
+def test_bundled_noisy_classifier_is_small_documented_and_guides(tmp_path):
+    """The noisy classifier shipped for classifier guidance: ≤ 2 MB, its record (accuracy against t measured
+    on the 10,000 test images by scripts/bundle_classifier.py), it loads offline, reads the shipped test
+    images at low noise, and `ddim sample --class 7 --classifier-scale 2` runs with it."""
+    from ddim.checkpoint import BUNDLED_NOISY_CLASSIFIER
+    from ddim.cli import main
+    from ddim.data import load_dataset
+    from ddim.train import classifier_accuracy
+    from fmnist import FMNIST_SUBSET
+
+    files = {p.name: p.stat().st_size for p in BUNDLED_NOISY_CLASSIFIER.iterdir()}
+    assert sum(files.values()) <= 2 * 2**20
+    verify_checkpoint(BUNDLED_NOISY_CLASSIFIER)
+    record = json.loads((BUNDLED_NOISY_CLASSIFIER / "training.json").read_text())
+    assert record["command"].startswith("ddim train-classifier") and record["accuracy_vs_t"][0][0] == 0
+    acc_t = dict(record["accuracy_vs_t"])
+    assert acc_t[0] > 0.8 and acc_t[999] < 0.2  # clean images are read (measured 0.859); pure noise is not
+    clf, schedule, _ = ddim.load_noisy_classifier()
+    assert torch.allclose(schedule.alphas_cumprod, ddim.load_checkpoint()[1].alphas_cumprod)
+    test = load_dataset("fashion-mnist", FMNIST_SUBSET, "test")
+    idx = torch.arange(200)
+    assert classifier_accuracy(clf, schedule, test.to_float(idx), test.labels[idx], [0])[0] > 0.75
+    assert main(["sample", "--n", "2", "--steps", "4", "--class", "7", "--classifier-scale", "2",
+                 "--out", str(tmp_path / "g.png"), "--quiet"]) == 0

@@ -122,6 +122,9 @@ def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     # safetensors wants contiguous CPU tensors that share no storage.
     try:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)  # safetensors creates its files 0600; give them a plain file's mode
     except Exception as e:  # a full disk surfaces as safetensors' own error type: report it as what it is
         if isinstance(e, OSError):
             raise
