@@ -86,6 +86,9 @@ def _x0_rule(args) -> dict:
 # `ddim sample`'s default: the best solver at 10 model calls on the bundled model, whose FID there (0.58)
 # equals DDIM's at 50 calls (0.60; docs/eval/solvers, docs/eval/table1_clip1), at a fifth of the cost.
 DEFAULT_SOLVER, FAST_STEPS = "dpmpp-2m", 10
+# and w = 0.5 for a class-conditional model: at that default it lowers FID from 0.58 ± 0.06 to 0.49 ± 0.04
+# and raises class agreement from 0.887 to 0.959 (n = 1,000; benchmarks/RESULTS.md 2026-12-02)
+DEFAULT_GUIDANCE = 0.5
 
 
 def _add_solver(p, deterministic: bool = False, sample_default: bool = False) -> None:
@@ -262,7 +265,9 @@ def _add_sample(sub, formatter) -> None:
     _add_solver(p, sample_default=True)
     _add_score_solver(p)
     _add_classifier(p)
-    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0: off)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance weight w (0: off; default: {DEFAULT_GUIDANCE} for a class-conditional "
+                        "model without --classifier-scale, else 0)")
     p.add_argument("--guidance-rescale", type=float, default=0.0,
                    help="φ in [0, 1]: pull the guided output's per-sample std back to the conditional one's "
                         "(Lin et al. 2023; they use 0.7); 0: off")
@@ -303,6 +308,9 @@ def _run_sample(args) -> int:
     if args.sampler == "ddim":
         solver.eta(args.eta)  # a solver that takes no η: before loading anything
     model, schedule, prediction, device = _load(args)
+    if args.guidance is None:
+        conditional = model.config.num_classes is not None and not args.classifier_scale
+        args.guidance = DEFAULT_GUIDANCE if conditional else 0.0
     steps, eta = (schedule.num_steps, "large") if args.sampler == "ddpm" else (args.steps, args.eta)
     # validate everything before the progress bar starts
     plan(schedule, steps, eta, args.spacing, solver=solver)
