@@ -40,6 +40,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(BUNDLED_MODEL))
     p.add_argument("--n", type=int, default=256, help="test images to reconstruct")
+    p.add_argument("--null-n", type=int, default=None,
+                   help="images for null-label inversion, the costly one (default: --n); its rows say their n")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--weights", default="0,1,3,5", help="guidance weights w")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -66,10 +68,11 @@ def main() -> None:
                 indent=1) + "\n")
 
     idx = torch.arange(min(args.n, len(test)))
-    x0, y = test.to_float(idx), test.labels[idx]
-    print(f"{'method':<15} {'w':>4} {'MSE':>10} {'NFE/img':>8} {'s/img':>7}")
+    print(f"{'method':<15} {'w':>4} {'n':>4} {'MSE':>10} {'NFE/img':>8} {'s/img':>7}")
     for w in map(float, args.weights.split(",")):
         for method in methods:
+            n = min(args.null_n or args.n, args.n) if method == "null-label" and w else len(idx)
+            x0, y = test.to_float(idx[:n]), test.labels[idx[:n]]
             t0 = time.perf_counter()
             inv = invert_image(model, schedule, x0, y, method=method, w=w, steps=args.steps,
                                prediction=config.prediction, generator=torch.Generator().manual_seed(0))
@@ -80,7 +83,7 @@ def main() -> None:
             err = _mse(back, x0)
             rows.append({"method": method, "w": w, "n": len(x0), "mse": float(err.mean()), "mse_max": float(err.max()),
                          "nfe_per_image": calls, "seconds_per_image": seconds / len(x0)})
-            print(f"{method:<15} {w:>4g} {err.mean():>10.3g} {calls:>8} {seconds / len(x0):>7.3f}", flush=True)
+            print(f"{method:<15} {w:>4g} {n:>4} {err.mean():>10.3g} {calls:>8} {seconds / len(x0):>7.3f}", flush=True)
             write()
     if args.edit_n:
         judge, _ = load_classifier()

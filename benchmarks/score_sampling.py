@@ -45,10 +45,10 @@ def cells(groups: list[str]) -> list[dict]:
                 out.append(dict(group="pc", label=f"pc(ddim η={eta:g}) + 1 corrector", steps=nfe // 2,
                                 solver=PredictorCorrector(predictor="ddim", corrector_steps=1), eta=eta))
     if "sde" in groups:
-        for steps in (20, 50, 100):
+        for steps in (20, 50):
             out.append(dict(group="sde", label="reverse-sde (Euler-Maruyama)", steps=steps, solver="reverse-sde"))
             out.append(dict(group="sde", label="pf-ode (Euler)", steps=steps, solver="pf-ode"))
-        for steps in (10, 25, 50):
+        for steps in (10, 25):
             out.append(dict(group="sde", label="annealed Langevin L=2", steps=steps,
                             solver=AnnealedLangevin(langevin_steps=2)))
     if "guidance" in groups:
