@@ -92,13 +92,14 @@ def main() -> None:
         target = (y + 5) % 10
         picture.append(x0[:8])
         for method in methods:
-            inv = invert_image(model, schedule, x0, y, method=method, w=args.edit_w, steps=args.steps,
+            n = min(args.null_n or len(x0), len(x0)) if method == "null-label" else len(x0)
+            inv = invert_image(model, schedule, x0[:n], y[:n], method=method, w=args.edit_w, steps=args.steps,
                                prediction=config.prediction, generator=torch.Generator().manual_seed(0))
-            out = regenerate(model, schedule, inv, labels=target, prediction=config.prediction).float().clamp(-1, 1)
+            out = regenerate(model, schedule, inv, labels=target[:n], prediction=config.prediction).float().clamp(-1, 1)
             with torch.no_grad():
-                hit = float((judge(out).argmax(1) == target).float().mean())
-            dist = float(_mse(out, x0).mean())
-            edits.append({"method": method, "w": args.edit_w, "n": len(x0), "hit": hit, "distance_mse": dist})
+                hit = float((judge(out).argmax(1) == target[:n]).float().mean())
+            dist = float(_mse(out, x0[:n]).mean())
+            edits.append({"method": method, "w": args.edit_w, "n": n, "hit": hit, "distance_mse": dist})
             print(f"edit {method:<15} hit {hit:.3f}  distance {dist:.4f}", flush=True)
             picture.append(out[:8])
             write()
