@@ -45,14 +45,11 @@ class ClassifierConfig:
     patch_size: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("channel_mult", "attn_resolutions"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{name} must be a list or tuple of integers, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
-        self.encoder  # noqa: B018  (validates every shared field with UNetConfig's checks)
+        enc = self.encoder  # validates every shared field with UNetConfig's checks, lists made tuples there
+        for name in ("channel_mult", "attn_resolutions"):
+            object.__setattr__(self, name, getattr(enc, name))
 
     @property
     def encoder(self) -> UNetConfig:
@@ -67,14 +64,12 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClassifierConfig":
+        from ..train.config import _from_mapping  # at call time: train imports nn
+
         d = dict(d)
         if d.pop("kind", CLASSIFIER_KIND) != CLASSIFIER_KIND:
             raise ValueError(f"not a noisy-classifier config (kind must be {CLASSIFIER_KIND!r})")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ClassifierConfig key(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+        return _from_mapping(cls, d)
 
 
 class NoisyClassifier(nn.Module):
