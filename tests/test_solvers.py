@@ -94,7 +94,10 @@ def test_model_calls(solver):
     ddim.sample(model, LINEAR, torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)), steps=7,
                 solver=solver, generator=torch.Generator().manual_seed(1))
     grid = ddim.timesteps(LINEAR, 7).tolist()
-    assert len(calls) == get_solver(solver).nfe(7) == (13 if solver == "heun" else 7)
+    # Heun: 2 per step but 1 on the last; annealed Langevin: L = 2 per level and one final x̂_0; pc: one
+    # corrector step and the DDIM predictor per level
+    expected = {"heun": 13, "langevin": 15, "pc": 14}.get(solver, 7)
+    assert len(calls) == get_solver(solver).nfe(7) == expected
     assert sorted(set(calls), reverse=True) == grid  # every call at a grid point
 
 
@@ -132,14 +135,14 @@ def test_lambda_and_final_step():
 
 @pytest.mark.parametrize("solver", list(SOLVERS))
 def test_zero_terminal_snr(solver):
-    """Starting at ᾱ = 0 (v-prediction): every solver but Heun samples finite values; Heun (σ = ∞ there)
-    is refused with a reason."""
+    """Starting at ᾱ = 0 (v-prediction): the solvers of the seam sample finite values; Heun (σ = ∞ there)
+    and the score solvers (a step's ∫β = log(ᾱ_t'/ᾱ_t) = ∞) are refused with a reason."""
     sched = ddim.Schedule.linear(1000, zero_terminal_snr=True)
     model = lambda x, t: 0.5 * x  # noqa: E731
     xT = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
     kw = dict(steps=6, spacing="trailing", prediction="v", solver=solver, generator=torch.Generator().manual_seed(1))
-    if solver == "heun":
-        with pytest.raises(ValueError, match="solver 'heun' cannot start at ᾱ_t = 0"):
+    if solver in ("heun", "reverse-sde", "pf-ode", "langevin", "pc"):
+        with pytest.raises(ValueError, match=f"solver '{solver}' cannot start at ᾱ_t = 0"):
             ddim.sample(model, sched, xT, **kw)
     else:
         assert torch.isfinite(ddim.sample(model, sched, xT, **kw)).all()
