@@ -222,11 +222,12 @@ def _run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- main
 
 def _module_subcommands() -> tuple[Callable, ...]:
-    """The subcommands defined in their own modules (``SUBCOMMANDS`` of cli_sampling, cli_eval)."""
+    """The subcommands defined in their own modules (``SUBCOMMANDS`` of cli_sampling, cli_inversion, cli_eval)."""
     from .cli_eval import SUBCOMMANDS as EVAL
+    from .cli_inversion import SUBCOMMANDS as INVERSION
     from .cli_sampling import SUBCOMMANDS as SAMPLING
 
-    return tuple(lambda sub, add=add: add(sub, _Formatter) for add in (*SAMPLING, *EVAL))
+    return tuple(lambda sub, add=add: add(sub, _Formatter) for add in (*SAMPLING, *INVERSION, *EVAL))
 
 
 _SUBCOMMANDS: tuple[Callable, ...] = (_add_train, _add_train_classifier)
