@@ -169,7 +169,6 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
             m, buf = models[len(idx)]
             if buf is not None:
                 buf.copy_(labels)
-            m = classifier_guided(m, schedule, opts.prediction, buf, idx, class_id, classifier, classifier_scale)
             with torch.inference_mode():
                 res = run(m, schedule, x_T, generator=gens, callback=callback, return_trajectory=trajectory,
                           options=opts)

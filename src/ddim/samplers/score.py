@@ -112,6 +112,12 @@ class _ScoreSolver(Solver):
     def check(self, abar_t) -> None:
         _refuse_pure_noise(self.name, abar_t)
 
+    @staticmethod
+    def _score(k: int, x, predict, t_batch, coef):
+        """(x̂_0, s) at x on grid level k: one model call, s from its ε̂ by eq. (1)."""
+        x0, eps = predict(x, t_batch[k], coef.abar_t[k])
+        return x0, -eps * coef.table["inv_sigma"][k]
+
     def eta(self, eta) -> object:
         if eta not in (0, 0.0):
             raise ValueError(f"eta={eta!r} applies to solver 'ddim' (or a pc with predictor ddim) only; "
@@ -134,8 +140,7 @@ class ReverseSDE(_ScoreSolver):
 
     def step(self, k, x, predict, t_batch, coef, state, noise_at):
         tab = coef.table
-        x0, eps = predict(x, t_batch[k], coef.abar_t[k])
-        s = -eps * tab["inv_sigma"][k]
+        x0, s = self._score(k, x, predict, t_batch, coef)
         x_next = x + tab["B"][k] * (0.5 * x + s)
         z = noise_at(k)
         return (x_next if z is None else x_next + tab["sqrt_B"][k] * z), x0
@@ -151,9 +156,8 @@ class ProbabilityFlow(_ScoreSolver):
     summary: str = "Euler on the probability-flow ODE (score_sde)"
 
     def step(self, k, x, predict, t_batch, coef, state, noise_at):
-        tab = coef.table
-        x0, eps = predict(x, t_batch[k], coef.abar_t[k])
-        return x + tab["B"][k] * (0.5 * x - 0.5 * eps * tab["inv_sigma"][k]), x0
+        x0, s = self._score(k, x, predict, t_batch, coef)
+        return x + coef.table["B"][k] * (0.5 * x + 0.5 * s), x0
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,8 @@ class AnnealedLangevin(_ScoreSolver):
         delta = self.step_size * tab["var"][k]
         x0 = None
         for j in range(self.langevin_steps):
-            x0, eps = predict(x, t, abar)
-            x = langevin_step(x, -eps * tab["inv_sigma"][k], delta, noise_at(k, j))
+            x0, s = self._score(k, x, predict, t_batch, coef)
+            x = langevin_step(x, s, delta, noise_at(k, j))
         if k == t_batch.shape[0] - 1:  # denoise: x̂_0 at the last level (whatever set_alpha_to_one says)
             x, _ = predict(x, t, abar)
             return x, x
@@ -254,11 +258,10 @@ class PredictorCorrector(_ScoreSolver):
         return tuple(self.corrector_steps + d for d in self.predictor.draws(plan))
 
     def step(self, k, x, predict, t_batch, coef, state, noise_at):
-        tab, t, abar = coef.table, t_batch[k], coef.abar_t[k]
+        tab = coef.table
         n = self.corrector_steps
         for j in range(n):
-            _, eps = predict(x, t, abar)
-            s = -eps * tab["inv_sigma"][k]
+            _, s = self._score(k, x, predict, t_batch, coef)
             z = noise_at(k, j)
             x = langevin_step(x, s, snr_step_size(s, z, self.snr, tab["alpha"][k]), z)
         # the predictor sees its own table and its draws after the corrector's
