@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -259,9 +260,23 @@ def _fail(message: str, code: int) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``ddim`` console script; returns the exit code."""
     from .allocator import keep_freed_memory
-    from .checkpoint import NonFiniteError
 
     keep_freed_memory()   # CPU speed: see ddim.allocator
+
+    with warnings.catch_warnings():  # restores the default display when main() returns
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like errors (no source path or code line)."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    text = text[len("ddim: "):] if text.startswith("ddim: ") else text
+    print(f"ddim: warning: {text}", file=file or sys.stderr)
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
+    from .checkpoint import NonFiniteError
 
     try:
         args = build_parser().parse_args(argv)

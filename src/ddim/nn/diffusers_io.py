@@ -17,138 +17,31 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..schedule import Schedule
-from .unet import UNet, UNetConfig
+from .diffusers_config import UnsupportedConfig, unet_config_from_diffusers, unet_config_to_diffusers
+from .unet import UNet
 
 __all__ = ["load_diffusers_unet", "save_diffusers_unet", "unet_config_from_diffusers", "unet_config_to_diffusers",
-           "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule"]
+           "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule", "UnsupportedConfig"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 PICKLE_WEIGHTS_NAME = "diffusion_pytorch_model.bin"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
-# diffusers' own UNet2DModel defaults, applied to keys a config.json leaves out.
-_DIFFUSERS_DEFAULTS: dict[str, Any] = {
-    "sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
-    "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True,
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
-    "mid_block_type": "UNetMidBlock2D",
-    "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [224, 448, 672, 896], "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0,
-    "act_fn": "silu", "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None,
-    "norm_eps": 1e-5, "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
-    "num_class_embeds": None, "num_train_timesteps": None,
-}
-
-# Settings our UNet hard-wires: the only value each key may take.
-_FIXED: dict[str, Any] = {
-    "center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 1, "flip_sin_to_cos": False,
-    "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1, "downsample_padding": 0,
-    "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu", "resnet_time_scale_shift": "default",
-    "add_attention": True, "class_embed_type": None,
-}
-
-_DOWN = {"DownBlock2D": False, "AttnDownBlock2D": True}  # block type -> has attention
-_UP = {"UpBlock2D": False, "AttnUpBlock2D": True}
-
-
-# ---- config mapping -----------------------------------------------------------------------------
-def _unsupported(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"unsupported diffusers UNet2DModel setting {key}={value!r}; allowed: {allowed}")
-
-
-def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
-    """Map a diffusers ``UNet2DModel`` config dict (config.json) onto a ``UNetConfig``.
-
-    Raises ValueError naming the first key whose value our DDPM UNet cannot represent.
-    """
-    cls = config.get("_class_name", "UNet2DModel")
-    if cls != "UNet2DModel":
-        raise _unsupported("_class_name", cls, "'UNet2DModel'")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in _DIFFUSERS_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown diffusers UNet2DModel config key(s) {unknown}; "
-                         f"known: {sorted(_DIFFUSERS_DEFAULTS)}")
-    c = {**_DIFFUSERS_DEFAULTS, **config}
-    for key, want in _FIXED.items():
-        if c[key] != want:
-            raise _unsupported(key, c[key], repr(want))
-
-    boc = [int(ch) for ch in c["block_out_channels"]]
-    if not boc or any(ch % boc[0] for ch in boc):
-        raise _unsupported("block_out_channels", c["block_out_channels"], "integer multiples of the first entry")
-    down, up = list(c["down_block_types"]), list(c["up_block_types"])
-    for key, types, table in (("down_block_types", down, _DOWN), ("up_block_types", up, _UP)):
-        bad = [b for b in types if b not in table]
-        if bad or len(types) != len(boc):
-            raise _unsupported(key, types, f"{len(boc)} entries from {sorted(table)}")
-    attn_levels = [_DOWN[b] for b in down]
-    if [_UP[b] for b in reversed(up)] != attn_levels:
-        raise _unsupported("up_block_types", up, f"the mirror image of down_block_types {down}")
-
-    size = c["sample_size"]
-    if isinstance(size, (list, tuple)):
-        if len(size) != 2 or size[0] != size[1]:
-            raise _unsupported("sample_size", size, "an int or a square [n, n]")
-        size = size[0]
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise _unsupported("sample_size", size, "an integer image size")
-
-    if c["time_embedding_dim"] not in (None, 4 * boc[0]):
-        raise _unsupported("time_embedding_dim", c["time_embedding_dim"], f"None or {4 * boc[0]}")
-    if c["attn_norm_num_groups"] not in (None, c["norm_num_groups"]):
-        raise _unsupported("attn_norm_num_groups", c["attn_norm_num_groups"], f"None or {c['norm_num_groups']}")
-    # One head of full width: diffusers uses channels // attention_head_dim heads at each attention.
-    attn_widths = {boc[-1]} | {ch for ch, a in zip(boc, attn_levels) if a}
-    head = c["attention_head_dim"]
-    if head is not None and attn_widths != {head}:
-        raise _unsupported("attention_head_dim", head, f"None (one full-width head; attention widths "
-                           f"{sorted(attn_widths)}){' [absent keys take the diffusers default 8]' if 'attention_head_dim' not in config else ''}")
-    n = c["num_class_embeds"]
-    if n is not None and (not isinstance(n, int) or n < 2):
-        raise _unsupported("num_class_embeds", n, "None or an integer >= 2 (the last row is our null label)")
-
-    return UNetConfig(
-        image_size=size, in_channels=c["in_channels"], out_channels=c["out_channels"], base_channels=boc[0],
-        channel_mult=tuple(ch // boc[0] for ch in boc), num_res_blocks=c["layers_per_block"],
-        attn_resolutions=tuple(size // 2**i for i, a in enumerate(attn_levels) if a),
-        dropout=float(c["dropout"]), num_classes=None if n is None else n - 1,
-        norm_groups=c["norm_num_groups"], norm_eps=float(c["norm_eps"]))
-
-
-def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
-    """The diffusers ``UNet2DModel`` config.json dict equivalent to ``config``."""
-    if config.patch_size != 1:
-        raise ValueError(f"patch_size={config.patch_size} has no diffusers UNet2DModel equivalent (allowed: 1)")
-    levels = range(len(config.channel_mult))
-    attn = [config.resolutions[i] in config.attn_resolutions for i in levels]
-    return {
-        "_class_name": "UNet2DModel",
-        **_FIXED,
-        "sample_size": config.image_size, "in_channels": config.in_channels, "out_channels": config.out_channels,
-        "time_embedding_dim": None,
-        "block_out_channels": list(config.channels), "layers_per_block": config.num_res_blocks,
-        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-        "dropout": config.dropout, "attention_head_dim": None, "attn_norm_num_groups": None,
-        "norm_num_groups": config.norm_groups, "norm_eps": config.norm_eps,
-        "num_class_embeds": None if config.num_classes is None else config.num_classes + 1,
-        "num_train_timesteps": None,
-    }
-
-
 # ---- weight names -------------------------------------------------------------------------------
 # Our parameter name -> diffusers' name, applied in order (each a regex substitution on the key).
 _RENAMES: list[tuple[str, str]] = [
+    (r"^time_embed\.fourier$", "time_proj.weight"),
     (r"^time_embed\.lin1\.", "time_embedding.linear_1."),
     (r"^time_embed\.lin2\.", "time_embedding.linear_2."),
     (r"^label_embed\.", "class_embedding."),
@@ -162,8 +55,8 @@ _RENAMES: list[tuple[str, str]] = [
     (r"^up\.(\d+)\.", r"up_blocks.\1."),
     (r"\.res\.(\d+)\.", r".resnets.\1."),
     (r"\.attn\.(\d+)\.", r".attentions.\1."),
-    (r"(resnets\.\d+)\.temb_proj\.", r"\1.time_emb_proj."),
-    (r"(resnets\.\d+)\.skip\.", r"\1.conv_shortcut."),
+    (r"\.temb_proj\.", ".time_emb_proj."),  # only ResBlocks (resamplers included) have these two
+    (r"\.skip\.", ".conv_shortcut."),
     (r"(attentions\.\d+)\.norm\.", r"\1.group_norm."),
     (r"(attentions\.\d+)\.(q|k|v)\.", r"\1.to_\2."),
     (r"(attentions\.\d+)\.proj\.", r"\1.to_out.0."),
@@ -238,8 +131,10 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {file} as safetensors (truncated or corrupted?): {e}") from e
 
 
-def load_diffusers_unet(path: str | Path, dtype: torch.dtype = torch.float32) -> UNet:
-    """Load a diffusers ``UNet2DModel`` directory (DDPM form) as our ``UNet``, in eval mode.
+def load_diffusers_unet(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load a diffusers ``UNet2DModel`` directory, in eval mode: as our ``UNet`` when its configuration
+    maps (``unet_config_from_diffusers``), else as diffusers' own model in a ``DiffusersUNet`` (one
+    warning line says so).
 
     Args:
         path: directory with config.json and diffusion_pytorch_model.safetensors (or a pipeline
@@ -247,24 +142,50 @@ def load_diffusers_unet(path: str | Path, dtype: torch.dtype = torch.float32) ->
         dtype: parameter dtype of the returned model.
     Raises:
         FileNotFoundError: no such directory, config or weights file.
-        ValueError: an unsupported setting, unreadable weights, or weights that don't fit the config.
+        ValueError: a setting neither we nor diffusers (or no diffusers installed) can run, unreadable
+            weights, or weights that don't fit the config.
     """
     folder = _model_dir(path)
-    config = unet_config_from_diffusers(_read_json(folder / CONFIG_NAME))
+    raw = _read_json(folder / CONFIG_NAME)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         if (folder / PICKLE_WEIGHTS_NAME).is_file():
             raise ValueError(f"{folder} has only {PICKLE_WEIGHTS_NAME} (pickle); safetensors is required: "
                              f"convert it to {WEIGHTS_NAME}")
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
+    try:
+        config = unet_config_from_diffusers(raw)
+    except UnsupportedConfig as e:
+        return _load_with_diffusers(folder, e).to(dtype).eval()
     model = UNet.from_config(config)
     model.load_state_dict(_state_from_diffusers(model, _read_safetensors(weights), weights))
     return model.to(dtype).eval()
 
 
-def save_diffusers_unet(unet: UNet, path: str | Path) -> Path:
-    """Write ``unet`` as a diffusers ``UNet2DModel`` directory (config.json + safetensors weights),
-    loadable by ``diffusers.UNet2DModel.from_pretrained(path)``. Returns the directory."""
+def _load_with_diffusers(folder: Path, reason: UnsupportedConfig) -> nn.Module:
+    from .diffusers_unet import DiffusersUNet
+
+    try:
+        model = DiffusersUNet.from_pretrained(folder)
+    except ImportError:
+        raise ValueError(f"{reason} (install diffusers, pip install \"ddim[diffusers]\", to run it "
+                         "through diffusers' own UNet2DModel)") from None
+    except Exception as e:  # diffusers' own refusals come as many types; report them on one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{reason}; diffusers could not load it either: {first}") from None
+    warnings.warn(f"{folder}: {reason.key}={reason.value!r} has no native form; running diffusers' own "
+                  "UNet2DModel (no fast path)", RuntimeWarning, stacklevel=3)
+    return model
+
+
+def save_diffusers_unet(unet: nn.Module, path: str | Path) -> Path:
+    """Write ``unet`` (our ``UNet``, or a ``DiffusersUNet``) as a diffusers ``UNet2DModel`` directory
+    (config.json + safetensors weights), loadable by ``diffusers.UNet2DModel.from_pretrained(path)``.
+    Returns the directory."""
+    from .diffusers_unet import DiffusersUNet
+
+    if isinstance(unet, DiffusersUNet):
+        return unet.save_pretrained(path)
     if not isinstance(unet, UNet):
         raise ValueError(f"save_diffusers_unet needs a ddim.nn.UNet, got {type(unet).__name__}")
     config = unet_config_to_diffusers(unet.config)  # refuses what diffusers cannot hold, before any write

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -47,6 +48,22 @@ class UNetConfig:
         patch_size: p; 1 is the DDPM UNet. p > 1 folds each p×p patch into channels first (pixel-unshuffle)
             and unfolds the output (pixel-shuffle), so every level runs at 1/p of the image side: the
             full-resolution level, the costliest per channel on a CPU, is gone.
+
+    The remaining fields default to the DDPM UNet; they let the other common ``UNet2DModel`` forms
+    (diffusers) load natively (``ddim.nn.diffusers_io``):
+        head_dim: channels per attention head; None for one head of full width.
+        flip_sin_to_cos, freq_shift: the sinusoid's layout (``layers.timestep_embedding``).
+        time_embedding: "positional" (t = step index) or "fourier" (t = noise level σ; the output is
+            divided by σ, as score-SDE NCSN++ models do).
+        time_embed_dim: E; None for 4·C_0.
+        downsample_padding: 0 (pad bottom/right only, DDPM) or 1 (pad all sides).
+        scale_shift: ResBlocks apply the embedding as a scale and shift after their second norm.
+        resblock_resample: feature-map sizes whose level down/up-samples with a ResBlock (average pool /
+            nearest neighbour inside it) instead of a conv.
+        mid_block, mid_attention: whether the middle ResBlock–attention–ResBlock exists, and its attention.
+        mid_scale: divides the middle blocks' outputs.
+        mid_attn_norm_groups: GroupNorm groups of the middle attention; None: norm_groups; 0: no norm.
+        center_input: map inputs from [0, 1] to [−1, 1] first (x ↦ 2x − 1).
     """
 
     image_size: int = 32
@@ -61,10 +78,23 @@ class UNetConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     patch_size: int = 1
+    head_dim: int | None = None
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1.0
+    time_embedding: str = "positional"
+    time_embed_dim: int | None = None
+    downsample_padding: int = 0
+    scale_shift: bool = False
+    resblock_resample: tuple[int, ...] = ()
+    mid_block: bool = True
+    mid_attention: bool = True
+    mid_scale: float = 1.0
+    mid_attn_norm_groups: int | None = None
+    center_input: bool = False
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so the frozen config stays hashable and compares equal.
-        for name in ("channel_mult", "attn_resolutions"):
+        for name in ("channel_mult", "attn_resolutions", "resblock_resample"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{name} must be a list or tuple of integers, got {value!r}")
@@ -83,14 +113,21 @@ class UNetConfig:
 
     @property
     def embed_dim(self) -> int:
-        """E = 4·C_0, width of the time (and label) embedding."""
-        return 4 * self.base_channels
+        """E (4·C_0 unless ``time_embed_dim`` says otherwise), width of the time (and label) embedding."""
+        return 4 * self.base_channels if self.time_embed_dim is None else self.time_embed_dim
+
+    @property
+    def attention_widths(self) -> tuple[int, ...]:
+        """Channels at every attention layer's level (the middle one included when it exists)."""
+        mid = (self.channels[-1],) if self.mid_block and self.mid_attention else ()
+        return tuple(ch for ch, r in zip(self.channels, self.resolutions) if r in self.attn_resolutions) + mid
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attn_resolutions"] = list(self.attn_resolutions)
+        d["resblock_resample"] = list(self.resblock_resample)
         return d
 
     @classmethod
@@ -147,6 +184,40 @@ def _validate(c: UNetConfig) -> None:
         raise ValueError(f"num_classes must be None or an integer >= 1, got {c.num_classes!r}")
     if not (isinstance(c.norm_eps, (int, float)) and c.norm_eps > 0):
         raise ValueError(f"norm_eps must be > 0, got {c.norm_eps!r}")
+    _validate_form(c)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validate_form(c: UNetConfig) -> None:
+    """The fields beyond the DDPM UNet (attention heads, sinusoid layout, resampling, middle block)."""
+    for name in ("flip_sin_to_cos", "scale_shift", "mid_block", "mid_attention", "center_input"):
+        if not isinstance(getattr(c, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(c, name)!r}")
+    if c.head_dim is not None:
+        widths = c.attention_widths
+        if not _is_int(c.head_dim) or c.head_dim < 1 or any(c.head_dim > w for w in widths):
+            raise ValueError(f"head_dim must be None or an integer in [1, {min(widths, default=c.head_dim)}] "
+                             f"(the narrowest attention's channels), got {c.head_dim!r}")
+    if c.time_embedding not in ("positional", "fourier"):
+        raise ValueError(f"time_embedding must be 'positional' or 'fourier', got {c.time_embedding!r}")
+    if not _finite(c.freq_shift) or c.freq_shift == c.base_channels // 2:
+        raise ValueError(f"freq_shift must be a finite number other than base_channels/2 = {c.base_channels // 2} "
+                         f"(it divides by half - freq_shift), got {c.freq_shift!r}")
+    if c.time_embed_dim is not None and (not _is_int(c.time_embed_dim) or not 1 <= c.time_embed_dim <= 16384):
+        raise ValueError(f"time_embed_dim must be None or an integer in [1, 16384], got {c.time_embed_dim!r}")
+    if c.downsample_padding not in (0, 1) or isinstance(c.downsample_padding, bool):
+        raise ValueError(f"downsample_padding must be 0 or 1, got {c.downsample_padding!r}")
+    stray = [r for r in c.resblock_resample if r not in c.resolutions]
+    if stray:
+        raise ValueError(f"resblock_resample {stray} match no level; level sizes are {c.resolutions}")
+    if not _finite(c.mid_scale) or c.mid_scale <= 0:
+        raise ValueError(f"mid_scale must be a finite number > 0, got {c.mid_scale!r}")
+    g = c.mid_attn_norm_groups
+    if g is not None and (not _is_int(g) or g < 0 or (g and c.channels[-1] % g)):
+        raise ValueError(f"mid_attn_norm_groups must be None, 0 (no norm) or a divisor of {c.channels[-1]}, got {g!r}")
 
 
 class _Level(nn.Module):
@@ -159,22 +230,39 @@ class _Level(nn.Module):
         self.resample = resample
 
 
+def res_block(c: UNetConfig, ch_in: int, ch_out: int, *, resample: str | None = None, scale: float = 1.0) -> ResBlock:
+    """A ResBlock with ``c``'s norm, dropout and embedding settings."""
+    return ResBlock(ch_in, ch_out, c.embed_dim, c.dropout, c.norm_groups, c.norm_eps, scale_shift=c.scale_shift,
+                    output_scale=scale, resample=resample)
+
+
+def attention(c: UNetConfig, ch: int, *, groups: int | None = None, scale: float = 1.0) -> SelfAttention:
+    """A SelfAttention with ``c``'s head width (GroupNorm groups: ``groups``, default norm_groups; 0: none)."""
+    groups = c.norm_groups if groups is None else groups
+    return SelfAttention(ch, groups or None, c.norm_eps, head_dim=c.head_dim, output_scale=scale)
+
+
+def _resampler(c: UNetConfig, ch: int, size: int, direction: str) -> nn.Module:
+    if size in c.resblock_resample:
+        return res_block(c, ch, ch, resample=direction)
+    return Downsample(ch, c.downsample_padding) if direction == "down" else Upsample(ch)
+
+
 def down_path(c: UNetConfig) -> tuple[nn.ModuleList, list[int]]:
     """The encoder half of the UNet (shared with ``NoisyClassifier``): per level, ``num_res_blocks``
-    ResBlocks (each followed by attention at ``attn_resolutions``), then a Downsample except on the last.
+    ResBlocks (each followed by attention at ``attn_resolutions``), then a down-sampler except on the last.
     Returns (the levels, the channels of every tensor ``encode`` keeps, in order; the last is the output's)."""
-    E, groups, eps = c.embed_dim, c.norm_groups, c.norm_eps
     skips, ch, downs = [c.base_channels], c.base_channels, []
     for i, (ch_out, size) in enumerate(zip(c.channels, c.resolutions)):
         res, attn = [], []
         for _ in range(c.num_res_blocks):
-            res.append(ResBlock(ch, ch_out, E, c.dropout, groups, eps))
+            res.append(res_block(c, ch, ch_out))
             ch = ch_out
             if size in c.attn_resolutions:
-                attn.append(SelfAttention(ch, groups, eps))
+                attn.append(attention(c, ch))
             skips.append(ch)
         last = i == len(c.channels) - 1
-        downs.append(_Level(res, attn, None if last else Downsample(ch)))
+        downs.append(_Level(res, attn, None if last else _resampler(c, ch, size, "down")))
         if not last:
             skips.append(ch)
     return nn.ModuleList(downs), skips
@@ -191,20 +279,23 @@ def encode(levels: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> list[to
                 h = level.attn[j](h)
             hs.append(h)
         if level.resample is not None:
-            h = level.resample(h)
+            h = level.resample(h, emb)
             hs.append(h)
     return hs
 
 
 class _Middle(nn.Module):
-    def __init__(self, ch: int, E: int, c: UNetConfig):
+    """ResBlock, SelfAttention (unless ``mid_attention`` is off), ResBlock, each output divided by ``mid_scale``."""
+
+    def __init__(self, ch: int, c: UNetConfig):
         super().__init__()
-        self.res1 = ResBlock(ch, ch, E, c.dropout, c.norm_groups, c.norm_eps)
-        self.attn = SelfAttention(ch, c.norm_groups, c.norm_eps)
-        self.res2 = ResBlock(ch, ch, E, c.dropout, c.norm_groups, c.norm_eps)
+        self.res1 = res_block(c, ch, ch, scale=c.mid_scale)
+        self.attn = attention(c, ch, groups=c.mid_attn_norm_groups, scale=c.mid_scale) if c.mid_attention else None
+        self.res2 = res_block(c, ch, ch, scale=c.mid_scale)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.res2(self.attn(self.res1(h, emb)), emb)
+        h = self.res1(h, emb)
+        return self.res2(h if self.attn is None else self.attn(h), emb)
 
 
 class UNet(nn.Module):
@@ -215,16 +306,17 @@ class UNet(nn.Module):
         super().__init__()
         c = UNetConfig.from_dict(kwargs)
         self._config = c
-        E, groups, eps, p = c.embed_dim, c.norm_groups, c.norm_eps, c.dropout
+        E, groups, eps = c.embed_dim, c.norm_groups, c.norm_eps
 
         p2 = c.patch_size**2
         self.conv_in = nn.Conv2d(c.in_channels * p2, c.base_channels, 3, padding=1)
-        self.time_embed = TimeEmbedding(c.base_channels, E)
+        self.time_embed = TimeEmbedding(c.base_channels, E, flip_sin_to_cos=c.flip_sin_to_cos,
+                                        freq_shift=c.freq_shift, kind=c.time_embedding)
         self.label_embed = nn.Embedding(c.num_classes + 1, E) if c.num_classes is not None else None
 
         self.down, skips = down_path(c)
         ch = skips[-1]
-        self.mid = _Middle(ch, E, c)
+        self.mid = _Middle(ch, c) if c.mid_block else None
 
         # Up path, deepest level first; each ResBlock eats one skip (concatenated after h).
         ups = []
@@ -232,11 +324,11 @@ class UNet(nn.Module):
             ch_out, size = c.channels[i], c.resolutions[i]
             res, attn = [], []
             for _ in range(c.num_res_blocks + 1):
-                res.append(ResBlock(ch + skips.pop(), ch_out, E, p, groups, eps))
+                res.append(res_block(c, ch + skips.pop(), ch_out))
                 ch = ch_out
                 if size in c.attn_resolutions:
-                    attn.append(SelfAttention(ch, groups, eps))
-            ups.append(_Level(res, attn, Upsample(ch) if i > 0 else None))
+                    attn.append(attention(c, ch))
+            ups.append(_Level(res, attn, _resampler(c, ch, size, "up") if i > 0 else None))
         self.up = nn.ModuleList(ups)
 
         self.norm_out = nn.GroupNorm(groups, ch, eps=eps)
@@ -296,18 +388,24 @@ class UNet(nn.Module):
         elif self.label_embed is not None:
             emb = emb + self.label_embed(self._check_labels(labels, x))
 
-        p = self._config.patch_size
+        c = self._config
+        p = c.patch_size
+        if c.center_input:
+            x = 2 * x - 1.0
         hs = encode(self.down, self.conv_in(x if p == 1 else nn.functional.pixel_unshuffle(x, p)), emb)
-        h = self.mid(hs[-1], emb)
+        h = hs[-1] if self.mid is None else self.mid(hs[-1], emb)
         for level in self.up:
             for j, block in enumerate(level.res):
                 h = block(torch.cat([h, hs.pop()], dim=1), emb)
                 if len(level.attn):
                     h = level.attn[j](h)
             if level.resample is not None:
-                h = level.resample(h)
+                h = level.resample(h, emb)
         out = self.conv_out(nn.functional.silu(self.norm_out(h)))
-        return out if p == 1 else nn.functional.pixel_shuffle(out, p)
+        out = out if p == 1 else nn.functional.pixel_shuffle(out, p)
+        if c.time_embedding == "fourier":  # a score-SDE network: its output is divided by the noise level
+            out = out / t.to(out.dtype)[:, None, None, None]
+        return out
 
     def _check_input(self, x: torch.Tensor) -> None:
         c = self._config

@@ -208,8 +208,9 @@ def _default_schedule() -> dict:
 class RunConfig:
     """Everything needed to rebuild a run: train, data (None for imported models), model, schedule.
 
-    ``model`` is a ``ddim.nn.UNetConfig`` (a denoiser) or a ``ddim.nn.ClassifierConfig`` (a noisy classifier,
-    ``ddim train-classifier``); ``schedule`` is ``Schedule.to_config()`` (plain JSON).
+    ``model`` is a ``ddim.nn.UNetConfig`` (a denoiser), a ``ddim.nn.ClassifierConfig`` (a noisy classifier,
+    ``ddim train-classifier``) or a ``ddim.nn.ForeignUNetConfig`` (a diffusers model run through diffusers; loaded,
+    never trained or saved); ``schedule`` is ``Schedule.to_config()`` (plain JSON).
     """
 
     model: Any
@@ -218,11 +219,12 @@ class RunConfig:
     schedule: Mapping[str, Any] = field(default_factory=_default_schedule)
 
     def __post_init__(self) -> None:
-        from ..nn import ClassifierConfig, UNetConfig
+        from ..nn import ClassifierConfig, ForeignUNetConfig, UNetConfig
         from ..schedule import Schedule
 
-        if not isinstance(self.model, (UNetConfig, ClassifierConfig)):
-            raise ValueError(f"model must be a UNetConfig or ClassifierConfig, got {type(self.model).__name__}")
+        if not isinstance(self.model, (UNetConfig, ClassifierConfig, ForeignUNetConfig)):
+            raise ValueError(f"model must be a UNetConfig, ClassifierConfig or ForeignUNetConfig (a diffusers model "
+                             f"run through diffusers), got {type(self.model).__name__}")
         object.__setattr__(self, "schedule", dict(self.schedule))
         Schedule.from_config(self.schedule)  # validates; the Schedule itself is rebuilt on demand
 
