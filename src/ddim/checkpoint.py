@@ -334,7 +334,10 @@ def find_checkpoint(path: PathLike) -> Path:
 
 def _load_diffusers(path: Path, device):
     """(model, schedule, RunConfig) from a diffusers UNet2DModel dir or a pipeline dir (unet/, scheduler/)."""
-    from .nn import load_diffusers_schedule, load_diffusers_unet
+    from .nn import load_diffusers_unet
+    from .nn.diffusers_io import read_scheduler_config, schedule_from_diffusers, ve_params_from_diffusers
+    from .nn.ve import VEScoreModel
+    from .schedule import Schedule
     from .train.config import RunConfig, TrainConfig
 
     unet_dir = path if _is_diffusers_unet(path) else path / "unet"
@@ -342,15 +345,29 @@ def _load_diffusers(path: Path, device):
                       if (d / "scheduler_config.json").is_file()), None)
     try:
         model = load_diffusers_unet(unet_dir)
-        schedule, prediction = load_diffusers_schedule(sched_dir) if sched_dir is not None else (None, None)
+        sched = read_scheduler_config(sched_dir) if sched_dir is not None else {}
+        ve = ve_params_from_diffusers(sched)
+        if ve is not None:  # a score-SDE VE network: called with σ, returns the score
+            model = VEScoreModel(model, *ve)
+            schedule, prediction = model.schedule(), "epsilon"
+        elif _takes_noise_level(model):
+            raise ValueError("this network has time_embedding_type='fourier': it takes noise levels σ, not steps; "
+                             "ddim samples it with its ScoreSdeVeScheduler config (scheduler/scheduler_config.json)")
+        elif sched:
+            schedule, prediction = schedule_from_diffusers(sched)
+        else:  # a bare UNet: DDPM's schedule and target, as diffusers' DDPMScheduler defaults
+            schedule, prediction = Schedule.linear(1000), "epsilon"
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"cannot load the diffusers model in {path} ({_one_line(e)})") from None
-    if schedule is None:  # a bare UNet: DDPM's schedule and target, as diffusers' DDPMScheduler defaults
-        from .schedule import Schedule
-
-        schedule, prediction = Schedule.linear(1000), "epsilon"
     config = RunConfig(model=model.config, train=TrainConfig(prediction=prediction), schedule=schedule.to_config())
     return model.to(device).eval(), schedule, config
+
+
+def _takes_noise_level(model) -> bool:
+    """Whether a loaded diffusers network has a fourier time input (score-SDE: it reads σ, not t)."""
+    c = model.config
+    kind = getattr(c, "time_embedding", None) or json.loads(getattr(c, "diffusers_json", "{}")).get("time_embedding_type")
+    return kind == "fourier"
 
 
 def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cpu"):

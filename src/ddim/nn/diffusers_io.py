@@ -31,7 +31,8 @@ from .diffusers_config import UnsupportedConfig, unet_config_from_diffusers, une
 from .unet import UNet
 
 __all__ = ["load_diffusers_unet", "save_diffusers_unet", "unet_config_from_diffusers", "unet_config_to_diffusers",
-           "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule", "UnsupportedConfig"]
+           "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule", "UnsupportedConfig",
+           "ve_params_from_diffusers", "read_scheduler_config"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -213,6 +214,9 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[Schedule, str]:
     Returns:
         (schedule, prediction) with prediction one of "epsilon", "sample", "v".
     """
+    if config.get("_class_name") == VE_SCHEDULER:
+        raise ValueError(f"{VE_SCHEDULER} describes a variance-exploding score model; load its pipeline with "
+                         "ddim.load_checkpoint (ve_params_from_diffusers and ddim.nn.VEScoreModel map it)")
     T = config.get("num_train_timesteps", 1000)
     start, end = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
     kind = config.get("beta_schedule", "linear")
@@ -237,12 +241,28 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[Schedule, str]:
     return schedule, _PREDICTIONS[pred]
 
 
-def load_diffusers_schedule(path: str | Path) -> tuple[Schedule, str]:
-    """``schedule_from_diffusers`` on ``path/scheduler_config.json`` (``path/scheduler/`` of a
-    pipeline directory, or the JSON file itself, also work)."""
+VE_SCHEDULER = "ScoreSdeVeScheduler"
+
+
+def ve_params_from_diffusers(config: Mapping[str, Any]) -> tuple[float, float, int] | None:
+    """(σ_min, σ_max, T) of a score-SDE VE scheduler config (diffusers' defaults for absent keys), or None
+    for any other scheduler. ``ddim.nn.VEScoreModel`` turns the network into an ε-predictor with them."""
+    if config.get("_class_name") != VE_SCHEDULER:
+        return None
+    return (config.get("sigma_min", 0.01), config.get("sigma_max", 1348.0), config.get("num_train_timesteps", 2000))
+
+
+def read_scheduler_config(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path/scheduler_config.json`` (``path/scheduler/`` of a pipeline directory, or the
+    JSON file itself, also work)."""
     path = Path(path)
     candidates = [path] if path.is_file() else [path / SCHEDULER_CONFIG_NAME, path / "scheduler" / SCHEDULER_CONFIG_NAME]
     for file in candidates:
         if file.is_file():
-            return schedule_from_diffusers(_read_json(file))
+            return _read_json(file)
     raise FileNotFoundError(f"no {SCHEDULER_CONFIG_NAME} at {path}")
+
+
+def load_diffusers_schedule(path: str | Path) -> tuple[Schedule, str]:
+    """``schedule_from_diffusers`` on ``read_scheduler_config(path)``."""
+    return schedule_from_diffusers(read_scheduler_config(path))
