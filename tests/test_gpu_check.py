@@ -1,0 +1,40 @@
+"""scripts/gpu_check.py --dry-run: the prepared GPU check's every step, at toy sizes on the CPU, so the
+script that will run on the first GPU we are lent cannot rot unnoticed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_step_and_writes_the_report(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry_run"] and [s["step"] for s in report["steps"]] == ["tests", "sampling", "training"]
+    assert all(s["status"] == "ok" for s in report["steps"])
+    steps = {s["step"]: s for s in report["steps"]}
+    rows = steps["sampling"]["results"]["rows"]
+    assert {r["precision"] for r in rows} == {"fp32", "fast"}
+    fast = next(r for r in rows if r["precision"] == "fast")
+    assert fast["max_abs_diff_vs_fp32"] <= 1e-4 and fast["max_rel_diff"] <= 1e-4   # the fast path agrees
+    assert steps["training"]["results"]["rows"][0]["ours_steps_per_s"] > 0
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "## Sampling" in md and "## Training" in md and "| tests | ok |" in md
+
+
+def test_gpu_check_without_cuda_refuses_the_full_run(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the full run is the real check")
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
