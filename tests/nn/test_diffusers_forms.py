@@ -172,9 +172,10 @@ def pipeline(tmp_path, config, prediction="epsilon"):
     return tmp_path
 
 
-@pytest.mark.parametrize("form", ["train_unconditional_example", "class_conditional"])
-def test_cli_samples_an_imported_model(tmp_path, form, capsys):
-    pipe = pipeline(tmp_path / "pipe", FORMS[form])
+@pytest.mark.parametrize("form,prediction", [("train_unconditional_example", "epsilon"),
+                                             ("class_conditional", "epsilon"), ("scale_shift", "v_prediction")])
+def test_cli_samples_an_imported_model(tmp_path, form, prediction, capsys):
+    pipe = pipeline(tmp_path / "pipe", FORMS[form], prediction)
     if form == "train_unconditional_example":
         pipe = pipe / "unet"                                         # a bare UNet2DModel directory also works
     out = tmp_path / "s.png"
