@@ -113,7 +113,8 @@ def _embeddings(model, labels: torch.Tensor):
 def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tensor, *, method: str = "ddim",
                  w: float = 0.0, steps: int = 50, spacing: str = "uniform", prediction: str = "epsilon",
                  eta: float = 1.0, mix: float = 0.93, null_iters: int = 10, null_lr: float = 1e-2,
-                 null_tol: float = 1e-5, generator: Generators = None, timesteps=None) -> Inversion:
+                 null_tol: float = 1e-5, null_init: str = "cond", generator: Generators = None,
+                 timesteps=None) -> Inversion:
     """Invert x_0 (B, C, H, W) of classes ``labels`` (B,) for regeneration under guidance ``w``.
 
     Args:
@@ -122,6 +123,9 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         eta: η of the ddpm method (> 0). mix: EDICT's p in (0, 1). null_iters, null_lr, null_tol: Adam
             iterations per step, its learning rate, and the early-stop threshold on the step's loss
             (null-text inversion's 10, 1e-2 and 1e-5, the threshold growing by 2e-5 per step as there).
+        null_init: where null-label's optimisation starts at step T: "cond" (the image's class embedding,
+            where Miyake et al. 2023 find the optimum lies; the per-step loss then starts at negative-label's)
+            or "null" (the ∅ row, as null-text inversion starts from the empty prompt).
         generator: the ddpm method's draws of x_t ~ q(x_t | x_0).
         timesteps: an explicit descending grid instead of steps/spacing (e.g. ``ddim.edit.edit_timesteps``'s
             low-noise part of one, for an edit of strength < 1).
@@ -132,6 +136,8 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         raise ValueError("guided inversion needs a class-conditional model with a null label")
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
         raise ValueError(f"guidance weight w must be a number >= 0, got {w!r}")
+    if null_init not in ("cond", "null"):
+        raise ValueError(f"null_init must be 'cond' or 'null', got {null_init!r}")
     start = time.perf_counter()
     x0 = x0.double()
     labels = labels.to(x0.device)
@@ -147,8 +153,8 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         inv = _invert_edict(model, _coefs(schedule, steps, spacing, 0.0, timesteps), x0, labels, cond, null, w,
                             prediction, mix)
     else:
-        inv = _invert_ddim(model, _coefs(schedule, steps, spacing, 0.0, timesteps), x0, labels, cond, null,
-                           prediction, w, method, null_iters, null_lr, null_tol)
+        inv = _invert_ddim(model, _coefs(schedule, steps, spacing, 0.0, timesteps), x0, labels, cond,
+                           cond if null_init == "cond" else null, prediction, w, method, null_iters, null_lr, null_tol)
     inv.seconds = time.perf_counter() - start
     return inv
 
@@ -175,17 +181,23 @@ def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, ite
         calls += 1
         emb = emb.detach().requires_grad_(True)
         opt = torch.optim.Adam([emb], lr=lr)
-        for _ in range(iters):
+        best, best_loss = emb.detach().clone(), None
+        for i in range(iters + 1):  # the last pass only scores the last update
             with torch.enable_grad():
                 eps = eps_c + w * (eps_c - _eps(model, z, tb(k), emb, abar_t, prediction))
                 out = _step(model, z, tb(k), cond, emb, w, abar_t, abar_prev, 0.0, prediction, eps=eps)
                 loss = (out - pivot[k + 1]).pow(2).flatten(1).mean(1)  # per image: images are independent
-                (emb.grad,) = torch.autograd.grad(loss.sum(), emb)  # the embedding's only, not the network's
-            opt.step()
             calls += 1
-            if float(loss.detach().max()) < tol + k * 2e-5:
+            # keep each image's best embedding: Adam's first moves can overshoot a start that is already good
+            better = loss.detach() if best_loss is None else torch.minimum(best_loss, loss.detach())
+            improved = better < best_loss if best_loss is not None else torch.ones_like(better, dtype=torch.bool)
+            best = torch.where(improved[:, None], emb.detach(), best)
+            best_loss = better
+            if i == iters or float(best_loss.max()) < tol + k * 2e-5:
                 break
-        emb = emb.detach()
+            (emb.grad,) = torch.autograd.grad(loss.sum(), emb)  # the embedding's only, not the network's
+            opt.step()
+        emb = best
         nulls.append(emb)
         with torch.no_grad():
             z = _step(model, z, tb(k), cond, emb, w, abar_t, abar_prev, 0.0, prediction)
