@@ -1,6 +1,7 @@
 """Hostile input, table-driven: every case gets one `ddim: error:` line and exit 2 (no traceback), leaves
 any pre-existing output byte for byte, and creates nothing; plus fault injection (disk full during every
-kind of output write) and the README's determinism sentence. Add a case: one row in CASES."""
+kind of output write) and the README's determinism sentence. Add a case: one row in CASES (the CLI) or
+API_CASES (a library call that must raise, not return garbage or delete a file)."""
 
 from __future__ import annotations
 
@@ -19,27 +20,34 @@ from PIL import Image
 
 import ddim
 from ddim import atomic
-from ddim.checkpoint import BUNDLED_MODEL, MANIFEST
+from ddim.checkpoint import BUNDLED_MODEL, MANIFEST, export_checkpoint, verify_checkpoint
 from ddim.cli import main
+from ddim.inversion import invert_image
 
 FAST = ["--steps", "2", "--n", "2", "--quiet"]
 
 
-def _bundle_with(tmp: Path, **config_changes) -> str:
-    """A copy of the bundled model whose config.json has ``config_changes`` (dotted keys) and a manifest
-    that matches it, so the config itself (not its hash) is what gets refused."""
+def _bundle_edited(tmp: Path, edit=lambda cfg: cfg, manifest_edit=lambda m: m) -> str:
+    """A copy of the bundled model whose config.json is ``edit(config)`` and whose manifest (matching that
+    config, so the config itself and not its hash is what gets refused) is ``manifest_edit(manifest)``."""
     dst = tmp / "ckpt"
     shutil.copytree(BUNDLED_MODEL, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    for key, value in config_changes.items():
-        section, field = key.split(".")
-        cfg[section][field] = value
-    (dst / "config.json").write_text(json.dumps(cfg))
+    (dst / "config.json").write_text(json.dumps(edit(json.loads((dst / "config.json").read_text()))))
     manifest = json.loads((dst / MANIFEST).read_text())
     data = (dst / "config.json").read_bytes()
     manifest["config.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (dst / MANIFEST).write_text(json.dumps(manifest))
+    (dst / MANIFEST).write_text(json.dumps(manifest_edit(manifest)))
     return str(dst)
+
+
+def _bundle_with(tmp: Path, **config_changes) -> str:
+    """A copy of the bundled model whose config.json has ``config_changes`` (dotted keys)."""
+    def edit(cfg):
+        for key, value in config_changes.items():
+            section, field = key.split(".")
+            cfg[section][field] = value
+        return cfg
+    return _bundle_edited(tmp, edit)
 
 
 def _nan_weights(tmp: Path) -> str:
@@ -74,6 +82,21 @@ def _file(tmp: Path) -> str:
     return str(tmp / "file")
 
 
+def _png(tmp: Path) -> str:
+    Image.new("L", (28, 28), 128).save(tmp / "in.png")
+    return str(tmp / "in.png")
+
+
+def _foreign_config(tmp: Path) -> str:
+    (tmp / "proj").mkdir()
+    (tmp / "proj" / "config.json").write_text('{"name": "somebody else\'s"}')
+    return str(tmp / "proj")
+
+
+TRAIN = ["train", "--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
+         "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--batch-size", "8"]
+
+
 # (id, argv builder(tmp) -> list, expected message fragment)
 CASES = [
     ("huge n and batch", lambda t: ["sample", "--n", "1000000000", "--batch-size", "1000000000", "--out",
@@ -103,6 +126,46 @@ CASES = [
     ("frames 1e6", lambda t: ["interpolate", "--seeds", "1", "2", "--frames", "1000000", "--out", str(t / "o.png")],
      "--frames must be an integer in [2, 1,000]"),
     ("n as a float", lambda t: ["sample", "--n", "1e9", "--out", str(t / "o.png")], "invalid int value: '1e9'"),
+    # the second sixteen
+    ("manifest entry not an object", lambda t: ["sample", "--checkpoint", _bundle_edited(
+        t, manifest_edit=lambda m: {**m, "config.json": 5}), "--out", str(t / "o.png")],
+     "entry for config.json must be an object with bytes and sha256, got 5"),
+    ("config without model", lambda t: ["sample", "--checkpoint", _bundle_edited(
+        t, lambda c: {k: v for k, v in c.items() if k != "model"}), "--out", str(t / "o.png")],
+     "has no 'model' section"),
+    ("config schedule a list", lambda t: ["sample", "--checkpoint", _bundle_edited(t, lambda c: {**c, "schedule": [1]}),
+                                          "--out", str(t / "o.png")], "schedule config must be a JSON object"),
+    ("config num_classes 1e12", lambda t: ["sample", "--checkpoint", _bundle_with(t, **{"model.num_classes": 10**12}),
+                                           "--out", str(t / "o.png")],
+     "num_classes must be None or an integer in [1, 100,000], got 1000000000000"),
+    ("guidance inf inverts to NaN", lambda t: ["reconstruct", "--images", _png(t), "--class", "1", "--guidance", "inf",
+                                               "--out", str(t / "o.png")],
+     "--guidance must be a finite number >= 0, got inf"),
+    ("reconstruct over its input", lambda t: ["reconstruct", "--images", str(t / "o.png"), "--out", str(t / "o.png")],
+     "would overwrite the input image"),
+    ("edit over its input", lambda t: ["edit", "--image", str(t / "o.png"), "--to-class", "1", "--out",
+                                       str(t / "o.png")], "would overwrite the input image"),
+    ("interpolate over an input", lambda t: ["interpolate", "--images", _png(t), str(t / "o.png"), "--out",
+                                             f"{t}/./o.png"], "would overwrite the input image"),
+    ("trajectory over the grid", lambda t: ["sample", "--out", str(t / "o.png"), "--trajectory", str(t / "o.png")],
+     "o.png is the same path as --out"),
+    ("images-dir at the grid's path", lambda t: ["sample", "--out", str(t / "g.png"), "--images-dir", str(t / "g.png")],
+     "g.png is the same path as --out"),
+    ("train --out a file", lambda t: [*TRAIN, "--out", str(t / "o.png")], "o.png: it exists and is not a folder"),
+    ("train --out a checkpoint", lambda t: [*TRAIN, "--out", _bundle_with(t)], "is a checkpoint directory"),
+    ("train --out a foreign config", lambda t: [*TRAIN, "--out", _foreign_config(t)], "is not a ddim run config"),
+    ("train --patch-size 0", lambda t: [*TRAIN, "--patch-size", "0", "--out", str(t / "run")],
+     "patch_size must be an integer in [1, 64], got 0"),
+    ("train --image-size 1e5", lambda t: ["train", "--dataset", "digits", "--image-size", "100000", "--out",
+                                          str(t / "run")], "image_size must be an integer in [1, 4096], got 100000"),
+    ("corrector steps 1e8", lambda t: ["sample", "--solver", "pc", "--corrector-steps", "100000000", "--out",
+                                       str(t / "o.png")], "corrector_steps must be an integer >= 0 (at most 1,000)"),
+    ("langevin steps 1e8", lambda t: ["sample", "--solver", "langevin", "--langevin-steps", "100000000", "--out",
+                                      str(t / "o.png")], "langevin_steps must be an integer >= 1 (at most 1,000)"),
+    ("eval n 1e11", lambda t: ["eval", "--consistency", "--n", "100000000000", "--out", str(t / "ev")],
+     "--n must be an integer in [2, 1,000,000]"),
+    ("eval batch 1e11", lambda t: ["eval", "--consistency", "--batch-size", "100000000000", "--out", str(t / "ev")],
+     "--batch-size must be an integer in [1, 65,536]"),
 ]
 
 
@@ -216,6 +279,36 @@ def test_library_refusals():
         ddim.sample(lambda x, t: x.numpy(), s, x, steps=2)
     with pytest.raises(ValueError, match="generator must be a torch.Generator"):
         ddim.sample(lambda x, t: x, s, x, steps=2, eta=1.0, generator=42)
+
+
+# (id, call, expected message): API misuse gets a ValueError naming the value, never garbage or a lost file
+API_CASES = [
+    ("threshold_max nan", lambda t: ddim.sample(lambda x, s: x, ddim.Schedule.linear(1000), torch.ones(2, 1, 4, 4),
+                                                steps=2, threshold=0.9, threshold_max=float("nan")),
+     "threshold_max must be a finite number >= 1, got nan"),
+    ("CFG float labels", lambda t: ddim.ClassifierFreeGuidance(ddim.load_checkpoint()[0], torch.tensor([2.7, 0.5]),
+                                                               w=1.0), "labels must be integer class indices"),
+    ("invert_image w inf", lambda t: invert_image(
+        ddim.load_checkpoint()[0], ddim.Schedule.linear(1000), torch.zeros(1, 1, 28, 28),
+        torch.zeros(1, dtype=torch.long), method="null-label", w=float("inf"), steps=2),
+     "w must be a number >= 0 and finite, got inf"),
+    ("export over a folder", lambda t: export_checkpoint(BUNDLED_MODEL, _foreign_config(t)),
+     "proj: it exists and is not a checkpoint directory"),
+    ("export over its source", lambda t: export_checkpoint(_bundle_with(t), t / "ckpt"),
+     "is the checkpoint being exported"),
+]
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_misuse_is_refused(case, tmp_path):
+    _, call, message = case
+    with pytest.raises(ValueError) as e:
+        call(tmp_path)
+    assert message in str(e.value), str(e.value)
+    if (tmp_path / "proj").exists():  # what an export would have replaced is still there, whole
+        assert (tmp_path / "proj" / "config.json").read_text() == '{"name": "somebody else\'s"}'
+    if (tmp_path / "ckpt").exists():
+        verify_checkpoint(tmp_path / "ckpt")
 
 
 def test_nan_model_output_is_an_error_not_a_black_image():

@@ -298,6 +298,9 @@ def verify_checkpoint(ckpt_dir: PathLike, names: Optional[Iterable[str]] = None)
         if name not in manifest:
             raise CheckpointError(f"{ckpt_dir} has no {name} in its manifest")
         path, want = ckpt_dir / name, manifest[name]
+        if not isinstance(want, dict):  # a hand-edited or damaged manifest must not end in a traceback
+            raise CheckpointError(f"{ckpt_dir / MANIFEST} is malformed: its entry for {name} must be an object "
+                                  f"with bytes and sha256, got {want!r}")
         if not path.is_file():
             raise CheckpointError(f"{path} is missing")
         size = path.stat().st_size
@@ -437,19 +440,27 @@ def export_checkpoint(src: PathLike, dst: PathLike, dtype: torch.dtype = torch.f
 
     Args:
         src: a run directory (its latest checkpoint) or a ``step_*`` directory.
-        dst: the directory to write (replaced atomically if it exists).
+        dst: the directory to write (replaced atomically if it is a checkpoint directory already; any other
+            existing folder, and the source checkpoint itself, are refused: replacing means deleting).
         dtype: floating-point type of the stored weights.
         ema: export the EMA weights (True) or the live ones; either way they are stored as ema.safetensors.
         record: JSON object written as training.json (how the model was made).
     """
     ckpt = find_checkpoint(src)
+    dst = Path(dst)
+    if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):  # only an earlier export may be replaced
+        what = ("the checkpoint being exported" if dst.resolve() == ckpt.resolve()
+                else "not a checkpoint directory" if not (dst / MANIFEST).is_file()
+                else "a training checkpoint" if (dst / "training_state.safetensors").exists() else None)
+        if what:
+            raise CheckpointError(f"cannot export to {dst}: it exists and is {what}, and the export replaces it as "
+                                  "a whole; choose a new folder")
     weights = "ema.safetensors" if ema else "model.safetensors"
     verify_checkpoint(ckpt, ["config.json", weights])
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_tensors(ckpt / weights).items()}
     jsons = {"config.json": read_json(ckpt / "config.json")}
     if record is not None:
         jsons["training.json"] = dict(record)
-    dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     _write_dir_atomically(dst, jsons, {"ema": tensors})
     return dst

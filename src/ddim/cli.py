@@ -207,8 +207,12 @@ def _classifier_config(preset: str, data, shape: dict):
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from .cli_sampling import _writable
     from .train import run_training
+    from .train.trainer import check_run_dir
 
+    _writable(args.out, folder=True)  # before the data loads: a file, a loop or an unwritable parent
+    check_run_dir(args.out, args.resume)
     config, data = _train_configs(args)
     result = run_training(config, args.out, data=data, device=args.device, resume=args.resume, quiet=args.quiet)
     if result.interrupted:

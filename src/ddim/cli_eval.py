@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from .cli_sampling import _add_clip, _bar, _clip, _eta, _note, _x0_rule
+from .cli_sampling import MAX_BATCH, MAX_N, _add_clip, _bar, _check_count, _clip, _eta, _note, _x0_rule
 from .samplers.solvers import solver_help
 
 __all__ = ["SUBCOMMANDS"]
@@ -186,8 +186,6 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
     if _clip(args) is not None and mode == "reconstruction":
         # a clamped decoder is no longer the inverse of the (unclamped) inversion ODE
         raise ValueError(f"--clip {args.clip:g} does not apply to --reconstruction (allowed: 0)")
-    if args.batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1, got {args.batch_size}")
     if "ddim" not in args.solver and args.eta is not None:
         raise ValueError("--eta applies to the ddim solver; add ddim to --solver or leave --eta out")
     probe = torch.zeros(1, 1, 1, 1)  # sample_setup checks a run's arguments without a model
@@ -225,6 +223,8 @@ def _run_eval(args) -> int:
     mode = "reconstruction" if args.reconstruction else "consistency" if args.consistency else "fid"
     steps, n = args.steps or DEFAULT_STEPS[mode], args.n or DEFAULT_N[mode]
     etas = (args.eta or DEFAULT_ETAS) if mode == "fid" else (0.0,)
+    _check_count("--n", n, MAX_N, least=2)  # `ddim sample`'s bounds, before the checkpoint loads
+    _check_count("--batch-size", args.batch_size, MAX_BATCH)
     info = dist_info_from_env()
     if info.distributed and mode != "fid":
         raise ValueError(f"--{mode} runs in one process; start it without torchrun")

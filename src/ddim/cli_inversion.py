@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from .cli_sampling import (_add_solver, _bar, _class_help, _common, _load, _note, _resolve_solver_defaults,
-                           _save_npz, _writable)
+from .cli_sampling import (_add_solver, _bar, _class_help, _common, _distinct, _load, _note,
+                           _resolve_solver_defaults, _save_npz, _writable)
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -73,8 +73,8 @@ def _guided_inversion(args):
                          "unconditional")
     if args.class_id is None:
         raise ValueError(f"--method {args.method} / --guidance need --class (the images' class)")
-    if not args.guidance >= 0:
-        raise ValueError(f"--guidance must be a number >= 0, got {args.guidance}")
+    if not 0 <= args.guidance < float("inf"):  # inf inverts to NaN latents and reconstructions
+        raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
     _note(args, notes)
     labels = class_labels(range(len(x0)), cfg.num_classes, args.class_id)
@@ -113,6 +113,7 @@ def _run_invert(args) -> int:
     import numpy as np
 
     out = _writable(args.out, (".npz",))
+    _distinct({"--out": args.out}, args.images)
     extra = {}
     if _guided(args):
         inv = _guided_inversion(args)[4]
@@ -136,6 +137,7 @@ def _run_reconstruct(args) -> int:
     from .samplers import sample
 
     out = _writable(args.out)
+    _distinct({"--out": args.out}, args.images)
     if _guided(args):
         from .inversion import regenerate
 
@@ -188,6 +190,7 @@ def _run_edit(args) -> int:
 
     _resolve_solver_defaults(args)
     out = _writable(args.out)
+    _distinct({"--out": args.out}, args.image)
     model, schedule, prediction, device = _load(args)
     cfg = model.config
     if cfg.num_classes is None:

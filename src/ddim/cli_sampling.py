@@ -214,6 +214,23 @@ def _writable(path, suffixes=None, folder: bool = False) -> Path:
     return path
 
 
+def _distinct(outputs: dict, inputs=()) -> None:
+    """Refuse, before any work, two outputs at one path or an output at an input image's path: the later
+    write would silently replace the earlier file (or the user's image). ``outputs``: flag -> path or None."""
+    seen = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        key = os.path.realpath(path)  # "a.png", "./a.png" and a symlink to it are one file
+        if key in seen:
+            raise ValueError(f"{flag} {path} is the same path as {seen[key]}; give each output its own path")
+        seen[key] = f"{flag} {path}"
+    for path in inputs:
+        if os.path.realpath(path) in seen:
+            raise ValueError(f"{seen[os.path.realpath(path)]} would overwrite the input image {path}; "
+                             "write the output elsewhere")
+
+
 def _check_count(name: str, value: int, most: int, least: int = 1) -> None:
     if not least <= value <= most:
         raise ValueError(f"{name} must be an integer in [{least}, {most:,}], got {value}")
@@ -295,6 +312,7 @@ def _run_sample(args) -> int:
 
     _resolve_solver_defaults(args)
     out = _writable(args.out)
+    _distinct({"--out": args.out, "--npz": args.npz, "--trajectory": args.trajectory, "--images-dir": args.images_dir})
     if args.npz:
         _writable(args.npz, (".npz",))
     if args.trajectory:
@@ -388,6 +406,7 @@ def _run_interpolate(args) -> int:
 
     _resolve_solver_defaults(args)
     out = _writable(args.out)
+    _distinct({"--out": args.out}, args.images or ())
     _check_count("--frames", args.frames, MAX_FRAMES, least=2)
     x0_rule = _x0_rule(args)
     if args.images:  # decode with the conditioning used to invert

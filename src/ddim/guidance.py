@@ -57,6 +57,15 @@ def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torc
     return phi * guided * ratio + (1 - phi) * guided
 
 
+def class_indices(labels) -> torch.Tensor:
+    """``labels`` as int64 class indices; floats or bools are refused (a cast would turn 2.7 into class 2
+    silently), as the UNet itself refuses them."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    return labels.to(torch.int64)
+
+
 class ClassifierFreeGuidance(nn.Module):
     """Wrap a conditional model ``model(x_t, t, labels)`` into a guided ``model(x_t, t)``.
 
@@ -81,7 +90,7 @@ class ClassifierFreeGuidance(nn.Module):
         if null_label is None:
             raise ValueError("null_label is needed: the model has no .null_label attribute")
         self.null_label = int(null_label)
-        labels = torch.as_tensor(labels, dtype=torch.int64)
+        labels = class_indices(labels)
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
         self.register_buffer("labels", labels, persistent=False)
@@ -128,7 +137,7 @@ class ClassifierGuidance(nn.Module):
             raise ValueError(f"classifier scale must be a finite number >= 0, got {scale!r}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
-        labels = torch.as_tensor(labels, dtype=torch.int64)
+        labels = class_indices(labels)
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
         k = getattr(getattr(classifier, "config", None), "num_classes", None)

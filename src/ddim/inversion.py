@@ -26,6 +26,7 @@ precision" here is about 1e-12, well under the 1e-6 reconstruction target.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -134,8 +135,8 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         raise ValueError(f"unknown inversion method {method!r}; allowed: {', '.join(METHODS)}")
     if getattr(model, "null_label", None) is None:
         raise ValueError("guided inversion needs a class-conditional model with a null label")
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
-        raise ValueError(f"guidance weight w must be a number >= 0, got {w!r}")
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:  # inf: NaN latents
+        raise ValueError(f"guidance weight w must be a number >= 0 and finite, got {w!r}")
     if null_init not in ("cond", "null"):
         raise ValueError(f"null_init must be 'cond' or 'null', got {null_init!r}")
     start = time.perf_counter()

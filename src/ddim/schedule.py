@@ -183,6 +183,9 @@ class Schedule:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Schedule":
+        if not isinstance(config, Mapping):
+            raise ValueError(f"a schedule config must be a JSON object (name, num_steps, ...), got "
+                             f"{type(config).__name__} {config!r:.60}")
         config = dict(config)
         name = config.pop("name", "custom")
         makers = {"linear": cls.linear, "scaled_linear": cls.scaled_linear, "cosine": cls.cosine,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .layers import ResBlock, TimeEmbedding
-from .unet import UNetConfig, down_path, encode, init_ddpm_
+from .unet import MAX_CLASSES, UNetConfig, down_path, encode, init_ddpm_
 
 __all__ = ["ClassifierConfig", "NoisyClassifier", "CLASSIFIER_KIND", "CLASSIFIER_PRESETS"]
 
@@ -45,8 +45,9 @@ class ClassifierConfig:
     patch_size: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                or not 2 <= self.num_classes <= MAX_CLASSES):
+            raise ValueError(f"num_classes must be an integer >= 2 (at most {MAX_CLASSES:,}), got {self.num_classes!r}")
         enc = self.encoder  # validates every shared field with UNetConfig's checks, lists made tuples there
         for name in ("channel_mult", "attn_resolutions"):
             object.__setattr__(self, name, getattr(enc, name))

@@ -149,6 +149,7 @@ def _is_int(v: Any) -> bool:
 LIMITS = {"image_size": 4096, "in_channels": 64, "out_channels": 64, "base_channels": 2048, "num_res_blocks": 32,
           "norm_groups": 2048, "patch_size": 64}
 MAX_PARAMETERS = 4_000_000_000
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a larger table is a damaged config, not a model
 
 
 def _validate(c: UNetConfig) -> None:
@@ -180,8 +181,8 @@ def _validate(c: UNetConfig) -> None:
         raise ValueError(f"attn_resolutions {stray} match no level; level sizes are {c.resolutions}")
     if not (isinstance(c.dropout, (int, float)) and 0.0 <= c.dropout < 1.0):
         raise ValueError(f"dropout must lie in [0, 1), got {c.dropout!r}")
-    if c.num_classes is not None and (not _is_int(c.num_classes) or c.num_classes < 1):
-        raise ValueError(f"num_classes must be None or an integer >= 1, got {c.num_classes!r}")
+    if c.num_classes is not None and (not _is_int(c.num_classes) or not 1 <= c.num_classes <= MAX_CLASSES):
+        raise ValueError(f"num_classes must be None or an integer in [1, {MAX_CLASSES:,}], got {c.num_classes!r}")
     if not (isinstance(c.norm_eps, (int, float)) and c.norm_eps > 0):
         raise ValueError(f"norm_eps must be > 0, got {c.norm_eps!r}")
     _validate_form(c)

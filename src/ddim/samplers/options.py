@@ -98,6 +98,9 @@ class SampleOptions:
         if self.threshold is not None and not (isinstance(self.threshold, (int, float))
                                                and 0 < self.threshold <= 1):
             raise ValueError(f"threshold must be a quantile in (0, 1], got {self.threshold!r}")
+        m = self.threshold_max  # s is clamped to [1, threshold_max]: NaN makes NaN images, < 1 flips signs
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 1 <= m < math.inf:
+            raise ValueError(f"threshold_max must be a finite number >= 1, got {m!r}")
         set_("solver", get_solver(self.solver))
 
     @classmethod

@@ -160,6 +160,15 @@ class ProbabilityFlow(_ScoreSolver):
         return x + coef.table["B"][k] * (0.5 * x + 0.5 * s), x0
 
 
+# Model calls per grid level: S ≤ T levels times this many; 1e8 would run for years, not fail
+MAX_LEVEL_STEPS = 1000
+
+
+def _check_level_steps(name: str, v, least: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not least <= v <= MAX_LEVEL_STEPS:
+        raise ValueError(f"{name} must be an integer >= {least} (at most {MAX_LEVEL_STEPS:,}), got {v!r}")
+
+
 @dataclass(frozen=True)
 class AnnealedLangevin(_ScoreSolver):
     """Annealed Langevin dynamics over the grid's noise levels (NCSN): ``langevin_steps`` L steps at each
@@ -179,8 +188,7 @@ class AnnealedLangevin(_ScoreSolver):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.langevin_steps, bool) or not isinstance(self.langevin_steps, int) or self.langevin_steps < 1:
-            raise ValueError(f"langevin_steps must be an integer >= 1, got {self.langevin_steps!r}")
+        _check_level_steps("langevin_steps", self.langevin_steps, 1)
         if not (isinstance(self.step_size, (int, float)) and 0 < self.step_size <= 1):
             raise ValueError(f"step_size must be a number in (0, 1] (δ = step_size · σ_t²), got {self.step_size!r}")
 
@@ -230,8 +238,7 @@ class PredictorCorrector(_ScoreSolver):
         if pred.name not in PC_PREDICTORS or isinstance(pred, (AnnealedLangevin, PredictorCorrector)):
             raise ValueError(f"predictor {pred.name!r} cannot be a pc predictor; allowed: {', '.join(PC_PREDICTORS)}")
         object.__setattr__(self, "predictor", pred)
-        if isinstance(self.corrector_steps, bool) or not isinstance(self.corrector_steps, int) or self.corrector_steps < 0:
-            raise ValueError(f"corrector_steps must be an integer >= 0, got {self.corrector_steps!r}")
+        _check_level_steps("corrector_steps", self.corrector_steps, 0)
         if not (isinstance(self.snr, (int, float)) and not isinstance(self.snr, bool) and math.isfinite(self.snr)
                 and self.snr > 0):
             raise ValueError(f"snr must be a number > 0, got {self.snr!r}")

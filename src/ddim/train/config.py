@@ -186,7 +186,11 @@ class DataConfig:
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", str(self.data_dir))
         if self.image_size is not None:
+            from ..nn.unet import LIMITS
+
             _need_int("image_size", self.image_size, 1)
+            if self.image_size > LIMITS["image_size"]:  # before resizing a dataset to it (an allocation error)
+                raise ValueError(f"image_size must be an integer in [1, {LIMITS['image_size']}], got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or None, got {self.channels!r}")
         if not isinstance(self.hflip, bool):
@@ -225,8 +229,8 @@ class RunConfig:
         if not isinstance(self.model, (UNetConfig, ClassifierConfig, ForeignUNetConfig)):
             raise ValueError(f"model must be a UNetConfig, ClassifierConfig or ForeignUNetConfig (a diffusers model "
                              f"run through diffusers), got {type(self.model).__name__}")
+        Schedule.from_config(self.schedule)  # validates (a JSON list fails here, named); rebuilt on demand
         object.__setattr__(self, "schedule", dict(self.schedule))
-        Schedule.from_config(self.schedule)  # validates; the Schedule itself is rebuilt on demand
 
     @property
     def is_classifier(self) -> bool:
@@ -260,6 +264,9 @@ class RunConfig:
             raise ValueError(f"not a ddim run config (expected \"format\": \"{FORMAT}\")")
         if d.get("version") != VERSION:
             raise ValueError(f"unsupported run config version {d.get('version')!r}; this ddim reads {VERSION}")
+        missing = [k for k in ("model", "schedule") if k not in d]
+        if missing:
+            raise ValueError(f"the run config has no {' or '.join(map(repr, missing))} section")
         data = d.get("data")
         model = d["model"]
         if not isinstance(model, Mapping):
@@ -302,7 +309,9 @@ def fit_preset(base, image_size: int, overrides: Mapping[str, Any]) -> dict:
     if "attn_resolutions" not in fields:
         levels = [i for i, r in enumerate(enc.resolutions) if r in enc.attn_resolutions]
         patch = fields.get("patch_size", enc.patch_size)
-        fields["attn_resolutions"] = tuple(image_size // patch // 2**i for i in levels if i < len(mult))
+        # a bad patch_size (0: ZeroDivisionError here) is left for UNetConfig to name
+        fields["attn_resolutions"] = (tuple(image_size // patch // 2**i for i in levels if i < len(mult))
+                                      if _is_int(patch) and patch >= 1 else ())
     return fields
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import (CheckpointError, NonFiniteError, check_finite, clean_leftovers, find_checkpoint,
+from ..checkpoint import (MANIFEST, CheckpointError, NonFiniteError, check_finite, clean_leftovers, find_checkpoint,
                           list_checkpoints, load_weights, read_json, read_tensors, save_checkpoint, verify_checkpoint,
                           write_json)
 from ..images import save_grid
@@ -31,7 +31,7 @@ from ..samplers import sample
 from ..transfer import to_device
 from .batches import (STREAM_INIT, STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask,
                       step_generator)
-from .config import RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
+from .config import FORMAT, RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
 from .distributed import (DistInfo, all_reduce_sum, any_rank, barrier, dist_info_from_env, init_distributed,
                           resolve_device, shutdown)
 from .ema import EMA
@@ -39,7 +39,7 @@ from .loss import diffusion_loss, draw, drop_labels
 from .monitor import Monitor, truncate_metrics
 from .state import optimizer_from_flat, optimizer_to_flat, rng_from_flat, rng_to_flat
 
-__all__ = ["Trainer", "TrainResult", "load_data", "run_training"]
+__all__ = ["Trainer", "TrainResult", "load_data", "run_training", "check_run_dir"]
 
 STREAM_DROPOUT = 5  # the per-(step, rank) seed of the global RNG; distinct from batches.STREAM_*
 
@@ -57,6 +57,29 @@ class TrainResult:
     @property
     def interrupted(self) -> bool:
         return self.signal is not None
+
+
+def check_run_dir(out_dir, resume: bool) -> None:
+    """Refuse an ``out_dir`` training must not write into (cheap, so the CLI calls it before loading any
+    data): a checkpoint directory, whose config.json the run would overwrite (its manifest then fails),
+    a folder whose config.json is someone else's, or a run with checkpoints without ``resume``."""
+    out = Path(out_dir)
+    if (out / MANIFEST).is_file():
+        raise ValueError(f"{out} is a checkpoint directory ({MANIFEST}), not a run directory; training there "
+                         "would overwrite its config.json; choose another --out")
+    cfg = out / "config.json"
+    if cfg.exists():
+        try:
+            ours = read_json(cfg).get("format") == FORMAT
+        except CheckpointError:
+            ours = False
+        if not ours:
+            raise ValueError(f"{cfg} exists and is not a ddim run config; training would overwrite it; choose "
+                             "another --out")
+    existing = list_checkpoints(out)
+    if existing and not resume:
+        raise ValueError(f"{out} already holds checkpoints (latest {existing[-1].name}); pass --resume "
+                         "to continue that run, or choose another --out")
 
 
 def load_data(data: DataConfig):
@@ -174,10 +197,8 @@ class Trainer:
                 if not self.quiet:
                     print(f"ddim: note: {line}")
         barrier(self.info)
+        check_run_dir(self.out_dir, resume)
         existing = list_checkpoints(self.out_dir)
-        if existing and not resume:
-            raise ValueError(f"{self.out_dir} already holds checkpoints (latest {existing[-1].name}); pass --resume "
-                             "to continue that run, or choose another --out")
         if existing:
             self._resume(find_checkpoint(self.out_dir))
         if self.info.is_main:
