@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256, help="test images to reconstruct")
     p.add_argument("--null-n", type=int, default=None,
                    help="images for null-label inversion, the costly one (default: --n); its rows say their n")
+    p.add_argument("--null-init", default="cond", choices=["cond", "null"],
+                   help="where null-label's optimisation starts: the class embedding (default) or the ∅ row")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--weights", default="0,1,3,5", help="guidance weights w")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -64,7 +66,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({
                 "command": "python benchmarks/inversion_methods.py " + " ".join(sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                "checkpoint": args.checkpoint, "steps": args.steps, "reconstruction": rows, "edits": edits},
+                "checkpoint": args.checkpoint, "steps": args.steps, "null_init": args.null_init, "reconstruction": rows, "edits": edits},
                 indent=1) + "\n")
 
     idx = torch.arange(min(args.n, len(test)))
@@ -74,7 +76,7 @@ def main() -> None:
             n = min(args.null_n or args.n, args.n) if method == "null-label" and w else len(idx)
             x0, y = test.to_float(idx[:n]), test.labels[idx[:n]]
             t0 = time.perf_counter()
-            inv = invert_image(model, schedule, x0, y, method=method, w=w, steps=args.steps,
+            inv = invert_image(model, schedule, x0, y, method=method, w=w, steps=args.steps, null_init=args.null_init,
                                prediction=config.prediction, generator=torch.Generator().manual_seed(0))
             calls = inv.model_calls
             back = regenerate(model, schedule, inv, prediction=config.prediction)
@@ -94,6 +96,7 @@ def main() -> None:
         for method in methods:
             n = min(args.null_n or len(x0), len(x0)) if method == "null-label" else len(x0)
             inv = invert_image(model, schedule, x0[:n], y[:n], method=method, w=args.edit_w, steps=args.steps,
+                               null_init=args.null_init,
                                prediction=config.prediction, generator=torch.Generator().manual_seed(0))
             out = regenerate(model, schedule, inv, labels=target[:n], prediction=config.prediction).float().clamp(-1, 1)
             with torch.no_grad():
