@@ -123,7 +123,8 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         method: one of ``METHODS`` (module docstring).
         eta: η of the ddpm method (> 0). mix: EDICT's p in (0, 1). null_iters, null_lr, null_tol: Adam
             iterations per step, its learning rate, and the early-stop threshold on the step's loss
-            (null-text inversion's 10, 1e-2 and 1e-5, the threshold growing by 2e-5 per step as there).
+            (null-text inversion's 10, 1e-2 and 1e-5, the threshold growing by 2·null_tol per step as there; 0:
+            never stop early).
         null_init: where null-label's optimisation starts at step T: "cond" (the image's class embedding,
             where Miyake et al. 2023 find the optimum lies; the per-step loss then starts at negative-label's)
             or "null" (the ∅ row, as null-text inversion starts from the empty prompt).
@@ -180,7 +181,8 @@ def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, ite
         with torch.no_grad():  # z is fixed within the step: the conditional half is computed once
             eps_c = _eps(model, z, tb(k), cond, abar_t, prediction)
         calls += 1
-        emb = emb.detach().requires_grad_(True)
+        # a copy: Adam updates in place, and the previous step's embedding (kept in ``nulls``) must not move
+        emb = emb.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([emb], lr=lr)
         best, best_loss = emb.detach().clone(), None
         for i in range(iters + 1):  # the last pass only scores the last update
@@ -194,7 +196,7 @@ def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, ite
             improved = better < best_loss if best_loss is not None else torch.ones_like(better, dtype=torch.bool)
             best = torch.where(improved[:, None], emb.detach(), best)
             best_loss = better
-            if i == iters or float(best_loss.max()) < tol + k * 2e-5:
+            if i == iters or float(best_loss.max()) < tol * (1 + 2 * k):  # 1e-5 + k·2e-5 at the default
                 break
             (emb.grad,) = torch.autograd.grad(loss.sum(), emb)  # the embedding's only, not the network's
             opt.step()
