@@ -360,7 +360,7 @@ def _load_diffusers(path: Path, device):
             schedule, prediction = schedule_from_diffusers(sched)
         else:  # a bare UNet: DDPM's schedule and target, as diffusers' DDPMScheduler defaults
             schedule, prediction = Schedule.linear(1000), "epsilon"
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # TypeError: a config value of a wrong type
         raise CheckpointError(f"cannot load the diffusers model in {path} ({_one_line(e)})") from None
     config = RunConfig(model=model.config, train=TrainConfig(prediction=prediction), schedule=schedule.to_config())
     return model.to(device).eval(), schedule, config

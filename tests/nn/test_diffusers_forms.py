@@ -165,6 +165,22 @@ def test_config_neither_can_build_is_one_clear_error(tmp_path):
         load_diffusers_unet(tmp_path)
 
 
+@pytest.mark.parametrize("change,message", [
+    ({"dropout": None}, "dropout must be a number"),
+    ({"down_block_types": None}, "down_block_types must be a list"),
+    ({"sample_size": None}, "sample_size is null"),
+    ({"attn_norm_num_groups": 0}, "attn_norm_num_groups must be null or a positive integer"),
+    ({"class_embed_type": "timestep"}, "class_embed_type='timestep' takes per-call class inputs"),
+])
+def test_configs_ddim_cannot_drive_are_one_clear_error(tmp_path, change, message, capsys):
+    pipe = pipeline(tmp_path / "pipe", SMALL)
+    cfg = json.loads((pipe / "unet" / "config.json").read_text())
+    (pipe / "unet" / "config.json").write_text(json.dumps({**cfg, **change}))
+    assert main(["sample", "--checkpoint", str(pipe), "--out", str(tmp_path / "s.png"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
 # ---- sampling: the CLI and a v-prediction pipeline ------------------------------------------------------
 def pipeline(tmp_path, config, prediction="epsilon"):
     saved(tmp_path / "unet", config)
@@ -232,24 +248,25 @@ def ve_pipeline(tmp_path, config):
 
 @pytest.mark.parametrize("config", [FORMS["fourier_time"], NCSNPP_LIKE], ids=["native", "through_diffusers"])
 def test_ve_score_model_is_sampled_as_euler_in_sigma(tmp_path, config):
-    """DDIM (η = 0) on the mapped schedule is Euler's method in σ on x̄ = x/√ᾱ (DDIM paper eq. 14),
-    with ε̂ = −σ·s_θ(x̄, σ): checked against that VE loop written directly on diffusers' network."""
+    """DDIM (η = 0) on the mapped schedule is Euler's method in σ (DDIM paper eq. 14): checked against that
+    loop written directly on diffusers' network in its own [0, 1] data space, u ← u + (σ'_next − σ')·(−σ' s_θ(u, σ')),
+    with our x_T = 2u_T − 1 at σ = 2σ' and our x_0 = 2u_0 − 1."""
     pipe = ve_pipeline(tmp_path / "pipe", config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, schedule, run = ddim.load_checkpoint(pipe)
     theirs = UNet2DModel.from_pretrained(pipe / "unet", low_cpu_mem_usage=False).eval()
     steps = [99, 66, 33, 0]
-    sig = [0.01 * (50.0 / 0.01) ** (t / 99) for t in steps]
-    assert abs(schedule.alphas_cumprod[99].item() - 1 / (1 + 50.0**2)) < 1e-12
+    sig = [0.01 * (50.0 / 0.01) ** (t / 99) for t in steps]           # the model's own levels σ'
+    assert abs(schedule.alphas_cumprod[99].item() - 1 / (1 + (2 * 50.0) ** 2)) < 1e-12
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ours = ddim.sample(model, schedule, x_T, timesteps=steps, eta=0.0)
-        xbar = x_T.double() * (1 + sig[0] ** 2) ** 0.5
+        u = (x_T.double() * (1 + (2 * sig[0]) ** 2) ** 0.5 + 1) / 2
         for s, s_next in zip(sig, sig[1:] + [0.0]):
-            score = theirs(xbar.float(), torch.full((2,), s)).sample.double()
-            xbar = xbar + (s_next - s) * (-s * score)                # dx̄/dσ = ε̂ = −σ s_θ
-    assert (ours.double() - xbar).abs().max().item() <= 1e-4 * xbar.abs().max().item()
+            score = theirs(u.float(), torch.full((2,), s)).sample.double()
+            u = u + (s_next - s) * (-s * score)                        # du/dσ' = ε̂ = −σ' s_θ
+    assert (ours.double() - (2 * u - 1)).abs().max().item() <= 1e-4 * (2 * u - 1).abs().max().item()
 
 
 def test_fourier_network_without_its_ve_scheduler_is_refused(tmp_path, capsys):

@@ -40,7 +40,7 @@ DIFFUSERS_DEFAULTS: dict[str, Any] = {
 # block type -> (has attention, resamples with a ResBlock); None: decided by downsample_type / upsample_type
 _DOWN = {"DownBlock2D": (False, False), "ResnetDownsampleBlock2D": (False, True), "AttnDownBlock2D": (True, None)}
 _UP = {"UpBlock2D": (False, False), "ResnetUpsampleBlock2D": (False, True), "AttnUpBlock2D": (True, None)}
-_RESAMPLE = {"conv": False, "resnet": True}
+_RESAMPLE = {"conv": False, "resnet": True, None: False}  # diffusers reads None as "conv"
 
 
 class UnsupportedConfig(ValueError):
@@ -72,6 +72,23 @@ def _choice(c: Mapping[str, Any], key: str, allowed: Mapping[Any, Any]) -> Any:
     return allowed[value]
 
 
+def _check_types(c: Mapping[str, Any]) -> None:
+    """ValueError (not a TypeError later) for values that diffusers could not build either."""
+    for key in ("dropout", "norm_eps", "mid_block_scale_factor", "freq_shift"):
+        if isinstance(c[key], bool) or not isinstance(c[key], (int, float)):
+            raise ValueError(f"diffusers UNet2DModel config: {key} must be a number, got {c[key]!r}")
+    for key in ("down_block_types", "up_block_types"):
+        if not isinstance(c[key], (list, tuple)):
+            raise ValueError(f"diffusers UNet2DModel config: {key} must be a list of block names, got {c[key]!r}")
+    if c["sample_size"] is None:
+        raise ValueError("diffusers UNet2DModel config: sample_size is null; ddim needs the image size to sample "
+                         "(set \"sample_size\" in config.json to the training resolution)")
+    g = c["attn_norm_num_groups"]
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+        raise ValueError(f"diffusers UNet2DModel config: attn_norm_num_groups must be null or a positive integer, "
+                         f"got {g!r}")
+
+
 def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     """Map a diffusers ``UNet2DModel`` config dict (config.json) onto a ``UNetConfig``.
 
@@ -86,6 +103,7 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     if unknown:
         raise UnsupportedConfig(unknown[0], config[unknown[0]], f"the keys {sorted(DIFFUSERS_DEFAULTS)}")
     c = {**DIFFUSERS_DEFAULTS, **config}
+    _check_types(c)
 
     boc = c["block_out_channels"]
     if not isinstance(boc, (list, tuple)) or not boc or not all(isinstance(ch, int) and ch > 0 for ch in boc):
@@ -135,7 +153,7 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
         attn_resolutions=tuple(s for s, (a, _) in zip(sizes, down) if a), dropout=float(c["dropout"]),
         num_classes=None if n is None else n - 1, norm_groups=c["norm_num_groups"], norm_eps=float(c["norm_eps"]),
         head_dim=c["attention_head_dim"], flip_sin_to_cos=c["flip_sin_to_cos"], freq_shift=c["freq_shift"],
-        time_embedding=time_embedding, time_embed_dim=c["time_embedding_dim"],
+        time_embedding=time_embedding, time_embed_dim=c["time_embedding_dim"] or None,  # diffusers: 0 means default
         downsample_padding=c["downsample_padding"], scale_shift=scale_shift,
         resblock_resample=tuple(s for s, r in zip(sizes, resblock) if r), mid_block=mid_block,
         mid_attention=c["add_attention"], mid_scale=c["mid_block_scale_factor"], mid_attn_norm_groups=attn_groups,
@@ -160,6 +178,8 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
         raise ValueError(f"resblock_resample={config.resblock_resample} resamples some attention levels with a "
                          "ResBlock and others with a conv: diffusers' UNet2DModel allows one kind for all")
     g = config.mid_attn_norm_groups
+    if not (config.mid_block and config.mid_attention):
+        g = None  # no middle attention: the setting has no effect
     if g == 0 and not config.scale_shift:
         raise ValueError("mid_attn_norm_groups=0 (no norm) needs scale_shift=True in diffusers' UNet2DModel")
     if g is None and config.scale_shift:

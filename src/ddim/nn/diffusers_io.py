@@ -1,16 +1,12 @@
 """Import and export of diffusers ``UNet2DModel`` directories and scheduler configs.
 
 A diffusers model directory holds ``config.json`` (the constructor arguments) beside
-``diffusion_pytorch_model.safetensors`` (the weights). Only the DDPM form of ``UNet2DModel`` maps
-onto our UNet: blocks DownBlock2D / AttnDownBlock2D and their mirror-image up blocks, one attention
-head of full width, the original sinusoid (``flip_sin_to_cos=False, freq_shift=1``), the asymmetric
-downsampling pad (``downsample_padding=0``), and optionally a plain class-embedding table. Any other
-setting raises ValueError naming the key and its value. Weights are read with safetensors only
-(never pickle), and diffusers itself is not needed here: it is a test-only reference.
-
-Class labels: a diffusers table of N rows becomes ``num_classes = N − 1`` with row N − 1 as our
-null label (every row stays reachable; only ``labels=None`` picks row N − 1). Export writes
-``num_class_embeds = num_classes + 1``, so a round trip is exact.
+``diffusion_pytorch_model.safetensors`` (the weights). Every configuration that
+``diffusers_config.unet_config_from_diffusers`` maps becomes our ``UNet`` (so our fast path applies);
+for the rest, ``load_diffusers_unet`` runs diffusers' own ``UNet2DModel`` behind the same
+``model(x, t[, labels])`` interface when diffusers is installed (``pip install "ddim[diffusers]"``),
+says so in one warning line, and otherwise raises one error naming the setting. Weights are read with
+safetensors only (never pickle). Class labels: see ``diffusers_config``.
 """
 
 from __future__ import annotations
@@ -167,13 +163,16 @@ def _load_with_diffusers(folder: Path, reason: UnsupportedConfig) -> nn.Module:
     from .diffusers_unet import DiffusersUNet
 
     try:
-        model = DiffusersUNet.from_pretrained(folder)
+        from diffusers import UNet2DModel
     except ImportError:
         raise ValueError(f"{reason} (install diffusers, pip install \"ddim[diffusers]\", to run it "
                          "through diffusers' own UNet2DModel)") from None
+    try:
+        unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as e:  # diffusers' own refusals come as many types; report them on one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{reason}; diffusers could not load it either: {first}") from None
+    model = DiffusersUNet(unet)  # refuses, naming the setting, what ddim cannot drive
     warnings.warn(f"{folder}: {reason.key}={reason.value!r} has no native form; running diffusers' own "
                   "UNet2DModel (no fast path)", RuntimeWarning, stacklevel=3)
     return model

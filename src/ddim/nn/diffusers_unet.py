@@ -1,7 +1,8 @@
 """diffusers' own ``UNet2DModel`` behind our ``model(x, t[, labels])`` interface.
 
 For the configurations ``diffusers_config`` cannot map onto our UNet (NCSN++'s skip blocks with FIR
-resampling, "timestep" or "identity" class embeddings, other activations, ...). Needs diffusers
+resampling, other activations, ...). Models whose class input is not a label table ("timestep" or
+"identity" class embeddings) are refused: ddim can only hand a network class indices. Needs diffusers
 (``pip install "ddim[diffusers]"``); the rest of ddim (samplers, guidance, inversion, evaluation) reads
 only ``.config.image_size / in_channels / num_classes`` and ``.null_label``, so it runs these models
 unchanged, without our fast path.
@@ -58,6 +59,10 @@ class DiffusersUNet(nn.Module):
 
     def __init__(self, unet: nn.Module):
         super().__init__()
+        kind = unet.config.get("class_embed_type")
+        if kind is not None:
+            raise ValueError(f"class_embed_type={kind!r} takes per-call class inputs that ddim cannot supply "
+                             "(allowed: null, with num_class_embeds for a label table)")
         self.unet = unet
         self._config = ForeignUNetConfig.from_diffusers(dict(unet.config))
 

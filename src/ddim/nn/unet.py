@@ -204,9 +204,10 @@ def _validate_form(c: UNetConfig) -> None:
                              f"(the narrowest attention's channels), got {c.head_dim!r}")
     if c.time_embedding not in ("positional", "fourier"):
         raise ValueError(f"time_embedding must be 'positional' or 'fourier', got {c.time_embedding!r}")
-    if not _finite(c.freq_shift) or c.freq_shift == c.base_channels // 2:
-        raise ValueError(f"freq_shift must be a finite number other than base_channels/2 = {c.base_channels // 2} "
-                         f"(it divides by half - freq_shift), got {c.freq_shift!r}")
+    half = c.base_channels // 2
+    if not _finite(c.freq_shift) or (c.time_embedding == "positional" and not c.freq_shift < half - 1e-3):
+        # the frequencies are max_period^(−i/(half − freq_shift)): at or past half they overflow
+        raise ValueError(f"freq_shift must be a finite number below base_channels/2 = {half}, got {c.freq_shift!r}")
     if c.time_embed_dim is not None and (not _is_int(c.time_embed_dim) or not 1 <= c.time_embed_dim <= 16384):
         raise ValueError(f"time_embed_dim must be None or an integer in [1, 16384], got {c.time_embed_dim!r}")
     if c.downsample_padding not in (0, 1) or isinstance(c.downsample_padding, bool):

@@ -1,15 +1,16 @@
 """A variance-exploding score network seen as the variance-preserving ε-predictor our samplers read.
 
-Score-SDE's VE models (NCSN++, diffusers ``ScoreSdeVeScheduler``) are trained on x = x_0 + σ z and
-called with the noise level σ, returning the score s_θ(x, σ) ≈ ∇ log p_σ(x) = −z/σ. The VP variable
-x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε is the same diffusion up to scale: x = x_t / √ᾱ_t at
-σ_t² = (1 − ᾱ_t) / ᾱ_t (Song et al. 2021, appendix; Kingma et al. 2021), hence
+Score-SDE's VE models (NCSN++, diffusers ``ScoreSdeVeScheduler``) are trained on images u ∈ [0, 1],
+noised as u + σ' z, and called with the noise level σ', returning the score s_θ(u, σ') ≈ −z/σ'. Our
+samplers work on y = 2u − 1 ∈ [−1, 1] with x_t = √ᾱ_t y + √(1 − ᾱ_t) ε, which is the same diffusion up
+to scale (Song et al. 2021; Kingma et al. 2021): x̄ = x_t / √ᾱ_t = y + σ ε with σ² = (1 − ᾱ_t)/ᾱ_t, and
+(x̄ + 1)/2 = u + (σ/2) ε. So σ = 2σ', and with the same ε
 
-    ε̂(x_t, t) = −σ_t · s_θ(x_t · √(1 + σ_t²), σ_t).
+    ε̂(x_t, t) = −σ'_t · s_θ((x_t · √(1 + σ_t²) + 1) / 2, σ'_t),     σ_t = 2σ'_t,  ᾱ_t = 1 / (1 + σ_t²).
 
-On the discrete grid t = 0..T−1 the VE levels are geometric, σ_t = σ_min (σ_max/σ_min)^(t/(T−1)), as in
-diffusers' scheduler. DDIM (η = 0) on this schedule is Euler's method in σ on x̄ = x_t/√ᾱ_t (DDIM paper,
-eq. 14), so every sampler here runs VE models unchanged.
+On the discrete grid t = 0..T−1 the model's levels are geometric, σ'_t = σ_min (σ_max/σ_min)^(t/(T−1)), as
+in diffusers' scheduler. DDIM (η = 0) on this schedule is Euler's method in σ on x̄ (DDIM paper, eq. 14),
+so every sampler here runs VE models unchanged, and images come out in our [−1, 1].
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def ve_sigma(t: torch.Tensor, sigma_min: float, sigma_max: float, num_steps: int
 
 
 def ve_schedule(sigma_min: float, sigma_max: float, num_steps: int) -> Schedule:
-    """The VP schedule with ᾱ_t = 1 / (1 + σ_t²) on the VE grid (β_t = 1 − ᾱ_t / ᾱ_{t−1}, ᾱ_{−1} = 1)."""
+    """The VP schedule with ᾱ_t = 1 / (1 + σ_t²), σ_t = 2σ'_t on the model's grid of [0, 1]-scale levels σ'
+    (β_t = 1 − ᾱ_t / ᾱ_{t−1}, ᾱ_{−1} = 1)."""
     for name, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
@@ -38,7 +40,7 @@ def ve_schedule(sigma_min: float, sigma_max: float, num_steps: int) -> Schedule:
         raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
         raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_steps!r}")
-    abar = 1.0 / (1.0 + ve_sigma(torch.arange(num_steps), sigma_min, sigma_max, num_steps) ** 2)
+    abar = 1.0 / (1.0 + (2 * ve_sigma(torch.arange(num_steps), sigma_min, sigma_max, num_steps)) ** 2)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     return Schedule.from_betas(1.0 - abar / prev)
 
@@ -62,12 +64,15 @@ class VEScoreModel(nn.Module):
     def null_label(self):
         return getattr(self.net, "null_label", None)
 
+    def label_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.net.label_embedding(labels)
+
     def schedule(self) -> Schedule:
         return ve_schedule(self.sigma_min, self.sigma_max, self.num_steps)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
-        sigma = ve_sigma(t.expand(x.shape[0]) if t.ndim == 0 else t, self.sigma_min, self.sigma_max, self.num_steps)
-        scale = torch.sqrt(1.0 + sigma**2).to(x.dtype)[:, None, None, None]
-        score = self.net(x * scale, sigma.to(torch.float32), labels, **kwargs)
-        return -sigma.to(x.dtype)[:, None, None, None] * score
+        s = ve_sigma(t.expand(x.shape[0]) if t.ndim == 0 else t, self.sigma_min, self.sigma_max, self.num_steps)
+        scale = torch.sqrt(1.0 + (2 * s) ** 2).to(x.dtype)[:, None, None, None]  # 1/√ᾱ_t
+        score = self.net((x * scale + 1) / 2, s.to(torch.float32), labels, **kwargs)
+        return -s.to(x.dtype)[:, None, None, None] * score
