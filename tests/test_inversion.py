@@ -51,13 +51,17 @@ def test_null_label_survives_guidance_and_negative_label_ignores_it(bundled, ima
     x0, y = images[0][:2], images[1][:2]
     kw = dict(steps=20, prediction=cfg.prediction)
     err = {}
-    for method in ("ddim", "null-label", "negative-label"):
-        inv = invert_image(model, schedule, x0, y, method=method, w=3.0, **kw)
-        err[method] = mse(regenerate(model, schedule, inv, prediction=cfg.prediction), x0)
+    for method, init in (("ddim", "cond"), ("null-label", "cond"), ("null-label", "null"), ("negative-label", "cond")):
+        inv = invert_image(model, schedule, x0, y, method=method, w=3.0, null_init=init, **kw)
+        err[method if init == "cond" else "null-label from ∅"] = mse(regenerate(model, schedule, inv,
+                                                                                prediction=cfg.prediction), x0)
     unguided = invert_image(model, schedule, x0, y, method="ddim", w=0.0, **kw)
     err["ddim w=0"] = mse(regenerate(model, schedule, unguided, prediction=cfg.prediction), x0)
-    # measured 2.3× on 4 images at 20 steps: one 128-number embedding per step cannot absorb all of the drift
-    assert err["null-label"] < err["ddim"] / 1.8, err
+    # measured on these 2 images at 20 steps: ddim 0.018, null-label 0.0011 (from the class embedding, 17×),
+    # 0.0024 (from the ∅ row, 7.6×), negative-label 0.0018: the optimisation improves on its start
+    assert err["null-label"] < err["ddim"] / 10, err
+    assert err["null-label from ∅"] < err["ddim"] / 4, err
+    assert err["null-label"] < err["negative-label"], err
     assert err["negative-label"] == pytest.approx(err["ddim w=0"], rel=1e-6), err  # ε̂_w = ε(c) up to rounding
 
 
@@ -85,6 +89,8 @@ def test_refusals(images):
         invert_image(cond, S1000, x0, y, method="ddpm", eta=0.0, steps=2)
     with pytest.raises(ValueError, match="mixing p must lie in"):
         invert_image(cond, S1000, x0, y, method="edict", mix=1.0, steps=2)
+    with pytest.raises(ValueError, match="null_init must be 'cond' or 'null', got 'zero'"):
+        invert_image(cond, S1000, x0, y, method="null-label", w=1.0, null_init="zero", steps=2)
     with pytest.raises(ValueError, match="w must be a number >= 0"):
         invert_image(cond, S1000, x0, y, method="edict", w=-1.0, steps=2)
     assert set(METHODS) == {"ddim", "null-label", "negative-label", "ddpm", "edict"}
