@@ -20,6 +20,7 @@ import ddim  # noqa: E402
 from ddim.cli import main  # noqa: E402
 from ddim.nn import (DiffusersUNet, UNet, UnsupportedConfig, load_diffusers_unet,  # noqa: E402
                      save_diffusers_unet, unet_config_from_diffusers)
+from nn.test_diffusers_io import randomise_  # noqa: E402  (random weights: a fresh UNet's zero outputs say nothing)
 
 SIX_LEVELS = dict(  # google/ddpm-celebahq-256 and ddpm-church-256 (and ddpm-cat/bedroom): 6 levels, attention at 16 px
     block_out_channels=(32, 32, 64, 64, 128, 128),
@@ -56,15 +57,6 @@ FORMS = {
                                           out_channels=1, dropout=0.1),
     "grey_in_two_out": dict(SMALL, in_channels=1, out_channels=2),
 }
-
-
-def randomise_(model, seed=0):
-    """Random weights (a fresh UNet's zero output layers would make any comparison vacuous)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 def saved(tmp_path, config, seed=0):
