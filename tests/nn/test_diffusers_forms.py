@@ -180,8 +180,9 @@ def pipeline(tmp_path, config, prediction="epsilon"):
     return tmp_path
 
 
-@pytest.mark.parametrize("form,prediction", [("train_unconditional_example", "epsilon"),
-                                             ("class_conditional", "epsilon"), ("scale_shift", "v_prediction")])
+@pytest.mark.parametrize("form,prediction", [("train_unconditional_example", "epsilon"), ("ddpm_cifar10", "epsilon"),
+                                             ("ddpm_celebahq_church", "epsilon"), ("class_conditional", "epsilon"),
+                                             ("scale_shift", "v_prediction")])
 def test_cli_samples_an_imported_model(tmp_path, form, prediction, capsys):
     pipe = pipeline(tmp_path / "pipe", FORMS[form], prediction)
     if form == "train_unconditional_example":
