@@ -67,6 +67,16 @@ def test_existing_run_needs_resume_and_a_matching_architecture(tmp_path, digits8
         Trainer(tiny_config(steps=4, dropout=0.0), tmp_path, data=digits8, device="cpu", quiet=True, resume=True)
 
 
+def test_fourier_time_networks_are_not_trained_on_step_indices(tmp_path, digits8):
+    import dataclasses
+
+    cfg = tiny_config(steps=2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, time_embedding="fourier"))
+    with pytest.raises(ValueError, match="time_embedding='fourier' is for imported score-SDE networks"):
+        Trainer(cfg, tmp_path, data=digits8, device="cpu", quiet=True)
+    assert not any(tmp_path.iterdir())
+
+
 def test_divergence_stops_without_writing_a_checkpoint(tmp_path, digits8):
     tr = Trainer(tiny_config(steps=3, log_every=1), tmp_path, data=digits8, device="cpu", quiet=True)
     with torch.no_grad():

@@ -137,6 +137,10 @@ class Trainer:
                  quiet: bool = False, dist_info: Optional[DistInfo] = None):
         self.config, self.out_dir, self.quiet = config, Path(out_dir), quiet
         tc = config.train
+        if getattr(config.model, "time_embedding", "positional") == "fourier":
+            # the DDPM objective feeds step indices (t = 0 included): log t and the output's 1/t would be ±inf
+            raise ValueError("time_embedding='fourier' is for imported score-SDE networks that read noise levels σ; "
+                             "ddim trains on step indices: use time_embedding='positional'")
         self.info = dist_info or dist_info_from_env()
         if tc.batch_size % self.info.world_size:
             raise ValueError(f"batch_size {tc.batch_size} is not divisible by the number of processes "
