@@ -353,7 +353,7 @@ def _load_diffusers(path: Path, device):
         if ve is not None:  # a score-SDE VE network: called with σ, returns the score
             model = VEScoreModel(model, *ve)
             schedule, prediction = model.schedule(), "epsilon"
-        elif _takes_noise_level(model):
+        elif model.config.time_embedding == "fourier":  # a score-SDE network without its VE scheduler
             raise ValueError("this network has time_embedding_type='fourier': it takes noise levels σ, not steps; "
                              "ddim samples it with its ScoreSdeVeScheduler config (scheduler/scheduler_config.json)")
         elif sched:
@@ -364,13 +364,6 @@ def _load_diffusers(path: Path, device):
         raise CheckpointError(f"cannot load the diffusers model in {path} ({_one_line(e)})") from None
     config = RunConfig(model=model.config, train=TrainConfig(prediction=prediction), schedule=schedule.to_config())
     return model.to(device).eval(), schedule, config
-
-
-def _takes_noise_level(model) -> bool:
-    """Whether a loaded diffusers network has a fourier time input (score-SDE: it reads σ, not t)."""
-    c = model.config
-    kind = getattr(c, "time_embedding", None) or json.loads(getattr(c, "diffusers_json", "{}")).get("time_embedding_type")
-    return kind == "fourier"
 
 
 def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cpu"):

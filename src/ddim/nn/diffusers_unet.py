@@ -23,13 +23,15 @@ __all__ = ["ForeignUNetConfig", "DiffusersUNet"]
 
 @dataclass(frozen=True)
 class ForeignUNetConfig:
-    """What ddim needs to know of a network it runs but did not build: image shape and classes, plus
-    the diffusers config (sorted JSON text, so the config stays hashable)."""
+    """What ddim needs to know of a network it runs but did not build: image shape, classes, time input
+    ("positional" steps or "fourier" noise levels), plus the diffusers config (sorted JSON text, so the
+    config stays hashable)."""
 
     image_size: int
     in_channels: int
     out_channels: int
     num_classes: int | None
+    time_embedding: str
     diffusers_json: str
 
     @classmethod
@@ -43,18 +45,20 @@ class ForeignUNetConfig:
         return cls(image_size=size, in_channels=int(config.get("in_channels", 3)),
                    out_channels=int(config.get("out_channels", 3)),
                    num_classes=None if n is None else int(n) - 1,
+                   time_embedding=str(config.get("time_embedding_type", "positional")),
                    diffusers_json=json.dumps(dict(config), sort_keys=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {"diffusers": json.loads(self.diffusers_json), "image_size": self.image_size,
-                "in_channels": self.in_channels, "out_channels": self.out_channels, "num_classes": self.num_classes}
+                "in_channels": self.in_channels, "out_channels": self.out_channels, "num_classes": self.num_classes,
+                "time_embedding": self.time_embedding}
 
 
 class DiffusersUNet(nn.Module):
     """A diffusers ``UNet2DModel`` called as ``model(x, t, labels=None)`` -> (B, C_out, H, W).
 
     Labels follow our convention: a table of N rows gives ``num_classes = N − 1`` and ``labels=None``
-    means row N − 1 (the null label).
+    means row N − 1 (the null label). ``load_diffusers_unet`` builds it where no native form exists.
     """
 
     def __init__(self, unet: nn.Module):
@@ -65,13 +69,6 @@ class DiffusersUNet(nn.Module):
                              "(allowed: null, with num_class_embeds for a label table)")
         self.unet = unet
         self._config = ForeignUNetConfig.from_diffusers(dict(unet.config))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "DiffusersUNet":
-        """Load with diffusers (safetensors only). Raises ImportError without diffusers."""
-        from diffusers import UNet2DModel
-
-        return cls(UNet2DModel.from_pretrained(str(folder), use_safetensors=True, low_cpu_mem_usage=False))
 
     @property
     def config(self) -> ForeignUNetConfig:
