@@ -232,9 +232,10 @@ def test_cli_ddpm_sampler_is_diffusers_ddpm_with_clipping(tmp_path):
 
 SOLVER_REFS = {  # our solver -> (diffusers scheduler, its settings)
     "dpmpp-2m": ("DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="dpmsolver++")),
-    "dpmpp-3m": ("DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++")),
+    "dpmpp-3m-compat": ("DPMSolverMultistepScheduler", dict(solver_order=3, algorithm_type="dpmsolver++")),
     "dpmpp-2m-sde": ("DPMSolverMultistepScheduler", dict(solver_order=2, algorithm_type="sde-dpmsolver++")),
     "unipc": ("UniPCMultistepScheduler", dict(solver_order=2, solver_type="bh2", predict_x0=True)),
+    "unipc-3": ("UniPCMultistepScheduler", dict(solver_order=3, solver_type="bh2", predict_x0=True)),
 }
 
 
@@ -263,13 +264,28 @@ def solver_reference(solver, schedule, steps, prediction, noise_seed):
 @pytest.mark.parametrize("steps", [1, 2, 3, 5, 10, 20])
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 def test_solver_parity(solver, steps, prediction):
-    """DPM-Solver++(2M/3M/2M SDE) and UniPC-bh2 equal diffusers' schedulers on the same grid, float64
-    (lower-order warm-up and final steps included: S = 1, 2, 3 and S < 15 vs S = 20)."""
+    """DPM-Solver++(2M/3M/2M SDE) and UniPC-bh2 of order 2 and 3 equal diffusers' schedulers on the same
+    grid, float64 (lower-order warm-up and final steps included: S = 1, 2, 3 and S < 15 vs S = 20). Our
+    third-order DPM-Solver++ is ``dpmpp-3m-compat`` here: diffusers' D2 is half the third-order one
+    (``test_dpmpp_3m_differs_from_diffusers_by_its_d2_term``)."""
     s = SCHEDULES["linear"]
     ref, grid = solver_reference(solver, s, steps, prediction, noise_seed=3)
     ours = ddim.sample(model, s, x_T(), timesteps=grid, prediction=prediction, solver=solver,
                        generator=torch.Generator().manual_seed(3))
     assert rel(ours, ref) <= TOL  # DPMSolverMultistepScheduler.step casts the sample to float32: ~1e-7
+
+
+def test_dpmpp_3m_differs_from_diffusers_by_its_d2_term():
+    """Where the third-order step runs (S = 20: steps 2-18), our DPM-Solver++(3M) is not diffusers': its D2
+    is twice diffusers' (third order; tests/test_solver_orders.py); with diffusers' D2 (``dpmpp-3m-compat``)
+    the two agree. Below three steps no third-order step runs, and the two are the same solver."""
+    s = SCHEDULES["linear"]
+    for steps, differ in ((20, True), (2, False)):
+        ref, grid = solver_reference("dpmpp-3m-compat", s, steps, "epsilon", noise_seed=3)
+        ours = ddim.sample(model, s, x_T(), timesteps=grid, solver="dpmpp-3m")
+        compat = ddim.sample(model, s, x_T(), timesteps=grid, solver="dpmpp-3m-compat")
+        assert rel(compat, ref) <= TOL
+        assert (rel(ours, ref) > 1e-4) == differ, (steps, rel(ours, ref))
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 10])

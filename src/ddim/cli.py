@@ -89,6 +89,10 @@ def _add_optim_run_args(p, d, classifier: bool) -> None:
         g.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (default: off)")
         g.add_argument("--label-dropout", type=float, default=d.label_dropout,
                        help="probability of dropping a label (classifier-free guidance training)")
+        from .train.loss import T_SAMPLINGS
+
+        g.add_argument("--t-sampling", default=d.t_sampling, choices=T_SAMPLINGS,
+                       help="training noise levels: uniform steps (DDPM) or lognormal (EDM's ln σ ~ N(-1.2, 1.2²))")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random stream")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory for checkpoints, metrics.jsonl" +
@@ -178,7 +182,8 @@ def _train_configs(args: argparse.Namespace):
         model_cfg = _classifier_config(args.preset, data, shape)
     else:
         train_cfg = TrainConfig(**common, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
-                                label_dropout=args.label_dropout, sample_every=args.sample_every,
+                                label_dropout=args.label_dropout, t_sampling=args.t_sampling,
+                                sample_every=args.sample_every,
                                 sample_steps=args.sample_steps, num_samples=args.num_samples)
         schedule = Schedule.from_config({"name": args.schedule, "num_steps": args.num_train_steps})
         data = load_data(data_cfg)

@@ -16,11 +16,17 @@ model's x̂_0 at step k. After the last grid point ᾱ = 1: σ = 0, λ = +∞, h
 
     ddim          the η-family, DDIM eq. 12 (η = 0: first-order DPM-Solver(++), Euler in λ)
     dpmpp-2m      DPM-Solver++(2M), Lu et al. 2022b, Algorithm 2 (eq. 9 with D = (1 + 1/2r) m_k − 1/2r m_{k−1})
-    dpmpp-3m      DPM-Solver++(3M), the third-order multistep data-prediction update of the authors' code
+    dpmpp-3m      DPM-Solver++(3M), the third-order multistep data-prediction update (Lu et al. 2022b's
+                  exponential integrator with x̂_0 extrapolated by its quadratic through m_k, m_{k−1}, m_{k−2})
+    dpmpp-3m-compat  the same update as the authors' code, diffusers and k-diffusion write it: their D2 is
+                  half the second divided difference the h³ term needs, so it is exact for linear x̂_0(λ) only:
+                  locally O(h³), second order (``multistep_weights``); for reproducing their outputs
     dpmpp-2m-sde  SDE-DPM-Solver++(2M), Lu et al. 2022b §B (midpoint form; its noise is DDIM's η = 1)
     unipc         UniPC-2 with B(h) = e^h − 1 ("bh2"), Zhao et al. 2023, Algorithms 2-3: UniP-2 predictor
                   (equal to DPM-Solver++(2M)) and the UniC corrector, which reuses the next step's model
-                  call, so it adds no NFE
+                  call, so it adds no NFE (``unipc_weights``)
+    unipc-3       the same with the third-order predictor UniP-3 and corrector UniC-3 (diffusers'
+                  ``solver_order=3``); its first-order first step bounds the global order at 3
     heun          Heun's second-order method on the probability-flow ODE in EDM's (σ, x/α) variables
                   (Karras et al. 2022, Algorithm 1): 2 model calls per step, Euler (= DDIM η = 0) on the last
 
@@ -41,7 +47,7 @@ import torch
 from ..forward import x0_from_eps
 from .steps import ddim_step
 
-__all__ = ["Solver", "SOLVERS", "get_solver", "solver_help", "dpm_lambda", "multistep_weights", "unipc_corrector_weights",
+__all__ = ["Solver", "SOLVERS", "get_solver", "solver_help", "dpm_lambda", "multistep_weights", "unipc_weights",
            "heun_coefficients"]
 
 
@@ -60,33 +66,41 @@ def _steps_lambda(abar_t, abar_prev):
     return lam_s, [dpm_lambda(a) - ls for ls, a in zip(lam_s, abar_prev)]
 
 
-def _order(k: int, S: int, order: int) -> int:
+def _order(k: int, S: int, order: int, unipc: bool = False) -> int:
     """The order a multistep method runs at step k of S: warm-up from 1, first order on the last step,
-    and at most second order on the step before it when S < 15 (diffusers' ``lower_order_final``)."""
+    and at most second order on the step before it: DPM-Solver++ when S < 15, UniPC always (diffusers'
+    ``lower_order_final`` in each scheduler)."""
     o = min(order, k + 1)
     if k == S - 1:
         return 1
-    if k == S - 2 and S < 15:
+    if k == S - 2 and (S < 15 or unipc):
         return min(o, 2)
     return o
 
 
-def multistep_weights(abar_t, abar_prev, order: int, sde: bool = False):
+def multistep_weights(abar_t, abar_prev, order: int, sde: bool = False, d2_halved: bool = False):
     """DPM-Solver++ multistep coefficients: x_{t} = ratio_k · x_s + Σ_j w_{k,j} m_{k−j} (+ noise).
 
     With E = e^{−h} (ODE) or e^{−2h} (SDE) and r_j = h_{k−j}/h_k:
         order 1:  w_0 = α_t (1 − E)                                           (= DDIM η = 0 / η = 1)
         order 2:  D = m_k + (m_k − m_{k−1})/(2 r_1)                             (2M, Alg. 2, midpoint)
         order 3:  D1_0 = (m_k − m_{k−1})/r_1, D1_1 = (m_{k−1} − m_{k−2})/r_2,
-                  D1 = D1_0 + r_1/(r_1 + r_2) (D1_0 − D1_1), D2 = (D1_0 − D1_1)/(r_1 + r_2)
+                  D1 = D1_0 + r_1/(r_1 + r_2) (D1_0 − D1_1), D2 = 2 (D1_0 − D1_1)/(r_1 + r_2)
                   x_t = ratio x_s + α_t(1 − e^{−h}) m_k + α_t(φ₂) D1 − α_t(φ₃) D2,
                   φ₂ = (e^{−h} − 1)/h + 1, φ₃ = (e^{−h} − 1 + h)/h² − ½            (3M)
         ratio = σ_t/σ_s (ODE) or σ_t/σ_s · e^{−h} (SDE, whose added noise is σ_t √(1 − e^{−2h}) z,
         exactly DDIM's σ_t(η = 1)).
 
+    Why D2 has the factor 2: with x̂_0(λ_s + τ) = m + τ m' + τ²/2 m'' the exact integral (DPM-Solver++ eq. 9)
+    is α_t[(1 − e^{−h}) m + h φ₂ m' − h² φ₃ m''] + O(h⁴), and for the quadratic through the three points
+    D1 = h m' and D1_0 − D1_1 = (r_1 + r_2)/2 · h² m'', so D2 = h² m'' needs 2/(r_1 + r_2).
+    ``d2_halved`` keeps the authors' and diffusers' 1/(r_1 + r_2) (``dpmpp-3m-compat``), which leaves
+    α_t h³/12 m'' per step: a second-order method.
+
     Args:
         abar_t, abar_prev: (S,) sequences of ᾱ at each step's start and end (``Plan``).
         order: 1, 2 or 3 (3 for the ODE only).
+        d2_halved: the D2 of the authors' code and diffusers (order 3 only).
     Returns:
         (ratio (S,), w (S, 3)) float64 tensors; w[k, j] multiplies m_{k−j} (0 where unused).
     """
@@ -110,60 +124,80 @@ def multistep_weights(abar_t, abar_prev, order: int, sde: bool = False):
             em1 = math.expm1(-hk)
             p2 = a_t * (em1 / hk + 1)
             p3 = a_t * ((em1 + hk) / hk**2 - 0.5)
-            c10 = p2 * (1 + r1 / (r1 + r2)) - p3 / (r1 + r2)  # coefficient of D1_0
-            c11 = -p2 * r1 / (r1 + r2) + p3 / (r1 + r2)      # coefficient of D1_1
+            q3 = p3 * (1.0 if d2_halved else 2.0) / (r1 + r2)  # D2's weight on (D1_0 − D1_1)
+            c10 = p2 * (1 + r1 / (r1 + r2)) - q3  # coefficient of D1_0
+            c11 = -p2 * r1 / (r1 + r2) + q3       # coefficient of D1_1
             w[k, 0] = p1 + c10 / r1
             w[k, 1] = -c10 / r1 + c11 / r2
             w[k, 2] = -c11 / r2
     return ratio, w
 
 
-def unipc_corrector_weights(abar_t, abar_prev, order: int = 2):
-    """UniC-p with B(h) = e^h − 1 (Zhao et al. 2023, Algorithm 3, data prediction), table form.
+def unipc_weights(abar_t, abar_prev, order: int = 2):
+    """UniPC with B(h) = e^h − 1 ("bh2"; Zhao et al. 2023, Algorithms 2-3, data prediction), table form.
 
-    At step k ≥ 1 the model has just been called at x_t (the predictor's result of step k−1, from x_s);
-    the corrected point is x_t^c = ratio_{k−1} x_s + c0 m_{k−1} + c1 m_{k−2} + ct m_k, with
-        x_t^c = σ_t/σ_s x_s + α_t (1 − e^{−h}) m_{k−1} − α_t B(−h) (Σ_i ρ_i D_i + ρ_t (m_k − m_{k−1})),
-    D_1 = (m_{k−2} − m_{k−1})/r, r = (λ_{k−2} − λ_{k−1})/h < 0, and (ρ_1, ρ_t) solving R ρ = b with
-    R's rows (1, 1) and (r, 1), b from the paper's φ-recursion (``_unipc_b``). Order 1 has ρ_t = ½
-    (the trapezoidal rule). The order is that of the predictor that made x_t.
+    Step j from s = τ_j to t = τ_{j+1} runs at order p = ``_order(j, S, order, unipc=True)`` with
+    r_i = (λ_{j−i} − λ_j)/h < 0, D_i = (m_{j−i} − m_j)/r_i (i < p) and, for the corrector, D_t = m_t − m_j:
+        UniP-p:  x_t = σ_t/σ_s x_s + α_t(1 − e^{−h}) m_j − α_t B(−h) Σ_i ρ_i D_i,
+                 ρ = ½ for p = 2 (UniP-2 is DPM-Solver++(2M)), else R_{p−1} ρ = b_{1..p−1};
+        UniC-p:  x_t^c = (the same with the model's x̂_0 at x_t) − α_t B(−h) ρ_t D_t,
+                 ρ = ½ for p = 1 (the trapezoidal rule), else R_p (ρ_1, …, ρ_{p−1}, ρ_t) = b_{1..p},
+    R_n's rows (r_1^i, …, r_{n−1}^i, 1)^{…} restricted to n columns (r_p = 1 for ρ_t), b_i = h φ_{i+1} · i!/B
+    (``_unipc_b``). UniC-p is locally of order p + 1 and reuses the next step's model call (no extra NFE).
 
     Returns:
-        (S, 3) float64: row k holds (c0, c1, ct) for the correction made at step k (row 0 unused).
+        (w (S, 3), c (S, 4)) float64: x_t = ratio_j x_s + Σ_i w[j, i] m_{j−i} for the predictor, and
+        x_t^c = ratio_{k−1} x_s + c[k, 0] m_k + Σ_i c[k, 1 + i] m_{k−1−i} for the correction made at step k
+        of step k − 1's result (row 0 unused).
     """
     S = len(abar_t)
     lam_s, h = _steps_lambda(abar_t, abar_prev)
-    c = torch.zeros(S, 3, dtype=torch.float64)
-    for k in range(1, S):
-        j = k - 1  # the step whose result is corrected
-        a_t = math.sqrt(abar_prev[j])
-        hj = h[j]
+    w, c = torch.zeros(S, 3, dtype=torch.float64), torch.zeros(S, 4, dtype=torch.float64)
+    for j in range(S):
+        hj, p = h[j], _order(j, S, order, unipc=True)
         B = math.expm1(-hj)
-        base = -a_t * B  # = α_t (1 − e^{−h}) > 0
-        if _order(j, S, order) == 1:
-            c[k, 0], c[k, 2] = base * 0.5, base * 0.5
-            continue
-        r = (lam_s[j - 1] - lam_s[j]) / hj  # negative: the earlier point lies at lower λ
-        b1, b2 = _unipc_b(hj, B)
-        # solve [[1, 1], [r, 1]] ρ = (b1, b2)
-        rho_d = (b1 - b2) / (1 - r)
-        rho_t = b1 - rho_d
-        # x^c = ratio x_s + base m_{k−1} + base (ρ_d (m_{k−2} − m_{k−1})/r + ρ_t (m_k − m_{k−1}))
-        c[k, 0] = base * (1 - rho_d / r - rho_t)
-        c[k, 1] = base * rho_d / r
-        c[k, 2] = base * rho_t
-    return c
+        base = -math.sqrt(abar_prev[j]) * B  # α_t (1 − e^{−h}) > 0
+        rks = [(lam_s[j - i] - lam_s[j]) / hj for i in range(1, p)]
+        b = _unipc_b(hj, B, p)
+        rho_p = [] if p == 1 else [0.5] if p == 2 else _solve_vandermonde(rks, b[:p - 1])
+        w[j, 0] = base * (1 - sum(r_ / k_ for r_, k_ in zip(rho_p, rks)))
+        for i, (r_, k_) in enumerate(zip(rho_p, rks), 1):
+            w[j, i] = base * r_ / k_
+        if j + 1 < S:  # the corrector of this step, made with step j + 1's model call
+            rho_c = [0.5] if p == 1 else _solve_vandermonde(rks + [1.0], b)
+            rho_t = rho_c[-1]
+            c[j + 1, 0] = base * rho_t
+            c[j + 1, 1] = base * (1 - rho_t - sum(r_ / k_ for r_, k_ in zip(rho_c, rks)))
+            for i, (r_, k_) in enumerate(zip(rho_c, rks), 1):
+                c[j + 1, 1 + i] = base * r_ / k_
+    return w, c
 
 
-def _unipc_b(h: float, B: float) -> tuple[float, float]:
-    """b_1, b_2 of UniPC's linear system for data prediction (hh = −h): φ_k recursion
+def _solve_vandermonde(rks, b) -> list:
+    """ρ solving Σ_i ρ_i rks_i^e = b_e for e = 0 .. len(b) − 1 (UniPC's R ρ = b), float64 on the host.
+
+    A point at λ = −∞ (ᾱ = 0: zero terminal SNR) has r = −∞; its ρ is the limit 0 and the other ρ solve the
+    first equations (what the full system tends to as r → −∞)."""
+    n = len(b)
+    keep = [i for i in range(n) if math.isfinite(rks[i])]
+    R = torch.tensor([[rks[i] ** e for i in keep] for e in range(len(keep))], dtype=torch.float64)
+    sol = torch.linalg.solve(R, torch.tensor(b[:len(keep)], dtype=torch.float64)).tolist() if keep else []
+    out = [0.0] * n
+    for i, v in zip(keep, sol):
+        out[i] = v
+    return out
+
+
+def _unipc_b(h: float, B: float, p: int) -> list:
+    """b_1 … b_p of UniPC's linear system for data prediction (hh = −h): φ_k recursion
     h_φ_1 = e^{hh} − 1, h_φ_{k+1} = h_φ_k / hh − 1/k!, b_i = h_φ_{i+1} · i! / B(h)."""
-    hh = -h
-    phi = math.expm1(hh) / hh - 1  # h_φ_2
-    b1 = phi * 1 / B
-    phi = phi / hh - 1 / 2        # h_φ_3
-    b2 = phi * 2 / B
-    return b1, b2
+    hh, out = -h, []
+    phi, fact = math.expm1(hh) / hh - 1, 1  # h_φ_2, 1!
+    for i in range(1, p + 1):
+        out.append(phi * fact / B)
+        fact *= i + 1
+        phi = phi / hh - 1 / fact
+    return out
 
 
 def heun_coefficients(abar_t, abar_prev):
@@ -190,7 +224,9 @@ class Solver:
     name: the CLI/API name. kind: "ddim" (eq. 12 with the caller's η), "multistep" (DPM-Solver++ /
     UniPC tables) or "heun". order: the multistep order (1 for ddim and heun). noise_eta: the η whose
     noise the solver adds (None for "ddim": the caller's η; 0 or 1 for the others). sde: the multistep
-    update of SDE-DPM-Solver++ (needs noise_eta 1, order ≤ 2). corrector: UniC after each step (order 2).
+    update of SDE-DPM-Solver++ (needs noise_eta 1, order ≤ 2). corrector: UniPC, UniC after each step
+    (order 2 or 3).
+    d2_halved: the authors'/diffusers' third-order D2 (``multistep_weights``; order 3 only).
     summary: one line for help texts.
     """
 
@@ -200,6 +236,7 @@ class Solver:
     noise_eta: Optional[float] = None
     sde: bool = False
     corrector: bool = False
+    d2_halved: bool = False
     summary: str = ""
 
     def __post_init__(self):
@@ -208,11 +245,12 @@ class Solver:
             ok = ok and self.order == 1 and not (self.sde or self.corrector)
         else:
             ok = ok and 1 <= self.order <= 3 and self.sde == (self.noise_eta == 1.0) and self.noise_eta in (0.0, 1.0)
-            ok = ok and (not self.sde or self.order <= 2) and (not self.corrector or (self.order == 2 and not self.sde))
+            ok = ok and (not self.sde or self.order <= 2) and (not self.corrector or (self.order >= 2 and not self.sde))
+        ok = ok and (not self.d2_halved or (self.kind == "multistep" and self.order == 3))
         if not ok:
             raise ValueError(f"inconsistent solver {self!r}: kind in {KINDS}; noise_eta None exactly for 'ddim'; "
                              "multistep: order 1-3, sde (noise_eta 1, order <= 2) or ODE (noise_eta 0), "
-                             "corrector with order 2 only; ddim/heun: order 1")
+                             "corrector with order 2-3, d2_halved with order 3 only; ddim/heun: order 1")
 
     @property
     def reads_x0_and_eps(self) -> bool:
@@ -257,11 +295,11 @@ class Solver:
             return {"a": a, "b": b}
         if self.kind == "ddim":
             return {}
-        ratio, w = multistep_weights(abar_t, abar_prev, self.order, self.sde)
-        out = {"ratio": ratio, "w": w}
-        if self.corrector:
-            out["c"] = unipc_corrector_weights(abar_t, abar_prev, self.order)
-        return out
+        ratio, w = multistep_weights(abar_t, abar_prev, self.order, self.sde, self.d2_halved)
+        if not self.corrector:
+            return {"ratio": ratio, "w": w}
+        w, c = unipc_weights(abar_t, abar_prev, self.order)
+        return {"ratio": ratio, "w": w, "c": c}
 
     def step(self, k: int, x: torch.Tensor, predict: Callable, t_batch: torch.Tensor, coef, state: dict,
              noise_at: Callable):
@@ -283,14 +321,14 @@ class Solver:
         hist = state.setdefault("m", [])
         S = t_batch.shape[0]
         if self.corrector and k > 0:  # UniC: correct the previous result with this call's x̂_0
-            terms = 2 if _order(k - 1, S, self.order) > 1 else 1
             c = tab["c"][k]
-            x = tab["ratio"][k - 1] * state["x_s"] + c[2] * x0 + _combine(c, hist[::-1], terms)
+            x = tab["ratio"][k - 1] * state["x_s"] + c[0] * x0 + _combine(c[1:], hist[::-1],
+                                                                          _order(k - 1, S, self.order, True))
         hist.append(x0)
         del hist[:-self.order]
         if self.corrector:
             state["x_s"] = x
-        x_next = tab["ratio"][k] * x + _combine(tab["w"][k], hist[::-1], _order(k, S, self.order))
+        x_next = tab["ratio"][k] * x + _combine(tab["w"][k], hist[::-1], _order(k, S, self.order, self.corrector))
         return (x_next if noise is None else x_next + noise), x0
 
     def invert_step(self, k: int, x: torch.Tensor, eps_at: Callable, t_batch: torch.Tensor, coef):
@@ -314,9 +352,12 @@ SOLVERS = {s.name: s for s in (  # ``score`` adds the score-view solvers (revers
     Solver("ddim", summary="the η-family of DDIM eq. 12 (η = 0: deterministic)"),
     Solver("dpmpp-2m", "multistep", 2, 0.0, summary="DPM-Solver++(2M), second-order multistep"),
     Solver("dpmpp-3m", "multistep", 3, 0.0, summary="DPM-Solver++(3M), third-order multistep"),
+    Solver("dpmpp-3m-compat", "multistep", 3, 0.0, d2_halved=True,
+           summary="DPM-Solver++(3M) as diffusers writes it (half the D2 term: second order)"),
     Solver("dpmpp-2m-sde", "multistep", 2, 1.0, sde=True,
            summary="SDE-DPM-Solver++(2M), adds η = 1's noise"),
     Solver("unipc", "multistep", 2, 0.0, corrector=True, summary="UniPC-bh2 with its corrector"),
+    Solver("unipc-3", "multistep", 3, 0.0, corrector=True, summary="UniPC-bh2 of order 3 with its corrector"),
     Solver("heun", "heun", 1, 0.0, summary="EDM's Heun, 2 model calls per step"),
 )}
 

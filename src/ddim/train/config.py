@@ -73,6 +73,8 @@ class TrainConfig:
         prediction: the regression target, "epsilon", "sample" (x_0) or "v".
         min_snr_gamma: γ of Min-SNR-γ loss weighting, or None for plain L_simple.
         label_dropout: probability of replacing a label by ∅ (classifier-free guidance training).
+        t_sampling: how training steps are drawn: "uniform" (DDPM) or "lognormal" (EDM's ln σ ~ N(−1.2, 1.2²),
+            see ``ddim.train.loss.lognormal_t``).
         seed: the one seed every random stream (init, data order, noise) is derived from.
         checkpoint_every: steps between checkpoints (0: only at the end).
         keep_last: checkpoints kept on disk (0: keep all).
@@ -96,6 +98,7 @@ class TrainConfig:
     prediction: str = "epsilon"
     min_snr_gamma: Optional[float] = None
     label_dropout: float = 0.1
+    t_sampling: str = "uniform"
     seed: int = 0
     checkpoint_every: int = 1000
     keep_last: int = 3
@@ -127,6 +130,10 @@ class TrainConfig:
         if self.min_snr_gamma is not None:
             _need_num("min_snr_gamma", self.min_snr_gamma, 0.0, lo_open=True)
         _need_num("label_dropout", self.label_dropout, 0.0, 1.0)
+        from .loss import T_SAMPLINGS
+
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"unknown t_sampling {self.t_sampling!r}; allowed: {', '.join(T_SAMPLINGS)}")
         _need_int("seed", self.seed, 0)
         for name in ("checkpoint_every", "keep_last", "sample_every"):
             _need_int(name, getattr(self, name), 0)

@@ -10,6 +10,12 @@ Min-SNR-γ weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SN
 with SNR(t) = ᾱ_t / (1 − ᾱ_t): the x_0-loss weight min(SNR, γ) expressed for each target,
     ε-target: min(SNR, γ) / SNR,   v-target: min(SNR, γ) / (SNR + 1),   x_0-target: min(SNR, γ).
 
+Noise levels: t is uniform over {0, …, T−1} (DDPM), or "lognormal": EDM's ln σ ~ N(P_mean, P_std²)
+(Karras et al. 2022, Table 1, P_mean = −1.2, P_std = 1.2) mapped to the step whose σ_t = √((1−ᾱ_t)/ᾱ_t) is
+nearest in ln σ. With the v-target this is EDM's training recipe on a discrete VP schedule: v-prediction is
+EDM's preconditioning (c_skip, c_out, c_in) with σ_data = 1, and EDM's loss weight λ(σ) = 1/c_out² is the
+plain (unweighted) v-loss.
+
 Classifier-free guidance (Ho & Salimans 2022) trains the unconditional model jointly: each label is
 replaced by the null label ∅ with probability p.
 """
@@ -26,7 +32,7 @@ from ..forward import PREDICTIONS, abar_at, q_sample, target_from_x0_eps
 from ..schedule import Schedule
 from ..transfer import to_device
 
-__all__ = ["Draws", "draw", "drop_labels", "min_snr_weight", "diffusion_loss", "classifier_loss", "training_loss"]
+__all__ = ["Draws", "draw", "T_SAMPLINGS", "lognormal_t", "drop_labels", "min_snr_weight", "diffusion_loss", "classifier_loss", "training_loss"]
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,45 @@ def _check_probability(p: float, name: str) -> float:
     return float(p)
 
 
-def draw(shape, num_steps: int, generator: torch.Generator, label_dropout: float = 0.0) -> Draws:
+T_SAMPLINGS = ("uniform", "lognormal")
+
+
+def lognormal_t(log_sigma: torch.Tensor, n: int, generator: torch.Generator, p_mean: float = -1.2,
+                p_std: float = 1.2) -> torch.Tensor:
+    """EDM's training noise levels on a discrete schedule: ln σ ~ N(P_mean, P_std²) (Karras et al. 2022,
+    Table 1), each draw mapped to the step t whose ln σ_t is nearest (draws beyond the schedule's ends go to
+    its first or last finite level).
+
+    Args:
+        log_sigma: (T,) float64 ln σ_t = −½ ln SNR(t), increasing in t (+inf allowed at a zero-SNR end).
+        n: how many levels to draw; generator: the CPU generator they come from.
+    Returns:
+        (n,) int64 steps in [0, T).
+    """
+    z = torch.randn(n, generator=generator, dtype=torch.float64) * p_std + p_mean
+    T = log_sigma.shape[0]
+    if T == 1:
+        return torch.zeros(n, dtype=torch.int64)
+    hi = torch.searchsorted(log_sigma, z).clamp(1, T - 1)
+    nearer_lo = (z - log_sigma[hi - 1]) <= (log_sigma[hi] - z)
+    return torch.where(nearer_lo, hi - 1, hi)
+
+
+def draw(shape, num_steps: int, generator: torch.Generator, label_dropout: float = 0.0,
+         log_sigma: Optional[torch.Tensor] = None) -> Draws:
     """Draw t, ε and the label-dropout mask for a batch of ``shape`` = (B, C, H, W), in that order.
 
-    The order is fixed so that one generator state always yields the same batch (exact resume).
+    t is uniform over [0, num_steps), or, when ``log_sigma`` ((num_steps,) float64 ln σ_t) is given, drawn by
+    ``lognormal_t``. The order is fixed so that one generator state always yields the same batch (exact resume).
     """
     p = _check_probability(label_dropout, "label_dropout")
     B = shape[0]
-    t = torch.randint(0, num_steps, (B,), generator=generator, dtype=torch.int64)
+    if log_sigma is None:
+        t = torch.randint(0, num_steps, (B,), generator=generator, dtype=torch.int64)
+    else:
+        if log_sigma.shape != (num_steps,):
+            raise ValueError(f"log_sigma must have shape ({num_steps},), got {tuple(log_sigma.shape)}")
+        t = lognormal_t(log_sigma, B, generator)
     eps = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
     drop = torch.rand(B, generator=generator, dtype=torch.float64) < p
     return Draws(t, eps, drop)

@@ -251,7 +251,9 @@ class Trainer:
         # to_device: pinned, non-blocking copies, so the host never waits for the GPU here
         idx = to_device(batch_indices(tc.seed, self.step, tc.batch_size, len(data))[sl], self.device)
         shape = (tc.batch_size, data.channels, data.image_size, data.image_size)
-        d = draw(shape, self.schedule.num_steps, g, tc.label_dropout if self.class_cond else 0.0).shard(sl.start, sl.stop)
+        log_sigma = -0.5 * self.schedule.snr.log() if tc.t_sampling == "lognormal" else None
+        d = draw(shape, self.schedule.num_steps, g, tc.label_dropout if self.class_cond else 0.0,
+                 log_sigma).shard(sl.start, sl.stop)
         flips = flip_mask(tc.batch_size, g)[sl] if self.config.data is not None and self.config.data.hflip else None
         x0 = data.to_float(idx)
         if flips is not None:
