@@ -5,7 +5,8 @@ import torch
 
 from ddim import Schedule
 from ddim.forward import abar_at, q_sample, v_from_x0_eps
-from ddim.train.loss import diffusion_loss, draw, drop_labels, min_snr_weight, training_loss
+from ddim.train.config import TrainConfig
+from ddim.train.loss import diffusion_loss, draw, drop_labels, lognormal_t, min_snr_weight, training_loss
 
 S = Schedule.linear(1000)
 
@@ -114,3 +115,36 @@ def test_training_loss_is_differentiable_and_uses_model_null_label():
     loss.backward()
     assert net.w.grad is not None and net.w.grad != 0
     assert set(net.seen.tolist()) == {0, 3}
+
+
+def _log_sigma(schedule):
+    return -0.5 * schedule.snr.log()
+
+
+def test_lognormal_steps_are_the_nearest_levels_to_edm_draws():
+    """Each drawn t is the step whose ln σ_t is nearest to ln σ ~ N(−1.2, 1.2²) (EDM's P_mean, P_std), the
+    draws being the generator's first normals; the median lands at σ ≈ e^{−1.2}."""
+    ls = _log_sigma(S)
+    t = lognormal_t(ls, 4000, torch.Generator().manual_seed(7))
+    z = torch.randn(4000, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 1.2 - 1.2
+    assert torch.equal(t, (ls[None, :] - z[:, None]).abs().argmin(1))
+    assert t.dtype == torch.int64 and 0 <= int(t.min()) and int(t.max()) < 1000
+    assert ls[t.median()].item() == pytest.approx(-1.2, abs=0.1)
+
+
+def test_lognormal_steps_with_zero_terminal_snr_stay_finite():
+    """σ = ∞ at the last step of a zero-terminal-SNR schedule: it is never the nearest level of a finite draw."""
+    zs = Schedule.linear(1000, zero_terminal_snr=True)
+    t = lognormal_t(_log_sigma(zs), 20000, torch.Generator().manual_seed(0), p_mean=4.0, p_std=3.0)
+    assert int(t.max()) == 998 and int(t.min()) == 0
+
+
+def test_draw_with_lognormal_steps():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a, b = draw((8, 1, 4, 4), 1000, g(), 0.5, _log_sigma(S)), draw((8, 1, 4, 4), 1000, g(), 0.5, _log_sigma(S))
+    assert torch.equal(a.t, b.t) and torch.equal(a.eps, b.eps) and torch.equal(a.drop, b.drop)
+    assert not torch.equal(a.t, draw((8, 1, 4, 4), 1000, g(), 0.5).t)
+    with pytest.raises(ValueError, match=r"log_sigma must have shape \(10,\)"):
+        draw((2, 1, 4, 4), 10, g(), 0.0, _log_sigma(S))
+    with pytest.raises(ValueError, match="unknown t_sampling 'edm'; allowed: uniform, lognormal"):
+        TrainConfig(t_sampling="edm")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from ddim.checkpoint import list_checkpoints, read_tensors
@@ -71,3 +72,18 @@ def test_kill9_then_sigterm_then_resume_is_bitwise_exact(tmp_path, digits8):
         assert a.keys() == b.keys()
         bad = [k for k in a if not torch.equal(a[k], b[k])]
         assert not bad, f"{name}: {len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+def test_cli_training_options_reach_the_saved_config(tmp_path):
+    """`ddim train --prediction v --min-snr-gamma 5 --t-sampling lognormal` (the pilots' flags) are saved in
+    the run's config.json, and an unknown --t-sampling exits 2 naming the allowed values."""
+    from ddim.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY_CLI, "--out", str(out), "--steps", "2", "--prediction", "v", "--min-snr-gamma", "5",
+                 "--t-sampling", "lognormal"]) == 0
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["prediction"], train["min_snr_gamma"], train["t_sampling"]) == ("v", 5.0, "lognormal")
+    with pytest.raises(SystemExit) as e:
+        main(["train", *TINY_CLI, "--out", str(tmp_path / "bad"), "--t-sampling", "edm"])
+    assert e.value.code == 2

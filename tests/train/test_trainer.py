@@ -46,10 +46,13 @@ def test_metrics_lines_hold_the_promised_fields(tmp_path, digits8):
     assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 4
 
 
-def test_resume_is_bitwise_exact_in_process(tmp_path, digits8):
-    full = Trainer(tiny_config(steps=12), tmp_path / "a", data=digits8, device="cpu", quiet=True).fit()
-    Trainer(tiny_config(steps=5), tmp_path / "b", data=digits8, device="cpu", quiet=True).fit()
-    resumed = Trainer(tiny_config(steps=12), tmp_path / "b", data=digits8, device="cpu", quiet=True, resume=True)
+@pytest.mark.parametrize("t_sampling", ["uniform", "lognormal"])
+def test_resume_is_bitwise_exact_in_process(tmp_path, digits8, t_sampling):
+    full = Trainer(tiny_config(steps=12, t_sampling=t_sampling), tmp_path / "a", data=digits8, device="cpu",
+                   quiet=True).fit()
+    Trainer(tiny_config(steps=5, t_sampling=t_sampling), tmp_path / "b", data=digits8, device="cpu", quiet=True).fit()
+    resumed = Trainer(tiny_config(steps=12, t_sampling=t_sampling), tmp_path / "b", data=digits8, device="cpu",
+                      quiet=True, resume=True)
     assert resumed.step == 5
     resumed.fit()
     a, b = _weights(full.checkpoint), _weights(tmp_path / "b" / "checkpoints" / "step_000012")
@@ -98,14 +101,14 @@ def test_bad_batch_split_and_data_mismatch(tmp_path, digits8):
 
 
 def test_resume_from_a_checkpoint_written_before_a_config_field_existed(tmp_path, digits8):
-    """A checkpoint whose config.json lacks a field added later (model.patch_size) resumes: the saved config
+    """A checkpoint whose config.json lacks fields added later (model.patch_size, train.t_sampling) resumes: the saved config
     is read through RunConfig, so the missing field takes its default instead of reading as a difference."""
     from ddim.checkpoint import MANIFEST, _sha256, read_json, write_json
 
     Trainer(tiny_config(steps=3, checkpoint_every=3), tmp_path, data=digits8, device="cpu", quiet=True).fit()
     ckpt = list_checkpoints(tmp_path)[-1]
     saved = read_json(ckpt / "config.json")
-    del saved["model"]["patch_size"]
+    del saved["model"]["patch_size"], saved["train"]["t_sampling"]
     write_json(ckpt / "config.json", saved)
     manifest = read_json(ckpt / MANIFEST)   # re-sign the edited file, as an older ddim would have written it
     manifest["config.json"] = {"bytes": (ckpt / "config.json").stat().st_size, "sha256": _sha256(ckpt / "config.json")}
