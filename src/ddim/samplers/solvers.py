@@ -142,8 +142,9 @@ def unipc_weights(abar_t, abar_prev, order: int = 2):
                  ρ = ½ for p = 2 (UniP-2 is DPM-Solver++(2M)), else R_{p−1} ρ = b_{1..p−1};
         UniC-p:  x_t^c = (the same with the model's x̂_0 at x_t) − α_t B(−h) ρ_t D_t,
                  ρ = ½ for p = 1 (the trapezoidal rule), else R_p (ρ_1, …, ρ_{p−1}, ρ_t) = b_{1..p},
-    R_n's rows (r_1^i, …, r_{n−1}^i, 1)^{…} restricted to n columns (r_p = 1 for ρ_t), b_i = h φ_{i+1} · i!/B
-    (``_unipc_b``). UniC-p is locally of order p + 1 and reuses the next step's model call (no extra NFE).
+    R_n the n × n matrix whose row e = 0 … n − 1 is (r_1^e, …, r_n^e) with r_p = 1 standing for ρ_t, and
+    b_i = h φ_{i+1} · i!/B (``_unipc_b``). UniC-p is locally of order p + 1 and reuses the next step's model
+    call (no extra NFE).
 
     Returns:
         (w (S, 3), c (S, 4)) float64: x_t = ratio_j x_s + Σ_i w[j, i] m_{j−i} for the predictor, and
