@@ -3,8 +3,8 @@
 # the same budget (--steps at --batch-size 128), each scored by `ddim eval` (FID of 500 samples, 20 DDIM
 # steps, η = 0, plain update, against the test split), one after the other (OMP_NUM_THREADS as set).
 # Usage: bash scripts/pilots_cpu.sh OUT_DIR STEPS NAME... (names below; default: all)
-# Prints one line per pilot: name, final loss (mean of the last 100 steps), images/s, FID ± std, and
-# writes OUT_DIR/pilots.json.
+# Prints one line per pilot: name, final loss (mean of the last 100 steps), images/s, FID ± std, class
+# agreement (500 samples, 20 steps, no guidance; scripts/bundle_model.py's rule), and writes OUT_DIR/pilots.json.
 set -euo pipefail
 out=${1:?usage: pilots_cpu.sh OUT_DIR STEPS [NAME...]}
 steps=${2:?usage: pilots_cpu.sh OUT_DIR STEPS [NAME...]}
@@ -42,20 +42,24 @@ for name in "${names[@]}"; do
   [ -f "$out/$name/eval/results.json" ] || one "$name"
 done
 
-python - "$out" "${names[@]}" <<'EOF'
+python - "$out" "$(dirname "$0")" "${names[@]}" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 out, rows = Path(sys.argv[1]), []
-for name in sys.argv[2:]:
+sys.path.insert(0, sys.argv[2])
+from bundle_model import class_agreement
+for name in sys.argv[3:]:
     lines = [json.loads(l) for l in (out / name / "metrics.jsonl").read_text().splitlines() if l.strip()]
     train = [l for l in lines if "loss" in l]
     cell = json.loads((out / name / "eval" / "results.json").read_text())["cells"][0]
     rows.append({"name": name, "steps": train[-1]["step"], "loss_last_100": statistics.mean(
         l["loss"] for l in train if l["step"] > train[-1]["step"] - 100), "images_per_s": statistics.median(
         l["images_per_s"] for l in train), "fid": cell["fid"], "fid_std": cell["fid_std"],
-        "precision": cell["precision"], "recall": cell["recall"]})
+        "precision": cell["precision"], "recall": cell["recall"],
+        "class_agreement": class_agreement(out / name, 500, 20)})
     r = rows[-1]
     print(f"{name:<12} step {r['steps']:>5}  loss {r['loss_last_100']:.4f}  {r['images_per_s']:6.1f} img/s  "
-          f"FID {r['fid']:.2f} ± {r['fid_std']:.2f}  P {r['precision']:.2f} R {r['recall']:.2f}")
+          f"FID {r['fid']:.2f} ± {r['fid_std']:.2f}  P {r['precision']:.2f} R {r['recall']:.2f}  "
+          f"agreement {r['class_agreement']:.3f}")
 (out / "pilots.json").write_text(json.dumps(rows, indent=1) + "\n")
 EOF
