@@ -272,7 +272,8 @@ def test_solver_parity(solver, steps, prediction):
     ref, grid = solver_reference(solver, s, steps, prediction, noise_seed=3)
     ours = ddim.sample(model, s, x_T(), timesteps=grid, prediction=prediction, solver=solver,
                        generator=torch.Generator().manual_seed(3))
-    assert rel(ours, ref) <= TOL  # DPMSolverMultistepScheduler.step casts the sample to float32: ~1e-7
+    # DPMSolverMultistepScheduler.step casts the sample to float32 (measured up to 6e-7); UniPC stays float64
+    assert rel(ours, ref) <= (1e-12 if solver.startswith("unipc") else 1e-6)
 
 
 def test_dpmpp_3m_differs_from_diffusers_by_its_d2_term():
@@ -284,7 +285,7 @@ def test_dpmpp_3m_differs_from_diffusers_by_its_d2_term():
         ref, grid = solver_reference("dpmpp-3m-compat", s, steps, "epsilon", noise_seed=3)
         ours = ddim.sample(model, s, x_T(), timesteps=grid, solver="dpmpp-3m")
         compat = ddim.sample(model, s, x_T(), timesteps=grid, solver="dpmpp-3m-compat")
-        assert rel(compat, ref) <= TOL
+        assert rel(compat, ref) <= 1e-6
         assert (rel(ours, ref) > 1e-4) == differ, (steps, rel(ours, ref))
 
 

@@ -62,6 +62,19 @@ def test_resume_is_bitwise_exact_in_process(tmp_path, digits8, t_sampling):
             assert torch.equal(a[f][k], b[f][k]), (f, k)
 
 
+def test_lognormal_noise_levels_reach_the_trainer(tmp_path, digits8):
+    """With t_sampling="lognormal" the Trainer's batch holds ``lognormal_t``'s steps for the step's generator
+    (not uniform ones)."""
+    from ddim.train.batches import step_generator
+    from ddim.train.loss import lognormal_t
+
+    trainer = Trainer(tiny_config(t_sampling="lognormal"), tmp_path / "l", data=digits8, device="cpu", quiet=True)
+    t = trainer._batch()[1]
+    assert torch.equal(t, lognormal_t(-0.5 * trainer.schedule.snr.log(), 16, step_generator(0, 0)))
+    uniform = Trainer(tiny_config(), tmp_path / "u", data=digits8, device="cpu", quiet=True)._batch()[1]
+    assert not torch.equal(t, uniform)
+
+
 def test_existing_run_needs_resume_and_a_matching_architecture(tmp_path, digits8):
     Trainer(tiny_config(steps=2), tmp_path, data=digits8, device="cpu", quiet=True).fit()
     with pytest.raises(ValueError, match="already holds checkpoints .* pass --resume"):

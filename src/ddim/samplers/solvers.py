@@ -95,7 +95,9 @@ def multistep_weights(abar_t, abar_prev, order: int, sde: bool = False, d2_halve
     is α_t[(1 − e^{−h}) m + h φ₂ m' − h² φ₃ m''] + O(h⁴), and for the quadratic through the three points
     D1 = h m' and D1_0 − D1_1 = (r_1 + r_2)/2 · h² m'', so D2 = h² m'' needs 2/(r_1 + r_2).
     ``d2_halved`` keeps the authors' and diffusers' 1/(r_1 + r_2) (``dpmpp-3m-compat``), which leaves
-    α_t h³/12 m'' per step: a second-order method.
+    α_t h³/12 m'' per step: a second-order method. (Strictly, the first-order first step's O(h²) error
+    also bounds 3M at S⁻² as S → ∞, but it starts where x̂_0 hardly moves: on the mixture oracle an exact
+    first step left the errors at S = 20–160 unchanged to three digits, while the halved D2 costs an order.)
 
     Args:
         abar_t, abar_prev: (S,) sequences of ᾱ at each step's start and end (``Plan``).

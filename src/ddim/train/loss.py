@@ -71,6 +71,10 @@ def lognormal_t(log_sigma: torch.Tensor, n: int, generator: torch.Generator, p_m
     Table 1), each draw mapped to the step t whose ln σ_t is nearest (draws beyond the schedule's ends go to
     its first or last finite level).
 
+    The high-noise end is trained rarely, as in EDM: on the linear DDPM schedule about 1 % of draws land
+    above t = 560 and 1e-4 above t = 800, and under zero terminal SNR the last step (σ = ∞), where a
+    trailing grid makes its first model call, is never drawn; use uniform steps for such schedules.
+
     Args:
         log_sigma: (T,) float64 ln σ_t = −½ ln SNR(t), increasing in t (+inf allowed at a zero-SNR end).
         n: how many levels to draw; generator: the CPU generator they come from.
