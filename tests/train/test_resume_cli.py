@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from ddim.checkpoint import list_checkpoints, read_tensors
