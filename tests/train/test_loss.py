@@ -6,7 +6,8 @@ import torch
 from ddim import Schedule
 from ddim.forward import abar_at, q_sample, v_from_x0_eps
 from ddim.train.config import TrainConfig
-from ddim.train.loss import diffusion_loss, draw, drop_labels, lognormal_t, min_snr_weight, training_loss
+from ddim.train.loss import (diffusion_loss, draw, drop_labels, log_sigma_table, lognormal_t, min_snr_weight,
+                             training_loss)
 
 S = Schedule.linear(1000)
 
@@ -148,3 +149,19 @@ def test_draw_with_lognormal_steps():
         draw((2, 1, 4, 4), 10, g(), 0.0, _log_sigma(S))
     with pytest.raises(ValueError, match="unknown t_sampling 'edm'; allowed: uniform, lognormal"):
         TrainConfig(t_sampling="edm")
+
+
+def test_training_loss_draws_lognormal_levels():
+    """training_loss(t_sampling="lognormal") is diffusion_loss on ``draw``'s log-normal steps for the same
+    generator; the level tables are None for uniform steps and ln σ_t otherwise; a bad name is refused."""
+    x0 = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    model = lambda x, t: 0.3 * x  # noqa: E731
+    assert log_sigma_table(S, "uniform") is None
+    ls = log_sigma_table(S, "lognormal")
+    assert torch.allclose(ls, -0.5 * torch.log(S.alphas_cumprod / (1 - S.alphas_cumprod)))
+    got = training_loss(model, S, x0, generator=torch.Generator().manual_seed(2), t_sampling="lognormal")
+    d = draw(x0.shape, S.num_steps, torch.Generator().manual_seed(2), 0.0, ls)
+    assert got.item() == diffusion_loss(model, S, x0, d.t, d.eps).item()
+    assert got.item() != training_loss(model, S, x0, generator=torch.Generator().manual_seed(2)).item()
+    with pytest.raises(ValueError, match="unknown t_sampling 'edm'; allowed: uniform, lognormal"):
+        training_loss(model, S, x0, generator=torch.Generator().manual_seed(2), t_sampling="edm")

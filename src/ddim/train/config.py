@@ -130,10 +130,9 @@ class TrainConfig:
         if self.min_snr_gamma is not None:
             _need_num("min_snr_gamma", self.min_snr_gamma, 0.0, lo_open=True)
         _need_num("label_dropout", self.label_dropout, 0.0, 1.0)
-        from .loss import T_SAMPLINGS
+        from .loss import check_t_sampling
 
-        if self.t_sampling not in T_SAMPLINGS:
-            raise ValueError(f"unknown t_sampling {self.t_sampling!r}; allowed: {', '.join(T_SAMPLINGS)}")
+        check_t_sampling(self.t_sampling)
         _need_int("seed", self.seed, 0)
         for name in ("checkpoint_every", "keep_last", "sample_every"):
             _need_int(name, getattr(self, name), 0)

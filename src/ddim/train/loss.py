@@ -32,7 +32,7 @@ from ..forward import PREDICTIONS, abar_at, q_sample, target_from_x0_eps
 from ..schedule import Schedule
 from ..transfer import to_device
 
-__all__ = ["Draws", "draw", "T_SAMPLINGS", "lognormal_t", "drop_labels", "min_snr_weight", "diffusion_loss",
+__all__ = ["Draws", "draw", "T_SAMPLINGS", "lognormal_t", "log_sigma_table", "drop_labels", "min_snr_weight", "diffusion_loss",
            "classifier_loss", "training_loss"]
 
 
@@ -88,6 +88,19 @@ def lognormal_t(log_sigma: torch.Tensor, n: int, generator: torch.Generator, p_m
     hi = torch.searchsorted(log_sigma, z).clamp(1, T - 1)
     nearer_lo = (z - log_sigma[hi - 1]) <= (log_sigma[hi] - z)
     return torch.where(nearer_lo, hi - 1, hi)
+
+
+def log_sigma_table(schedule: Schedule, t_sampling: str) -> Optional[torch.Tensor]:
+    """``draw``'s ``log_sigma`` for a ``t_sampling``: None for "uniform", (T,) float64 ln σ_t = −½ ln SNR(t)
+    for "lognormal"."""
+    return None if check_t_sampling(t_sampling) == "uniform" else -0.5 * schedule.snr.log()
+
+
+def check_t_sampling(t_sampling: str) -> str:
+    """``t_sampling`` itself if it is one of ``T_SAMPLINGS``; else a ValueError naming the allowed ones."""
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"unknown t_sampling {t_sampling!r}; allowed: {', '.join(T_SAMPLINGS)}")
+    return t_sampling
 
 
 def draw(shape, num_steps: int, generator: torch.Generator, label_dropout: float = 0.0,
@@ -200,12 +213,14 @@ def diffusion_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, t: tor
 def training_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, labels: Optional[torch.Tensor] = None,
                   *, generator: torch.Generator, prediction: str = "epsilon",
                   min_snr_gamma: Optional[float] = None, label_dropout: float = 0.0,
-                  null_label: Optional[int] = None) -> torch.Tensor:
-    """Draw (t, ε, dropout) from ``generator`` (on the CPU) and return ``diffusion_loss`` for them.
+                  null_label: Optional[int] = None, t_sampling: str = "uniform") -> torch.Tensor:
+    """Draw (t, ε, dropout) from ``generator`` (on the CPU; t as ``t_sampling`` says) and return
+    ``diffusion_loss`` for them.
 
     ``null_label`` defaults to ``model.null_label`` when the model has one.
     """
-    d = draw(x0.shape, schedule.num_steps, generator, label_dropout if labels is not None else 0.0)
+    d = draw(x0.shape, schedule.num_steps, generator, label_dropout if labels is not None else 0.0,
+             log_sigma_table(schedule, t_sampling))
     if null_label is None:
         null_label = getattr(getattr(model, "module", model), "null_label", None)  # through a DDP wrapper
     labels = drop_labels(labels, d.drop, null_label)

@@ -35,7 +35,7 @@ from .config import FORMAT, RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
 from .distributed import (DistInfo, all_reduce_sum, any_rank, barrier, dist_info_from_env, init_distributed,
                           resolve_device, shutdown)
 from .ema import EMA
-from .loss import diffusion_loss, draw, drop_labels
+from .loss import diffusion_loss, draw, drop_labels, log_sigma_table
 from .monitor import Monitor, truncate_metrics
 from .state import optimizer_from_flat, optimizer_to_flat, rng_from_flat, rng_to_flat
 
@@ -251,9 +251,8 @@ class Trainer:
         # to_device: pinned, non-blocking copies, so the host never waits for the GPU here
         idx = to_device(batch_indices(tc.seed, self.step, tc.batch_size, len(data))[sl], self.device)
         shape = (tc.batch_size, data.channels, data.image_size, data.image_size)
-        log_sigma = -0.5 * self.schedule.snr.log() if tc.t_sampling == "lognormal" else None
         d = draw(shape, self.schedule.num_steps, g, tc.label_dropout if self.class_cond else 0.0,
-                 log_sigma).shard(sl.start, sl.stop)
+                 log_sigma_table(self.schedule, tc.t_sampling)).shard(sl.start, sl.stop)
         flips = flip_mask(tc.batch_size, g)[sl] if self.config.data is not None and self.config.data.hflip else None
         x0 = data.to_float(idx)
         if flips is not None:
