@@ -32,8 +32,8 @@ from ..forward import PREDICTIONS, abar_at, q_sample, target_from_x0_eps
 from ..schedule import Schedule
 from ..transfer import to_device
 
-__all__ = ["Draws", "draw", "T_SAMPLINGS", "lognormal_t", "log_sigma_table", "drop_labels", "min_snr_weight", "diffusion_loss",
-           "classifier_loss", "training_loss"]
+__all__ = ["Draws", "draw", "T_SAMPLINGS", "lognormal_t", "log_sigma_table", "check_t_sampling", "drop_labels",
+           "min_snr_weight", "diffusion_loss", "classifier_loss", "training_loss"]
 
 
 @dataclass(frozen=True)

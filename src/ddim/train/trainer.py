@@ -158,6 +158,7 @@ class Trainer:
                                         labels=None if data.labels is None else data.labels.to(self.device))
         self.class_cond = config.model.num_classes is not None
         self.schedule = config.make_schedule()
+        self._log_sigma = log_sigma_table(self.schedule, config.train.t_sampling)  # None: uniform steps
         init_distributed(self.info, self.device)
 
         torch.manual_seed(derive_seed(tc.seed, STREAM_INIT))  # identical initial weights on every rank
@@ -252,7 +253,7 @@ class Trainer:
         idx = to_device(batch_indices(tc.seed, self.step, tc.batch_size, len(data))[sl], self.device)
         shape = (tc.batch_size, data.channels, data.image_size, data.image_size)
         d = draw(shape, self.schedule.num_steps, g, tc.label_dropout if self.class_cond else 0.0,
-                 log_sigma_table(self.schedule, tc.t_sampling)).shard(sl.start, sl.stop)
+                 self._log_sigma).shard(sl.start, sl.stop)
         flips = flip_mask(tc.batch_size, g)[sl] if self.config.data is not None and self.config.data.hflip else None
         x0 = data.to_float(idx)
         if flips is not None:
