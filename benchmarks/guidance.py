@@ -10,8 +10,10 @@ eq. 12 disagree, and at w ≥ 1 the samples saturate. The rules compared:
     threshold   Imagen's dynamic thresholding (quantile 0.995, no upper cap on s), ε̂ re-derived
 
 Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), η = 0.
-Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class; FID,
-precision and recall use the shipped feature extractor against the Fashion-MNIST test split.
+Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class (also per
+class); FID, precision and recall use the shipped feature extractor against the Fashion-MNIST test split.
+A first row, "real", is the classifier's accuracy on real images (the test split, and the first n training
+images): the ceiling that a sampler reproducing the data would reach.
 
     python benchmarks/guidance.py --n 500 --weights 0,0.5,1,2,3 --rules clip-eps \
         --json benchmarks/results/guidance_cpu.json --picture docs/guidance.png
@@ -44,6 +46,29 @@ RULES = {
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
+
+
+def _per_class(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """(num_classes,) fraction of the images asked (or labelled) as class c that the classifier calls c
+    (None for a class with no images)."""
+    return [round(float((predicted[labels == c] == c).float().mean()), 4) if (labels == c).any() else None
+            for c in range(num_classes)]
+
+
+def _real_rows(classifier, n: int, data_dir) -> list[dict]:
+    """The classifier's accuracy on real images, overall and per class: the test split and n training images."""
+    from ddim.data import load_dataset
+
+    rows = []
+    for split, limit in (("test", None), ("train", n)):
+        data = load_dataset("fashion-mnist", data_dir, split=split)
+        labels = data.labels[:limit]
+        predicted = torch.cat([classifier(data.to_float(slice(i, min(i + 1000, len(labels))))).argmax(1)
+                               for i in range(0, len(labels), 1000)])
+        rows.append({"rule": f"real {split}", "n": len(labels),
+                     "class_agreement": float((predicted == labels).float().mean()),
+                     "per_class": _per_class(predicted, labels, data.num_classes)})
+    return rows
 
 
 def _write(args, rules, rows) -> None:
@@ -80,8 +105,11 @@ def main() -> None:
     classifier, _ = load_classifier()
     reference = reference_stats("fashion-mnist", split="test", data_dir=args.data_dir)
     labels = class_labels(range(args.n), model.config.num_classes)
-    rows, picture = [], []
+    rows, picture = _real_rows(classifier, args.n, args.data_dir), []
     print(f"{'rule':>10} {'w':>5} {'agree':>6} {'FID':>7} {'prec':>5} {'rec':>5} {'min':>6} {'max':>6} {'s':>6}")
+    for row in rows:
+        print(f"{row['rule']:>10} {'':>5} {row['class_agreement']:>6.3f}   (n = {row['n']}; per class "
+              f"{' '.join('-' if a is None else f'{a:.2f}' for a in row['per_class'])})")
     for rule in rules:
         for w in args.weights:
             t0 = time.perf_counter()
@@ -89,9 +117,11 @@ def main() -> None:
                          prediction=config.prediction, guidance=w, **RULES[rule])
             seconds = time.perf_counter() - t0
             shown = x.clamp(-1, 1)  # what a PNG shows
-            agree = float((classifier(shown).argmax(1) == labels).float().mean())
+            predicted = classifier(shown).argmax(1)
+            agree = float((predicted == labels).float().mean())
             m = evaluate_images(shown, reference)
             row = {"rule": rule, "w": w, "n": args.n, "steps": args.steps, "class_agreement": agree,
+                   "per_class": _per_class(predicted, labels, model.config.num_classes),
                    "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                    "min": float(x.min()), "max": float(x.max()), "seconds": round(seconds, 1)}
             rows.append(row)
