@@ -12,8 +12,8 @@ eq. 12 disagree, and at w ≥ 1 the samples saturate. The rules compared:
 Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), η = 0.
 Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class (also per
 class); FID, precision and recall use the shipped feature extractor against the Fashion-MNIST test split.
-A first row, "real", is the classifier's accuracy on real images (the test split, and the first n training
-images): the ceiling that a sampler reproducing the data would reach.
+Two first rows, "real test" and "real train", give the classifier's accuracy on real images (the test split,
+and the first n training images): what a sampler that reproduced the data would reach.
 
     python benchmarks/guidance.py --n 500 --weights 0,0.5,1,2,3 --rules clip-eps \
         --json benchmarks/results/guidance_cpu.json --picture docs/guidance.png
