@@ -87,3 +87,20 @@ def test_train_writes_a_loadable_run(capsys, tmp_path):
     model, schedule, config = load_checkpoint(out, ema=False)
     assert config.prediction == "v" and model.null_label is None and config.train.steps == 3
     assert (out / "metrics.jsonl").is_file()
+
+
+def test_init_from_fine_tunes_and_refuses_the_flags_it_overrides(capsys, tmp_path):
+    from ddim.checkpoint import load_checkpoint
+
+    src, out = tmp_path / "src", tmp_path / "ft"
+    assert main(["train", *TINY, "--out", str(src), "--steps", "2", "--prediction", "v", "--schedule", "cosine"]) == 0
+    data = ["--dataset", "digits", "--image-size", "8", "--sample-every", "0", "--device", "cpu", "--quiet"]
+    code, line = _error(capsys, ["train", *data, "--init-from", str(src), "--out", str(out), "--preset", "small",
+                                 "--base-channels", "16"])
+    assert code == 2 and "fixes the model's shape, schedule and prediction; drop --preset, --base-channels" in line
+    code, line = _error(capsys, ["train", *data, "--init-from", str(tmp_path / "none"), "--out", str(out)])
+    assert code == 2 and "does not exist" in line
+    assert main(["train", *data, "--init-from", str(src), "--out", str(out), "--steps", "1", "--batch-size", "8"]) == 0
+    source, tuned = load_checkpoint(src)[2], load_checkpoint(out)[2]
+    assert tuned.model == source.model and tuned.schedule == source.schedule and tuned.prediction == "v"
+    assert tuned.train.init_from == str(src) and tuned.train.steps == 1

@@ -66,6 +66,10 @@ def _add_data_args(p) -> None:
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
 
 
+_SHAPE_FLAGS = ("--base-channels", "--num-res-blocks", "--dropout", "--norm-groups", "--channel-mult",
+                "--attn-resolutions", "--patch-size")
+
+
 def _add_shape_args(g, flags) -> None:
     kinds = {"--base-channels": int, "--num-res-blocks": int, "--dropout": float, "--norm-groups": int,
              "--channel-mult": _int_list, "--attn-resolutions": _int_list, "--patch-size": int}
@@ -122,15 +126,18 @@ def _add_train(sub) -> None:
                                    "Under torchrun the global --batch-size is split across the processes.")
     _add_data_args(p)
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="small", choices=tuple(PRESETS), help="UNet shape to start from")
+    g.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights (e.g. the bundled model's directory), "
+                        "taking its shape, schedule and prediction, so the flags that set those are refused "
+                        "(default: random weights)")
+    g.add_argument("--preset", choices=tuple(PRESETS), help="UNet shape to start from (default: small)")
     g.add_argument("--class-cond", action=argparse.BooleanOptionalAction, default=None,
                    help="class-conditional model (default: yes when the data have labels)")
-    _add_shape_args(g, ("--base-channels", "--num-res-blocks", "--dropout", "--norm-groups", "--channel-mult",
-                        "--attn-resolutions", "--patch-size"))
-    g.add_argument("--prediction", default=d.prediction, choices=PREDICTIONS, help="what the network predicts")
-    g.add_argument("--schedule", default="linear", choices=("linear", "cosine", "scaled_linear", "sigmoid"),
-                   help="β schedule")
-    g.add_argument("--num-train-steps", type=int, default=1000, help="T, diffusion steps of the schedule")
+    _add_shape_args(g, _SHAPE_FLAGS)
+    g.add_argument("--prediction", choices=PREDICTIONS, help=f"what the network predicts (default: {d.prediction})")
+    g.add_argument("--schedule", choices=("linear", "cosine", "scaled_linear", "sigmoid"),
+                   help="β schedule (default: linear)")
+    g.add_argument("--num-train-steps", type=int, help="T, diffusion steps of the schedule (default: 1000)")
     _add_optim_run_args(p, d, classifier=False)
     p.set_defaults(func=_run_train, classifier=False)
 
@@ -148,8 +155,7 @@ def _add_train_classifier(sub) -> None:
     _add_data_args(p)
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="fashion", choices=tuple(CLASSIFIER_PRESETS), help="classifier shape to start from")
-    _add_shape_args(g, ("--base-channels", "--num-res-blocks", "--dropout", "--norm-groups", "--channel-mult",
-                        "--attn-resolutions", "--patch-size"))
+    _add_shape_args(g, _SHAPE_FLAGS)
     g.add_argument("--schedule-from", default=None, metavar="CHECKPOINT",
                    help="take the noise schedule from this diffusion checkpoint, so the classifier sees the x_t "
                         "that model samples (default: the bundled model)")
@@ -181,14 +187,32 @@ def _train_configs(args: argparse.Namespace):
             raise ValueError(f"a classifier needs labelled data, but {data.name} has no labels")
         model_cfg = _classifier_config(args.preset, data, shape)
     else:
-        train_cfg = TrainConfig(**common, prediction=args.prediction, min_snr_gamma=args.min_snr_gamma,
-                                label_dropout=args.label_dropout, t_sampling=args.t_sampling,
-                                sample_every=args.sample_every,
-                                sample_steps=args.sample_steps, num_samples=args.num_samples)
-        schedule = Schedule.from_config({"name": args.schedule, "num_steps": args.num_train_steps})
+        source = _fine_tune_source(args, shape)
+        train_cfg = TrainConfig(**common, prediction=source.prediction if source else args.prediction or "epsilon",
+                                min_snr_gamma=args.min_snr_gamma, label_dropout=args.label_dropout,
+                                t_sampling=args.t_sampling, sample_every=args.sample_every,
+                                sample_steps=args.sample_steps, num_samples=args.num_samples, init_from=args.init_from)
+        schedule = source.make_schedule() if source else Schedule.from_config(
+            {"name": args.schedule or "linear", "num_steps": args.num_train_steps or 1000})
         data = load_data(data_cfg)
-        model_cfg = _unet_config(args, data, shape)
+        model_cfg = source.model if source else _unet_config(args, data, shape)
     return RunConfig(model=model_cfg, train=train_cfg, data=data_cfg, schedule=schedule.to_config()), data
+
+
+def _fine_tune_source(args, shape: dict):
+    """The RunConfig of ``--init-from``'s checkpoint (None without it), after refusing the flags it overrides."""
+    if args.init_from is None:
+        return None
+    from .checkpoint import load_checkpoint
+
+    named = {"--preset": args.preset, "--class-cond": args.class_cond, "--prediction": args.prediction,
+             "--schedule": args.schedule, "--num-train-steps": args.num_train_steps,
+             **{"--" + k.replace("_", "-"): v for k, v in shape.items()}}
+    given = [flag for flag, value in named.items() if value is not None]
+    if given:
+        raise ValueError(f"--init-from {args.init_from} fixes the model's shape, schedule and prediction; "
+                         f"drop {', '.join(given)}")
+    return load_checkpoint(args.init_from)[2]
 
 
 def _unet_config(args, data, shape: dict):
@@ -197,7 +221,7 @@ def _unet_config(args, data, shape: dict):
     class_cond = data.labels is not None if args.class_cond is None else args.class_cond
     if class_cond and data.labels is None:
         raise ValueError(f"--class-cond needs labelled data, but {data.name} has no labels; use --no-class-cond")
-    return resolve_model_config(args.preset, data.image_size, data.channels,
+    return resolve_model_config(args.preset or "small", data.image_size, data.channels,
                                 data.num_classes if class_cond else None, **shape)
 
 

@@ -129,3 +129,31 @@ def test_resume_from_a_checkpoint_written_before_a_config_field_existed(tmp_path
     resumed = Trainer(tiny_config(steps=5, checkpoint_every=3), tmp_path, data=digits8, device="cpu", quiet=True,
                       resume=True)
     assert resumed.step == 3 and resumed.fit().step == 5
+
+
+def test_fine_tune_starts_from_the_source_weights_and_resumes_its_own(tmp_path, digits8):
+    Trainer(tiny_config(steps=3), tmp_path / "src", data=digits8, device="cpu", quiet=True).fit()
+    source = load_checkpoint(tmp_path / "src")[0].state_dict()  # the EMA weights
+    cfg = tiny_config(steps=5, init_from=str(tmp_path / "src"), checkpoint_every=2)
+    tuned = Trainer(cfg, tmp_path / "ft", data=digits8, device="cpu", quiet=True)
+    for net in (tuned.model, tuned.ema.model):
+        assert all(torch.equal(v, source[k]) for k, v in net.state_dict().items())
+    assert tuned.ema.num_updates == 0  # a fresh warm-up from trained weights
+    tuned.fit()
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["train"]["init_from"] == str(tmp_path / "src")
+    # resuming the fine-tune continues its own weights, not the source's
+    (tmp_path / "ft" / "checkpoints" / "step_000005").rename(tmp_path / "step_000005")
+    resumed = Trainer(cfg, tmp_path / "ft", data=digits8, device="cpu", quiet=True, resume=True)
+    assert resumed.step == 4
+    mine = read_tensors(tmp_path / "ft" / "checkpoints" / "step_000004" / "model.safetensors")
+    assert all(torch.equal(v, mine[k]) for k, v in resumed.model.state_dict().items())
+    assert not all(torch.equal(v, source[k]) for k, v in resumed.model.state_dict().items())
+
+
+@pytest.mark.parametrize("change, field", [({"dropout": 0.0}, "model.dropout"), ({"prediction": "v"}, "prediction")])
+def test_fine_tune_refuses_a_source_it_does_not_match(tmp_path, digits8, change, field):
+    Trainer(tiny_config(steps=1), tmp_path / "src", data=digits8, device="cpu", quiet=True).fit()
+    cfg = tiny_config(steps=2, init_from=str(tmp_path / "src"), **{k: v for k, v in change.items() if k != "dropout"},
+                      dropout=change.get("dropout", 0.1))
+    with pytest.raises(ValueError, match=f"cannot fine-tune from .*differs from this run in {field}"):
+        Trainer(cfg, tmp_path / "ft", data=digits8, device="cpu", quiet=True)

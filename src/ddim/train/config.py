@@ -84,6 +84,8 @@ class TrainConfig:
         log_every: steps between metrics lines.
         bf16: bfloat16 autocast for the forward pass (CUDA only).
         compile: wrap the network in torch.compile.
+        init_from: start from this checkpoint's (EMA) weights instead of a random init, i.e. fine-tune
+            (any path ``ddim.load_checkpoint`` reads; its model shape must be this run's). None: random init.
     """
 
     steps: int = 10_000
@@ -108,6 +110,7 @@ class TrainConfig:
     log_every: int = 10
     bf16: bool = False
     compile: bool = False
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
@@ -141,6 +144,8 @@ class TrainConfig:
         for name in ("bf16", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"init_from must be a checkpoint path or None, got {self.init_from!r}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based): linear warm-up, constant, then linear decay.

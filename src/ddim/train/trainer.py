@@ -169,6 +169,8 @@ class Trainer:
         self._saved_step: Optional[int] = None
         self._last_checkpoint: Optional[Path] = None
         self._prepare_out_dir(resume)
+        if self.step == 0 and tc.init_from is not None:  # a resumed fine-tune has its own weights already
+            self._init_weights(tc.init_from)
         self.net = self._wrap(self.model)
         self.monitor = Monitor(self.out_dir, tc.steps, self.step, enabled=self.info.is_main, quiet=quiet)
         self._window = self._new_window()
@@ -239,6 +241,27 @@ class Trainer:
         rng_from_flat(extra)
         self.step = self._saved_step = int(state["step"])
         self._last_checkpoint = ckpt
+
+    def _init_weights(self, source: str) -> None:
+        """Fine-tuning: copy ``source``'s EMA weights into the live network and its EMA, after checking that
+        its model shape, schedule and target are this run's (the weights mean nothing under others). The
+        EMA's warm-up then runs as in a fresh run: it starts from trained weights, so there is no random
+        initialisation for a long average to forget."""
+        from ..checkpoint import load_checkpoint, load_noisy_classifier
+
+        loader = load_noisy_classifier if self.config.is_classifier else load_checkpoint
+        net, _, cfg = loader(source, device=self.device)
+
+        def essentials(c) -> dict:
+            d = c.to_dict()
+            return {"model": d["model"], "schedule": d["schedule"], "prediction": c.prediction}
+
+        diff = config_diff(essentials(cfg), essentials(self.config))
+        if diff:
+            raise ValueError(f"cannot fine-tune from {source}: it differs from this run in {', '.join(diff)}")
+        state = net.state_dict()
+        self.model.load_state_dict(state)
+        self.ema.model.load_state_dict(state)
 
     # ---- one step -------------------------------------------------------------------------------
     def _shard(self) -> slice:
