@@ -9,7 +9,8 @@ eq. 12 disagree, and at w ≥ 1 the samples saturate. The rules compared:
     clip-eps    x̂₀ clamped to [−1, 1], ε̂ re-derived from the clamped x̂₀ (what DDPM's posterior mean does)
     threshold   Imagen's dynamic thresholding (quantile 0.995, no upper cap on s), ε̂ re-derived
 
-Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), η = 0.
+Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), DDIM with
+η = --eta (default 0) on the --spacing grid (default uniform) of --steps steps.
 Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class (also per
 class); FID, precision and recall use the shipped feature extractor against the Fashion-MNIST test split.
 Two first rows, "real test" and "real train", give the classifier's accuracy on real images (the test split,
@@ -85,6 +86,9 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(BUNDLED_MODEL))
     p.add_argument("--n", type=int, default=500, help="samples per cell")
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM's η")
+    p.add_argument("--spacing", default="uniform", help="the step grid (ddim.timesteps.SPACINGS)")
+    p.add_argument("--live", action="store_true", help="the checkpoint's live weights instead of its EMA")
     p.add_argument("--weights", type=_floats, default=[0, 0.5, 1, 2, 3], help="guidance weights w")
     p.add_argument("--rules", default="plain,clip,clip-eps,threshold", help=f"any of {', '.join(RULES)}")
     p.add_argument("--seed", type=int, default=0)
@@ -101,7 +105,7 @@ def main() -> None:
 
     keep_freed_memory()  # as the `ddim` command does: no page-fault storm from re-mapped activations
     torch.set_grad_enabled(False)
-    model, schedule, config = load_checkpoint(args.checkpoint)
+    model, schedule, config = load_checkpoint(args.checkpoint, ema=not args.live)
     classifier, _ = load_classifier()
     reference = reference_stats("fashion-mnist", split="test", data_dir=args.data_dir)
     labels = class_labels(range(args.n), model.config.num_classes)
@@ -114,13 +118,14 @@ def main() -> None:
         for w in args.weights:
             t0 = time.perf_counter()
             x = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
-                         prediction=config.prediction, guidance=w, **RULES[rule])
+                         eta=args.eta, spacing=args.spacing, prediction=config.prediction, guidance=w, **RULES[rule])
             seconds = time.perf_counter() - t0
             shown = x.clamp(-1, 1)  # what a PNG shows
             predicted = classifier(shown).argmax(1)
             agree = float((predicted == labels).float().mean())
             m = evaluate_images(shown, reference)
-            row = {"rule": rule, "w": w, "n": args.n, "steps": args.steps, "class_agreement": agree,
+            row = {"rule": rule, "w": w, "n": args.n, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,
+                   "class_agreement": agree,
                    "per_class": _per_class(predicted, labels, model.config.num_classes),
                    "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                    "min": float(x.min()), "max": float(x.max()), "seconds": round(seconds, 1)}

@@ -104,3 +104,23 @@ def test_init_from_fine_tunes_and_refuses_the_flags_it_overrides(capsys, tmp_pat
     source, tuned = load_checkpoint(src)[2], load_checkpoint(out)[2]
     assert tuned.model == source.model and tuned.schedule == source.schedule and tuned.prediction == "v"
     assert tuned.train.init_from == str(src) and tuned.train.steps == 1
+
+
+def test_init_from_bundled_names_the_bundled_model(capsys, tmp_path):
+    from ddim.checkpoint import BUNDLED_MODEL
+
+    # the bundled model is 28×28: 8×8 digits do not fit it, and the error says so after resolving "bundled"
+    code, line = _error(capsys, ["train", "--dataset", "digits", "--image-size", "8", "--init-from", "bundled",
+                                 "--out", str(tmp_path / "ft"), "--device", "cpu", "--quiet"])
+    assert code == 2 and "the data are 1×8×8 but the model expects 1×28×28" in line
+    code, line = _error(capsys, ["train", "--dataset", "digits", "--init-from", "bundled", "--preset", "small",
+                                 "--out", str(tmp_path / "ft")])
+    assert code == 2 and f"--init-from {BUNDLED_MODEL} fixes" in line
+    # digits upscaled to 28×28 (10 classes, 1 channel) fit it: fine-tuning the bundled model on other data
+    out = tmp_path / "digits28"
+    assert main(["train", "--dataset", "digits", "--image-size", "28", "--init-from", "bundled", "--out", str(out),
+                 "--steps", "1", "--batch-size", "4", "--sample-every", "0", "--device", "cpu", "--quiet"]) == 0
+    from ddim.checkpoint import load_checkpoint
+
+    tuned, bundled = load_checkpoint(out)[2], load_checkpoint(BUNDLED_MODEL)[2]
+    assert tuned.model == bundled.model and tuned.train.init_from == str(BUNDLED_MODEL)

@@ -127,7 +127,7 @@ def _add_train(sub) -> None:
     _add_data_args(p)
     g = p.add_argument_group("model")
     g.add_argument("--init-from", metavar="CHECKPOINT",
-                   help="fine-tune: start from this checkpoint's weights (e.g. the bundled model's directory), "
+                   help="fine-tune: start from this checkpoint's weights ('bundled': the bundled model), "
                         "taking its shape, schedule and prediction, so the flags that set those are refused "
                         "(default: random weights)")
     g.add_argument("--preset", choices=tuple(PRESETS), help="UNet shape to start from (default: small)")
@@ -203,7 +203,10 @@ def _fine_tune_source(args, shape: dict):
     """The RunConfig of ``--init-from``'s checkpoint (None without it), after refusing the flags it overrides."""
     if args.init_from is None:
         return None
-    from .checkpoint import load_checkpoint
+    from .checkpoint import BUNDLED_MODEL, load_checkpoint
+
+    if args.init_from == "bundled":
+        args.init_from = str(BUNDLED_MODEL)
 
     named = {"--preset": args.preset, "--class-cond": args.class_cond, "--prediction": args.prediction,
              "--schedule": args.schedule, "--num-train-steps": args.num_train_steps,
