@@ -187,11 +187,11 @@ def _train_configs(args: argparse.Namespace):
             raise ValueError(f"a classifier needs labelled data, but {data.name} has no labels")
         model_cfg = _classifier_config(args.preset, data, shape)
     else:
-        source = _fine_tune_source(args, shape)
+        init_from, source = _fine_tune_source(args, shape)
         train_cfg = TrainConfig(**common, prediction=source.prediction if source else args.prediction or "epsilon",
                                 min_snr_gamma=args.min_snr_gamma, label_dropout=args.label_dropout,
                                 t_sampling=args.t_sampling, sample_every=args.sample_every,
-                                sample_steps=args.sample_steps, num_samples=args.num_samples, init_from=args.init_from)
+                                sample_steps=args.sample_steps, num_samples=args.num_samples, init_from=init_from)
         schedule = source.make_schedule() if source else Schedule.from_config(
             {"name": args.schedule or "linear", "num_steps": args.num_train_steps or 1000})
         data = load_data(data_cfg)
@@ -200,22 +200,21 @@ def _train_configs(args: argparse.Namespace):
 
 
 def _fine_tune_source(args, shape: dict):
-    """The RunConfig of ``--init-from``'s checkpoint (None without it), after refusing the flags it overrides."""
+    """(path, RunConfig) of ``--init-from``'s checkpoint ("bundled": the bundled model), or (None, None)
+    without it, after refusing the flags it overrides."""
     if args.init_from is None:
-        return None
+        return None, None
     from .checkpoint import BUNDLED_MODEL, load_checkpoint
 
-    if args.init_from == "bundled":
-        args.init_from = str(BUNDLED_MODEL)
-
+    path = str(BUNDLED_MODEL) if args.init_from == "bundled" else args.init_from
     named = {"--preset": args.preset, "--class-cond": args.class_cond, "--prediction": args.prediction,
              "--schedule": args.schedule, "--num-train-steps": args.num_train_steps,
              **{"--" + k.replace("_", "-"): v for k, v in shape.items()}}
     given = [flag for flag, value in named.items() if value is not None]
     if given:
-        raise ValueError(f"--init-from {args.init_from} fixes the model's shape, schedule and prediction; "
+        raise ValueError(f"--init-from {path} fixes the model's shape, schedule and prediction; "
                          f"drop {', '.join(given)}")
-    return load_checkpoint(args.init_from)[2]
+    return path, load_checkpoint(path)[2]
 
 
 def _unet_config(args, data, shape: dict):
