@@ -88,7 +88,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's η")
     p.add_argument("--spacing", default="uniform", help="the step grid (ddim.timesteps.SPACINGS)")
-    p.add_argument("--live", action="store_true", help="the checkpoint's live weights instead of its EMA")
+    p.add_argument("--live", action="store_true", help="the checkpoint's live weights instead of its EMA (a run or step "
+                   "directory: exports such as the bundled model hold the EMA only)")
     p.add_argument("--weights", type=_floats, default=[0, 0.5, 1, 2, 3], help="guidance weights w")
     p.add_argument("--rules", default="plain,clip,clip-eps,threshold", help=f"any of {', '.join(RULES)}")
     p.add_argument("--seed", type=int, default=0)

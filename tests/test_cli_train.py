@@ -1,9 +1,11 @@
 """`ddim train` from the command line: help, bad input as one line with exit code 2, resume refusals."""
 
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from ddim.cli import build_parser, main
 
@@ -97,13 +99,22 @@ def test_init_from_fine_tunes_and_refuses_the_flags_it_overrides(capsys, tmp_pat
     data = ["--dataset", "digits", "--image-size", "8", "--sample-every", "0", "--device", "cpu", "--quiet"]
     code, line = _error(capsys, ["train", *data, "--init-from", str(src), "--out", str(out), "--preset", "small",
                                  "--base-channels", "16"])
-    assert code == 2 and "fixes the model's shape, schedule and prediction; drop --preset, --base-channels" in line
+    assert code == 2 and "fixes the network (shape and dropout), schedule and prediction; drop --preset, --base-channels" in line
     code, line = _error(capsys, ["train", *data, "--init-from", str(tmp_path / "none"), "--out", str(out)])
     assert code == 2 and "does not exist" in line
     assert main(["train", *data, "--init-from", str(src), "--out", str(out), "--steps", "1", "--batch-size", "8"]) == 0
     source, tuned = load_checkpoint(src)[2], load_checkpoint(out)[2]
     assert tuned.model == source.model and tuned.schedule == source.schedule and tuned.prediction == "v"
-    assert tuned.train.init_from == str(src) and tuned.train.steps == 1
+    assert tuned.train.init_from == str(src)
+    # a resumed fine-tune needs neither the source nor the same spelling of its path
+    step1 = load_checkpoint(out, ema=False)[0].state_dict()
+    shutil.rmtree(src)
+    assert main(["train", *data, "--init-from", "./gone", "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--resume"]) == 0
+    resumed = load_checkpoint(out, ema=False)
+    assert resumed[2].train.steps == 2 and resumed[2].model == source.model
+    assert resumed[2].train.init_from == str(src)  # the record keeps the source the run started from
+    assert not all(torch.equal(v, step1[k]) for k, v in resumed[0].state_dict().items())  # it trained on
 
 
 def test_init_from_bundled_names_the_bundled_model(capsys, tmp_path):

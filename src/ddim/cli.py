@@ -201,10 +201,13 @@ def _train_configs(args: argparse.Namespace):
 
 def _fine_tune_source(args, shape: dict):
     """(path, RunConfig) of ``--init-from``'s checkpoint ("bundled": the bundled model), or (None, None)
-    without it, after refusing the flags it overrides."""
+    without it, after refusing the flags it overrides. A resumed fine-tune reads its own run's config
+    instead: it no longer needs the source's weights, which may have moved since."""
     if args.init_from is None:
         return None, None
-    from .checkpoint import BUNDLED_MODEL, load_checkpoint
+    from .checkpoint import BUNDLED_MODEL, list_checkpoints, load_checkpoint, read_json
+    from .nn import UNetConfig
+    from .train import RunConfig
 
     path = str(BUNDLED_MODEL) if args.init_from == "bundled" else args.init_from
     named = {"--preset": args.preset, "--class-cond": args.class_cond, "--prediction": args.prediction,
@@ -212,9 +215,15 @@ def _fine_tune_source(args, shape: dict):
              **{"--" + k.replace("_", "-"): v for k, v in shape.items()}}
     given = [flag for flag, value in named.items() if value is not None]
     if given:
-        raise ValueError(f"--init-from {path} fixes the model's shape, schedule and prediction; "
+        raise ValueError(f"--init-from {path} fixes the network (shape and dropout), schedule and prediction; "
                          f"drop {', '.join(given)}")
-    return path, load_checkpoint(path)[2]
+    if args.resume and list_checkpoints(args.out):
+        return path, RunConfig.from_dict(read_json(Path(args.out) / "config.json"))
+    source = load_checkpoint(path)[2]
+    if not isinstance(source.model, UNetConfig):
+        raise ValueError(f"--init-from {path}: a diffusers model without a ddim equivalent is for sampling only; "
+                         "fine-tuning needs a ddim checkpoint")
+    return path, source
 
 
 def _unet_config(args, data, shape: dict):

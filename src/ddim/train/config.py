@@ -21,7 +21,8 @@ FORMAT, VERSION = "ddim-run", 1
 # TrainConfig fields a resumed run may change without changing what is computed step by step.
 # ``lr_decay`` is one of them because, like ``steps``, it only places the final decay window: extending a
 # finished constant-rate run with a cool-down is the common reason to resume.
-RESUMABLE_FIELDS = ("steps", "lr_decay", "checkpoint_every", "keep_last", "sample_every", "log_every")
+# ``init_from`` is one because it is read only at step 0: a resumed fine-tune has its own weights.
+RESUMABLE_FIELDS = ("steps", "lr_decay", "checkpoint_every", "keep_last", "sample_every", "log_every", "init_from")
 
 
 def _is_int(v: Any) -> bool:

@@ -230,6 +230,10 @@ class Trainer:
         if diff:
             raise CheckpointError(f"cannot resume from {ckpt}: its config differs in {', '.join(diff)} "
                                   "(only train.steps and the checkpoint/sample/log intervals may change)")
+        if saved["train"].get("init_from") != now["train"]["init_from"]:
+            # a fine-tune's record keeps the source it started from, however the resuming call spelled it
+            train = dataclasses.replace(self.config.train, init_from=saved["train"].get("init_from"))
+            self.config = dataclasses.replace(self.config, train=train)
         state = read_json(ckpt / "state.json")
         load_weights(self.model, read_tensors(ckpt / "model.safetensors", self.device), str(ckpt / "model.safetensors"))
         load_weights(self.ema.model, read_tensors(ckpt / "ema.safetensors", self.device), str(ckpt / "ema.safetensors"))
