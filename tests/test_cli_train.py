@@ -99,7 +99,8 @@ def test_init_from_fine_tunes_and_refuses_the_flags_it_overrides(capsys, tmp_pat
     data = ["--dataset", "digits", "--image-size", "8", "--sample-every", "0", "--device", "cpu", "--quiet"]
     code, line = _error(capsys, ["train", *data, "--init-from", str(src), "--out", str(out), "--preset", "small",
                                  "--base-channels", "16"])
-    assert code == 2 and "fixes the network (shape and dropout), schedule and prediction; drop --preset, --base-channels" in line
+    assert code == 2 and ("fixes the network (shape and dropout), schedule and prediction; "
+                          "drop --preset, --base-channels") in line
     code, line = _error(capsys, ["train", *data, "--init-from", str(tmp_path / "none"), "--out", str(out)])
     assert code == 2 and "does not exist" in line
     assert main(["train", *data, "--init-from", str(src), "--out", str(out), "--steps", "1", "--batch-size", "8"]) == 0
@@ -118,7 +119,7 @@ def test_init_from_fine_tunes_and_refuses_the_flags_it_overrides(capsys, tmp_pat
 
 
 def test_init_from_bundled_names_the_bundled_model(capsys, tmp_path):
-    from ddim.checkpoint import BUNDLED_MODEL
+    from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
 
     # the bundled model is 28×28: 8×8 digits do not fit it, and the error says so after resolving "bundled"
     code, line = _error(capsys, ["train", "--dataset", "digits", "--image-size", "8", "--init-from", "bundled",
@@ -131,7 +132,5 @@ def test_init_from_bundled_names_the_bundled_model(capsys, tmp_path):
     out = tmp_path / "digits28"
     assert main(["train", "--dataset", "digits", "--image-size", "28", "--init-from", "bundled", "--out", str(out),
                  "--steps", "1", "--batch-size", "4", "--sample-every", "0", "--device", "cpu", "--quiet"]) == 0
-    from ddim.checkpoint import load_checkpoint
-
     tuned, bundled = load_checkpoint(out)[2], load_checkpoint(BUNDLED_MODEL)[2]
     assert tuned.model == bundled.model and tuned.train.init_from == str(BUNDLED_MODEL)
