@@ -285,7 +285,7 @@ def test_library_refusals():
 API_CASES = [
     ("threshold_max nan", lambda t: ddim.sample(lambda x, s: x, ddim.Schedule.linear(1000), torch.ones(2, 1, 4, 4),
                                                 steps=2, threshold=0.9, threshold_max=float("nan")),
-     "threshold_max must be a finite number >= 1, got nan"),
+     "threshold_max must be a number >= 1 (inf: no cap, as in Imagen), got nan"),
     ("CFG float labels", lambda t: ddim.ClassifierFreeGuidance(ddim.load_checkpoint()[0], torch.tensor([2.7, 0.5]),
                                                                w=1.0), "labels must be integer class indices"),
     ("invert_image w inf", lambda t: invert_image(

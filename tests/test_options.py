@@ -78,3 +78,18 @@ def test_fast_sampler_cache_follows_the_effective_eps_rule():
     for solver in ("ddim", "heun"):
         got = fs.sample(toy_model, S1000, x, steps=6, clip=0.05, solver=solver)
         assert torch.equal(got, ddim.sample(toy_model, S1000, x, steps=6, clip=0.05, solver=solver)), solver
+
+
+def test_every_rule_of_the_guidance_benchmark_is_valid():
+    """benchmarks/guidance.py hands each x̂₀ rule straight to generate(): a rule the options refuse would only
+    surface after minutes of sampling (as Imagen's uncapped threshold once did)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "guidance.py"
+    spec = importlib.util.spec_from_file_location("guidance_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert set(bench.RULES) == {"plain", "clip", "clip-eps", "threshold"}
+    for name, rule in bench.RULES.items():
+        assert SampleOptions(steps=5, **rule).x0_transform() is not None or name == "plain", name

@@ -104,6 +104,10 @@ def test_clip_and_threshold():
     assert out.abs().max() <= 1.0
     out = ddim.sample(big, S1000, x, steps=5, threshold=0.9, threshold_max=2.0)
     assert out.abs().max() <= 1.0 + 1e-12
+    # Imagen's form has no cap on s: inf is allowed and acts as an unreachable cap would.
+    free = ddim.sample(big, S1000, x, steps=5, threshold=0.9, threshold_max=float("inf"))
+    assert torch.equal(free, ddim.sample(big, S1000, x, steps=5, threshold=0.9, threshold_max=1e30))
+    assert not torch.allclose(free, out)
 
 
 def test_zero_terminal_snr_needs_v_or_x0():

@@ -99,8 +99,8 @@ class SampleOptions:
                                                and 0 < self.threshold <= 1):
             raise ValueError(f"threshold must be a quantile in (0, 1], got {self.threshold!r}")
         m = self.threshold_max  # s is clamped to [1, threshold_max]: NaN makes NaN images, < 1 flips signs
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 1 <= m < math.inf:
-            raise ValueError(f"threshold_max must be a finite number >= 1, got {m!r}")
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 1 <= m:
+            raise ValueError(f"threshold_max must be a number >= 1 (inf: no cap, as in Imagen), got {m!r}")
         set_("solver", get_solver(self.solver))
 
     @classmethod
