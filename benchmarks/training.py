@@ -5,6 +5,8 @@ clip, AdamW, EMA): "ours" with our UNet, "diffusers" with ``diffusers.UNet2DMode
 initial weights (exported with ``ddim.nn.save_diffusers_unet``), so the network is the only difference.
 Modes:
     fp32      fp32 throughout
+    channels_last   fp32, channels_last weights (and so activations)
+    compile   fp32, torch.compile (inductor) of the network
     bf16      bf16 autocast of the forward (CUDA; on the CPU the Trainer runs it as fp32)
     fastest   bf16 + torch.compile + fused AdamW (CUDA) + channels_last weights
 Reported: steps/s (median of --repeats windows of --steps steps after --warmup steps; ours' and
@@ -23,7 +25,7 @@ of the fp32 run's step-to-step standard deviation there.
 
 --presets A,B,... compares our networks instead (no diffusers): one row per preset and mode, every
 preset's trainer built as configured (class-conditional presets keep their labels), timed windows
-alternating between them in one run, images/s = steps/s × batch.
+alternating between all of them (every mode of every preset) in one run, images/s = steps/s × batch.
 
 Data: smooth random images (deterministic, nothing to download), or --dataset/--data-dir for any
 dataset ``ddim.data`` reads. Needs diffusers (the test extra).
@@ -49,7 +51,7 @@ from ddim.nn import PRESETS, UNet, count_parameters, save_diffusers_unet
 from ddim.train import RunConfig, TrainConfig, Trainer, diffusion_loss
 from ddim.train.batches import STREAM_INIT, derive_seed
 
-MODES = ("fp32", "bf16", "fastest")
+MODES = ("fp32", "channels_last", "compile", "bf16", "fastest")
 
 
 class DiffusersNet(nn.Module):
@@ -102,16 +104,16 @@ def _sync(device):
 
 
 def _run_config(model_cfg, args, mode: str, steps: int) -> RunConfig:
-    fastest = mode == "fastest"
-    train = TrainConfig(steps=steps, batch_size=args.batch, bf16=mode != "fp32", compile=fastest, seed=args.seed,
+    train = TrainConfig(steps=steps, batch_size=args.batch, bf16=mode in ("bf16", "fastest"),
+                        compile=mode in ("compile", "fastest"), seed=args.seed,
                         label_dropout=0.0, checkpoint_every=0, sample_every=0, log_every=steps, keep_last=0)
     return RunConfig(model=model_cfg, train=train)
 
 
 def _trainer(model_cfg, args, mode, data, device, out, steps, diffusers_dir=None) -> BenchTrainer:
-    fastest = mode == "fastest"
     return BenchTrainer(_run_config(model_cfg, args, mode, steps), out, data=data, device=str(device), quiet=True,
-                        diffusers_dir=diffusers_dir, channels_last=fastest, fused=fastest and device.type == "cuda")
+                        diffusers_dir=diffusers_dir, channels_last=mode in ("channels_last", "fastest"),
+                        fused=mode == "fastest" and device.type == "cuda")
 
 
 def _window(trainer: Trainer, steps: int, device) -> tuple[float, torch.Tensor]:
@@ -200,23 +202,22 @@ def compare_presets(args, device, modes) -> None:
     params = {p: count_parameters(UNet.from_config(cfg)) for p, cfg in cfgs.items()}
     print(f"batch {args.batch}, device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"data {data.name}")
-    print(f"{'mode':>6} {'preset':>10} {'params':>8} {'GFLOP/img f+b':>14} {'steps/s':>8} {'images/s':>9} {'GFLOP/s':>8}")
+    print(f"{'mode':>13} {'preset':>10} {'params':>8} {'GFLOP/img f+b':>14} {'steps/s':>8} {'images/s':>9} {'GFLOP/s':>8}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in modes:
-            total = args.warmup + args.repeats * args.steps
-            data_for = {p: data if cfg.num_classes else ImageData(data.images, name=data.name) for p, cfg in cfgs.items()}
-            factories = {p: functools.partial(_trainer, cfg, args, mode, data_for[p], device, f"{tmp}/{p}_{mode}", total)
-                         for p, cfg in cfgs.items()}
-            got = steps_per_second(factories, args, device)
-            _release(device)
-            for p in presets:
-                rate = got[p][0]
-                row = dict(mode=mode, preset=p, parameters=params[p], flops_per_step=flops[p], steps_per_s=rate,
-                           images_per_s=rate * args.batch, gflops_per_s=flops[p] * rate / 1e9)
-                rows.append(row)
-                print(f"{mode:>6} {p:>10} {params[p] / 1e6:>7.2f}M {flops[p] / args.batch / 1e9:>14.3f} {rate:>8.2f} "
-                      f"{row['images_per_s']:>9.1f} {row['gflops_per_s']:>8.1f}")
+        # Every (mode, preset) trainer in one interleaved set of windows: a CPU's speed drifts between minutes.
+        total = args.warmup + args.repeats * args.steps
+        data_for = {p: data if cfg.num_classes else ImageData(data.images, name=data.name) for p, cfg in cfgs.items()}
+        factories = {(mode, p): functools.partial(_trainer, cfg, args, mode, data_for[p], device, f"{tmp}/{p}_{mode}",
+                                                  total)
+                     for mode in modes for p, cfg in cfgs.items()}
+        got = steps_per_second(factories, args, device)
+        for (mode, p), (rate, _, _) in got.items():
+            row = dict(mode=mode, preset=p, parameters=params[p], flops_per_step=flops[p], steps_per_s=rate,
+                       images_per_s=rate * args.batch, gflops_per_s=flops[p] * rate / 1e9)
+            rows.append(row)
+            print(f"{mode:>13} {p:>10} {params[p] / 1e6:>7.2f}M {flops[p] / args.batch / 1e9:>14.3f} {rate:>8.2f} "
+                  f"{row['images_per_s']:>9.1f} {row['gflops_per_s']:>8.1f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(benchmark="training-presets", presets=presets, batch=args.batch, device=str(device),
