@@ -11,8 +11,8 @@ eq. 12 disagree, and at w ≥ 1 the samples saturate. The rules compared:
 
 Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), DDIM with
 η = --eta (default 0) on the --spacing grid (default uniform) of --steps steps.
-Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class (also per
-class); FID, precision and recall use the shipped feature extractor against the Fashion-MNIST test split.
+Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class (with its 95 %
+Wilson interval; also per class); FID, precision and recall use the shipped feature extractor against the Fashion-MNIST test split.
 Two first rows, "real test" and "real train", give the classifier's accuracy on real images (the test split,
 and the first n training images): what a sampler that reproduced the data would reach.
 
@@ -33,7 +33,7 @@ import torch
 
 from ddim.allocator import keep_freed_memory
 from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
-from ddim.evaluate import evaluate_images, load_classifier, reference_stats
+from ddim.evaluate import class_agreement, evaluate_images, load_classifier, reference_stats
 from ddim.generate import class_labels, generate
 from ddim.images import save_grid
 
@@ -49,11 +49,16 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
-def _per_class(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
-    """(num_classes,) fraction of the images asked (or labelled) as class c that the classifier calls c
-    (None for a class with no images)."""
-    return [round(float((predicted[labels == c] == c).float().mean()), 4) if (labels == c).any() else None
-            for c in range(num_classes)]
+def _agreement(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """A row's class-agreement fields: the fraction, its 95 % Wilson interval, n, and per class."""
+    a = class_agreement(predicted, labels, num_classes)
+    return {"n": a["n"], "class_agreement": a["value"], "class_agreement_95": [a["low"], a["high"]],
+            "per_class": a["per_class"]}
+
+
+def _interval(row: dict) -> str:
+    low, high = row["class_agreement_95"]
+    return f"{low:.3f}-{high:.3f}"
 
 
 def _real_rows(classifier, n: int, data_dir) -> list[dict]:
@@ -66,9 +71,7 @@ def _real_rows(classifier, n: int, data_dir) -> list[dict]:
         labels = data.labels[:limit]
         predicted = torch.cat([classifier(data.to_float(slice(i, min(i + 1000, len(labels))))).argmax(1)
                                for i in range(0, len(labels), 1000)])
-        rows.append({"rule": f"real {split}", "n": len(labels),
-                     "class_agreement": float((predicted == labels).float().mean()),
-                     "per_class": _per_class(predicted, labels, data.num_classes)})
+        rows.append({"rule": f"real {split}", **_agreement(predicted, labels, data.num_classes)})
     return rows
 
 
@@ -111,9 +114,11 @@ def main() -> None:
     reference = reference_stats("fashion-mnist", split="test", data_dir=args.data_dir)
     labels = class_labels(range(args.n), model.config.num_classes)
     rows, picture = _real_rows(classifier, args.n, args.data_dir), []
-    print(f"{'rule':>10} {'w':>5} {'agree':>6} {'FID':>7} {'prec':>5} {'rec':>5} {'min':>6} {'max':>6} {'s':>6}")
+    print(f"{'rule':>10} {'w':>5} {'agree':>6} {'95 % interval':>13} {'FID':>7} {'prec':>5} {'rec':>5} {'min':>6} "
+          f"{'max':>6} {'s':>6}")
     for row in rows:
-        print(f"{row['rule']:>10} {'':>5} {row['class_agreement']:>6.3f}   (n = {row['n']}; per class "
+        print(f"{row['rule']:>10} {'':>5} {row['class_agreement']:>6.3f} {_interval(row):>13}   (n = {row['n']}; "
+              "per class "
               f"{' '.join('-' if a is None else f'{a:.2f}' for a in row['per_class'])})")
     for rule in rules:
         for w in args.weights:
@@ -123,15 +128,14 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             shown = x.clamp(-1, 1)  # what a PNG shows
             predicted = classifier(shown).argmax(1)
-            agree = float((predicted == labels).float().mean())
             m = evaluate_images(shown, reference)
-            row = {"rule": rule, "w": w, "n": args.n, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,
-                   "class_agreement": agree,
-                   "per_class": _per_class(predicted, labels, model.config.num_classes),
+            row = {"rule": rule, "w": w, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,
+                   **_agreement(predicted, labels, model.config.num_classes),
                    "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                    "min": float(x.min()), "max": float(x.max()), "seconds": round(seconds, 1)}
             rows.append(row)
-            print(f"{rule:>10} {w:>5g} {agree:>6.3f} {m['fid']:>7.2f} {m['precision']:>5.2f} {m['recall']:>5.2f} "
+            print(f"{rule:>10} {w:>5g} {row['class_agreement']:>6.3f} {_interval(row):>13} {m['fid']:>7.2f} "
+                  f"{m['precision']:>5.2f} {m['recall']:>5.2f} "
                   f"{row['min']:>6.2f} {row['max']:>6.2f} {seconds:>6.0f}", flush=True)
             if rule == rules[0]:
                 picture.append(shown[:10])

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from ddim.data import ImageData, load_dataset
 from fmnist import needs_full_fmnist
-from ddim.evaluate import (FeatureExtractor, compute_metrics, evaluate_images, extract_features, fid,
-                           fid_bootstrap_std, frechet_distance, gaussian_stats, kid, precision_recall, reference_stats)
+from ddim.evaluate import (FeatureExtractor, class_agreement, compute_metrics, evaluate_images, extract_features, fid,
+                           fid_bootstrap_std, frechet_distance, gaussian_stats, kid, precision_recall, reference_stats,
+                           wilson_interval)
 from ddim.evaluate.reference import _cache_path
 
 N_REAL = 2000   # images per set in the real-data tests: enough for a stable 128-d covariance, fast on a CPU
@@ -118,10 +119,47 @@ def test_metrics_are_deterministic():
     (lambda: precision_recall(randn(50, 4), randn(50, 4), k=0), "k must be"),
     (lambda: precision_recall(randn(3, 4), randn(50, 4), k=3), "3 samples; at least 4"),
     (lambda: frechet_distance(randn(3), torch.eye(3), randn(2), torch.eye(2)), "one d"),
+    (lambda: wilson_interval(5, 4), "0 <= k <= n"),
+    (lambda: wilson_interval(0, 0), "n >= 1"),
+    (lambda: class_agreement(torch.zeros(3), torch.zeros(4), 2), "of one length, got 3 and 4"),
 ])
 def test_bad_input_is_a_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (881, 1000), (1000, 1000), (1, 1)])
+def test_wilson_interval_is_the_score_tests_acceptance_region(k, n):
+    """Its ends are the p where the score statistic |p̂ − p| / √(p(1−p)/n) equals z (clipped to [0, 1])."""
+    z, p_hat = 1.96, k / n
+    low, high = wilson_interval(k, n)
+    assert 0 <= low <= p_hat <= high <= 1
+    for end in (low, high):
+        if 0 < end < 1:
+            assert (p_hat - end) ** 2 == pytest.approx(z * z * end * (1 - end) / n, rel=1e-9)
+    if k == 0:
+        assert low == 0 and high == pytest.approx(z * z / (n + z * z))  # not the empty [0, 0] of p̂ ± z·SE
+    if k == n:
+        assert high == 1 and low == pytest.approx(n / (n + z * z))
+
+
+def test_wilson_interval_covers_about_95_percent():
+    """Exact coverage under Binomial(n, p), summed over k: near the nominal 95 % for moderate n."""
+    for n, p in ((200, 0.5), (1000, 0.9), (100, 0.3)):
+        k = torch.arange(n + 1, dtype=torch.float64)
+        pmf = torch.exp(torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+                        + k * math.log(p) + (n - k) * math.log(1 - p))
+        covered = torch.tensor([lo <= p <= hi for lo, hi in (wilson_interval(int(i), n) for i in k)])
+        assert 0.93 < float(pmf[covered].sum()) < 0.97, (n, p)
+
+
+def test_class_agreement_counts_overall_and_per_class():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 0, 2, 2, 2])
+    got = class_agreement(predicted, labels, num_classes=4)
+    assert got["value"] == 6 / 8 and got["n"] == 8
+    assert got["per_class"] == [0.5, round(2 / 3, 4), 1.0, None]
+    assert (got["low"], got["high"]) == wilson_interval(6, 8)
 
 
 # ---------------------------------------------------------------------------------------- real data

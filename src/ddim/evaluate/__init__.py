@@ -10,12 +10,12 @@ Report ``extractor_sha256`` with the numbers: they are comparable only under the
 
 from .features import (CLASSIFIER_RECORD, CLASSIFIER_WEIGHTS, FashionClassifier, FeatureExtractor,
                        InceptionFeatureExtractor, extract_features, file_sha256, load_classifier)
-from .metrics import (compute_metrics, fid, fid_bootstrap_std, frechet_distance, gaussian_stats, kid, knn_radii,
-                      precision_recall)
+from .metrics import (class_agreement, compute_metrics, fid, fid_bootstrap_std, frechet_distance, gaussian_stats,
+                      kid, knn_radii, precision_recall, wilson_interval)
 from .reference import ReferenceStats, compute_reference, default_cache_dir, evaluate_images, reference_stats
 
 __all__ = ["CLASSIFIER_RECORD", "CLASSIFIER_WEIGHTS", "FashionClassifier", "FeatureExtractor",
            "InceptionFeatureExtractor", "extract_features", "file_sha256", "load_classifier",
            "compute_metrics", "fid", "fid_bootstrap_std", "frechet_distance", "gaussian_stats", "kid", "knn_radii",
-           "precision_recall",
+           "precision_recall", "class_agreement", "wilson_interval",
            "ReferenceStats", "compute_reference", "default_cache_dir", "evaluate_images", "reference_stats"]

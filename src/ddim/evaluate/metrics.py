@@ -9,6 +9,8 @@
           radius = distance to the k-th nearest neighbour (k = 3) within the set; precision is the
           fraction of generated points inside the real manifold, recall the fraction of real points
           inside the generated one.                                           in [0, 1], higher is better
+    agreement   the fraction of class-conditional samples a classifier assigns to the asked class, with a
+          Wilson score interval (Wilson 1927) for its uncertainty from n samples, and per class.
 
 Why these functions take features and not images, and how torchmetrics is used:
   torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` are stateful ``Metric``s that
@@ -32,7 +34,7 @@ from typing import Optional
 import torch
 
 __all__ = ["gaussian_stats", "frechet_distance", "fid", "fid_bootstrap_std", "kid", "knn_radii", "precision_recall",
-           "compute_metrics"]
+           "compute_metrics", "wilson_interval", "class_agreement"]
 
 _CHUNK_ELEMENTS = 1 << 23   # distance-matrix entries held at once (64 MiB of float64)
 
@@ -236,3 +238,31 @@ def compute_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, re
     return {"fid": fid_value, "fid_std": fid_std, "kid_mean": kid_mean, "kid_std": kid_std,
             "kid_subset_size": size, "precision": precision, "recall": recall, "k": k, "n_real": real.shape[0], "n_fake": fake.shape[0],
             "feature_dim": real.shape[1]}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for a proportion k/n (Wilson 1927): (p̂ + z²/2n ± z √(p̂(1−p̂)/n + z²/4n²)) /
+    (1 + z²/n). z = 1.96: 95 %. Unlike p̂ ± z √(p̂(1−p̂)/n) it stays inside [0, 1] and is not empty at k = 0 or n."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(k, bool) or not isinstance(k, int) \
+            or not 0 <= k <= n:
+        raise ValueError(f"need integers 0 <= k <= n with n >= 1, got k={k!r}, n={n!r}")
+    p, z2 = k / n, z * z
+    centre, half = p + z2 / (2 * n), z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
+
+
+def class_agreement(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """How often a classifier's ``predicted`` classes (N,) match the asked ``labels`` (N,).
+
+    Returns {"value": fraction, "low"/"high": its 95 % Wilson interval, "n": N, "per_class": [fraction of
+    the images asked as class c, or None where none were]}."""
+    predicted, labels = torch.as_tensor(predicted).flatten(), torch.as_tensor(labels).flatten()
+    if predicted.shape != labels.shape or labels.numel() == 0:
+        raise ValueError(f"predicted and labels must be non-empty and of one length, got {predicted.numel()} "
+                         f"and {labels.numel()}")
+    hits = predicted == labels
+    k, n = int(hits.sum()), hits.numel()
+    low, high = wilson_interval(k, n)
+    per_class = [round(float(hits[labels == c].float().mean()), 4) if (labels == c).any() else None
+                 for c in range(num_classes)]
+    return {"value": k / n, "low": low, "high": high, "n": n, "per_class": per_class}
