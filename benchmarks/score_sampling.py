@@ -27,7 +27,7 @@ import torch
 
 from ddim.allocator import keep_freed_memory
 from ddim.checkpoint import BUNDLED_MODEL, BUNDLED_NOISY_CLASSIFIER, load_checkpoint, load_noisy_classifier
-from ddim.evaluate import evaluate_images, load_classifier, reference_stats
+from ddim.evaluate import class_agreement, evaluate_images, load_classifier, reference_stats
 from ddim.generate import class_labels, generate
 from ddim.images import save_grid
 from ddim.samplers import AnnealedLangevin, PredictorCorrector, get_solver
@@ -90,11 +90,12 @@ def main() -> None:
                      prediction=config.prediction, classifier=noisy, **CLIP, **kw)
         seconds = time.perf_counter() - t0
         shown = x.clamp(-1, 1)
-        agree = float((judge(shown).argmax(1) == labels).float().mean())
+        a = class_agreement(judge(shown).argmax(1), labels, model.config.num_classes)
+        agree = a["value"]
         m = evaluate_images(shown, reference)
         nfe = get_solver(cell["solver"]).nfe(cell["steps"])
         row = {"group": cell["group"], "cell": cell["label"], "steps": cell["steps"], "nfe": nfe, "n": args.n,
-               "class_agreement": agree, "fid": m["fid"], "fid_std": m["fid_std"], "precision": m["precision"],
+               "class_agreement": agree, "class_agreement_95": [a["low"], a["high"]], "fid": m["fid"], "fid_std": m["fid_std"], "precision": m["precision"],
                "recall": m["recall"], "seconds": round(seconds, 1)}
         rows.append(row)
         print(f"{cell['label']:<34} {cell['steps']:>4} {nfe:>4} {agree:>6.3f} {m['fid']:>6.2f} {m['fid_std']:>5.2f} "

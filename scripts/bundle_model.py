@@ -72,7 +72,7 @@ def class_agreement(checkpoint: Path, n: int, steps: int, seed: int = 0) -> floa
     """Fraction of class-conditional samples (η = 0, x̂₀ clipped to [-1, 1] and ε̂ re-derived from it, as
     `ddim sample` does; no guidance; labels i % 10) that the shipped Fashion-MNIST classifier (92.41 % test
     accuracy) assigns to the requested class."""
-    from ddim.evaluate import load_classifier
+    from ddim.evaluate import class_agreement as agreement, load_classifier
     from ddim.generate import class_labels, generate
 
     model, schedule, config = load_checkpoint(checkpoint)
@@ -81,7 +81,7 @@ def class_agreement(checkpoint: Path, n: int, steps: int, seed: int = 0) -> floa
     classifier, _ = load_classifier()
     with torch.no_grad():
         predicted = classifier(images.clamp(-1, 1)).argmax(1)
-    return float((predicted == class_labels(range(n), 10)).float().mean())
+    return agreement(predicted, class_labels(range(n), 10), 10)["value"]
 
 
 def main() -> None:
