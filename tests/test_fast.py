@@ -38,6 +38,7 @@ def run_quietly(fn, *args, **kw):
     dict(steps=7),
     dict(steps=6, eta=1.0, per_sample=True),
     dict(steps=5, eta="large", per_sample=True),
+    dict(steps=5, eta=(1.0, 1.0, 0.0, 0.5, 0.0), per_sample=True),
     dict(steps=5, eta=0.3, spacing="quadratic", prediction="v"),
     dict(steps=4, clip=1.0, eps_from_clipped_x0=True),
     dict(steps=4, threshold=0.9, threshold_max=2.0, prediction="sample"),

@@ -89,6 +89,26 @@ def test_per_sample_generators_are_batch_invariant():
     assert not torch.equal(out_big[0], out_big[1])
 
 
+def test_per_step_eta():
+    """One η per step: a constant sequence is the scalar η; η = 1 on the first k steps and 0 after is the η = 1
+    run up to its k-th state, then deterministic DDIM from there (η = 0 steps draw no noise)."""
+    x = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    scalar = ddim.sample(affine_model, S1000, x, steps=10, eta=0.7, generator=gen())
+    assert torch.equal(ddim.sample(affine_model, S1000, x, steps=10, eta=[0.7] * 10, generator=gen()), scalar)
+    assert torch.equal(ddim.sample(affine_model, S1000, x, steps=10, eta=torch.full((10,), 0.7, dtype=torch.float64),
+                                   generator=gen()),
+                       scalar)
+    k, grid = 4, plan(S1000, 10).timesteps.tolist()
+    _, stochastic = ddim.sample(affine_model, S1000, x, steps=10, eta=1.0, generator=gen(), return_trajectory=True)
+    then = ddim.sample(affine_model, S1000, stochastic.x[k], timesteps=grid[k:], eta=0.0)
+    mixed = ddim.sample(affine_model, S1000, x, steps=10, eta=[1.0] * k + [0.0] * (10 - k), generator=gen())
+    assert torch.equal(mixed, then)
+    assert not torch.allclose(mixed, stochastic.x[-1]) and not torch.allclose(mixed, scalar)
+    setup = ddim.samplers.ddim.sample_setup(S1000, x, ddim.SampleOptions(steps=10, eta=[1.0] * k + [0.0] * 6))
+    assert setup.draws == (1,) * k + (0,) * 6
+
+
 def test_eta_changes_result_only_through_noise():
     x = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
     a = ddim.sample(affine_model, S1000, x, steps=10, eta=0.0)
@@ -129,6 +149,11 @@ X = torch.zeros(2, 1, 4, 4)
     (dict(eta="big"), "got 'big'"),
     (dict(eta=float("nan")), "eta must be a finite number"),
     (dict(eta=3.0), "eta=3.0 is too large"),
+    (dict(steps=3, eta=[0.0, 3.0, 0.0]), "eta=3.0 is too large at t="),
+    (dict(steps=3, eta=[1.0, 0.0]), "eta has 2 values, one per step, but the grid has 3 steps"),
+    (dict(steps=2, eta=[1.0, -1.0]), "per-step eta must be a non-empty sequence of finite numbers >= 0"),
+    (dict(steps=2, eta=[]), "per-step eta must be a non-empty sequence"),
+    (dict(steps=2, eta=[0.0, 0.0], solver="dpmpp-2m"), "applies to solver 'ddim' only"),
     (dict(spacing="cubic"), "unknown spacing 'cubic'"),
     (dict(prediction="x0"), "unknown prediction type 'x0'"),
     (dict(clip=1.0, threshold=0.99), "either clip or threshold"),

@@ -95,12 +95,15 @@ def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacin
         noise_std = sigma_hat(abar_t, abar_prev)
         noise_std[-1] = 0.0
     else:
-        sigma = sigma_eta(abar_t, abar_prev, eta)
+        if isinstance(eta, tuple) and len(eta) != tau.numel():
+            raise ValueError(f"eta has {len(eta)} values, one per step, but the grid has {tau.numel()} steps")
+        etas = torch.tensor(eta, dtype=torch.float64) if isinstance(eta, tuple) else torch.full_like(abar_t, eta)
+        sigma = sigma_eta(abar_t, abar_prev, etas)
         noise_std = sigma
         bad = (1 - abar_prev - sigma**2) < -1e-12
         if bad.any():
             k = int(bad.nonzero()[0])
-            raise ValueError(f"eta={eta!r} is too large at t={int(tau[k])}: σ_t² exceeds 1 − ᾱ_(t-1) "
+            raise ValueError(f"eta={float(etas[k])!r} is too large at t={int(tau[k])}: σ_t² exceeds 1 − ᾱ_(t-1) "
                              "(DDIM eq. 12 needs η <= 1 there)")
     return Plan(tau, abar_t, abar_prev, sigma, noise_std, solver.table(abar_t, abar_prev))
 
@@ -257,7 +260,8 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
         x_T: (B, …) starting noise (N(0, I) for generation, or the output of ``invert``).
         steps: S, the number of steps, 1 ≤ S ≤ T (ignored when ``timesteps`` is given); one model call each
             (Heun: 2S − 1 in all).
-        eta: η ≥ 0 of σ_t(η) (eq. 16), or "large" for σ̂_t.
+        eta: η ≥ 0 of σ_t(η) (eq. 16), "large" for σ̂_t, or a sequence of one η per step (the first for the
+            highest t), e.g. η = 1 only where t > 250.
         spacing: how τ is chosen, see ``ddim.timesteps``.
         prediction: "epsilon", "sample" (x_0) or "v".
         generator: for the noise when σ > 0: one ``torch.Generator`` or one per sample.

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -22,15 +22,24 @@ from .steps import clip_x0, dynamic_threshold
 
 __all__ = ["SampleOptions", "Eta", "check_eta", "OPTION_NAMES"]
 
-Eta = Union[float, str]
+Eta = Union[float, str, Sequence[float]]
 
 
 def check_eta(eta: Eta) -> Eta:
-    """η as a float ≥ 0, or "large" (σ̂); anything else raises."""
+    """η as a float ≥ 0, "large" (σ̂), or one η ≥ 0 per step as a tuple of floats (a list, tuple or 1-D tensor,
+    first entry for the first, highest-t step; ``plan`` checks its length against the grid); anything else
+    raises."""
     if isinstance(eta, str):
         if eta != "large":
             raise ValueError(f"eta must be a number >= 0 or 'large', got {eta!r}")
         return eta
+    if isinstance(eta, torch.Tensor) and eta.ndim == 1:
+        eta = eta.tolist()
+    if isinstance(eta, (list, tuple)):
+        if not eta or any(isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e < 0
+                          for e in eta):
+            raise ValueError(f"per-step eta must be a non-empty sequence of finite numbers >= 0, got {eta!r}")
+        return tuple(float(e) for e in eta)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0 or 'large', got {eta!r}")
     return float(eta)
@@ -62,7 +71,7 @@ class SampleOptions:
 
     Attributes:
         steps: S, 1 ≤ S ≤ T (ignored when ``timesteps`` is given; checked against T by ``plan``).
-        eta: η ≥ 0 of σ_t(η) (DDIM eq. 16), or "large" for σ̂_t.
+        eta: η ≥ 0 of σ_t(η) (DDIM eq. 16), "large" for σ̂_t, or one η per step (first: the highest t).
         spacing: how the grid is chosen (``ddim.timesteps``).
         prediction: the model's target, "epsilon", "sample" or "v".
         timesteps: an explicit descending grid (a tuple of ints once built), instead of steps/spacing.
