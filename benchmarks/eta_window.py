@@ -1,11 +1,10 @@
 """Where along the grid does η = 1's class-agreement lead over η = 0 come from? DDIM with one η above a noise
 level τ and another at and below it, on the same x_T, scored by the shipped Fashion-MNIST classifier.
 
-A cell "hi:lo:tau" runs the grid's steps from t > τ with η = hi, then those from t ≤ τ with η = lo (two
-``ddim.sample`` calls on the grid's two halves: the first half's x at the first t ≤ τ is read from its
-trajectory). "0:0:0" is plain DDIM (η = 0 throughout) and "1:1:0" DDPM-like η = 1. Per cell: n samples
-with labels i mod 10, sample i from seed (seed, i), the x̂₀ rule of ``scripts/bundle_model.py`` (clamped to
-[−1, 1], ε̂ re-derived), no guidance; the uniform grid of --steps steps.
+A cell "hi:lo:tau" runs the grid's steps from t > τ with η = hi and those from t ≤ τ with η = lo (a per-step
+η, as ``ddim.sample`` takes it). "0:0:0" is plain DDIM (η = 0 throughout) and "1:1:0" DDPM-like η = 1.
+Per cell: n samples with labels i mod 10, sample i from seed (seed, i), the x̂₀ rule of
+``scripts/bundle_model.py`` (clamped to [−1, 1], ε̂ re-derived), no guidance; the uniform grid of --steps steps.
 
     python benchmarks/eta_window.py --n 1000 --cells 0:0:0,1:0:750,1:0:500,1:0:250,0:1:500 \
         --json benchmarks/results/eta_window_cpu.json
@@ -14,7 +13,6 @@ with labels i mod 10, sample i from seed (seed, i), the x̂₀ rule of ``scripts
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
 import sys
@@ -25,8 +23,8 @@ import torch
 
 from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
 from ddim.evaluate import class_agreement, load_classifier
-from ddim.generate import class_labels, initial_noise
-from ddim.samplers.ddim import plan, sample
+from ddim.generate import class_labels, generate
+from ddim.timesteps import timesteps
 
 
 def _cell(text: str) -> tuple[float, float, int]:
@@ -34,20 +32,9 @@ def _cell(text: str) -> tuple[float, float, int]:
     return float(hi), float(lo), int(tau)
 
 
-def predicted_classes(model, schedule, config, indices, grid, eta_hi, eta_lo, tau, classifier) -> torch.Tensor:
-    """(len(indices),) the classifier's class for each sample, drawn with η = eta_hi while t > tau."""
-    k = sum(1 for t in grid if t > tau)  # the steps run with eta_hi
-    shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
-    x, gens = initial_noise(0, indices, shape, "cpu")
-    net = functools.partial(model, labels=class_labels(indices, config.model.num_classes))
-    rule = dict(prediction=config.prediction, clip=1.0, eps_from_clipped_x0=True, generator=gens)
-    with torch.no_grad():
-        if k > 0:
-            _, trajectory = sample(net, schedule, x, timesteps=grid, eta=eta_hi, return_trajectory=True, **rule)
-            x = trajectory.x[k]  # x at grid[k] (x at grid[0] is x_T)
-        if k < len(grid):
-            x = sample(net, schedule, x, timesteps=grid[k:], eta=eta_lo, **rule)
-        return classifier(x.clamp(-1, 1)).argmax(1)
+def per_step_eta(grid: list[int], eta_hi: float, eta_lo: float, tau: int) -> list[float]:
+    """(S,) η for each step of ``grid`` (descending t): eta_hi where t > tau, eta_lo from there on."""
+    return [eta_hi if t > tau else eta_lo for t in grid]
 
 
 def main() -> None:
@@ -65,16 +52,18 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint} is unconditional; class agreement needs a class-conditional model")
     model.eval()
     classifier, _ = load_classifier()
-    grid = [int(t) for t in plan(schedule, args.steps).timesteps]
+    grid = timesteps(schedule, args.steps).tolist()
     rows = []
     print(f"{'eta t>tau':>10} {'eta t<=tau':>11} {'tau':>5} {'steps hi':>9} {'agree':>6} {'95 % interval':>13} "
           f"{'s':>6}")
     labels = class_labels(range(args.n), config.model.num_classes)
     for hi, lo, tau in cells:
         t0 = time.perf_counter()
-        predicted = torch.cat([predicted_classes(model, schedule, config, range(s, min(args.n, s + args.batch_size)),
-                                                 grid, hi, lo, tau, classifier)
-                               for s in range(0, args.n, args.batch_size)])
+        images = generate(model, schedule, args.n, batch_size=args.batch_size, steps=args.steps,
+                          eta=per_step_eta(grid, hi, lo, tau), prediction=config.prediction, clip=1.0,
+                          eps_from_clipped_x0=True)
+        with torch.no_grad():
+            predicted = classifier(images.clamp(-1, 1)).argmax(1)
         a = class_agreement(predicted, labels, config.model.num_classes)
         row = dict(eta_above=hi, eta_below=lo, tau=tau, steps_above=sum(1 for t in grid if t > tau),
                    class_agreement=a["value"], class_agreement_95=[a["low"], a["high"]], per_class=a["per_class"],

@@ -12,7 +12,8 @@ eq. 12 disagree, and at w ≥ 1 the samples saturate. The rules compared:
 Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), DDIM with
 η = --eta (default 0) on the --spacing grid (default uniform) of --steps steps.
 Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class (with its 95 %
-Wilson interval; also per class); FID, precision and recall use the shipped feature extractor against the Fashion-MNIST test split.
+Wilson interval; also per class); FID, precision and recall use the shipped feature extractor against the
+Fashion-MNIST test split.
 Two first rows, "real test" and "real train", give the classifier's accuracy on real images (the test split,
 and the first n training images): what a sampler that reproduced the data would reach.
 

@@ -95,8 +95,9 @@ def main() -> None:
         m = evaluate_images(shown, reference)
         nfe = get_solver(cell["solver"]).nfe(cell["steps"])
         row = {"group": cell["group"], "cell": cell["label"], "steps": cell["steps"], "nfe": nfe, "n": args.n,
-               "class_agreement": agree, "class_agreement_95": [a["low"], a["high"]], "fid": m["fid"], "fid_std": m["fid_std"], "precision": m["precision"],
-               "recall": m["recall"], "seconds": round(seconds, 1)}
+               "class_agreement": agree, "class_agreement_95": [a["low"], a["high"]], "fid": m["fid"],
+               "fid_std": m["fid_std"], "precision": m["precision"], "recall": m["recall"],
+               "seconds": round(seconds, 1)}
         rows.append(row)
         print(f"{cell['label']:<34} {cell['steps']:>4} {nfe:>4} {agree:>6.3f} {m['fid']:>6.2f} {m['fid_std']:>5.2f} "
               f"{m['precision']:>5.2f} {m['recall']:>5.2f} {seconds:>6.0f}", flush=True)

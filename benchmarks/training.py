@@ -202,7 +202,8 @@ def compare_presets(args, device, modes) -> None:
     params = {p: count_parameters(UNet.from_config(cfg)) for p, cfg in cfgs.items()}
     print(f"batch {args.batch}, device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"data {data.name}")
-    print(f"{'mode':>13} {'preset':>10} {'params':>8} {'GFLOP/img f+b':>14} {'steps/s':>8} {'images/s':>9} {'GFLOP/s':>8}")
+    print(f"{'mode':>13} {'preset':>10} {'params':>8} {'GFLOP/img f+b':>14} {'steps/s':>8} {'images/s':>9} "
+          f"{'GFLOP/s':>8}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # Every (mode, preset) trainer in one interleaved set of windows: a CPU's speed drifts between minutes.

@@ -241,8 +241,9 @@ def compute_metrics(real_features: torch.Tensor, fake_features: torch.Tensor, re
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval for a proportion k/n (Wilson 1927): (p̂ + z²/2n ± z √(p̂(1−p̂)/n + z²/4n²)) /
-    (1 + z²/n). z = 1.96: 95 %. Unlike p̂ ± z √(p̂(1−p̂)/n) it stays inside [0, 1] and is not empty at k = 0 or n."""
+    """The Wilson score interval for a proportion k/n (Wilson 1927):
+    (p̂ + z²/2n ± z √(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n); z = 1.96: 95 %. Unlike p̂ ± z √(p̂(1−p̂)/n) it stays
+    inside [0, 1] and is not empty at k = 0 or n."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(k, bool) or not isinstance(k, int) \
             or not 0 <= k <= n:
         raise ValueError(f"need integers 0 <= k <= n with n >= 1, got k={k!r}, n={n!r}")
