@@ -105,6 +105,8 @@ def test_per_step_eta():
     mixed = ddim.sample(affine_model, S1000, x, steps=10, eta=[1.0] * k + [0.0] * (10 - k), generator=gen())
     assert torch.equal(mixed, then)
     assert not torch.allclose(mixed, stochastic.x[-1]) and not torch.allclose(mixed, scalar)
+    zeros = ddim.sample(affine_model, S1000, x, steps=6, eta=[0.0] * 6, solver="dpmpp-2m")  # = η 0: allowed
+    assert torch.equal(zeros, ddim.sample(affine_model, S1000, x, steps=6, solver="dpmpp-2m"))
     setup = ddim.samplers.ddim.sample_setup(S1000, x, ddim.SampleOptions(steps=10, eta=[1.0] * k + [0.0] * 6))
     assert setup.draws == (1,) * k + (0,) * 6
 
@@ -153,7 +155,7 @@ X = torch.zeros(2, 1, 4, 4)
     (dict(steps=3, eta=[1.0, 0.0]), "eta has 2 values, one per step, but the grid has 3 steps"),
     (dict(steps=2, eta=[1.0, -1.0]), "per-step eta must be a non-empty sequence of finite numbers >= 0"),
     (dict(steps=2, eta=[]), "per-step eta must be a non-empty sequence"),
-    (dict(steps=2, eta=[0.0, 0.0], solver="dpmpp-2m"), "applies to solver 'ddim' only"),
+    (dict(steps=2, eta=[0.0, 0.5], solver="dpmpp-2m"), "a per-step η with 1 non-zero values applies to solver 'ddim'"),
     (dict(spacing="cubic"), "unknown spacing 'cubic'"),
     (dict(prediction="x0"), "unknown prediction type 'x0'"),
     (dict(clip=1.0, threshold=0.99), "either clip or threshold"),

@@ -249,7 +249,9 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
         raise ValueError(f"need integers 0 <= k <= n with n >= 1, got k={k!r}, n={n!r}")
     p, z2 = k / n, z * z
     centre, half = p + z2 / (2 * n), z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
-    return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
+    low, high = (centre - half) / (1 + z2 / n), (centre + half) / (1 + z2 / n)
+    # exact ends where rounding would leave p̂ outside (k = 0 gave low = 2e-17 at n = 11)
+    return (0.0 if k == 0 else min(low, p)), (1.0 if k == n else max(high, p))
 
 
 def class_agreement(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:

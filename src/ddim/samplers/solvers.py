@@ -274,8 +274,10 @@ class Solver:
         """The η the plan's noise column is built with; refuses an η the solver does not take."""
         if self.noise_eta is None:
             return eta
-        if eta not in (0, 0.0):
-            raise ValueError(f"eta={eta!r} applies to solver 'ddim' only; solver {self.name!r} adds "
+        if any(eta) if isinstance(eta, tuple) else eta not in (0, 0.0):  # a per-step η of zeros is η = 0
+            shown = f"a per-step η with {sum(e != 0 for e in eta)} non-zero values" if isinstance(eta, tuple) \
+                else f"eta={eta!r}"
+            raise ValueError(f"{shown} applies to solver 'ddim' only; solver {self.name!r} adds "
                              + ("DDIM's η = 1 noise by construction" if self.noise_eta else "no noise"))
         return self.noise_eta
 
