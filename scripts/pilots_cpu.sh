@@ -23,6 +23,7 @@ declare -A PILOT=(
   [p2-v-minsnr-lr2e-3]="$P2 --lr 2e-3 --dropout 0 --prediction v --min-snr-gamma 5"
   [p2-v-lognormal-lr2e-3]="$P2 --lr 2e-3 --dropout 0 --prediction v --t-sampling lognormal"
   [p2-v-minsnr-lognormal-lr2e-3]="$P2 --lr 2e-3 --dropout 0 --prediction v --min-snr-gamma 5 --t-sampling lognormal"
+  [p2-v-minsnr-lr2e-3-ss]="$P2 --lr 2e-3 --dropout 0 --prediction v --min-snr-gamma 5 --scale-shift"
   [c16-nodrop]="$C16 --lr 1e-3 --dropout 0"
 )
 names=("$@")

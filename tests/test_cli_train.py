@@ -91,6 +91,22 @@ def test_train_writes_a_loadable_run(capsys, tmp_path):
     assert (out / "metrics.jsonl").is_file()
 
 
+def test_scale_shift_switch_reaches_the_saved_config(capsys, tmp_path):
+    from ddim.checkpoint import load_checkpoint
+
+    for flag, want in (("--scale-shift", True), ("--no-scale-shift", False)):
+        out = tmp_path / flag
+        assert main(["train", *TINY, "--out", str(out), "--steps", "1", flag]) == 0
+        model, _, config = load_checkpoint(out, ema=False)
+        assert config.model.scale_shift is want
+        # AdaGN projects the embedding to a scale and a shift: twice the additive projection's outputs
+        block = model.down[0].res[0]
+        assert block.temb_proj.out_features == (2 if want else 1) * block.conv1.out_channels
+    code, line = _error(capsys, ["train-classifier", "--dataset", "digits", "--out", str(tmp_path / "c"),
+                                 "--scale-shift"])
+    assert code == 2 and "unrecognized arguments: --scale-shift" in line  # a classifier has no AdaGN option
+
+
 def test_init_from_fine_tunes_and_refuses_the_flags_it_overrides(capsys, tmp_path):
     from ddim.checkpoint import load_checkpoint
 

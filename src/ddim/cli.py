@@ -67,13 +67,18 @@ def _add_data_args(p) -> None:
 
 
 _SHAPE_FLAGS = ("--base-channels", "--num-res-blocks", "--dropout", "--norm-groups", "--channel-mult",
-                "--attn-resolutions", "--patch-size")
+                "--attn-resolutions", "--patch-size", "--scale-shift")
 
 
 def _add_shape_args(g, flags) -> None:
     kinds = {"--base-channels": int, "--num-res-blocks": int, "--dropout": float, "--norm-groups": int,
              "--channel-mult": _int_list, "--attn-resolutions": _int_list, "--patch-size": int}
     for flag in flags:
+        if flag == "--scale-shift":  # a switch: ADM's scale-shift norm (AdaGN) in every ResBlock
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help="apply the time/label embedding as a GroupNorm scale and shift (ADM's AdaGN) "
+                                "instead of adding it (default: from the preset)")
+            continue
         g.add_argument(flag, type=kinds[flag], help="override the preset's value (default: from the preset)")
 
 
@@ -155,7 +160,7 @@ def _add_train_classifier(sub) -> None:
     _add_data_args(p)
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="fashion", choices=tuple(CLASSIFIER_PRESETS), help="classifier shape to start from")
-    _add_shape_args(g, _SHAPE_FLAGS)
+    _add_shape_args(g, _SHAPE_FLAGS[:-1])  # no --scale-shift: ClassifierConfig has no such field
     g.add_argument("--schedule-from", default=None, metavar="CHECKPOINT",
                    help="take the noise schedule from this diffusion checkpoint, so the classifier sees the x_t "
                         "that model samples (default: the bundled model)")
@@ -176,7 +181,8 @@ def _train_configs(args: argparse.Namespace):
                   bf16=args.bf16, compile=args.compile)
     shape = dict(base_channels=args.base_channels, num_res_blocks=args.num_res_blocks, dropout=args.dropout,
                  norm_groups=args.norm_groups, channel_mult=args.channel_mult,
-                 attn_resolutions=args.attn_resolutions, patch_size=args.patch_size)
+                 attn_resolutions=args.attn_resolutions, patch_size=args.patch_size,
+                 scale_shift=getattr(args, "scale_shift", None))
     if args.classifier:
         from .checkpoint import BUNDLED_MODEL, load_checkpoint
 
