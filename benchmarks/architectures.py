@@ -30,6 +30,9 @@ CANDIDATES = {
     "c24 (1,2,2) r1 a7": dict(base_channels=24, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,)),
     "p2 c32 (1,3) r2 a7": dict(patch_size=2, base_channels=32, channel_mult=(1, 3), num_res_blocks=2,
                                attn_resolutions=(7,)),
+    # the bundled network since 2026-12-03: the one above with ADM's scale-shift norm
+    "p2 c32 (1,3) r2 a7 ss": dict(patch_size=2, base_channels=32, channel_mult=(1, 3), num_res_blocks=2,
+                                  attn_resolutions=(7,), scale_shift=True),
     "p2 c48 (1,2) r1 a7": dict(patch_size=2, base_channels=48, channel_mult=(1, 2), num_res_blocks=1,
                                attn_resolutions=(7,)),
     "p2 c32 (1,2) r3 a14,7": dict(patch_size=2, base_channels=32, channel_mult=(1, 2), num_res_blocks=3,
@@ -88,10 +91,14 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=5, help="forwards per sampling measurement")
     p.add_argument("--steps", type=int, default=3, help="train steps per training measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    p.add_argument("--only", default=None, help="comma-separated candidate names (default: all)")
+    p.add_argument("--only", default=None,
+                   help="candidate names separated by ';' (names hold commas; default: all)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    names = args.only.split(",") if args.only else list(CANDIDATES)
+    names = [n.strip() for n in args.only.split(";")] if args.only else list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        p.error(f"unknown candidate(s) {unknown}; allowed: {'; '.join(CANDIDATES)}")
     models = {n: build(CANDIDATES[n]) for n in names}
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
     rates = {n: {"sample": [], "train": []} for n in names}

@@ -9,8 +9,8 @@ eq. 12 disagree, and at w ≥ 1 the samples saturate. The rules compared:
     clip-eps    x̂₀ clamped to [−1, 1], ε̂ re-derived from the clamped x̂₀ (what DDPM's posterior mean does)
     threshold   Imagen's dynamic thresholding (quantile 0.995, no upper cap on s), ε̂ re-derived
 
-Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), DDIM with
-η = --eta (default 0) on the --spacing grid (default uniform) of --steps steps.
+Per cell: n samples with labels i mod 10, sample i from seed (seed, i) (the same x_T in every cell), --solver
+(default DDIM, with η = --eta, default 0) on the --spacing grid (default uniform) of --steps steps.
 Class agreement is the fraction the shipped Fashion-MNIST classifier assigns to the asked class (with its 95 %
 Wilson interval; also per class); FID, precision and recall use the shipped feature extractor against the
 Fashion-MNIST test split.
@@ -37,6 +37,7 @@ from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
 from ddim.evaluate import class_agreement, evaluate_images, load_classifier, reference_stats
 from ddim.generate import class_labels, generate
 from ddim.images import save_grid
+from ddim.samplers import SOLVERS
 
 RULES = {
     "plain": {},
@@ -91,6 +92,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500, help="samples per cell")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's η")
+    p.add_argument("--solver", default="ddim", help="ddim.samplers.SOLVERS, e.g. dpmpp-2m (`ddim sample`'s default)")
     p.add_argument("--spacing", default="uniform", help="the step grid (ddim.timesteps.SPACINGS)")
     p.add_argument("--live", action="store_true", help="the checkpoint's live weights instead of its EMA (a run or step "
                    "directory: exports such as the bundled model hold the EMA only)")
@@ -107,6 +109,8 @@ def main() -> None:
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         p.error(f"unknown rule(s) {unknown}; allowed: {', '.join(RULES)}")
+    if args.solver not in SOLVERS:
+        p.error(f"unknown solver {args.solver!r}; allowed: {', '.join(SOLVERS)}")
 
     keep_freed_memory()  # as the `ddim` command does: no page-fault storm from re-mapped activations
     torch.set_grad_enabled(False)
@@ -125,12 +129,14 @@ def main() -> None:
         for w in args.weights:
             t0 = time.perf_counter()
             x = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
-                         eta=args.eta, spacing=args.spacing, prediction=config.prediction, guidance=w, **RULES[rule])
+                         eta=args.eta, spacing=args.spacing, prediction=config.prediction, guidance=w,
+                         solver=args.solver, **RULES[rule])
             seconds = time.perf_counter() - t0
             shown = x.clamp(-1, 1)  # what a PNG shows
             predicted = classifier(shown).argmax(1)
             m = evaluate_images(shown, reference)
-            row = {"rule": rule, "w": w, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,
+            row = {"rule": rule, "w": w, "solver": args.solver, "steps": args.steps, "eta": args.eta,
+                   "spacing": args.spacing,
                    **_agreement(predicted, labels, model.config.num_classes),
                    "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                    "min": float(x.min()), "max": float(x.max()), "seconds": round(seconds, 1)}
