@@ -30,14 +30,13 @@ CANDIDATES = {
     "c24 (1,2,2) r1 a7": dict(base_channels=24, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,)),
     "p2 c32 (1,3) r2 a7": dict(patch_size=2, base_channels=32, channel_mult=(1, 3), num_res_blocks=2,
                                attn_resolutions=(7,)),
-    # the bundled network since 2026-12-03: the one above with ADM's scale-shift norm
-    "p2 c32 (1,3) r2 a7 ss": dict(patch_size=2, base_channels=32, channel_mult=(1, 3), num_res_blocks=2,
-                                  attn_resolutions=(7,), scale_shift=True),
     "p2 c48 (1,2) r1 a7": dict(patch_size=2, base_channels=48, channel_mult=(1, 2), num_res_blocks=1,
                                attn_resolutions=(7,)),
     "p2 c32 (1,2) r3 a14,7": dict(patch_size=2, base_channels=32, channel_mult=(1, 2), num_res_blocks=3,
                                   attn_resolutions=(14, 7)),
 }
+# the bundled network since 2026-12-03: "p2 c32 (1,3) r2 a7" with ADM's scale-shift norm
+CANDIDATES["p2 c32 (1,3) r2 a7 ss"] = {**CANDIDATES["p2 c32 (1,3) r2 a7"], "scale_shift": True}
 
 
 def build(overrides: dict) -> UNet:
