@@ -92,7 +92,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500, help="samples per cell")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's η")
-    p.add_argument("--solver", default="ddim", help="ddim.samplers.SOLVERS, e.g. dpmpp-2m (`ddim sample`'s default)")
+    p.add_argument("--solver", default="ddim", choices=list(SOLVERS),
+                   help="ddim.samplers.SOLVERS, e.g. dpmpp-2m (`ddim sample`'s default)")
     p.add_argument("--spacing", default="uniform", help="the step grid (ddim.timesteps.SPACINGS)")
     p.add_argument("--live", action="store_true", help="the checkpoint's live weights instead of its EMA (a run or step "
                    "directory: exports such as the bundled model hold the EMA only)")
@@ -109,8 +110,6 @@ def main() -> None:
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         p.error(f"unknown rule(s) {unknown}; allowed: {', '.join(RULES)}")
-    if args.solver not in SOLVERS:
-        p.error(f"unknown solver {args.solver!r}; allowed: {', '.join(SOLVERS)}")
 
     keep_freed_memory()  # as the `ddim` command does: no page-fault storm from re-mapped activations
     torch.set_grad_enabled(False)
