@@ -1,7 +1,7 @@
 #!/bin/bash
 # The DDIM paper's Table 1, Table 2 and Figure 5 analogues for the bundled model, at n = 1,000 per FID
-# cell, and a few-step solver grid: about an hour and a half on a 2-core CPU (92 min on 2026-12-03, 16 of
-# them for the S = 200–1000 reconstruction rows). The n = 10,000 tables with S = 1000 need a GPU: README "Results".
+# cell, and a few-step solver grid: one to one and a half hours on a 2-core CPU (53 min on 2026-12-03's fastest
+# VM, 8 of them for the S = 200–1000 reconstruction rows; 92 min on a slower one). The n = 10,000 tables with S = 1000 need a GPU: README "Results".
 # Usage: bash scripts/eval_bundled_cpu.sh [OUT_DIR]   (default eval-cpu; a rerun resumes the FID grids
 # from their stored samples and recomputes the other parts)
 # Then copy the reports next to the README: bash scripts/eval_bundled_cpu.sh OUT --publish docs/eval
