@@ -18,11 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
+import hostile as H
 import ddim
 from ddim import atomic
 from ddim.checkpoint import BUNDLED_MODEL, MANIFEST, export_checkpoint, verify_checkpoint
 from ddim.cli import main
+from ddim.data import load_idx
 from ddim.inversion import invert_image
+from ddim.nn.diffusers_io import schedule_from_diffusers
 
 FAST = ["--steps", "2", "--n", "2", "--quiet"]
 
@@ -166,7 +169,67 @@ CASES = [
      "--n must be an integer in [2, 1,000,000]"),
     ("eval batch 1e11", lambda t: ["eval", "--consistency", "--batch-size", "100000000000", "--out", str(t / "ev")],
      "--batch-size must be an integer in [1, 65,536]"),
+    # the third round: paths a checkpoint names, files it is made of, concurrent runs, late refusals
+    ("manifest names ../", lambda t: ["sample", "--checkpoint", H.manifest_naming(t, "../secret.txt"), "--out",
+                                      str(t / "o.png")], "names '../secret.txt', which is not a file of the checkpoint"),
+    ("manifest names an absolute path", lambda t: ["sample", "--checkpoint", H.manifest_naming(t, "SECRET"), "--out",
+                                                   str(t / "o.png")], "which is not a file of the checkpoint"),
+    ("resume: manifest names ../", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out", H.run_manifest_naming(
+        t, TRAIN, "../../../etc/passwd")], "names '../../../etc/passwd', which is not a file of the checkpoint"),
+    ("weights a symlink", lambda t: ["sample", "--checkpoint", H.weights_link(t), "--out", str(t / "o.png")],
+     "ema.safetensors is a symbolic link, not a regular file"),
+    ("manifest a symlink to /dev/zero", lambda t: ["sample", "--checkpoint", H.manifest_link(t), "--out",
+                                                   str(t / "o.png")], "manifest.json is a symbolic link"),
+    ("manifest 65 MiB", lambda t: ["sample", "--checkpoint", H.manifest_huge(t), "--out", str(t / "o.png")],
+     "manifest.json is too large: 68,157,440 bytes"),
+    ("train into a busy folder", lambda t: [*TRAIN, "--out", H.busy(t)], "is in use by process"),
+    ("train-classifier into a busy folder", lambda t: [
+        "train-classifier", *[a for a in TRAIN[1:] if a not in ("--sample-every", "0")], "--out", H.busy(t)],
+     "is in use by process"),
+    ("eval into a busy folder", lambda t: ["eval", "--consistency", "--n", "2", "--steps", "2", "--out", H.busy(t)],
+     "is in use by process"),
+    ("idx with 0 images", lambda t: [*TRAIN[:2], "fashion-mnist", *TRAIN[3:], "--data-dir",
+                                     H.idx_pair(t, 0, "train"), "--out", str(t / "run")],
+     "fashion-mnist train holds no images"),
+    ("config nested 1e5 deep", lambda t: ["sample", "--checkpoint", H.config_nested(t), "--out", str(t / "o.png")],
+     "config.json nests deeper than 64 levels"),
+    ("manifest nested 1e5 deep", lambda t: ["sample", "--checkpoint", H.manifest_nested(t), "--out",
+                                            str(t / "o.png")], "manifest.json nests deeper than 64 levels"),
+    ("eval: empty reference split", lambda t: ["eval", "--n", "2", "--steps", "2", "--eta", "0", "--data-dir",
+                                               H.idx_pair(t, 0), "--out", str(t / "ev")],
+     "fashion-mnist test holds no images"),
+    ("eval --reconstruction: empty split", lambda t: ["eval", "--reconstruction", "--n", "2", "--steps", "2",
+                                                      "--data-dir", H.idx_pair(t, 0), "--out", str(t / "ev")],
+     "fashion-mnist test holds no images"),
+    ("4-channel model to a PNG", lambda t: ["sample", "--checkpoint", H.diffusers_folder(t, 4, DDPM_SCHEDULER),
+                                            "--out", str(t / "o.png")],
+     "the model's images must have 1 or 3 channels to be written as a picture, got 4"),
+    ("images-dir entry a folder", lambda t: ["sample", "--images-dir", H.images_dir_blocked(t), "--out",
+                                             str(t / "o.png")], "000000.png: it exists and is a folder"),
+    ("flow-matching scheduler", lambda t: ["sample", "--checkpoint", H.diffusers_folder(
+        t, 1, {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000}), "--out",
+        str(t / "o.png")], "scheduler 'FlowMatchEulerDiscreteScheduler' is not of the DDPM/DDIM family"),
+    ("int32 weights", lambda t: ["sample", "--checkpoint", H.int_weights(t), "--out", str(t / "o.png")],
+     "holds int32 weights in"),
+    ("int32 diffusers weights", lambda t: ["sample", "--checkpoint", H.diffusers_folder(
+        t, 1, DDPM_SCHEDULER, dtype=torch.int32), "--out", str(t / "o.png")], "holds I32 weights in"),
+    ("betas a string", lambda t: ["sample", "--checkpoint", H.schedule_field(t, whole=True, name="custom",
+                                                                             betas="abc"), "--out", str(t / "o.png")],
+     "betas must be a 1-D sequence of numbers in (0, 1], got str 'abc'"),
+    ("beta_start a string", lambda t: ["sample", "--checkpoint", H.schedule_field(t, beta_start="0.1"), "--out",
+                                       str(t / "o.png")], "beta_start must be a number in (0, 1), got str '0.1'"),
+    ("resume with fewer --steps", lambda t: [*TRAIN, "--resume", "--steps", "2", "--out", H.run_dir(t, TRAIN, 4)],
+     "--steps 2 is below the step of the latest checkpoint (step_000004, step 4)"),
 ]
+
+
+DDPM_SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}
+
+
+@pytest.fixture(autouse=True)
+def _release_claims():
+    yield
+    H.release_claims()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -296,6 +359,20 @@ API_CASES = [
      "proj: it exists and is not a checkpoint directory"),
     ("export over its source", lambda t: export_checkpoint(_bundle_with(t), t / "ckpt"),
      "is the checkpoint being exported"),
+    ("null in trained_betas", lambda t: schedule_from_diffusers({"_class_name": "DDPMScheduler",
+                                                                 "trained_betas": [0.1, None]}),
+     "betas must be a 1-D sequence of numbers in (0, 1], got None at index 1"),
+    ("prediction_type a list", lambda t: schedule_from_diffusers({"prediction_type": ["v"]}),
+     "unsupported prediction_type ['v']"),
+    ("betas a string", lambda t: ddim.Schedule.from_betas("0.1,0.2"), "got str '0.1,0.2'"),
+    ("idx sizes that overflow", lambda t: load_idx(H.idx_overflowing(t)), f"needs {20 + (2**32 - 1)**4} bytes"),
+    ("load on a missing GPU", lambda t: ddim.load_checkpoint(device="cuda:99"), "'cuda:99' was asked for but"),
+    ("NaN model through sample", lambda t: ddim.sample(lambda x, s: x * float("nan"), ddim.Schedule.linear(1000),
+                                                       torch.ones(2, 1, 4, 4), steps=2),
+     "the model produced NaN or Inf in 2 of 2 samples"),
+    ("NaN model through invert", lambda t: ddim.invert(lambda x, s: x * float("inf"), ddim.Schedule.linear(1000),
+                                                       torch.ones(2, 1, 4, 4), steps=2),
+     "the model produced NaN or Inf in 2 of 2 latents"),
 ]
 
 
@@ -348,3 +425,4 @@ def test_readme_determinism_sentence_holds(tmp_path):
     assert np.abs(x - y).max() <= 1e-5
     to8 = lambda v: np.floor((np.clip(v, -1, 1) + 1) * 127.5 + 0.5)  # noqa: E731
     assert np.abs(to8(x) - to8(y)).max() <= 1
+

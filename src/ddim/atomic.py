@@ -31,7 +31,10 @@ def atomic_write(path: Union[str, Path], write: Callable, fsync: bool = True) ->
             unchanged. Either way nothing at ``path`` changed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # a symbolic link is followed: the file it points to is replaced and the link stays (os.replace on the
+    # link itself would swap the link for a plain file)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         # O_EXCL: never reuse a stranger's file; 0o666 & umask: the permissions a plain open() gives
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -40,7 +43,7 @@ def atomic_write(path: Union[str, Path], write: Callable, fsync: bool = True) ->
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as e:
         try:
             tmp.unlink()

@@ -24,11 +24,15 @@ import json
 import os
 import re
 import shutil
+import stat
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
+
+from . import files
 
 __all__ = ["CheckpointError", "NonFiniteError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
            "list_checkpoints", "verify_checkpoint", "read_tensors", "read_json", "load_weights", "check_finite",
@@ -61,8 +65,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def _sha256(path: Path) -> str:
+    """SHA-256 of a regular file inside a checkpoint, read without following a symbolic link."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CheckpointError(f"{path} is not a regular file")
         for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -90,17 +98,14 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: PathLike) -> dict:
-    """A JSON object from ``path``; a missing or malformed file is a ``CheckpointError``."""
-    path = Path(path)
+    """A JSON object from ``path``, a regular file (not a symbolic link) of bounded size and nesting
+    (``ddim.files.read_json``); anything else is a ``CheckpointError`` naming the file."""
     try:
-        obj = json.loads(path.read_text())
+        return files.read_json(path, follow_symlinks=False)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({_one_line(e)})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(obj).__name__}")
-    return obj
+        raise CheckpointError(_one_line(e)) from None
 
 
 def read_tensors(path: PathLike, device="cpu") -> dict[str, torch.Tensor]:
@@ -108,8 +113,13 @@ def read_tensors(path: PathLike, device="cpu") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
+    try:
+        files.regular_file(path, follow_symlinks=False)  # a link could point outside the checkpoint
+        files.safetensors_dtypes(path)  # a dtype torch cannot hold is named, not reported as damage
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(_one_line(e)) from None
     try:
         return load_file(str(path), device=str(device))
     except Exception as e:  # safetensors raises its own error types for bad headers and short files
@@ -153,6 +163,9 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], source:
                               f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
                               f"{'...' if len(unexpected) > 3 else ''}")
     for k, v in expected.items():
+        if v.is_floating_point() and not tensors[k].is_floating_point():  # a cast would run garbage
+            raise CheckpointError(f"{source} holds {str(tensors[k].dtype).replace('torch.', '')} weights in {k!r}; "
+                                  "weights must be floating point (float16, bfloat16, float32, float64 or float8)")
         if tuple(tensors[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source} does not fit this architecture: {k!r} has shape "
                                   f"{tuple(tensors[k].shape)}, the model expects {tuple(v.shape)}")
@@ -285,8 +298,25 @@ def save_checkpoint(run_dir: PathLike, step: int, config: Mapping, tensors: Mapp
 
 # ---------------------------------------------------------------------------------------- loading
 
+MAX_MANIFEST_ENTRIES = 64  # a checkpoint holds about six files
+
+
+def _member(ckpt_dir: Path, name) -> Path:
+    """``ckpt_dir / name`` for a name the manifest gives, refused unless it is a plain file name: no folder
+    part, no "..", no hidden file, so no manifest can make ddim read (and hash) a file outside it."""
+    ok = (isinstance(name, str) and name == os.path.basename(name) and name not in ("", ".", "..")
+          and not name.startswith(".") and "\\" not in name and "\0" not in name)
+    if not ok:
+        raise CheckpointError(f"{ckpt_dir / MANIFEST} names {name!r}, which is not a file of the checkpoint (allowed: "
+                              "plain file names such as ema.safetensors, no folders)")
+    return ckpt_dir / name
+
+
 def verify_checkpoint(ckpt_dir: PathLike, names: Optional[Iterable[str]] = None) -> dict:
     """Check sizes and SHA-256 of the files against manifest.json; returns the manifest.
+
+    Every file must be a regular file inside ``ckpt_dir`` (a name with a folder part, or a symbolic link,
+    is refused before anything is read through it).
 
     Args:
         ckpt_dir: a ``step_*`` directory.
@@ -294,16 +324,24 @@ def verify_checkpoint(ckpt_dir: PathLike, names: Optional[Iterable[str]] = None)
     """
     ckpt_dir = Path(ckpt_dir)
     manifest = read_json(ckpt_dir / MANIFEST)
+    if len(manifest) > MAX_MANIFEST_ENTRIES:
+        raise CheckpointError(f"{ckpt_dir / MANIFEST} lists {len(manifest)} files; a checkpoint has at most "
+                              f"{MAX_MANIFEST_ENTRIES}")
+    for name in manifest:
+        _member(ckpt_dir, name)
     for name in names if names is not None else sorted(manifest):
         if name not in manifest:
             raise CheckpointError(f"{ckpt_dir} has no {name} in its manifest")
-        path, want = ckpt_dir / name, manifest[name]
+        path, want = _member(ckpt_dir, name), manifest[name]
         if not isinstance(want, dict):  # a hand-edited or damaged manifest must not end in a traceback
             raise CheckpointError(f"{ckpt_dir / MANIFEST} is malformed: its entry for {name} must be an object "
                                   f"with bytes and sha256, got {want!r}")
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing")
-        size = path.stat().st_size
+        try:
+            size = files.regular_file(path, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing") from None
+        except ValueError as e:
+            raise CheckpointError(f"{e}; the files of a checkpoint must be regular files inside it") from None
         if size != want.get("bytes"):
             raise CheckpointError(f"{path} is truncated or corrupted: {size} bytes, the manifest says {want.get('bytes')}")
         if _sha256(path) != want.get("sha256"):
@@ -313,11 +351,11 @@ def verify_checkpoint(ckpt_dir: PathLike, names: Optional[Iterable[str]] = None)
 
 def _is_diffusers_unet(path: Path) -> bool:
     cfg = path / "config.json"
-    if not cfg.is_file():
+    if not cfg.is_file() or (path / MANIFEST).exists():
         return False
     try:
-        return json.loads(cfg.read_text()).get("_class_name") == "UNet2DModel"
-    except (OSError, ValueError, AttributeError):
+        return files.read_json(cfg).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError):
         return False
 
 
@@ -326,7 +364,7 @@ def find_checkpoint(path: PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist")
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() or (path / MANIFEST).is_symlink():  # a link is refused when it is read
         return path
     ckpts = list_checkpoints(path) or (list_checkpoints(path.parent) if path.name == CHECKPOINTS_DIR else [])
     if not ckpts:
@@ -344,11 +382,17 @@ def _load_diffusers(path: Path, device):
     from .train.config import RunConfig, TrainConfig
 
     unet_dir = path if _is_diffusers_unet(path) else path / "unet"
-    sched_dir = next((d for d in (path / "scheduler", path.parent / "scheduler")
+    # beside the UNet's config.json (a bare model folder), or the pipeline's scheduler/ folder
+    sched_dir = next((d for d in (unet_dir, path / "scheduler", path.parent / "scheduler")
                       if (d / "scheduler_config.json").is_file()), None)
     try:
         model = load_diffusers_unet(unet_dir)
         sched = read_scheduler_config(sched_dir) if sched_dir is not None else {}
+        if sched_dir is None and model.config.time_embedding != "fourier":
+            warnings.warn(f"{unet_dir} has no scheduler_config.json (beside config.json, or in scheduler/): assuming "
+                          "DDPM's schedule (linear β from 1e-4 to 0.02, T = 1000) and ε-prediction; put the "
+                          "model's scheduler_config.json beside its config.json to use another", UserWarning,
+                          stacklevel=3)
         ve = ve_params_from_diffusers(sched)
         if ve is not None:  # a score-SDE VE network: called with σ, returns the score
             model = VEScoreModel(model, *ve)
@@ -383,8 +427,10 @@ def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cp
     Raises:
         CheckpointError: missing, truncated or corrupted files, or weights that do not fit the config.
     """
+    from .device import resolve_device
     from .nn import UNet
 
+    device = resolve_device(device)
     p = Path(path)
     if p.is_dir() and (_is_diffusers_unet(p) or (p / "unet").is_dir()):
         return _load_diffusers(p, device)
@@ -395,9 +441,10 @@ def load_noisy_classifier(path: PathLike = BUNDLED_NOISY_CLASSIFIER, ema: bool =
     """Load a noisy classifier (``ddim train-classifier``): ``(classifier, schedule, config)``, arguments and
     errors as in ``load_checkpoint``; the default is the bundled Fashion-MNIST classifier. The classifier
     is a ``ddim.nn.NoisyClassifier`` in eval mode, called as ``classifier(x_t, t)`` -> (B, K) logits."""
+    from .device import resolve_device
     from .nn import NoisyClassifier
 
-    return _load_run(Path(path), ema, device, NoisyClassifier, classifier=True)
+    return _load_run(Path(path), ema, resolve_device(device), NoisyClassifier, classifier=True)
 
 
 def _load_run(path: Path, ema: bool, device, cls, classifier: bool):

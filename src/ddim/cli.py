@@ -29,10 +29,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" after every option, unless its help already says what the default is."""
+    """Shows "(default: X)" after an option, unless its help already says what the default is, or the
+    default is "not given" (None) or an on-switch's off."""
 
     def _get_help_string(self, action):
-        if "default:" in (action.help or "") or action.default is argparse.SUPPRESS or action.required:
+        switch = isinstance(action, argparse._StoreTrueAction)  # off unless given
+        if ("default:" in (action.help or "") or "(default" in (action.help or "")
+                or action.default is None or action.default is argparse.SUPPRESS or switch
+                or action.required):
             return action.help
         return super()._get_help_string(action)
 
@@ -84,6 +88,8 @@ def _add_shape_args(g, flags) -> None:
 
 def _add_optim_run_args(p, d, classifier: bool) -> None:
     """The optimisation and run groups of `train` (``classifier``: without the denoiser-only options)."""
+    from .cli_sampling import _add_dist_timeout
+
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -108,6 +114,7 @@ def _add_optim_run_args(p, d, classifier: bool) -> None:
                    ("" if classifier else ", samples/") + " (required)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_dist_timeout(g)
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only; ignored on the CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the network")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: end only)")
@@ -135,7 +142,8 @@ def _add_train(sub) -> None:
                    help="fine-tune: start from this checkpoint's weights ('bundled': the bundled model), "
                         "taking its shape, schedule and prediction, so the flags that set those are refused "
                         "(default: random weights)")
-    g.add_argument("--preset", choices=tuple(PRESETS), help="UNet shape to start from (default: small)")
+    g.add_argument("--preset", choices=tuple(PRESETS),
+                   help="UNet shape to start from (default: small, a quick model; the bundled model is --preset fashion)")
     g.add_argument("--class-cond", action=argparse.BooleanOptionalAction, default=None,
                    help="class-conditional model (default: yes when the data have labels)")
     _add_shape_args(g, _SHAPE_FLAGS)
@@ -254,20 +262,25 @@ def _classifier_config(preset: str, data, shape: dict):
 
 def _run_train(args: argparse.Namespace) -> int:
     from .cli_sampling import _writable
+    from .files import check_folder_free
     from .train import run_training
     from .train.trainer import check_run_dir
 
     _writable(args.out, folder=True)  # before the data loads: a file, a loop or an unwritable parent
     check_run_dir(args.out, args.resume)
+    check_folder_free(args.out)  # another run writing there now (the trainer claims the folder itself)
     config, data = _train_configs(args)
-    result = run_training(config, args.out, data=data, device=args.device, resume=args.resume, quiet=args.quiet)
+    result = run_training(config, args.out, data=data, device=args.device, resume=args.resume, quiet=args.quiet,
+                          dist_timeout=args.dist_timeout)
     if result.interrupted:
         return 128 + result.signal  # the shell convention for "stopped by signal N"
     if not args.quiet and result.checkpoint is not None:
+        samples = Path(args.out) / "samples"
         print(f"ddim: trained to step {result.step}; wrote {result.checkpoint} (checkpoint), "
-              f"{Path(args.out) / 'metrics.jsonl'}" + (f", {Path(args.out) / 'samples'}/ (sample grids)"
-                                                       if config.train.sample_every else ""), file=sys.stderr)
+              f"{Path(args.out) / 'metrics.jsonl'}" + (f", {samples}/ (sample grids)" if samples.is_dir() else ""),
+              file=sys.stderr)
     return 0
+
 
 
 # ---------------------------------------------------------------------------------------- main

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 
-from .cli_sampling import MAX_BATCH, MAX_N, _add_clip, _bar, _check_count, _clip, _eta, _note, _x0_rule
+from .cli_sampling import (MAX_BATCH, MAX_N, _add_clip, _add_dist_timeout, _bar, _check_count, _clip, _eta, _note,
+                           _x0_rule)
+from .images import check_channels
 from .samplers.solvers import solver_help
 
 __all__ = ["SUBCOMMANDS"]
@@ -130,7 +133,7 @@ def _add_eval(sub, formatter) -> None:
                    help="comma-separated η values, numbers >= 0 or 'large' for σ̂ (default: 0,0.2,0.5,1,large; "
                         "the FID grid only: the other modes use η = 0)")
     p.add_argument("--solver", type=_solver_list, default=("ddim",),
-                   help=f"comma-separated solvers ({solver_help()}): the FID grid gets one column per η for ddim "
+                   help=f"comma-separated solvers (default: ddim; {solver_help()}): the FID grid gets one column per η for ddim "
                         "and one per other solver (no η: their own noise, none or η = 1's), and the plot one "
                         "curve each, against model calls per image (Heun makes 2S − 1 per S steps)")
     p.add_argument("--n", "--num-samples", dest="n", type=_count, default=None,
@@ -159,6 +162,7 @@ def _add_eval(sub, formatter) -> None:
     p.add_argument("--no-ema", dest="ema", action="store_false",
                    help="use the live training weights (default: the EMA weights)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_dist_timeout(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     p.set_defaults(func=_run_eval)
 
@@ -197,6 +201,8 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
                 sample_setup(schedule, probe, opts)
     cfg = model.config
     conditioned(model, class_labels([0], cfg.num_classes), args.guidance)
+    if mode == "consistency":  # its report is a picture
+        check_channels(cfg.in_channels, "the checkpoint's images")
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     if mode == "fid" and shape != FeatureExtractor.image_shape:
         raise ValueError(f"the checkpoint makes {_shape_text(shape)} images, but the FID feature extractor (a "
@@ -216,9 +222,13 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _run_eval(args) -> int:
+    import contextlib
+
     from .checkpoint import load_checkpoint
+    from .device import resolve_device
     from .evaluate.runner import weights_sha256
-    from .train.distributed import dist_info_from_env, init_distributed, resolve_device, shutdown
+    from .files import check_folder_free, claim_folder
+    from .train.distributed import dist_info_from_env, init_distributed, shutdown
 
     mode = "reconstruction" if args.reconstruction else "consistency" if args.consistency else "fid"
     steps, n = args.steps or DEFAULT_STEPS[mode], args.n or DEFAULT_N[mode]
@@ -228,9 +238,13 @@ def _run_eval(args) -> int:
     info = dist_info_from_env()
     if info.distributed and mode != "fid":
         raise ValueError(f"--{mode} runs in one process; start it without torchrun")
-    args.quiet = args.quiet or not info.is_main
+    asked_quiet, args.quiet = args.quiet, args.quiet or not info.is_main
     device = resolve_device(args.device, info)
-    init_distributed(info, device)
+    if info.is_main:
+        check_folder_free(args.out)  # another eval writing there: refused before the rendezvous and the model
+    # every rank says what it waits for (the others' notes are off), unless --quiet
+    init_distributed(info, device, args.dist_timeout,
+                     note=None if asked_quiet else lambda s: print(f"ddim: note: {s}", file=sys.stderr, flush=True))
     try:
         model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
         _validate(args, model, schedule, mode, steps, etas, config.prediction)
@@ -244,12 +258,15 @@ def _run_eval(args) -> int:
                   "eps_from_clipped_x0": _x0_rule(args).get("eps_from_clipped_x0", False), "device": str(device),
                   "world_size": info.world_size}
         run = {"fid": _run_grid, "reconstruction": _run_reconstruction, "consistency": _run_consistency}[mode]
-        return run(args, model, schedule, config, device, info, common, etas)
+        # one writer per folder: the claim is removed again, with the folder, if the run is refused before writing
+        with claim_folder(args.out, f"ddim eval --{mode}") if info.is_main else contextlib.nullcontext():
+            return run(args, model, schedule, config, device, info, common, etas)
     finally:
         shutdown()
 
 
 def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
+    import contextlib
     import time
 
     import torch
@@ -268,18 +285,22 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     except DatasetError as e:
         floor_data = None
         _note(args, [f"no floor: {e}"])
+    limit = min(args.reference_limit or len(reference_data), len(reference_data))
+    if limit < 2:  # before any sampling: the reference statistics need a covariance
+        raise ValueError(f"the reference split {reference_data.name} has {limit} image(s); FID needs at least 2")
     cells = [Cell(s, e) for s in common["steps"] for e in etas] if "ddim" in args.solver else []
     cells += [Cell(s, 0.0, solver) for s in common["steps"] for solver in args.solver if solver != "ddim"]
     n = common["n"]
-    with _bar(args, 0, "sampling") as bar:
+    with contextlib.ExitStack() as bars:
+        bar = []  # made once the plan is known, so no empty bar is printed first
+
         def planned(total: int) -> None:
-            bar.total = total
-            bar.refresh()
+            bar.append(bars.enter_context(_bar(args, total, "sampling")))
 
         samples = sample_grid(model, schedule, cells, n, args.out, seed=args.seed, batch_size=args.batch_size,
                               spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
                               clip=common["clip"], eps_from_clipped_x0=common["eps_from_clipped_x0"],
-                              device=device, info=info, on_plan=planned, on_step=bar.update,
+                              device=device, info=info, on_plan=planned, on_step=lambda: bar[0].update(),
                               weights_hash=common["weights_sha256"])
     if not info.is_main:
         return 0

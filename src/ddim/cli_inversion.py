@@ -228,7 +228,8 @@ def _run_edit(args) -> int:
             gens = generators(args.seed, range(n), device)  # one stream per image
             rows.append(sdedit(target, schedule, x0, args.strength, generator=gens, **kw).float().cpu())
     save_grid(torch.cat(rows), out, nrow=n)
-    _note(args, [f"wrote {out} ({n} images, rows: original, {args.mode})"])
+    shown = ["original"] + ["inversion edit"] * (args.mode != "sdedit") + ["SDEdit"] * (args.mode != "invert")
+    _note(args, [f"wrote {out} ({n} images; rows: {' | '.join(shown)})"])
     return 0
 
 

@@ -63,6 +63,15 @@ def _common(p, formatter_default_steps: int = 50, with_class: bool = True, solve
     p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
 
 
+def _add_dist_timeout(g) -> None:
+    """--dist-timeout, for the subcommands that run under torchrun (train, train-classifier, eval)."""
+    from .train.distributed import RENDEZVOUS_TIMEOUT
+
+    g.add_argument("--dist-timeout", type=float, default=RENDEZVOUS_TIMEOUT, metavar="SECONDS",
+                   help="with RANK and WORLD_SIZE set (torchrun, or by hand): how long a process waits for the others "
+                        "to join before it gives up, naming who is missing")
+
+
 def _add_clip(p, default: float = 1.0) -> None:
     p.add_argument("--clip", type=float, default=default,
                    help="clamp each step's predicted x_0 to [-clip, clip] and re-derive the predicted noise from "
@@ -248,9 +257,9 @@ def _save_npz(path, **arrays) -> None:
 
 def _load(args):
     from .checkpoint import load_checkpoint
-    from .train.distributed import DistInfo, resolve_device
+    from .device import resolve_device
 
-    device = resolve_device(args.device, DistInfo())
+    device = resolve_device(args.device)
     model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
     return model, schedule, config.prediction, device
 
@@ -317,9 +326,10 @@ def _run_sample(args) -> int:
         _writable(args.npz, (".npz",))
     if args.trajectory:
         _writable(args.trajectory, (".png", ".gif"))
+    _check_count("--n", args.n, MAX_N)
     if args.images_dir:
         _writable(args.images_dir, folder=True)
-    _check_count("--n", args.n, MAX_N)
+        _check_images_dir(args.images_dir, args.n)
     _check_count("--batch-size", args.batch_size, MAX_BATCH)
     if args.sampler == "ddpm" and args.solver != "ddim":
         raise ValueError(f"--sampler ddpm is DDPM's own ancestral step; it takes no --solver (got {args.solver})")
@@ -327,6 +337,7 @@ def _run_sample(args) -> int:
     if args.sampler == "ddim":
         solver.eta(args.eta)  # a solver that takes no η: before loading anything
     model, schedule, prediction, device = _load(args)
+    pictures = _pictures(args, model.config.in_channels)
     if args.guidance is None:
         conditional = model.config.num_classes is not None and not args.classifier_scale
         args.guidance = DEFAULT_GUIDANCE if conditional else 0.0
@@ -340,6 +351,9 @@ def _run_sample(args) -> int:
     if classifier is not None:
         class_labels([0], classifier.config.num_classes, args.class_id)
     batches = -(-args.n // args.batch_size)
+    if args.sampler == "ddpm":
+        _note(args, [f"--sampler ddpm makes T = {steps} model calls per image, {steps // FAST_STEPS}× the default's "
+                     f"{FAST_STEPS}; the progress bar shows the time left"])
     with _bar(args, batches * steps, "sampling") as bar:
         # the trajectory only when asked: with --fast it keeps the first batch out of the CUDA graph
         res = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=steps, eta=eta,
@@ -348,19 +362,47 @@ def _run_sample(args) -> int:
                        on_step=bar.update, fast=args.fast, channels_last=args.channels_last, solver=solver,
                        classifier=classifier, classifier_scale=args.classifier_scale, **x0_rule)
     images, traj = res if args.trajectory else (res, None)
-    save_grid(images, out)
+    if pictures:
+        save_grid(images, out)
     if args.npz:
         _save_npz(args.npz, images=images.numpy(), seed=args.seed, steps=steps, eta=str(eta))
     if args.images_dir:
         save_images(images, args.images_dir)
     if args.trajectory:
         _save_trajectory(traj, args.trajectory)
-    written = [str(out)] + [str(f) for f in (args.npz, args.trajectory) if f]
+    written = [str(out)] * pictures + [str(f) for f in (args.npz, args.trajectory) if f]
     if args.images_dir:
         written.append(f"{args.images_dir}/ (one PNG per image)")
     how = f"eta {eta}" if args.solver == "ddim" else f"solver {args.solver}"
     _note(args, [f"wrote {', '.join(written)} ({args.n} images, {steps} steps, {how})"])
     return 0
+
+
+def _pictures(args, channels: int) -> bool:
+    """Whether `ddim sample` writes its pictures: images of 1 or 3 channels. Others (a latent model's 4) go
+    to --npz alone, and anything that would have to be a picture is refused before sampling."""
+    from .images import check_channels
+
+    if channels in (1, 3):
+        return True
+    wanted = [f for f, v in (("--images-dir", args.images_dir), ("--trajectory", args.trajectory)) if v]
+    if not args.npz or wanted:
+        check_channels(channels, "the model's images")  # raises, naming the count
+    return False
+
+
+def _check_images_dir(folder, n: int) -> None:
+    """Refuse, before sampling, an --images-dir where one of the n per-image files cannot go (a folder, or
+    anything else that is not a file, in its place)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in os.scandir(folder):
+        name = entry.name
+        if name.endswith(".png") and name[:-4].isdigit() and len(name) == 10 and int(name[:-4]) < n \
+                and (entry.is_dir() or (entry.is_symlink() and not os.path.exists(entry.path))):
+            what = "a folder" if entry.is_dir() else "a symlink that leads nowhere"
+            raise OSError(f"cannot write {entry.path}: it exists and is {what}")
 
 
 def _save_trajectory(traj, path, samples: int = 4, columns: int = 10) -> None:
@@ -415,8 +457,11 @@ def _run_interpolate(args) -> int:
         model, schedule, prediction, _, xT, labels, _ = _inverted(args)
         z0, z1 = xT[:1], xT[1:]
     else:  # the x_T of image 0 of `ddim sample --seed A` / `--seed B`, and that image's label
+        from .images import check_channels
+
         model, schedule, prediction, device = _load(args)
         cfg = model.config
+        check_channels(cfg.in_channels, "the model's images")  # the strip is a picture
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         z0, z1 = (initial_noise(seed, [0], shape, device)[0] for seed in args.seeds)
         labels = class_labels([0], cfg.num_classes, args.class_id)

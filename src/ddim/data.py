@@ -20,7 +20,10 @@ repeats the channel, 1 on a colour set takes the ITU-R 601 luma, as PIL's "L" mo
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
+import warnings
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -30,6 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .files import read_bytes
 
 __all__ = ["ImageData", "DatasetError", "DATASETS", "SPLITS", "FASHION_MNIST_DIR", "FASHION_MNIST_ENV",
            "FASHION_MNIST_INSTALL", "fashion_mnist_dir", "FASHION_MNIST_CLASSES",
@@ -49,6 +54,7 @@ _IDX_PREFIX = {"train": "train", "test": "t10k"}       # file-name prefixes of t
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 _LUMA = (0.299, 0.587, 0.114)                           # ITU-R 601-2, the weights of PIL's "L"
 _RESIZE_CHUNK = 4096                                    # images per interpolate call: bounds float memory
+MAX_IDX_BYTES = 4 << 30                                 # one idx file, decompressed (Fashion-MNIST's largest: 47 MB)
 
 
 class DatasetError(ValueError):
@@ -150,12 +156,16 @@ def load_idx(path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_bytes(path, MAX_IDX_BYTES)
         # Detect gzip by its magic bytes, not the name, so a renamed file still loads.
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as e:   # truncated or corrupt gzip (BadGzipFile is an OSError)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as g:  # bounded: a gzip bomb is refused, not inflated
+                raw = g.read(MAX_IDX_BYTES + 1)
+            if len(raw) > MAX_IDX_BYTES:
+                raise DatasetError(f"cannot read idx file {path}: it decompresses to over {MAX_IDX_BYTES:,} bytes")
+    except FileNotFoundError:
+        raise DatasetError(f"idx file {path} does not exist") from None
+    except (EOFError, OSError, ValueError, zlib.error) as e:   # truncated or corrupt gzip, a device, too large
         raise DatasetError(f"cannot read idx file {path}: {e}") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
         raise DatasetError(f"{path} is not an unsigned-byte idx file: bad magic number {raw[:4].hex() or '(empty)'}, "
@@ -165,9 +175,9 @@ def load_idx(path) -> np.ndarray:
     if len(raw) < header:
         raise DatasetError(f"{path} is truncated: {len(raw)} bytes, the header alone needs {header}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # Python ints: sizes from a damaged header must not overflow
     if len(raw) != expected:
-        raise DatasetError(f"{path} has {len(raw)} bytes but its header {shape} needs {expected}")
+        raise DatasetError(f"{path} has {len(raw)} bytes but its header {shape} needs {expected} bytes")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
@@ -309,6 +319,10 @@ def load_folder(data_dir, image_size: Optional[int] = None, channels: Optional[i
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist or is not a directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = _image_files(root, recursive=False) if classes else []
+    if loose:
+        warnings.warn(f"{len(loose)} image file(s) directly in {root} (e.g. {loose[0].name}) are not used: with class "
+                      "subfolders, each subfolder is a class; move them into one", UserWarning, stacklevel=2)
     if classes:
         files, targets = [], []
         for k, c in enumerate(classes):
@@ -440,6 +454,8 @@ def load_dataset(name: str, data_dir=None, split: str = "train", image_size: Opt
                                         how_to_get="copy the four MNIST idx files (train-/t10k-images-idx3-ubyte.gz, "
                                                    "train-/t10k-labels-idx1-ubyte.gz) there")
         class_names = tuple(str(k) for k in range(10))
+    if len(images) == 0:  # training would divide by it, FID and reconstruction need images
+        raise DatasetError(f"{name} {split} holds no images" + (f" (in {data_dir})" if data_dir else ""))
     if labels.size and labels.max() >= len(class_names):
         raise DatasetError(f"{name} labels must lie in [0, {len(class_names)}), found {int(labels.max())}")
     x = torch.from_numpy(np.ascontiguousarray(images))

@@ -17,7 +17,7 @@ import torch
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_rescale
 from .noise import generators, randn
 from .samplers import FastSampler, fast_module, sample
-from .samplers.ddim import SampleOptions, run_sample
+from .samplers.ddim import SampleOptions, check_finite_result, run_sample
 from .schedule import Schedule
 
 __all__ = ["class_labels", "conditioned", "classifier_guided", "check_classifier", "initial_noise", "generate",
@@ -178,10 +178,7 @@ def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: in
         for _ in range(n_steps if graphs and on_step is not None else 0):
             on_step()
     images = torch.cat(out)
-    if not bool(torch.isfinite(images).all()):  # one check at the end: a NaN must not become a black PNG
-        bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
-        raise ValueError(f"the model produced NaN or Inf in {bad} of {n} images (broken weights, or a model or "
-                         "guidance setting that diverges)")
+    check_finite_result(images, "images")  # one check at the end: a NaN must not become a black PNG
     return (images, first_trajectory) if return_trajectory else images
 
 

@@ -14,7 +14,7 @@ import torch
 
 from .atomic import atomic_write
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "load_images", "save_gif", "check_image_path",
+__all__ = ["check_channels", "to_uint8", "make_grid", "save_grid", "save_images", "load_images", "save_gif", "check_image_path",
            "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
@@ -31,6 +31,13 @@ def check_image_path(path: Union[str, Path], allowed=None) -> str:
         raise ValueError(f"cannot write {path}: unknown image extension {suffix or '(none)'!r}; "
                          f"allowed: {', '.join(suffixes)}")
     return IMAGE_SUFFIXES[suffix]
+
+
+def check_channels(channels: int, what: str = "images") -> None:
+    """Refuse, before any sampling, images that no picture file can hold (an image has 1 or 3 channels; a
+    latent-diffusion UNet's 4-channel latents are not one)."""
+    if channels not in (1, 3):
+        raise ValueError(f"{what} must have 1 or 3 channels to be written as a picture, got {channels}")
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -62,8 +69,7 @@ def make_grid(images: torch.Tensor, nrow: Optional[int] = None, padding: int = 2
     if not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] < 1:
         raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got shape "
                          f"{tuple(getattr(images, 'shape', ()))}")
-    if images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+    check_channels(images.shape[1])
     x = images.cpu() if images.dtype == torch.uint8 else to_uint8(images)
     n, c, h, w = x.shape
     nrow = nrow or math.ceil(math.sqrt(n))

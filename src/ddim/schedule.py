@@ -11,7 +11,9 @@ already slightly noisy; ᾱ = 1 is "x_0" itself and has no index).
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -31,7 +33,19 @@ def _check_T(num_steps: int) -> int:
     return num_steps
 
 
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_flag(name: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be true or false, got {v!r}")
+
+
 def _check_range(beta_start: float, beta_end: float) -> None:
+    for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not _is_real(v):
+            raise ValueError(f"{name} must be a number in (0, 1), got {type(v).__name__} {v!r:.60}")
     if not (0.0 < beta_start < 1.0 and 0.0 < beta_end < 1.0):
         raise ValueError(f"beta_start and beta_end must lie in (0, 1), got {beta_start!r}, {beta_end!r}")
 
@@ -80,6 +94,12 @@ class Schedule:
                              f"[{b.min().item():.3g}, {b.max().item():.3g}]")
         if (b[:-1] >= 1).any():
             raise ValueError("only the last beta may equal 1 (zero terminal SNR)")
+        abar = torch.cumprod(1.0 - b, 0)
+        flat = torch.nonzero(abar[1:] >= abar[:-1]).flatten()
+        if flat.numel():  # every solver steps in log-SNR: two equal levels would be a step of zero length
+            t = int(flat[0]) + 1
+            raise ValueError(f"betas must make ᾱ strictly decreasing in float64, but β_{t} = {b[t].item():.3g} leaves "
+                             f"ᾱ_{t} = ᾱ_{t - 1} = {abar[t].item():.3g} (a β too small to change it, or ᾱ already 0)")
         object.__setattr__(self, "betas", b)
         object.__setattr__(self, "params", dict(self.params))
         # Cached derived quantity: the frozen dataclass never changes, so neither does ᾱ.
@@ -144,7 +164,7 @@ class Schedule:
         """ᾱ(u) = cos²((u + s)/(1 + s) · π/2), β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), max_beta)
         (Nichol & Dhariwal 2021, eq. 17; the "squaredcos_cap_v2" of other libraries)."""
         T = _check_T(num_steps)
-        if not 0.0 < max_beta < 1.0 or s < 0:
+        if not (_is_real(max_beta) and _is_real(s) and 0.0 < max_beta < 1.0 and s >= 0):
             raise ValueError(f"need 0 < max_beta < 1 and s >= 0, got max_beta={max_beta!r}, s={s!r}")
 
         def f(u: float) -> float:
@@ -165,12 +185,26 @@ class Schedule:
 
     @classmethod
     def from_betas(cls, betas, zero_terminal_snr: bool = False) -> "Schedule":
-        """Any explicit (T,) sequence of β_t in (0, 1)."""
+        """Any explicit (T,) sequence of β_t in (0, 1) (a list of numbers, a 1-D array or tensor)."""
+        if torch.is_tensor(betas) or hasattr(betas, "__array__"):
+            betas = torch.as_tensor(betas)
+            if betas.is_complex() or betas.dtype == torch.bool or betas.ndim != 1:
+                raise ValueError(f"betas must be a 1-D sequence of numbers in (0, 1], got a {betas.dtype} tensor of "
+                                 f"shape {tuple(betas.shape)}")
+        elif not isinstance(betas, (list, tuple)):
+            raise ValueError(f"betas must be a 1-D sequence of numbers in (0, 1], got {type(betas).__name__} "
+                             f"{betas!r:.60}")
+        else:
+            bad = next((i for i, b in enumerate(betas) if not _is_real(b)), None)
+            if bad is not None:
+                raise ValueError(f"betas must be a 1-D sequence of numbers in (0, 1], got {betas[bad]!r:.40} at "
+                                 f"index {bad}")
         betas = torch.as_tensor(betas, dtype=_F64).flatten()
         return cls._make(betas, "custom", dict(betas=betas.tolist()), zero_terminal_snr)
 
     @classmethod
     def _make(cls, betas: torch.Tensor, name: str, params: dict, zero_terminal_snr: bool) -> "Schedule":
+        _check_flag("zero_terminal_snr", zero_terminal_snr)
         if zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
             params = dict(params, zero_terminal_snr=True)
@@ -190,6 +224,10 @@ class Schedule:
         name = config.pop("name", "custom")
         makers = {"linear": cls.linear, "scaled_linear": cls.scaled_linear, "cosine": cls.cosine,
                   "sigmoid": cls.sigmoid, "custom": cls.from_betas}
-        if name not in makers:
-            raise ValueError(f"unknown schedule name {name!r}; allowed: {', '.join(makers)}")
+        if not isinstance(name, str) or name not in makers:
+            raise ValueError(f"unknown schedule name {name!r:.60}; allowed: {', '.join(makers)}")
+        allowed = [p for p in inspect.signature(makers[name]).parameters]
+        unknown = sorted(set(config) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown {name} schedule key(s) {unknown}; allowed: {allowed}")
         return makers[name](**config)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,27 @@ class SampleStore:
             for tmp in self.root.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
 
-    def missing(self, ranges: Sequence[range]) -> list[range]:
-        return [r for r in ranges if not self.path(r).is_file()]
+    def missing(self, ranges: Sequence[range], shape: Optional[Sequence[int]] = None) -> list[range]:
+        """The chunks of ``ranges`` still to draw: absent, or (given the image ``shape``) damaged, i.e. not
+        a whole .npy of uint8 (len(r), *shape), which is then redrawn over (an interrupted copy, a full disk)."""
+        return [r for r in ranges if not (self._intact(r, shape) if shape is not None else self.path(r).is_file())]
+
+    def _intact(self, r: range, shape: Sequence[int]) -> bool:
+        """Whether chunk ``r`` is a complete .npy of uint8 (len(r), *shape), from its header and size alone."""
+        p = self.path(r)
+        try:
+            with open(p, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                got, fortran, dtype = read_header(f)
+                data_start = f.tell()
+            size = os.stat(p).st_size
+        except (OSError, ValueError, EOFError):
+            return False
+        want = (len(r), *shape)
+        return (tuple(got) == want and dtype == np.uint8 and not fortran
+                and size == data_start + int(np.prod(want)))
 
     def write(self, r: range, images: torch.Tensor) -> None:
         """Store uint8 images (len(r), C, H, W) as chunk ``r``."""
@@ -176,8 +196,8 @@ class SampleStore:
                 a = np.load(p, allow_pickle=False)
             except FileNotFoundError:
                 raise ValueError(f"{p} is missing; rerun to draw it") from None
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{p} is unreadable ({type(e).__name__}); delete it and rerun to redraw it") from None
+            except Exception as e:  # noqa: BLE001  NumPy reports a damaged .npy as any of several types
+                raise ValueError(f"{p} is unreadable ({type(e).__name__}); rerun to redraw it") from None
             if a.dtype != np.uint8 or a.shape != (len(r), *shape):
                 raise ValueError(f"{p} holds {a.dtype} {a.shape}, expected uint8 {(len(r), *shape)}; delete it "
                                  "and rerun to redraw it")
@@ -260,7 +280,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
                             {**base, "steps": cell.steps, "eta": cell.eta, "solver": cell.solver})
         store.open(create=info.is_main)
         stores.append(store)
-        todo.append(store.missing(ranges))
+        todo.append(store.missing(ranges, shape))
     barrier(info)  # every rank has listed the missing chunks before any is written: the shares agree
     mine = [rank_share(missing, info) for missing in todo]
     if on_plan is not None:

@@ -22,13 +22,14 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import files
 from ..schedule import Schedule
 from .diffusers_config import UnsupportedConfig, unet_config_from_diffusers, unet_config_to_diffusers
 from .unet import UNet
 
 __all__ = ["load_diffusers_unet", "save_diffusers_unet", "unet_config_from_diffusers", "unet_config_to_diffusers",
            "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule", "UnsupportedConfig",
-           "ve_params_from_diffusers", "read_scheduler_config"]
+           "ve_params_from_diffusers", "read_scheduler_config", "DDPM_FAMILY"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -112,13 +113,18 @@ def _model_dir(path: str | Path) -> Path:
 
 
 def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return files.read_json(file)  # a regular file (links allowed: hub caches link to blobs), bounded
+
+
+def _check_weights(file: Path) -> None:
+    """Refuse, from the header alone, a weights file that is not a regular file or holds non-float tensors
+    (cast into the network they would draw garbage)."""
+    files.regular_file(file)
+    dtypes = files.safetensors_dtypes(file)
+    ints = sorted(k for k, d in dtypes.items() if d not in files.FLOAT_DTYPES)
+    if ints:
+        raise ValueError(f"{file} holds {dtypes[ints[0]]} weights in {ints[0]!r}; weights must be floating point "
+                         f"({', '.join(files.FLOAT_DTYPES)})")
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
@@ -150,6 +156,7 @@ def load_diffusers_unet(path: str | Path, dtype: torch.dtype = torch.float32) ->
             raise ValueError(f"{folder} has only {PICKLE_WEIGHTS_NAME} (pickle); safetensors is required: "
                              f"convert it to {WEIGHTS_NAME}")
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
+    _check_weights(weights)
     try:
         config = unet_config_from_diffusers(raw)
     except UnsupportedConfig as e:
@@ -201,6 +208,14 @@ def save_diffusers_unet(unet: nn.Module, path: str | Path) -> Path:
 # ---- schedulers ---------------------------------------------------------------------------------
 _PREDICTIONS = {"epsilon": "epsilon", "sample": "sample", "v_prediction": "v"}
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+# diffusers schedulers whose config describes DDPM's discrete β process (they differ only in how they sample)
+DDPM_FAMILY = ("DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "DDPMParallelScheduler",
+               "DDIMParallelScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
+               "DPMSolverMultistepInverseScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
+               "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+               "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler",
+               "UniPCMultistepScheduler", "DEISMultistepScheduler", "SASolverScheduler", "TCDScheduler",
+               "LCMScheduler")
 
 
 def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[Schedule, str]:
@@ -213,15 +228,21 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[Schedule, str]:
     Returns:
         (schedule, prediction) with prediction one of "epsilon", "sample", "v".
     """
-    if config.get("_class_name") == VE_SCHEDULER:
+    name = config.get("_class_name")
+    if name == VE_SCHEDULER:
         raise ValueError(f"{VE_SCHEDULER} describes a variance-exploding score model; load its pipeline with "
                          "ddim.load_checkpoint (ve_params_from_diffusers and ddim.nn.VEScoreModel map it)")
+    if name is not None and name not in DDPM_FAMILY:
+        raise ValueError(f"scheduler {name!r} is not of the DDPM/DDIM family whose noise process ddim models (a "
+                         f"discrete β schedule); allowed: {', '.join(DDPM_FAMILY)}, or {VE_SCHEDULER}")
     T = config.get("num_train_timesteps", 1000)
     start, end = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
     kind = config.get("beta_schedule", "linear")
-    zero_snr = bool(config.get("rescale_betas_zero_snr", False))
+    zero_snr = config.get("rescale_betas_zero_snr", False)
+    if not isinstance(zero_snr, bool):
+        raise ValueError(f"rescale_betas_zero_snr must be true or false, got {zero_snr!r}")
     pred = config.get("prediction_type", "epsilon")
-    if pred not in _PREDICTIONS:
+    if not isinstance(pred, str) or pred not in _PREDICTIONS:
         raise ValueError(f"unsupported prediction_type {pred!r}; allowed: {', '.join(_PREDICTIONS)}")
     trained = config.get("trained_betas")
     if trained is not None:
@@ -234,7 +255,7 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> tuple[Schedule, str]:
         schedule = Schedule.cosine(T, zero_terminal_snr=zero_snr)  # s = 0.008, max_beta = 0.999, as diffusers
     elif kind == "sigmoid":
         schedule = Schedule.sigmoid(T, beta_start=start, beta_end=end, zero_terminal_snr=zero_snr)
-    else:
+    else:  # also a non-string value, which the comparisons above cannot match
         raise ValueError(f"unsupported beta_schedule {kind!r}; allowed: {', '.join(_BETA_SCHEDULES)} "
                          "(or trained_betas)")
     return schedule, _PREDICTIONS[pred]

@@ -27,7 +27,7 @@ from .options import Eta, SampleOptions, check_eta
 from .solvers import SOLVERS, Solver, get_solver
 from .steps import sigma_eta, sigma_hat
 
-__all__ = ["sample", "run_sample", "invert", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup",
+__all__ = ["sample", "run_sample", "invert", "check_finite_result", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup",
            "denoise", "sample_loop", "noise_drawer", "SampleOptions"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -283,7 +283,19 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
     opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction,
                             timesteps=timesteps, set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
                             threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0, solver=solver)
-    return run_sample(model, schedule, x_T, opts, generator, return_trajectory=return_trajectory, callback=callback)
+    out = run_sample(model, schedule, x_T, opts, generator, return_trajectory=return_trajectory, callback=callback)
+    check_finite_result(out[0] if return_trajectory else out)
+    return out
+
+
+def check_finite_result(x: torch.Tensor, what: str = "samples") -> None:
+    """Refuse a finished result holding NaN or Inf (one read back to the host, after the last step): a
+    diverged model must be an error naming how many of the B results it spoiled, never a black image.
+    x: (B, ...)."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        raise ValueError(f"the model produced NaN or Inf in {bad} of {x.shape[0]} {what} (broken weights, or a "
+                         "model or guidance setting that diverges)")
 
 
 def run_sample(model: Model, schedule: Schedule, x_T: torch.Tensor, options: SampleOptions,
@@ -348,6 +360,7 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[i
         if callback is not None:
             callback(S - 1 - k, int(p.timesteps[k]), x, x0_pred)
     x = x.to(x0.dtype)
+    check_finite_result(x, "latents")
     if return_trajectory:
         return x, Trajectory(p.timesteps.flip(0), torch.stack(xs), torch.stack(x0s))
     return x

@@ -33,14 +33,14 @@ def check_eta(eta: Eta) -> Eta:
         if eta != "large":
             raise ValueError(f"eta must be a number >= 0 or 'large', got {eta!r}")
         return eta
-    if isinstance(eta, torch.Tensor) and eta.ndim == 1:
-        eta = eta.tolist()
+    if (isinstance(eta, torch.Tensor) or hasattr(eta, "__array__")) and getattr(eta, "ndim", None) == 1:
+        eta = [float(e) if isinstance(e, numbers.Real) else e for e in eta.tolist()]  # a tensor or a NumPy array
     if isinstance(eta, (list, tuple)):
-        if not eta or any(isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e < 0
+        if not eta or any(isinstance(e, bool) or not isinstance(e, numbers.Real) or not math.isfinite(e) or e < 0
                           for e in eta):
             raise ValueError(f"per-step eta must be a non-empty sequence of finite numbers >= 0, got {eta!r}")
         return tuple(float(e) for e in eta)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0 or 'large', got {eta!r}")
     return float(eta)
 

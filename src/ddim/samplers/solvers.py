@@ -158,6 +158,8 @@ def unipc_weights(abar_t, abar_prev, order: int = 2):
     w, c = torch.zeros(S, 3, dtype=torch.float64), torch.zeros(S, 4, dtype=torch.float64)
     for j in range(S):
         hj, p = h[j], _order(j, S, order, unipc=True)
+        if hj == 0:  # ᾱ_0 to ᾱ_0: the last step of a grid ending at t = 0 with set_alpha_to_one=False is the identity
+            continue
         B = math.expm1(-hj)
         base = -math.sqrt(abar_prev[j]) * B  # α_t (1 − e^{−h}) > 0
         rks = [(lam_s[j - i] - lam_s[j]) / hj for i in range(1, p)]

@@ -6,14 +6,20 @@ LOCAL_RANK, MASTER_ADDR and MASTER_PORT). The backend is nccl on CUDA and gloo o
 
 from __future__ import annotations
 
+import datetime
 import os
+import socket
+import time
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
+from ..device import resolve_device  # re-exported: the trainer and older callers import it from here
+
 __all__ = ["DistInfo", "dist_info_from_env", "init_distributed", "shutdown", "all_reduce_sum", "any_rank",
-           "barrier", "resolve_device"]
+           "barrier", "resolve_device", "RENDEZVOUS_TIMEOUT"]
 
 
 @dataclass(frozen=True)
@@ -52,39 +58,77 @@ def dist_info_from_env() -> DistInfo:
     return info
 
 
-def resolve_device(device: str, info: DistInfo) -> torch.device:
-    """"auto" → cuda if available, else cpu; under torchrun on CUDA each rank takes cuda:LOCAL_RANK."""
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but CUDA is not available")
-        if device == "cuda":
-            device = f"cuda:{info.local_rank if info.distributed else torch.cuda.current_device()}"
-    return torch.device(device)
-
-
 # A gloo group beside an nccl one, for host-side flags (``any_rank``): None when the default group is
 # gloo already (CPU runs) or was not created here.
 _HOST_GROUP = None
 
 
-def init_distributed(info: DistInfo, device: torch.device) -> None:
-    """Join the process group (no-op for a single process or when already joined)."""
+RENDEZVOUS_TIMEOUT = 600.0
+"""Seconds a process waits for the others to join (``--dist-timeout``); collectives keep torch's own limit."""
+
+
+def init_distributed(info: DistInfo, device: torch.device, timeout: float = RENDEZVOUS_TIMEOUT,
+                     note: Optional[Callable[[str], None]] = None) -> None:
+    """Join the process group (no-op for a single process or when already joined).
+
+    Started by hand (RANK and WORLD_SIZE set, no torchrun agent), the processes meet at MASTER_ADDR:MASTER_PORT:
+    rank 0 waits there for the others, the others for rank 0, each at most ``timeout`` seconds, then a
+    ``TimeoutError`` says who was missing. ``note`` is told what is awaited before the wait starts.
+    Under torchrun the agent has already gathered the processes.
+    """
     global _HOST_GROUP
     if not info.distributed or dist.is_initialized():
         return
+    if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
+        raise ValueError(f"the rendezvous timeout (--dist-timeout) must be a number of seconds > 0, got {timeout!r}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank,
-                            world_size=info.world_size)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # torchrun: its store is there already
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    else:
+        _rendezvous(info, backend, timeout, note)
     if device.type == "cuda":
         try:  # every rank calls this in the same order, as new_group requires
             _HOST_GROUP = dist.new_group(backend="gloo")
         except Exception:  # noqa: BLE001  no gloo: any_rank uses the device all-reduce (one sync per step)
             _HOST_GROUP = None
+
+
+def _rendezvous(info: DistInfo, backend: str, timeout: float, note) -> None:
+    addr, port = os.environ.get("MASTER_ADDR"), _env_int("MASTER_PORT", -1)
+    who = f"rank {info.rank} of {info.world_size}"
+    if not addr or not 0 < port < 65536:
+        raise ValueError(f"{who} (RANK, WORLD_SIZE) needs MASTER_ADDR and MASTER_PORT (1..65535) to meet the other "
+                         "processes; start it with torchrun, or unset RANK and WORLD_SIZE to run in one process")
+    if note is not None:
+        note(f"{who}: waiting up to {timeout:g} s for the other processes at {addr}:{port} (--dist-timeout)")
+    deadline = time.monotonic() + timeout
+    advice = (f"start all {info.world_size} processes (torchrun --nproc_per_node={info.world_size} does), or unset RANK "
+              "and WORLD_SIZE to run in one process; --dist-timeout sets this limit")
+    if info.rank != 0 and not _port_answers(addr, port, deadline):  # before torch's client, whose retries log noise
+        raise TimeoutError(f"{who}: nothing answered at {addr}:{port} (rank 0's rendezvous) within {timeout:g} s; "
+                           f"{advice}")
+    try:
+        left = datetime.timedelta(seconds=max(deadline - time.monotonic(), 1.0))
+        store = dist.TCPStore(addr, port, info.world_size, info.rank == 0, timeout=left, wait_for_workers=True)
+        dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size)
+    except RuntimeError as e:  # torch's DistStoreError / DistNetworkError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TimeoutError(f"{who}: the other processes did not join at {addr}:{port} within {timeout:g} s "
+                           f"({first}); {advice}") from None
+
+
+def _port_answers(addr: str, port: int, deadline: float) -> bool:
+    """Whether a TCP connection to addr:port succeeds before ``deadline`` (retried every half second)."""
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=1.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
 
 def shutdown() -> None:

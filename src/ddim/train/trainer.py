@@ -12,9 +12,11 @@ uninterrupted run would have, and W ranks compute what one process computes for 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -26,14 +28,15 @@ import torch
 from ..checkpoint import (MANIFEST, CheckpointError, NonFiniteError, check_finite, clean_leftovers, find_checkpoint,
                           list_checkpoints, load_weights, read_json, read_tensors, save_checkpoint, verify_checkpoint,
                           write_json)
+from ..files import claim_folder
 from ..images import save_grid
 from ..samplers import sample
 from ..transfer import to_device
 from .batches import (STREAM_INIT, STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask,
                       step_generator)
 from .config import FORMAT, RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
-from .distributed import (DistInfo, all_reduce_sum, any_rank, barrier, dist_info_from_env, init_distributed,
-                          resolve_device, shutdown)
+from .distributed import (RENDEZVOUS_TIMEOUT, DistInfo, all_reduce_sum, any_rank, barrier, dist_info_from_env,
+                          init_distributed, resolve_device, shutdown)
 from .ema import EMA
 from .loss import diffusion_loss, draw, drop_labels, log_sigma_table
 from .monitor import Monitor, truncate_metrics
@@ -99,6 +102,10 @@ def _check_data_fits(data, config: RunConfig) -> None:
                          f"many classes; {data.name} has {data.num_classes}")
 
 
+def _note(text: str) -> None:
+    print(f"ddim: note: {text}", file=sys.stderr, flush=True)
+
+
 class _StopFlag:
     """Records SIGINT/SIGTERM instead of dying, so the loop can finish the step and checkpoint."""
 
@@ -131,11 +138,16 @@ class Trainer:
         resume: continue from the latest checkpoint in ``out_dir`` (if there is none, start fresh).
         quiet: no progress bar or messages.
         dist_info: rank and world size (default: from torchrun's environment variables).
+        dist_timeout: seconds to wait for the other processes to join (``init_distributed``).
+
+    While it trains (until ``fit`` returns), rank 0 holds ``out_dir``'s claim (``ddim.files.claim_folder``):
+    a second run into the same folder is refused instead of overwriting this one's checkpoints.
     """
 
     def __init__(self, config: RunConfig, out_dir, *, data=None, device: str = "auto", resume: bool = False,
-                 quiet: bool = False, dist_info: Optional[DistInfo] = None):
+                 quiet: bool = False, dist_info: Optional[DistInfo] = None, dist_timeout: float = RENDEZVOUS_TIMEOUT):
         self.config, self.out_dir, self.quiet = config, Path(out_dir), quiet
+        self._claim = contextlib.ExitStack()
         tc = config.train
         if getattr(config.model, "time_embedding", "positional") == "fourier":
             # the DDPM objective feeds step indices (t = 0 included): log t and the output's 1/t would be ±inf
@@ -159,7 +171,7 @@ class Trainer:
         self.class_cond = config.model.num_classes is not None
         self.schedule = config.make_schedule()
         self._log_sigma = log_sigma_table(self.schedule, config.train.t_sampling)  # None: uniform steps
-        init_distributed(self.info, self.device)
+        init_distributed(self.info, self.device, dist_timeout, note=None if quiet else _note)
 
         torch.manual_seed(derive_seed(tc.seed, STREAM_INIT))  # identical initial weights on every rank
         self.model = self.build_model().to(self.device)
@@ -168,7 +180,11 @@ class Trainer:
         self.step = 0
         self._saved_step: Optional[int] = None
         self._last_checkpoint: Optional[Path] = None
-        self._prepare_out_dir(resume)
+        try:
+            self._prepare_out_dir(resume)
+        except BaseException:
+            self._claim.close()
+            raise
         if self.step == 0 and tc.init_from is not None:  # a resumed fine-tune has its own weights already
             self._init_weights(tc.init_from)
         self.net = self._wrap(self.model)
@@ -199,17 +215,17 @@ class Trainer:
         return torch.compile(net) if self.config.train.compile else net
 
     def _prepare_out_dir(self, resume: bool) -> None:
+        check_run_dir(self.out_dir, resume)  # every rank, before the claim creates the folder: all refuse together
         if self.info.is_main:
+            self._claim.enter_context(claim_folder(self.out_dir, "ddim train" + (" (resumed)" if resume else "")))
             for line in clean_leftovers(self.out_dir):  # a kill during a checkpoint write
                 if not self.quiet:
                     print(f"ddim: note: {line}")
         barrier(self.info)
-        check_run_dir(self.out_dir, resume)
         existing = list_checkpoints(self.out_dir)
         if existing:
             self._resume(find_checkpoint(self.out_dir))
         if self.info.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / "config.json", self.config.to_dict())
             truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
 
@@ -235,6 +251,11 @@ class Trainer:
             train = dataclasses.replace(self.config.train, init_from=saved["train"].get("init_from"))
             self.config = dataclasses.replace(self.config, train=train)
         state = read_json(ckpt / "state.json")
+        if not (isinstance(state.get("step"), int) and 0 <= state["step"]):
+            raise CheckpointError(f"{ckpt / 'state.json'} has no valid step (got {state.get('step')!r})")
+        if state["step"] > self.config.train.steps:  # resuming would rewrite the run's config to fewer steps
+            raise ValueError(f"--steps {self.config.train.steps} is below the step of the latest checkpoint "
+                             f"({ckpt.name}, step {state['step']}); pass --steps {state['step']} or more to resume")
         load_weights(self.model, read_tensors(ckpt / "model.safetensors", self.device), str(ckpt / "model.safetensors"))
         load_weights(self.ema.model, read_tensors(ckpt / "ema.safetensors", self.device), str(ckpt / "ema.safetensors"))
         self.ema.num_updates = int(state["ema_num_updates"])
@@ -398,6 +419,7 @@ class Trainer:
                 self.save()
         finally:
             self.monitor.close()
+            self._claim.close()
         if stopped_by is not None and not self.quiet:
             self.monitor.write(f"ddim: stopped by a signal at step {self.step}; checkpoint {self._last_checkpoint}; "
                                "continue with --resume")
@@ -405,12 +427,14 @@ class Trainer:
 
 
 def run_training(config: RunConfig, out_dir, *, data=None, device: str = "auto", resume: bool = False,
-          quiet: bool = False) -> TrainResult:
+                 quiet: bool = False, dist_timeout: float = RENDEZVOUS_TIMEOUT) -> TrainResult:
     """Build a ``Trainer`` (a ``ClassifierTrainer`` for a classifier config) and run it to the end (leaving
     the process group, if any, afterwards)."""
     from .classifier import ClassifierTrainer  # it extends Trainer
 
+    cls = ClassifierTrainer if config.is_classifier else Trainer
     try:
-        return (ClassifierTrainer if config.is_classifier else Trainer)(config, out_dir, data=data, device=device, resume=resume, quiet=quiet).fit()
+        return cls(config, out_dir, data=data, device=device, resume=resume, quiet=quiet,
+                   dist_timeout=dist_timeout).fit()
     finally:
         shutdown()
