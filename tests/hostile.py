@@ -200,5 +200,16 @@ def run_manifest_naming(tmp: Path, argv: list, entry: str) -> str:
     return out
 
 
+def run_state_edited(tmp: Path, argv: list, edit) -> str:
+    """A trained run whose latest checkpoint's state.json is ``edit(state)`` (with a matching manifest)."""
+    from ddim.checkpoint import list_checkpoints
+
+    out = run_dir(tmp, argv)
+    ckpt = list_checkpoints(out)[-1]
+    (ckpt / "state.json").write_text(json.dumps(edit(json.loads((ckpt / "state.json").read_text()))))
+    _rehash(ckpt, "state.json")
+    return out
+
+
 def sandbox_env(**env) -> dict:
     return {**os.environ, **{k: str(v) for k, v in env.items()}}

@@ -218,6 +218,11 @@ CASES = [
      "betas must be a 1-D sequence of numbers in (0, 1], got str 'abc'"),
     ("beta_start a string", lambda t: ["sample", "--checkpoint", H.schedule_field(t, beta_start="0.1"), "--out",
                                        str(t / "o.png")], "beta_start must be a number in (0, 1), got str '0.1'"),
+    ("resume: state.json without optimizer", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out", H.run_state_edited(
+        t, TRAIN, lambda st: {k: v for k, v in st.items() if k != "optimizer"})],
+     "state.json or training_state.safetensors is malformed (KeyError: 'optimizer')"),
+    ("resume: state.json step a string", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out", H.run_state_edited(
+        t, TRAIN, lambda st: {**st, "step": "2"})], "state.json has no valid step (got '2')"),
     ("resume with fewer --steps", lambda t: [*TRAIN, "--resume", "--steps", "2", "--out", H.run_dir(t, TRAIN, 4)],
      "--steps 2 is below the step of the latest checkpoint (step_000004, step 4)"),
 ]

@@ -84,20 +84,21 @@ def test_a_killed_runs_claim_does_not_block_the_next(tmp_path):
     assert main([*TRAIN, "--quiet", "--steps", "2", "--out", str(out)]) == 0  # SIGKILL dropped the claim
 
 
-def test_a_damaged_sample_chunk_is_redrawn(tmp_path, capsys):
+def test_a_damaged_sample_chunk_is_redrawn(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DDIM_CACHE_DIR", str(tmp_path / "cache"))  # reference statistics: this test's own
     args = ["eval", "--n", "4", "--batch-size", "2", "--steps", "2", "--eta", "0", "--reference-limit", "300",
-            "--out", str(tmp_path)]
+            "--out", str(tmp_path / "ev")]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "0step" not in err and "sampling: 100%" in err  # one progress bar, made once its total is known
-    chunk = tmp_path / "samples" / "S2_eta0" / "0000002-0000004.npy"
-    good, results = chunk.read_bytes(), (tmp_path / "results.json").read_text()
+    assert "sampling: 0step" not in err and "sampling: 100%" in err  # one progress bar, made once its total is known
+    chunk = tmp_path / "ev" / "samples" / "S2_eta0" / "0000002-0000004.npy"
+    good, results = chunk.read_bytes(), (tmp_path / "ev" / "results.json").read_text()
     for damage in (b"", good[:100], good[:-1]):
         chunk.write_bytes(damage)
         assert main([*args, "--quiet"]) == 0, damage[:10]
         assert chunk.read_bytes() == good
-        res = json.loads((tmp_path / "results.json").read_text())
-        assert res["cells"][0]["fid"] == json.loads(results)["cells"][0]["fid"]
+        res = json.loads((tmp_path / "ev" / "results.json").read_text())
+        assert res["cells"][0]["fid"] == pytest.approx(json.loads(results)["cells"][0]["fid"], rel=1e-9)
         assert (res["cells"][0]["sampled_chunks"], res["cells"][0]["reused_chunks"]) == (1, 1)
 
 
@@ -156,3 +157,12 @@ def test_what_the_newcomer_saw(tmp_path, capsys):
             shown = sub.formatter_class("ddim")._get_help_string(action) or ""
             assert "(default: ('" not in shown and "(default: None)" not in shown, (name, action.dest)
             assert not ("default:" in (action.help or "") and shown.endswith("(default: %(default)s)")), action.dest
+
+
+def test_a_metrics_line_cut_by_a_kill_does_not_stop_a_resume(tmp_path):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--quiet", "--steps", "2", "--log-every", "1", "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.')  # the kill came mid-line
+    assert main([*TRAIN, "--quiet", "--steps", "3", "--log-every", "1", "--resume", "--out", str(out)]) == 0
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

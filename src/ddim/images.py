@@ -13,6 +13,7 @@ from typing import Optional, Union
 import torch
 
 from .atomic import atomic_write
+from .files import regular_file
 
 __all__ = ["check_channels", "to_uint8", "make_grid", "save_grid", "save_images", "load_images", "save_gif", "check_image_path",
            "IMAGE_SUFFIXES"]
@@ -138,6 +139,7 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
     out, notes = [], []
     for path in map(Path, paths):
         try:
+            regular_file(path)  # a pipe or a device would block or never end
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:  # refused from the header, before decoding
                     raise ValueError(f"{path} is too large: {img.width}×{img.height} pixels; at most "

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..files import read_json
 from ..data import ImageData
 from ..generate import conditioned, generate_batch, sampling_network
 from ..images import to_uint8
@@ -142,7 +143,7 @@ class SampleStore:
         key_file = self.root / KEY_FILE
         if key_file.is_file():
             try:
-                saved = json.loads(key_file.read_text())
+                saved = read_json(key_file)
             except (OSError, ValueError):
                 raise ValueError(f"{key_file} is unreadable; delete {self.root} to redraw its samples") from None
             # a key a store predates reads as its value then (KEY_DEFAULTS), not as a difference

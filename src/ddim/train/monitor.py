@@ -99,6 +99,16 @@ def truncate_metrics(path: Path, step: int) -> None:
     resumed run will log again)."""
     path = Path(path)
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines(keepends=True)
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(keep))
+        keep = [line for line in path.read_text(errors="replace").splitlines(keepends=True)
+                if _step_of(line) is not None and _step_of(line) <= step]
+        path.write_text("".join(line if line.endswith("\n") else line + "\n" for line in keep))
+
+
+def _step_of(line: str):
+    """The step of one metrics line, or None for a line a kill cut short (or any other damage): dropped."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None

@@ -258,12 +258,18 @@ class Trainer:
                              f"({ckpt.name}, step {state['step']}); pass --steps {state['step']} or more to resume")
         load_weights(self.model, read_tensors(ckpt / "model.safetensors", self.device), str(ckpt / "model.safetensors"))
         load_weights(self.ema.model, read_tensors(ckpt / "ema.safetensors", self.device), str(ckpt / "ema.safetensors"))
-        self.ema.num_updates = int(state["ema_num_updates"])
-        # On the CPU: load_state_dict moves each moment to its parameter's device (and keeps "step" where
-        # AdamW wants it), so a checkpoint from a GPU run resumes on the CPU and vice versa.
         extra = read_tensors(ckpt / "training_state.safetensors")
-        optimizer_from_flat(self.optimizer, extra, state["optimizer"])
-        rng_from_flat(extra)
+        try:  # a hand-edited state must end in one line naming it, not in a traceback from deep inside torch
+            if not (isinstance(state.get("ema_num_updates"), int) and state["ema_num_updates"] >= 0):
+                raise ValueError(f"ema_num_updates must be an integer >= 0, got {state.get('ema_num_updates')!r}")
+            self.ema.num_updates = state["ema_num_updates"]
+            # On the CPU: load_state_dict moves each moment to its parameter's device (and keeps "step" where
+            # AdamW wants it), so a checkpoint from a GPU run resumes on the CPU and vice versa.
+            optimizer_from_flat(self.optimizer, extra, state["optimizer"])
+            rng_from_flat(extra)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"cannot resume from {ckpt}: its state.json or training_state.safetensors is "
+                                  f"malformed ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
         self.step = self._saved_step = int(state["step"])
         self._last_checkpoint = ckpt
 
