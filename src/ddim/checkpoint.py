@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import stat
-import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
@@ -349,16 +348,6 @@ def verify_checkpoint(ckpt_dir: PathLike, names: Optional[Iterable[str]] = None)
     return manifest
 
 
-def _is_diffusers_unet(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file() or (path / MANIFEST).exists():
-        return False
-    try:
-        return files.read_json(cfg).get("_class_name") == "UNet2DModel"
-    except (OSError, ValueError):
-        return False
-
-
 def find_checkpoint(path: PathLike) -> Path:
     """The checkpoint directory meant by ``path``: a ``step_*`` dir itself, or a run dir's latest one."""
     path = Path(path)
@@ -374,36 +363,12 @@ def find_checkpoint(path: PathLike) -> Path:
 
 
 def _load_diffusers(path: Path, device):
-    """(model, schedule, RunConfig) from a diffusers UNet2DModel dir or a pipeline dir (unet/, scheduler/)."""
-    from .nn import load_diffusers_unet
-    from .nn.diffusers_io import read_scheduler_config, schedule_from_diffusers, ve_params_from_diffusers
-    from .nn.ve import VEScoreModel
-    from .schedule import Schedule
-    from .train.config import RunConfig, TrainConfig
+    """(model, schedule, RunConfig) of a diffusers model folder (``ddim.nn.diffusers_io.load_diffusers_model``)."""
+    from .config import RunConfig, TrainConfig
+    from .nn.diffusers_io import load_diffusers_model
 
-    unet_dir = path if _is_diffusers_unet(path) else path / "unet"
-    # beside the UNet's config.json (a bare model folder), or the pipeline's scheduler/ folder
-    sched_dir = next((d for d in (unet_dir, path / "scheduler", path.parent / "scheduler")
-                      if (d / "scheduler_config.json").is_file()), None)
     try:
-        model = load_diffusers_unet(unet_dir)
-        sched = read_scheduler_config(sched_dir) if sched_dir is not None else {}
-        if sched_dir is None and model.config.time_embedding != "fourier":
-            warnings.warn(f"{unet_dir} has no scheduler_config.json (beside config.json, or in scheduler/): assuming "
-                          "DDPM's schedule (linear β from 1e-4 to 0.02, T = 1000) and ε-prediction; put the "
-                          "model's scheduler_config.json beside its config.json to use another", UserWarning,
-                          stacklevel=3)
-        ve = ve_params_from_diffusers(sched)
-        if ve is not None:  # a score-SDE VE network: called with σ, returns the score
-            model = VEScoreModel(model, *ve)
-            schedule, prediction = model.schedule(), "epsilon"
-        elif model.config.time_embedding == "fourier":  # a score-SDE network without its VE scheduler
-            raise ValueError("this network has time_embedding_type='fourier': it takes noise levels σ, not steps; "
-                             "ddim samples it with its ScoreSdeVeScheduler config (scheduler/scheduler_config.json)")
-        elif sched:
-            schedule, prediction = schedule_from_diffusers(sched)
-        else:  # a bare UNet: DDPM's schedule and target, as diffusers' DDPMScheduler defaults
-            schedule, prediction = Schedule.linear(1000), "epsilon"
+        model, schedule, prediction = load_diffusers_model(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # TypeError: a config value of a wrong type
         raise CheckpointError(f"cannot load the diffusers model in {path} ({_one_line(e)})") from None
     config = RunConfig(model=model.config, train=TrainConfig(prediction=prediction), schedule=schedule.to_config())
@@ -429,10 +394,11 @@ def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cp
     """
     from .device import resolve_device
     from .nn import UNet
+    from .nn.diffusers_io import is_diffusers_folder
 
     device = resolve_device(device)
     p = Path(path)
-    if p.is_dir() and (_is_diffusers_unet(p) or (p / "unet").is_dir()):
+    if is_diffusers_folder(p):
         return _load_diffusers(p, device)
     return _load_run(p, ema, device, UNet, classifier=False)
 
@@ -449,7 +415,7 @@ def load_noisy_classifier(path: PathLike = BUNDLED_NOISY_CLASSIFIER, ema: bool =
 
 def _load_run(path: Path, ema: bool, device, cls, classifier: bool):
     """(network, schedule, RunConfig) of a ddim checkpoint holding a denoiser or (``classifier``) a classifier."""
-    from .train.config import RunConfig
+    from .config import RunConfig
 
     ckpt = find_checkpoint(path)
     weights = "ema.safetensors" if ema else "model.safetensors"

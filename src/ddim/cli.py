@@ -130,7 +130,7 @@ def _add_optim_run_args(p, d, classifier: bool) -> None:
 def _add_train(sub) -> None:
     from .forward import PREDICTIONS
     from .nn import PRESETS
-    from .train.config import TrainConfig
+    from .config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a UNet with the DDPM objective", formatter_class=_Formatter,
@@ -157,7 +157,7 @@ def _add_train(sub) -> None:
 
 def _add_train_classifier(sub) -> None:
     from .nn import CLASSIFIER_PRESETS
-    from .train.config import TrainConfig
+    from .config import TrainConfig
 
     d = TrainConfig(**_CLASSIFIER_TRAIN)
     p = sub.add_parser("train-classifier", formatter_class=_Formatter,
@@ -252,7 +252,7 @@ def _unet_config(args, data, shape: dict):
 
 def _classifier_config(preset: str, data, shape: dict):
     from .nn import CLASSIFIER_PRESETS, ClassifierConfig
-    from .train.config import fit_preset
+    from .config import fit_preset
 
     base = CLASSIFIER_PRESETS[preset]
     return ClassifierConfig.from_dict({**base.to_dict(), **fit_preset(base, data.image_size, shape),

@@ -228,7 +228,7 @@ def _run_eval(args) -> int:
     from .device import resolve_device
     from .evaluate.runner import weights_sha256
     from .files import check_folder_free, claim_folder
-    from .train.distributed import dist_info_from_env, init_distributed, shutdown
+    from .distributed import dist_info_from_env, init_distributed, shutdown
 
     mode = "reconstruction" if args.reconstruction else "consistency" if args.consistency else "fid"
     steps, n = args.steps or DEFAULT_STEPS[mode], args.n or DEFAULT_N[mode]

@@ -65,7 +65,7 @@ def _common(p, formatter_default_steps: int = 50, with_class: bool = True, solve
 
 def _add_dist_timeout(g) -> None:
     """--dist-timeout, for the subcommands that run under torchrun (train, train-classifier, eval)."""
-    from .train.distributed import RENDEZVOUS_TIMEOUT
+    from .distributed import RENDEZVOUS_TIMEOUT
 
     g.add_argument("--dist-timeout", type=float, default=RENDEZVOUS_TIMEOUT, metavar="SECONDS",
                    help="with RANK and WORLD_SIZE set (torchrun, or by hand): how long a process waits for the others "

@@ -1,14 +1,53 @@
-"""Which device a run uses: one resolution rule for sampling, evaluation, checkpoint loading and training."""
+"""Which device a run uses and which process it is: one resolution rule for sampling, evaluation, checkpoint
+loading and training, and the rank information torchrun (or a user) puts in the environment."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
-__all__ = ["resolve_device", "DEVICES_HELP"]
+__all__ = ["resolve_device", "DEVICES_HELP", "DistInfo", "dist_info_from_env", "env_int"]
 
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """rank in [0, world_size); local_rank picks the GPU on a node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def dist_info_from_env() -> DistInfo:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK (absent: a single process)."""
+    info = DistInfo(env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0))
+    if info.world_size < 1 or not 0 <= info.rank < info.world_size:
+        raise ValueError(f"bad torchrun environment: RANK={info.rank}, WORLD_SIZE={info.world_size}")
+    return info
 
 
 def resolve_device(device: Union[str, torch.device], info: Optional[object] = None) -> torch.device:

@@ -25,7 +25,7 @@ from ddim.evaluate.runner import Cell, chunk_ranges, rank_share, reconstruction_
 from ddim.generate import generate, generate_batch, sampling_network
 from ddim.nn import unet_from_preset
 from ddim.train import DataConfig, RunConfig, TrainConfig
-from ddim.train.distributed import DistInfo
+from ddim.distributed import DistInfo
 
 T = 50   # training steps of the test schedule: the S = T reference of --consistency stays cheap
 GRID = ["--steps", "2,3", "--eta", "0,large", "--n", "8", "--batch-size", "4", "--reference-limit", "300",

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddim.train import RunConfig, Trainer
-from ddim.train.distributed import shutdown
+from ddim.distributed import shutdown
 
 
 def main(config_path: str, out_dir: str) -> None:

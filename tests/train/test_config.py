@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ddim.train import DataConfig, RunConfig, TrainConfig, resolve_model_config
-from ddim.train.config import config_diff
+from ddim.config import config_diff
 
 from .conftest import tiny_config
 

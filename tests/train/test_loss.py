@@ -5,7 +5,7 @@ import torch
 
 from ddim import Schedule
 from ddim.forward import abar_at, q_sample, v_from_x0_eps
-from ddim.train.config import TrainConfig
+from ddim.config import TrainConfig
 from ddim.train.loss import (diffusion_loss, draw, drop_labels, log_sigma_table, lognormal_t, min_snr_weight,
                              training_loss)
 

@@ -103,7 +103,7 @@ def test_divergence_stops_without_writing_a_checkpoint(tmp_path, digits8):
 
 
 def test_bad_batch_split_and_data_mismatch(tmp_path, digits8):
-    from ddim.train.distributed import DistInfo
+    from ddim.distributed import DistInfo
 
     with pytest.raises(ValueError, match="batch_size 15 is not divisible by the number of processes \\(2\\)"):
         Trainer(tiny_config(batch_size=15), tmp_path, data=digits8, device="cpu", dist_info=DistInfo(0, 2, 0))

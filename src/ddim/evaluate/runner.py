@@ -34,7 +34,7 @@ from ..generate import conditioned, generate_batch, sampling_network
 from ..images import to_uint8
 from ..samplers import invert, sample
 from ..schedule import Schedule
-from ..train.distributed import DistInfo, barrier
+from ..distributed import DistInfo, barrier
 from .reference import ReferenceStats, evaluate_images
 
 __all__ = ["Cell", "CellSamples", "SampleStore", "eta_label", "chunk_ranges", "rank_share", "weights_sha256",

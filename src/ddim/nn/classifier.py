@@ -21,6 +21,7 @@ from torch import nn
 
 from .layers import ResBlock, TimeEmbedding
 from .unet import MAX_CLASSES, UNetConfig, down_path, encode, init_ddpm_
+from .unet_config import from_mapping
 
 __all__ = ["ClassifierConfig", "NoisyClassifier", "CLASSIFIER_KIND", "CLASSIFIER_PRESETS"]
 
@@ -65,12 +66,10 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClassifierConfig":
-        from ..train.config import _from_mapping  # at call time: train imports nn
-
         d = dict(d)
         if d.pop("kind", CLASSIFIER_KIND) != CLASSIFIER_KIND:
             raise ValueError(f"not a noisy-classifier config (kind must be {CLASSIFIER_KIND!r})")
-        return _from_mapping(cls, d)
+        return from_mapping(cls, d)
 
 
 class NoisyClassifier(nn.Module):

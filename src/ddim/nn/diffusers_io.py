@@ -29,7 +29,8 @@ from .unet import UNet
 
 __all__ = ["load_diffusers_unet", "save_diffusers_unet", "unet_config_from_diffusers", "unet_config_to_diffusers",
            "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule", "UnsupportedConfig",
-           "ve_params_from_diffusers", "read_scheduler_config", "DDPM_FAMILY"]
+           "ve_params_from_diffusers", "read_scheduler_config", "DDPM_FAMILY", "is_diffusers_folder",
+           "load_diffusers_model"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -286,3 +287,53 @@ def read_scheduler_config(path: str | Path) -> dict[str, Any]:
 def load_diffusers_schedule(path: str | Path) -> tuple[Schedule, str]:
     """``schedule_from_diffusers`` on ``read_scheduler_config(path)``."""
     return schedule_from_diffusers(read_scheduler_config(path))
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    """Whether ``path`` is a diffusers model folder: a ``UNet2DModel``'s (config.json naming that class, and
+    no ddim manifest) or a pipeline's (a ``unet/`` subfolder)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / "unet").is_dir():
+        return True
+    if not (path / CONFIG_NAME).is_file() or (path / "manifest.json").exists():
+        return False
+    try:
+        return files.read_json(path / CONFIG_NAME).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError):
+        return False
+
+
+def load_diffusers_model(path: str | Path) -> tuple[nn.Module, Schedule, str]:
+    """(network, schedule, prediction) of a diffusers folder: a bare ``UNet2DModel`` (its scheduler_config.json
+    beside its config.json, if any) or a pipeline (``unet/`` and ``scheduler/``). A score-SDE VE network comes
+    wrapped in a ``VEScoreModel`` (an ε-predictor on its own discrete schedule).
+
+    Raises:
+        OSError, ValueError (and KeyError/TypeError from a config of the wrong shape): what cannot be loaded.
+    """
+    from .ve import VEScoreModel
+
+    path = Path(path)
+    unet_dir = path / "unet" if (path / "unet").is_dir() else path
+    # beside the UNet's config.json (a bare model folder), or the pipeline's scheduler/ folder
+    sched_dir = next((d for d in (unet_dir, path / "scheduler", path.parent / "scheduler")
+                      if (d / SCHEDULER_CONFIG_NAME).is_file()), None)
+    model = load_diffusers_unet(unet_dir)
+    sched = read_scheduler_config(sched_dir) if sched_dir is not None else {}
+    fourier = model.config.time_embedding == "fourier"
+    if sched_dir is None and not fourier:
+        warnings.warn(f"{unet_dir} has no {SCHEDULER_CONFIG_NAME} (beside config.json, or in scheduler/): assuming "
+                      "DDPM's schedule (linear β from 1e-4 to 0.02, T = 1000) and ε-prediction; put the model's "
+                      f"{SCHEDULER_CONFIG_NAME} beside its config.json to use another", UserWarning, stacklevel=4)
+    ve = ve_params_from_diffusers(sched)
+    if ve is not None:  # a score-SDE VE network: called with σ, returns the score
+        model = VEScoreModel(model, *ve)
+        return model, model.schedule(), "epsilon"
+    if fourier:  # a score-SDE network without its VE scheduler
+        raise ValueError("this network has time_embedding_type='fourier': it takes noise levels σ, not steps; "
+                         f"ddim samples it with its {VE_SCHEDULER} config (scheduler/{SCHEDULER_CONFIG_NAME})")
+    if sched:
+        return (model, *schedule_from_diffusers(sched))
+    return model, Schedule.linear(1000), "epsilon"  # DDPM's, as diffusers' DDPMScheduler defaults

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["UNetConfig", "LIMITS", "MAX_PARAMETERS", "MAX_CLASSES"]
+__all__ = ["UNetConfig", "LIMITS", "MAX_PARAMETERS", "MAX_CLASSES", "from_mapping"]
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,19 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
         """Inverse of ``to_dict``; an unknown key is an error (a typo must not be ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown UNetConfig key(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+        return from_mapping(cls, d)
+
+
+def from_mapping(cls, d: Mapping[str, Any]):
+    """The frozen dataclass ``cls`` built from a JSON object, refusing anything that is not an object and
+    any key that is not a field (a typo must not be silently ignored). Every config class reads through it."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**d)
 
 
 def _is_int(v: Any) -> bool:

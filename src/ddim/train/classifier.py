@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from .config import RunConfig
+from ..config import RunConfig
 from .loss import classifier_loss
 from .trainer import Trainer
 

@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..config import T_SAMPLINGS, check_t_sampling  # noqa: F401  (re-exported: where losses are chosen)
 from ..forward import PREDICTIONS, abar_at, q_sample, target_from_x0_eps
 from ..schedule import Schedule
 from ..transfer import to_device
@@ -62,9 +63,6 @@ def _check_probability(p: float, name: str) -> float:
     return float(p)
 
 
-T_SAMPLINGS = ("uniform", "lognormal")
-
-
 def lognormal_t(log_sigma: torch.Tensor, n: int, generator: torch.Generator, p_mean: float = -1.2,
                 p_std: float = 1.2) -> torch.Tensor:
     """EDM's training noise levels on a discrete schedule: ln σ ~ N(P_mean, P_std²) (Karras et al. 2022,
@@ -94,13 +92,6 @@ def log_sigma_table(schedule: Schedule, t_sampling: str) -> Optional[torch.Tenso
     """``draw``'s ``log_sigma`` for a ``t_sampling``: None for "uniform", (T,) float64 ln σ_t = −½ ln SNR(t)
     for "lognormal"."""
     return None if check_t_sampling(t_sampling) == "uniform" else -0.5 * schedule.snr.log()
-
-
-def check_t_sampling(t_sampling: str) -> str:
-    """``t_sampling`` itself if it is one of ``T_SAMPLINGS``; else a ValueError naming the allowed ones."""
-    if t_sampling not in T_SAMPLINGS:
-        raise ValueError(f"unknown t_sampling {t_sampling!r}; allowed: {', '.join(T_SAMPLINGS)}")
-    return t_sampling
 
 
 def draw(shape, num_steps: int, generator: torch.Generator, label_dropout: float = 0.0,

@@ -25,24 +25,51 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import (MANIFEST, CheckpointError, NonFiniteError, check_finite, clean_leftovers, find_checkpoint,
-                          list_checkpoints, load_weights, read_json, read_tensors, save_checkpoint, verify_checkpoint,
-                          write_json)
+from ..checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    NonFiniteError,
+    check_finite,
+    clean_leftovers,
+    find_checkpoint,
+    list_checkpoints,
+    load_weights,
+    read_json,
+    read_tensors,
+    save_checkpoint,
+    verify_checkpoint,
+    write_json,
+)
+from ..config import FORMAT, RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
+from ..device import resolve_device
+from ..distributed import (
+    RENDEZVOUS_TIMEOUT,
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    dist_info_from_env,
+    init_distributed,
+)
 from ..files import claim_folder
 from ..images import save_grid
 from ..samplers import sample
 from ..transfer import to_device
-from .batches import (STREAM_INIT, STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask,
-                      step_generator)
-from .config import FORMAT, RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
-from .distributed import (RENDEZVOUS_TIMEOUT, DistInfo, all_reduce_sum, any_rank, barrier, dist_info_from_env,
-                          init_distributed, resolve_device, shutdown)
+from .batches import (
+    STREAM_INIT,
+    STREAM_SAMPLES,
+    apply_flips,
+    batch_indices,
+    derive_seed,
+    flip_mask,
+    step_generator,
+)
 from .ema import EMA
 from .loss import diffusion_loss, draw, drop_labels, log_sigma_table
 from .monitor import Monitor, truncate_metrics
 from .state import optimizer_from_flat, optimizer_to_flat, rng_from_flat, rng_to_flat
 
-__all__ = ["Trainer", "TrainResult", "load_data", "run_training", "check_run_dir"]
+__all__ = ["Trainer", "TrainResult", "load_data", "check_run_dir"]
 
 STREAM_DROPOUT = 5  # the per-(step, rank) seed of the global RNG; distinct from batches.STREAM_*
 
@@ -430,17 +457,3 @@ class Trainer:
             self.monitor.write(f"ddim: stopped by a signal at step {self.step}; checkpoint {self._last_checkpoint}; "
                                "continue with --resume")
         return TrainResult(self.step, self._last_checkpoint, last_loss, None if stopped_by is None else int(stopped_by))
-
-
-def run_training(config: RunConfig, out_dir, *, data=None, device: str = "auto", resume: bool = False,
-                 quiet: bool = False, dist_timeout: float = RENDEZVOUS_TIMEOUT) -> TrainResult:
-    """Build a ``Trainer`` (a ``ClassifierTrainer`` for a classifier config) and run it to the end (leaving
-    the process group, if any, afterwards)."""
-    from .classifier import ClassifierTrainer  # it extends Trainer
-
-    cls = ClassifierTrainer if config.is_classifier else Trainer
-    try:
-        return cls(config, out_dir, data=data, device=device, resume=resume, quiet=quiet,
-                   dist_timeout=dist_timeout).fit()
-    finally:
-        shutdown()

@@ -1,7 +1,8 @@
-"""Training configuration: frozen dataclasses that validate themselves and round-trip through JSON.
+"""Run configuration: frozen dataclasses that validate themselves and round-trip through JSON.
 
 ``RunConfig`` is what a checkpoint's config.json holds: the training hyper-parameters (``TrainConfig``),
 the data (``DataConfig``), the network (``UNetConfig``) and the noise schedule (``Schedule.to_config()``).
+It lives below checkpoints, networks' users and the trainer, so loading a model never imports training.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from ..forward import PREDICTIONS
+from .forward import PREDICTIONS
+from .nn.unet_config import from_mapping
 
-__all__ = ["TrainConfig", "DataConfig", "RunConfig", "resolve_model_config", "config_diff",
-           "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
+__all__ = ["TrainConfig", "DataConfig", "RunConfig", "resolve_model_config", "fit_preset", "config_diff",
+           "check_t_sampling", "T_SAMPLINGS", "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
 
 FORMAT, VERSION = "ddim-run", 1
 
@@ -46,15 +48,14 @@ def _need_num(name: str, v: Any, lo: float, hi: float = math.inf, lo_open: bool 
         raise ValueError(f"{name} must be a number in {lb}{lo}, {hi}{rb}, got {v!r}")
 
 
-def _from_mapping(cls, d: Mapping[str, Any]):
-    """Build a dataclass from a dict, refusing unknown keys (a typo must not be silently ignored)."""
-    if not isinstance(d, Mapping):
-        raise ValueError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed: {sorted(known)}")
-    return cls(**d)
+T_SAMPLINGS = ("uniform", "lognormal")
+
+
+def check_t_sampling(name: str) -> str:
+    """``name`` if it is a way of drawing training steps (``T_SAMPLINGS``), else a ValueError naming it."""
+    if name not in T_SAMPLINGS:
+        raise ValueError(f"unknown t_sampling {name!r}; allowed: {', '.join(T_SAMPLINGS)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,6 @@ class TrainConfig:
         if self.min_snr_gamma is not None:
             _need_num("min_snr_gamma", self.min_snr_gamma, 0.0, lo_open=True)
         _need_num("label_dropout", self.label_dropout, 0.0, 1.0)
-        from .loss import check_t_sampling
-
         check_t_sampling(self.t_sampling)
         _need_int("seed", self.seed, 0)
         for name in ("checkpoint_every", "keep_last", "sample_every"):
@@ -165,7 +164,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        return _from_mapping(cls, d)
+        return from_mapping(cls, d)
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,7 @@ class DataConfig:
     split: str = "train"
 
     def __post_init__(self) -> None:
-        from ..data import DATASETS, SPLITS
+        from .data import DATASETS, SPLITS
 
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
@@ -198,7 +197,7 @@ class DataConfig:
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", str(self.data_dir))
         if self.image_size is not None:
-            from ..nn.unet import LIMITS
+            from .nn.unet import LIMITS
 
             _need_int("image_size", self.image_size, 1)
             if self.image_size > LIMITS["image_size"]:  # before resizing a dataset to it (an allocation error)
@@ -213,7 +212,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DataConfig":
-        return _from_mapping(cls, d)
+        return from_mapping(cls, d)
 
 
 def _default_schedule() -> dict:
@@ -235,8 +234,8 @@ class RunConfig:
     schedule: Mapping[str, Any] = field(default_factory=_default_schedule)
 
     def __post_init__(self) -> None:
-        from ..nn import ClassifierConfig, ForeignUNetConfig, UNetConfig
-        from ..schedule import Schedule
+        from .nn import ClassifierConfig, ForeignUNetConfig, UNetConfig
+        from .schedule import Schedule
 
         if not isinstance(self.model, (UNetConfig, ClassifierConfig, ForeignUNetConfig)):
             raise ValueError(f"model must be a UNetConfig, ClassifierConfig or ForeignUNetConfig (a diffusers model "
@@ -247,7 +246,7 @@ class RunConfig:
     @property
     def is_classifier(self) -> bool:
         """Whether this run trains a noisy classifier (else a denoiser)."""
-        from ..nn import ClassifierConfig
+        from .nn import ClassifierConfig
 
         return isinstance(self.model, ClassifierConfig)
 
@@ -258,7 +257,7 @@ class RunConfig:
 
     def make_schedule(self):
         """The ``ddim.Schedule`` this run trains with."""
-        from ..schedule import Schedule
+        from .schedule import Schedule
 
         return Schedule.from_config(self.schedule)
 
@@ -269,8 +268,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
-        from ..nn import ClassifierConfig, UNetConfig
-        from ..nn.classifier import CLASSIFIER_KIND
+        from .nn import ClassifierConfig, UNetConfig
+        from .nn.classifier import CLASSIFIER_KIND
 
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise ValueError(f"not a ddim run config (expected \"format\": \"{FORMAT}\")")
@@ -301,7 +300,7 @@ def resolve_model_config(preset: str, image_size: int, channels: int, num_classe
         num_classes: classes for a class-conditional model, or None for an unconditional one.
         overrides: any other UNetConfig field (None values are ignored, meaning "as in the preset").
     """
-    from ..nn import PRESETS, UNetConfig
+    from .nn import PRESETS, UNetConfig
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")

@@ -1,4 +1,4 @@
-"""Process-group helpers for torchrun: which rank am I, and the few collectives the trainer needs.
+"""Process-group helpers for torchrun: joining the group, and the few collectives training and evaluation need.
 
 A run is distributed when the environment has WORLD_SIZE > 1 (torchrun sets RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT). The backend is nccl on CUDA and gloo on the CPU.
@@ -10,52 +10,15 @@ import datetime
 import os
 import socket
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from ..device import resolve_device  # re-exported: the trainer and older callers import it from here
+from .device import DistInfo, dist_info_from_env, env_int, resolve_device  # noqa: F401  (re-exported)
 
 __all__ = ["DistInfo", "dist_info_from_env", "init_distributed", "shutdown", "all_reduce_sum", "any_rank",
            "barrier", "resolve_device", "RENDEZVOUS_TIMEOUT"]
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """rank in [0, world_size); local_rank picks the GPU on a node."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """Only rank 0 writes files and prints."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
-def dist_info_from_env() -> DistInfo:
-    """Read RANK / WORLD_SIZE / LOCAL_RANK (absent: a single process)."""
-    info = DistInfo(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
-    if info.world_size < 1 or not 0 <= info.rank < info.world_size:
-        raise ValueError(f"bad torchrun environment: RANK={info.rank}, WORLD_SIZE={info.world_size}")
-    return info
 
 
 # A gloo group beside an nccl one, for host-side flags (``any_rank``): None when the default group is
@@ -96,7 +59,7 @@ def init_distributed(info: DistInfo, device: torch.device, timeout: float = REND
 
 
 def _rendezvous(info: DistInfo, backend: str, timeout: float, note) -> None:
-    addr, port = os.environ.get("MASTER_ADDR"), _env_int("MASTER_PORT", -1)
+    addr, port = os.environ.get("MASTER_ADDR"), env_int("MASTER_PORT", -1)
     who = f"rank {info.rank} of {info.world_size}"
     if not addr or not 0 < port < 65536:
         raise ValueError(f"{who} (RANK, WORLD_SIZE) needs MASTER_ADDR and MASTER_PORT (1..65535) to meet the other "
