@@ -311,7 +311,7 @@ def test_missing_data_is_one_line_and_leaves_no_folder(ckpt, tmp_path, capsys, m
 def test_out_that_is_a_file_is_refused_before_work(ckpt, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, err = _error(capsys, ["eval", "--checkpoint", ckpt, "--out", str(tmp_path / "f"), "--quiet", "--steps", "2"])
-    assert code == 2 and err == [f"ddim: error: --out {tmp_path / 'f'} exists and is not a folder"], err
+    assert code == 2 and err == [f"ddim: error: cannot write {tmp_path / 'f'}: it exists and is not a folder"], err
 
 
 def test_stores_written_before_a_key_field_existed_are_still_read(ckpt, grid_run, tmp_path):

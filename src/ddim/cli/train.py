@@ -1,55 +1,14 @@
-"""The ``ddim`` command line: one subcommand per task, each parse -> config -> library call.
-
-Adding a subcommand: write ``_add_NAME(subparsers)`` that builds its parser and sets
-``func=_run_NAME``, and list it in ``_SUBCOMMANDS``. Errors a user can fix (bad values, missing files,
-corrupted checkpoints) come out as one line ``ddim: error: ...`` on stderr with exit code 2.
-"""
+"""``ddim train | train-classifier``: parse -> ``RunConfig`` -> ``ddim.train.run_training``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+from .common import Formatter, add_data_dir, add_device, add_dist_timeout, add_quiet, add_seed, int_list, writable
 
-EXIT_USAGE = 2        # bad input: arguments, data, checkpoints
-EXIT_FAILED = 1       # training diverged (NaN/Inf)
-
-
-class UsageError(Exception):
-    """Raised by the parser instead of printing usage and exiting, so main() reports one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" after an option, unless its help already says what the default is, or the
-    default is "not given" (None) or an on-switch's off."""
-
-    def _get_help_string(self, action):
-        switch = isinstance(action, argparse._StoreTrueAction)  # off unless given
-        if ("default:" in (action.help or "") or "(default" in (action.help or "")
-                or action.default is None or action.default is argparse.SUPPRESS or switch
-                or action.required):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    """"1,2,2" -> (1, 2, 2)."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,2, got {text!r}") from None
-
-
-# ---------------------------------------------------------------------------------------- train
+__all__ = ["SUBCOMMANDS"]
 
 # What `ddim train-classifier` changes from the TrainConfig defaults: a small classifier wants a larger rate,
 # weight decay (ADM's 0.05) and a shorter EMA; its labels are targets, never dropped.
@@ -58,13 +17,11 @@ _CLASSIFIER_TRAIN = dict(steps=4000, lr=1e-3, warmup=200, weight_decay=0.05, ema
 
 
 def _add_data_args(p) -> None:
-    from .data import DATASETS
+    from ..data import DATASETS
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, choices=DATASETS, help="training images (required)")
-    g.add_argument("--data-dir", help="where the dataset's files are (default for fashion-mnist: "
-                                      "$DDIM_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist, from "
-                                      "`apt-get install dataset-fashion-mnist`)")
+    add_data_dir(g, "where the dataset's files are")
     g.add_argument("--image-size", type=int, help="resize images to this side, pixels (default: native size)")
     g.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels (default: native)")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
@@ -76,7 +33,7 @@ _SHAPE_FLAGS = ("--base-channels", "--num-res-blocks", "--dropout", "--norm-grou
 
 def _add_shape_args(g, flags) -> None:
     kinds = {"--base-channels": int, "--num-res-blocks": int, "--dropout": float, "--norm-groups": int,
-             "--channel-mult": _int_list, "--attn-resolutions": _int_list, "--patch-size": int}
+             "--channel-mult": int_list, "--attn-resolutions": int_list, "--patch-size": int}
     for flag in flags:
         if flag == "--scale-shift":  # a switch: ADM's scale-shift norm (AdaGN) in every ResBlock
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
@@ -88,8 +45,6 @@ def _add_shape_args(g, flags) -> None:
 
 def _add_optim_run_args(p, d, classifier: bool) -> None:
     """The optimisation and run groups of `train` (``classifier``: without the denoiser-only options)."""
-    from .cli_sampling import _add_dist_timeout
-
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -104,17 +59,17 @@ def _add_optim_run_args(p, d, classifier: bool) -> None:
         g.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (default: off)")
         g.add_argument("--label-dropout", type=float, default=d.label_dropout,
                        help="probability of dropping a label (classifier-free guidance training)")
-        from .train.loss import T_SAMPLINGS
+        from ..config import T_SAMPLINGS
 
         g.add_argument("--t-sampling", default=d.t_sampling, choices=T_SAMPLINGS,
                        help="training noise levels: uniform steps (DDPM) or lognormal (EDM's ln σ ~ N(-1.2, 1.2²))")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of every random stream")
+    add_seed(g, "seed of every random stream")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory for checkpoints, metrics.jsonl" +
                    ("" if classifier else ", samples/") + " (required)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    _add_dist_timeout(g)
+    add_device(g)
+    add_dist_timeout(g)
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only; ignored on the CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the network")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: end only)")
@@ -124,16 +79,16 @@ def _add_optim_run_args(p, d, classifier: bool) -> None:
         g.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for the sample grids")
         g.add_argument("--num-samples", type=int, default=d.num_samples, help="images per sample grid")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics.jsonl lines")
-    g.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    add_quiet(g)
 
 
 def _add_train(sub) -> None:
-    from .forward import PREDICTIONS
-    from .nn import PRESETS
-    from .config import TrainConfig
+    from ..forward import PREDICTIONS
+    from ..nn import PRESETS
+    from ..config import TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a UNet with the DDPM objective", formatter_class=_Formatter,
+    p = sub.add_parser("train", help="train a UNet with the DDPM objective", formatter_class=Formatter,
                        description="Train a diffusion model (DDPM L_simple) and write checkpoints to --out. "
                                    "Under torchrun the global --batch-size is split across the processes.")
     _add_data_args(p)
@@ -156,11 +111,11 @@ def _add_train(sub) -> None:
 
 
 def _add_train_classifier(sub) -> None:
-    from .nn import CLASSIFIER_PRESETS
-    from .config import TrainConfig
+    from ..nn import CLASSIFIER_PRESETS
+    from ..config import TrainConfig
 
     d = TrainConfig(**_CLASSIFIER_TRAIN)
-    p = sub.add_parser("train-classifier", formatter_class=_Formatter,
+    p = sub.add_parser("train-classifier", formatter_class=Formatter,
                        help="train a noisy classifier p(y | x_t, t) for classifier guidance",
                        description="Train a time-conditioned classifier on noised images x_t (cross-entropy at t "
                                    "uniform over the schedule's steps), with the checkpoints, resume and safeguards "
@@ -178,8 +133,8 @@ def _add_train_classifier(sub) -> None:
 
 def _train_configs(args: argparse.Namespace):
     """(RunConfig, ImageData) from the parsed ``train`` / ``train-classifier`` arguments."""
-    from .schedule import Schedule
-    from .train import DataConfig, RunConfig, TrainConfig, load_data
+    from ..schedule import Schedule
+    from ..train import DataConfig, RunConfig, TrainConfig, load_data
 
     data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
                           channels=args.channels, hflip=args.hflip)
@@ -192,7 +147,7 @@ def _train_configs(args: argparse.Namespace):
                  attn_resolutions=args.attn_resolutions, patch_size=args.patch_size,
                  scale_shift=getattr(args, "scale_shift", None))
     if args.classifier:
-        from .checkpoint import BUNDLED_MODEL, load_checkpoint
+        from ..checkpoint import BUNDLED_MODEL, load_checkpoint
 
         train_cfg = TrainConfig(**common, label_dropout=0.0, sample_every=0)
         schedule = load_checkpoint(args.schedule_from or BUNDLED_MODEL)[1]
@@ -219,9 +174,9 @@ def _fine_tune_source(args, shape: dict):
     instead: it no longer needs the source's weights, which may have moved since."""
     if args.init_from is None:
         return None, None
-    from .checkpoint import BUNDLED_MODEL, list_checkpoints, load_checkpoint, read_json
-    from .nn import UNetConfig
-    from .train import RunConfig
+    from ..checkpoint import BUNDLED_MODEL, list_checkpoints, load_checkpoint, read_json
+    from ..nn import UNetConfig
+    from ..train import RunConfig
 
     path = str(BUNDLED_MODEL) if args.init_from == "bundled" else args.init_from
     named = {"--preset": args.preset, "--class-cond": args.class_cond, "--prediction": args.prediction,
@@ -241,7 +196,7 @@ def _fine_tune_source(args, shape: dict):
 
 
 def _unet_config(args, data, shape: dict):
-    from .train import resolve_model_config
+    from ..train import resolve_model_config
 
     class_cond = data.labels is not None if args.class_cond is None else args.class_cond
     if class_cond and data.labels is None:
@@ -251,8 +206,8 @@ def _unet_config(args, data, shape: dict):
 
 
 def _classifier_config(preset: str, data, shape: dict):
-    from .nn import CLASSIFIER_PRESETS, ClassifierConfig
-    from .config import fit_preset
+    from ..nn import CLASSIFIER_PRESETS, ClassifierConfig
+    from ..config import fit_preset
 
     base = CLASSIFIER_PRESETS[preset]
     return ClassifierConfig.from_dict({**base.to_dict(), **fit_preset(base, data.image_size, shape),
@@ -261,12 +216,11 @@ def _classifier_config(preset: str, data, shape: dict):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .cli_sampling import _writable
-    from .files import check_folder_free
-    from .train import run_training
-    from .train.trainer import check_run_dir
+    from ..files import check_folder_free
+    from ..train import run_training
+    from ..train.trainer import check_run_dir
 
-    _writable(args.out, folder=True)  # before the data loads: a file, a loop or an unwritable parent
+    writable(args.out, folder=True)  # before the data loads: a file, a loop or an unwritable parent
     check_run_dir(args.out, args.resume)
     check_folder_free(args.out)  # another run writing there now (the trainer claims the folder itself)
     config, data = _train_configs(args)
@@ -282,83 +236,4 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-
-# ---------------------------------------------------------------------------------------- main
-
-def _module_subcommands() -> tuple[Callable, ...]:
-    """The subcommands defined in their own modules (``SUBCOMMANDS`` of cli_sampling, cli_inversion, cli_eval)."""
-    from .cli_eval import SUBCOMMANDS as EVAL
-    from .cli_inversion import SUBCOMMANDS as INVERSION
-    from .cli_sampling import SUBCOMMANDS as SAMPLING
-
-    return tuple(lambda sub, add=add: add(sub, _Formatter) for add in (*SAMPLING, *INVERSION, *EVAL))
-
-
-_SUBCOMMANDS: tuple[Callable, ...] = (_add_train, _add_train_classifier)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``ddim`` parser with every subcommand registered."""
-    from . import __version__
-
-    parser = _Parser(prog="ddim", description="Diffusion models: DDPM training, DDIM sampling.",
-                     formatter_class=_Formatter)
-    parser.add_argument("--version", action="version", version=f"ddim {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in (*_SUBCOMMANDS, *_module_subcommands()):
-        add(sub)
-    return parser
-
-
-def _is_allocation_failure(e: BaseException) -> bool:
-    text = str(e)
-    return any(s in text for s in ("bad_alloc", "can't allocate memory", "out of memory", "DefaultCPUAllocator"))
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"ddim: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return code
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``ddim`` console script; returns the exit code."""
-    from .allocator import keep_freed_memory
-
-    keep_freed_memory()   # CPU speed: see ddim.allocator
-
-    with warnings.catch_warnings():  # restores the default display when main() returns
-        warnings.showwarning = _show_warning
-        return _run(argv)
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, like errors (no source path or code line)."""
-    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-    text = text[len("ddim: "):] if text.startswith("ddim: ") else text
-    print(f"ddim: warning: {text}", file=file or sys.stderr)
-
-
-def _run(argv: Optional[Sequence[str]]) -> int:
-    from .checkpoint import NonFiniteError
-
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except UsageError as e:
-        return _fail(str(e), EXIT_USAGE)
-    except NonFiniteError as e:
-        return _fail(str(e), EXIT_FAILED)
-    except (ValueError, OSError) as e:  # bad values, missing/unwritable paths, corrupted checkpoints
-        return _fail(str(e), EXIT_USAGE)
-    except MemoryError as e:
-        return _fail(f"out of memory ({e or 'the request is too large'}); lower --batch-size or the sizes", EXIT_USAGE)
-    except RuntimeError as e:  # torch's allocator reports a failed allocation as a RuntimeError
-        if not _is_allocation_failure(e):
-            raise
-        return _fail(f"out of memory: {str(e).splitlines()[0][:200]}; lower --batch-size or the sizes", EXIT_USAGE)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+SUBCOMMANDS = (_add_train, _add_train_classifier)

@@ -1,29 +1,27 @@
 """``ddim invert | reconstruct | edit``: images -> latents (plain DDIM inversion, or a guided method of
-``ddim.inversion``) -> images. Registered by ``ddim.cli``; the shared helpers are ``cli_sampling``'s."""
+``ddim.inversion``) -> images."""
 
 from __future__ import annotations
 
-from .cli_sampling import (_add_solver, _bar, _class_help, _common, _distinct, _load, _note,
-                           _resolve_solver_defaults, _save_npz, _writable)
+from .common import (Formatter, add_guidance, add_images, add_sampling_args, add_solver, class_help, distinct,
+                     invert_images, load_model, note, progress, resolve_solver_defaults, save_npz, writable)
 
 __all__ = ["SUBCOMMANDS"]
 
 
-# ------------------------------------------------------------------------------ invert / reconstruct
-
-def _add_invert(sub, formatter) -> None:
-    p = sub.add_parser("invert", help="DDIM inversion: images -> latents x_T", formatter_class=formatter,
+def _add_invert(sub) -> None:
+    p = sub.add_parser("invert", help="DDIM inversion: images -> latents x_T", formatter_class=Formatter,
                        description="Encode images into x_T by running the deterministic DDIM ODE backwards.")
-    _common(p)
+    add_sampling_args(p)
     _add_method(p)
-    p.add_argument("--images", nargs="+", required=True, help="image files (PNG/JPEG, any size and mode)")
+    add_images(p)
     p.add_argument("--out", default="latents.npz", help=".npz with latents (N, C, H, W), file names, and what the "
                                                           "method keeps (null embeddings, noise maps, EDICT's 2nd chain)")
     p.set_defaults(func=_run_invert)
 
 
 def _add_method(p, guidance: bool = True) -> None:
-    from .inversion import METHODS
+    from ..inversion import METHODS
 
     g = p.add_argument_group("guided inversion (class-conditional models; needs the images' class)")
     g.add_argument("--method", choices=METHODS, default="ddim",
@@ -32,20 +30,18 @@ def _add_method(p, guidance: bool = True) -> None:
                         "for ∅; ddpm: edit-friendly DDPM inversion (exact, η = --ddpm-eta); edict: EDICT's coupled "
                         "chains (exact)")
     if guidance:
-        g.add_argument("--guidance", type=float, default=0.0,
-                       help="classifier-free guidance weight w the images are sampled back under (null-label, ddpm "
-                            "and edict invert for it)")
+        add_guidance(g, 0.0, "the images are sampled back under it (null-label, ddpm and edict invert for it)")
     g.add_argument("--ddpm-eta", type=float, default=1.0, help="η of --method ddpm")
 
 
-def _add_reconstruct(sub, formatter) -> None:
+def _add_reconstruct(sub) -> None:
     p = sub.add_parser("reconstruct", help="invert images and sample them back; print the error",
-                       formatter_class=formatter,
+                       formatter_class=Formatter,
                        description="x_0 -> x_T -> x_0 with --steps each way. Writes originals (top row) above "
                                    "reconstructions and prints the per-image MSE on the [0, 1] scale.")
-    _common(p)
+    add_sampling_args(p)
     _add_method(p)
-    p.add_argument("--images", nargs="+", required=True, help="image files (PNG/JPEG, any size and mode)")
+    add_images(p)
     p.add_argument("--out", default="reconstruction.png", help="side-by-side PNG to write")
     p.set_defaults(func=_run_reconstruct)
 
@@ -59,13 +55,13 @@ def _guided_inversion(args):
     """(model, schedule, prediction, x_0, ``Inversion``) for --method / --guidance."""
     import torch
 
-    from .generate import class_labels
-    from .images import load_images
-    from .inversion import invert_image
-    from .noise import generators
-    from .samplers import plan
+    from ..generate import class_labels
+    from ..images import load_images
+    from ..inversion import invert_image
+    from ..noise import generators
+    from ..samplers import plan
 
-    model, schedule, prediction, device = _load(args)
+    model, schedule, prediction, device = load_model(args)
     plan(schedule, args.steps, 0.0, args.spacing)
     cfg = model.config
     if cfg.num_classes is None:
@@ -76,7 +72,7 @@ def _guided_inversion(args):
     if not 0 <= args.guidance < float("inf"):  # inf inverts to NaN latents and reconstructions
         raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
-    _note(args, notes)
+    note(args, notes)
     labels = class_labels(range(len(x0)), cfg.num_classes, args.class_id)
     with torch.inference_mode(False):
         inv = invert_image(model, schedule, x0.to(device), labels, method=args.method, w=args.guidance,
@@ -85,35 +81,11 @@ def _guided_inversion(args):
     return model, schedule, prediction, x0, inv
 
 
-def _inverted(args):
-    """(model, schedule, prediction, images x_0, latents x_T, labels, conditioned model). Without --class, a
-    class-conditional model inverts unconditionally (its null label)."""
-    import torch
-
-    from .generate import class_labels, conditioned
-    from .images import load_images
-    from .samplers import invert, plan
-
-    model, schedule, prediction, device = _load(args)
-    plan(schedule, args.steps, 0.0, args.spacing)  # bad --steps/--spacing fail before any work
-    cfg = model.config
-    x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
-    _note(args, notes)
-    labels = class_labels(range(len(x0)), cfg.num_classes, args.class_id)
-    if labels is not None and args.class_id is None:
-        labels = torch.full_like(labels, model.null_label)  # unknown class: the unconditional model
-    m = conditioned(model, labels)
-    with torch.inference_mode(), _bar(args, args.steps, "inverting") as bar:
-        xT = invert(m, schedule, x0.to(device), args.steps, args.spacing, prediction,
-                    callback=lambda *_: bar.update())
-    return model, schedule, prediction, x0, xT, labels, m
-
-
 def _run_invert(args) -> int:
     import numpy as np
 
-    out = _writable(args.out, (".npz",))
-    _distinct({"--out": args.out}, args.images)
+    out = writable(args.out, (".npz",))
+    distinct({"--out": args.out}, args.images)
     extra = {}
     if _guided(args):
         inv = _guided_inversion(args)[4]
@@ -123,29 +95,29 @@ def _run_invert(args) -> int:
         extra.update(method=inv.method, guidance=inv.w, labels=inv.labels.cpu().numpy(),
                      timesteps=inv.timesteps.numpy())
     else:
-        xT = _inverted(args)[4]
-    _save_npz(out, latents=xT.float().cpu().numpy(), files=np.array([str(p) for p in args.images]), steps=args.steps,
+        xT = invert_images(args)[4]
+    save_npz(out, latents=xT.float().cpu().numpy(), files=np.array([str(p) for p in args.images]), steps=args.steps,
               **extra)
-    _note(args, [f"wrote {out} ({len(args.images)} latents, {args.steps} steps)"])
+    note(args, [f"wrote {out} ({len(args.images)} latents, {args.steps} steps)"])
     return 0
 
 
 def _run_reconstruct(args) -> int:
     import torch
 
-    from .images import save_grid
-    from .samplers import sample
+    from ..images import save_grid
+    from ..samplers import sample
 
-    out = _writable(args.out)
-    _distinct({"--out": args.out}, args.images)
+    out = writable(args.out)
+    distinct({"--out": args.out}, args.images)
     if _guided(args):
-        from .inversion import regenerate
+        from ..inversion import regenerate
 
         model, schedule, prediction, x0, inv = _guided_inversion(args)
         back = regenerate(model, schedule, inv, prediction=prediction).float().cpu()
     else:
-        _, schedule, prediction, x0, xT, _, m = _inverted(args)
-        with torch.inference_mode(), _bar(args, args.steps, "sampling") as bar:
+        _, schedule, prediction, x0, xT, _, m = invert_images(args)
+        with torch.inference_mode(), progress(args, args.steps, "sampling") as bar:
             back = sample(m, schedule, xT, args.steps, 0.0, args.spacing, prediction,
                           callback=lambda *_: bar.update()).float().cpu()
     save_grid(torch.cat([x0, back]), out, nrow=len(x0))
@@ -153,29 +125,27 @@ def _run_reconstruct(args) -> int:
     for path, e in zip(args.images, mse.tolist()):
         print(f"{path}\tmse {e:.6f}")
     print(f"mean\tmse {mse.mean().item():.6f}")
-    _note(args, [f"wrote {out} (originals above reconstructions, {args.steps} steps each way)"])
+    note(args, [f"wrote {out} (originals above reconstructions, {args.steps} steps each way)"])
     return 0
 
 
-# ------------------------------------------------------------------------------------------- edit
-
-def _add_edit(sub, formatter) -> None:
+def _add_edit(sub) -> None:
     p = sub.add_parser("edit", help="edit images toward a class: DDIM inversion + guided regeneration, or SDEdit",
-                       formatter_class=formatter,
+                       formatter_class=Formatter,
                        description="Invert each image (with --from-class, else unconditionally) to step "
                                    "strength·T, then regenerate toward --to-class under classifier-free guidance. "
                                    "--mode both also writes the plain SDEdit result (noise to strength·T, "
                                    f"denoise) for comparison. Output rows: original | inversion edit | SDEdit. "
-                                   f"Classes: {_class_help()}.")
-    _common(p, with_class=False, solver_defaults=True)
-    p.add_argument("--image", nargs="+", required=True, help="image files (PNG/JPEG, any size and mode)")
+                                   f"Classes: {class_help()}.")
+    add_sampling_args(p, with_class=False, solver_defaults=True)
+    add_images(p)
     p.add_argument("--to-class", type=int, required=True, help="target class (required; numbers as below)")
     p.add_argument("--from-class", type=int, default=None, help="the images' own class, if known (default: ∅)")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance weight w toward --to-class")
+    add_guidance(p, 2.0, "toward --to-class")
     p.add_argument("--strength", type=float, default=0.6, help="how far to go: the edit starts at step strength·T")
     p.add_argument("--mode", choices=("invert", "sdedit", "both"), default="both", help="which edits to run")
     _add_method(p, guidance=False)
-    _add_solver(p, deterministic=True)
+    add_solver(p, deterministic=True)
     p.add_argument("--out", default="edit.png", help="PNG to write")
     p.set_defaults(func=_run_edit)
 
@@ -183,34 +153,34 @@ def _add_edit(sub, formatter) -> None:
 def _run_edit(args) -> int:
     import torch
 
-    from .edit import edit_timesteps, invert_regenerate, sdedit
-    from .generate import class_labels, conditioned
-    from .images import load_images, save_grid
-    from .noise import generators
+    from ..edit import edit_timesteps, invert_regenerate, sdedit
+    from ..generate import class_labels, conditioned
+    from ..images import load_images, save_grid
+    from ..noise import generators
 
-    _resolve_solver_defaults(args)
-    out = _writable(args.out)
-    _distinct({"--out": args.out}, args.image)
-    model, schedule, prediction, device = _load(args)
+    resolve_solver_defaults(args)
+    out = writable(args.out)
+    distinct({"--out": args.out}, args.images)
+    model, schedule, prediction, device = load_model(args)
     cfg = model.config
     if cfg.num_classes is None:
         raise ValueError("edit needs a class-conditional model; this one is unconditional")
     edit_timesteps(schedule, args.steps, args.strength, args.spacing)  # validate before any work
-    n = len(args.image)
+    n = len(args.images)
     target = conditioned(model, class_labels(range(n), cfg.num_classes, args.to_class), args.guidance)
     source_labels = class_labels(range(n), cfg.num_classes, args.from_class)
     if args.from_class is None:
         source_labels = torch.full_like(source_labels, model.null_label)
     source = conditioned(model, source_labels)
-    x0, notes = load_images(args.image, cfg.image_size, cfg.in_channels)
-    _note(args, notes)
+    x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
+    note(args, notes)
     x0 = x0.to(device)
     kw = dict(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver)
     rows = [x0.cpu()]
     if args.method != "ddim" and args.mode == "sdedit":
         raise ValueError(f"--method {args.method} applies to --mode invert or both (SDEdit does not invert)")
     if args.method != "ddim" and args.mode in ("invert", "both"):
-        from .inversion import invert_image, regenerate
+        from ..inversion import invert_image, regenerate
 
         if args.from_class is None:
             raise ValueError(f"--method {args.method} needs --from-class (the images' class)")
@@ -229,7 +199,7 @@ def _run_edit(args) -> int:
             rows.append(sdedit(target, schedule, x0, args.strength, generator=gens, **kw).float().cpu())
     save_grid(torch.cat(rows), out, nrow=n)
     shown = ["original"] + ["inversion edit"] * (args.mode != "sdedit") + ["SDEdit"] * (args.mode != "invert")
-    _note(args, [f"wrote {out} ({n} images; rows: {' | '.join(shown)})"])
+    note(args, [f"wrote {out} ({n} images; rows: {' | '.join(shown)})"])
     return 0
 
 

@@ -1,22 +1,19 @@
 """``ddim eval``: sample quality against the number of steps S and η (DDIM Table 1), reconstruction error of
 DDIM inversion (Table 2), and consistency of η = 0 samples across S (section 5.3).
 
-Parse -> ``ddim.evaluate.runner`` (sampling, metrics) -> ``ddim.evaluate.report`` (files). Registered by
-``ddim.cli``. The FID grid also runs under torchrun: every rank draws a share of the samples, rank 0 scores.
+Parse -> ``ddim.evaluate.runner`` (sampling, metrics) -> ``ddim.evaluate.report`` (files). The FID grid also
+runs under torchrun: every rank draws a share of the samples, rank 0 scores.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-from pathlib import Path
 
-from .cli_sampling import (MAX_BATCH, MAX_N, _add_clip, _add_dist_timeout, _bar, _check_count, _clip, _eta, _note,
-                           _x0_rule)
-from .images import check_channels
-from .samplers.solvers import solver_help
+from .common import (MAX_BATCH, MAX_N, Formatter, add_checkpoint, add_clip, add_data_dir, add_device,
+                     add_dist_timeout, add_guidance, add_no_ema, add_quiet, add_seed, check_count, clip_value,
+                     eta_value, note, progress, writable, x0_rule)
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -26,11 +23,9 @@ DEFAULT_STEPS = {"fid": (10, 20, 50, 100, 1000), "reconstruction": (10, 20, 50, 
 DEFAULT_ETAS = (0.0, 0.2, 0.5, 1.0, "large")
 DEFAULT_N = {"fid": 10_000, "reconstruction": 1000, "consistency": 8}
 REFERENCE_DATASET = "fashion-mnist"   # what the shipped feature extractor was trained on
+
+
 PREVIEW_SAMPLES = 10                  # per cell, in the FID grid's samples.png
-
-
-# ---------------------------------------------------------------------------------- argument types
-
 def _items(text: str) -> list[str]:
     return [v.strip() for v in text.split(",")]
 
@@ -55,7 +50,7 @@ def _eta_list(text: str) -> tuple:
     out = []
     for v in _items(text):
         try:
-            eta = _eta(v)
+            eta = eta_value(v)
         except argparse.ArgumentTypeError:
             eta = -1.0
         if eta != "large" and not (math.isfinite(eta) and eta >= 0):
@@ -67,7 +62,7 @@ def _eta_list(text: str) -> tuple:
 
 def _solver_list(text: str) -> tuple[str, ...]:
     """--solver "ddim,dpmpp-2m" -> ("ddim", "dpmpp-2m"); repeats dropped, order kept."""
-    from .samplers import SOLVERS
+    from ..samplers import SOLVERS
 
     out = _items(text)
     for v in out:
@@ -99,16 +94,13 @@ def _count(text: str) -> int:
     return n
 
 
-# ------------------------------------------------------------------------------------------ parser
-
-def _add_eval(sub, formatter) -> None:
-    from .checkpoint import BUNDLED_MODEL
-    from .data import FASHION_MNIST_DIR, FASHION_MNIST_ENV, FASHION_MNIST_INSTALL
-    from .timesteps import SPACINGS
+def _add_eval(sub) -> None:
+    from ..samplers.solvers import solver_help
+    from ..timesteps import SPACINGS
 
     p = sub.add_parser(
         "eval", help="measure sample quality: FID against steps and η, reconstruction error, consistency",
-        formatter_class=formatter,
+        formatter_class=Formatter,
         description="Default: sample --n images for every (S, η) of --steps × --eta and score them against "
                     "Fashion-MNIST (FID, KID, precision, recall) into --out: results.json, results.csv, "
                     "results.md (FID, rows S, columns η) and fid_vs_steps.png. Samples are kept in "
@@ -117,9 +109,7 @@ def _add_eval(sub, formatter) -> None:
                     "--reconstruction: DDIM inversion + η = 0 sampling of --n test images, per-dimension "
                     "MSE on the [0, 1] scale. --consistency: η = 0 samples of --n seeds at each S against "
                     "S = T, with a picture grid.")
-    p.add_argument("--checkpoint", default=str(BUNDLED_MODEL),
-                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory "
-                        "(default: the bundled class-conditional Fashion-MNIST model)")
+    add_checkpoint(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reconstruction", action="store_true",
                       help="reconstruction error of DDIM inversion against S (DDIM Table 2) on the first --n "
@@ -133,8 +123,8 @@ def _add_eval(sub, formatter) -> None:
                    help="comma-separated η values, numbers >= 0 or 'large' for σ̂ (default: 0,0.2,0.5,1,large; "
                         "the FID grid only: the other modes use η = 0)")
     p.add_argument("--solver", type=_solver_list, default=("ddim",),
-                   help=f"comma-separated solvers (default: ddim; {solver_help()}): the FID grid gets one column per η for ddim "
-                        "and one per other solver (no η: their own noise, none or η = 1's), and the plot one "
+                   help=f"comma-separated solvers (default: ddim; {solver_help()}): the FID grid gets one column "
+                        "per η for ddim and one per other solver (no η: their own noise, none or η = 1's), and the plot one "
                         "curve each, against model calls per image (Heun makes 2S − 1 per S steps)")
     p.add_argument("--n", "--num-samples", dest="n", type=_count, default=None,
                    help="samples per cell (default: 10000); with --reconstruction test images (default: 1000); "
@@ -143,11 +133,10 @@ def _add_eval(sub, formatter) -> None:
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per model call; also the size of the stored sample chunks, so keep it when resuming")
     p.add_argument("--spacing", default="uniform", choices=SPACINGS, help="sub-sequence of the training steps")
-    p.add_argument("--seed", type=_seed, default=0, help="sample i starts from the x_T of (seed, i)")
-    p.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance weight w (class-conditional models; not with --reconstruction)")
+    add_seed(p, "sample i starts from the x_T of (seed, i)", type=_seed)
+    add_guidance(p, 0.0, "class-conditional models; not with --reconstruction")
     # Off by default, unlike `ddim sample`: the paper's tables measure the plain update.
-    _add_clip(p, default=0.0)
+    add_clip(p, default=0.0)
     p.add_argument("--out", default="eval", help="output directory (results, and samples/ for resuming)")
     g = p.add_argument_group("reference data (FID grid)")
     g.add_argument("--reference-split", choices=("test", "train"), default="test",
@@ -155,19 +144,14 @@ def _add_eval(sub, formatter) -> None:
                         "split give the floor (what real images score)")
     g.add_argument("--reference-limit", type=_count, default=None,
                    help="use only the first N images of the reference split (default: all)")
-    g.add_argument("--data-dir", default=None,
-                   help=f"where the Fashion-MNIST idx files are (default: ${FASHION_MNIST_ENV}, else "
-                        f"{FASHION_MNIST_DIR}, from `{FASHION_MNIST_INSTALL}`); with "
-                        "--reconstruction, where the checkpoint's own dataset is (default: as it was trained)")
-    p.add_argument("--no-ema", dest="ema", action="store_false",
-                   help="use the live training weights (default: the EMA weights)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    _add_dist_timeout(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    add_data_dir(g, "where the Fashion-MNIST idx files are; with --reconstruction, where the checkpoint's own "
+                    "dataset is (when not given: where it was trained from)")
+    add_no_ema(p)
+    add_device(p)
+    add_dist_timeout(p)
+    add_quiet(p)
     p.set_defaults(func=_run_eval)
 
-
-# ------------------------------------------------------------------------------------------ running
 
 def _shape_text(shape) -> str:
     return "×".join(str(v) for v in shape)
@@ -175,11 +159,11 @@ def _shape_text(shape) -> str:
 
 def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: str) -> None:
     """Every user error before any sampling: grids, guidance, batch size, image size."""
-    from .evaluate import FeatureExtractor
-    from .generate import class_labels, conditioned
+    from ..evaluate import FeatureExtractor
+    from ..generate import class_labels, conditioned
     import torch
 
-    from .samplers.ddim import SampleOptions, sample_setup
+    from ..samplers.ddim import SampleOptions, sample_setup
 
     if mode != "fid" and args.eta is not None:
         raise ValueError(f"--eta applies to the FID grid only; --{mode} samples with η = 0")
@@ -187,7 +171,7 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
         raise ValueError(f"--solver applies to the FID grid only; --{mode} uses DDIM (got {','.join(args.solver)})")
     if mode == "reconstruction" and args.guidance:
         raise ValueError("--guidance does not apply to --reconstruction (inversion is unguided)")
-    if _clip(args) is not None and mode == "reconstruction":
+    if clip_value(args) is not None and mode == "reconstruction":
         # a clamped decoder is no longer the inverse of the (unclamped) inversion ODE
         raise ValueError(f"--clip {args.clip:g} does not apply to --reconstruction (allowed: 0)")
     if "ddim" not in args.solver and args.eta is not None:
@@ -202,6 +186,8 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
     cfg = model.config
     conditioned(model, class_labels([0], cfg.num_classes), args.guidance)
     if mode == "consistency":  # its report is a picture
+        from ..images import check_channels
+
         check_channels(cfg.in_channels, "the checkpoint's images")
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     if mode == "fid" and shape != FeatureExtractor.image_shape:
@@ -210,31 +196,20 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
                          "--reconstruction and --consistency work at any size")
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse an --out that cannot become a writable folder, without creating anything."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OSError(f"cannot write --out {out}: {parent} is not a writable folder")
-
-
 def _run_eval(args) -> int:
     import contextlib
 
-    from .checkpoint import load_checkpoint
-    from .device import resolve_device
-    from .evaluate.runner import weights_sha256
-    from .files import check_folder_free, claim_folder
-    from .distributed import dist_info_from_env, init_distributed, shutdown
+    from ..checkpoint import load_checkpoint
+    from ..device import resolve_device
+    from ..evaluate.runner import weights_sha256
+    from ..files import check_folder_free, claim_folder
+    from ..distributed import dist_info_from_env, init_distributed, shutdown
 
     mode = "reconstruction" if args.reconstruction else "consistency" if args.consistency else "fid"
     steps, n = args.steps or DEFAULT_STEPS[mode], args.n or DEFAULT_N[mode]
     etas = (args.eta or DEFAULT_ETAS) if mode == "fid" else (0.0,)
-    _check_count("--n", n, MAX_N, least=2)  # `ddim sample`'s bounds, before the checkpoint loads
-    _check_count("--batch-size", args.batch_size, MAX_BATCH)
+    check_count("--n", n, MAX_N, least=2)  # `ddim sample`'s bounds, before the checkpoint loads
+    check_count("--batch-size", args.batch_size, MAX_BATCH)
     info = dist_info_from_env()
     if info.distributed and mode != "fid":
         raise ValueError(f"--{mode} runs in one process; start it without torchrun")
@@ -248,14 +223,14 @@ def _run_eval(args) -> int:
     try:
         model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
         _validate(args, model, schedule, mode, steps, etas, config.prediction)
-        _check_out_dir(Path(args.out))  # created only once the data has loaded: a refusal leaves nothing behind
+        writable(args.out, folder=True)  # created only once the data has loaded: a refusal leaves nothing behind
         # hashed once: the FID grid's sample stores record it too (``sample_grid``)
         common = {"mode": mode, "checkpoint": str(args.checkpoint), "weights_sha256": weights_sha256(model),
                   "ema": args.ema, "prediction": config.prediction, "num_train_steps": schedule.num_steps,
                   "steps": list(steps), "n": n, "seed": args.seed, "batch_size": args.batch_size,
                   "spacing": args.spacing, "solver": list(args.solver), "guidance": args.guidance,
-                  "clip": _clip(args),
-                  "eps_from_clipped_x0": _x0_rule(args).get("eps_from_clipped_x0", False), "device": str(device),
+                  "clip": clip_value(args),
+                  "eps_from_clipped_x0": x0_rule(args).get("eps_from_clipped_x0", False), "device": str(device),
                   "world_size": info.world_size}
         run = {"fid": _run_grid, "reconstruction": _run_reconstruction, "consistency": _run_consistency}[mode]
         # one writer per folder: the claim is removed again, with the folder, if the run is refused before writing
@@ -271,10 +246,10 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
 
     import torch
 
-    from .data import DatasetError, load_dataset
-    from .evaluate import FeatureExtractor, reference_stats
-    from .evaluate.report import fid_table, versions, write_grid_report
-    from .evaluate.runner import Cell, floor_metrics, sample_grid, score_cell
+    from ..data import DatasetError, load_dataset
+    from ..evaluate import FeatureExtractor, reference_stats
+    from ..evaluate.report import fid_table, versions, write_grid_report
+    from ..evaluate.runner import Cell, floor_metrics, sample_grid, score_cell
 
     start = time.perf_counter()
     # Every rank loads the data (a second) so that missing files fail everywhere before any sampling.
@@ -284,7 +259,7 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
         floor_data = load_dataset(REFERENCE_DATASET, args.data_dir, split=other)
     except DatasetError as e:
         floor_data = None
-        _note(args, [f"no floor: {e}"])
+        note(args, [f"no floor: {e}"])
     limit = min(args.reference_limit or len(reference_data), len(reference_data))
     if limit < 2:  # before any sampling: the reference statistics need a covariance
         raise ValueError(f"the reference split {reference_data.name} has {limit} image(s); FID needs at least 2")
@@ -295,7 +270,7 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
         bar = []  # made once the plan is known, so no empty bar is printed first
 
         def planned(total: int) -> None:
-            bar.append(bars.enter_context(_bar(args, total, "sampling")))
+            bar.append(bars.enter_context(progress(args, total, "sampling")))
 
         samples = sample_grid(model, schedule, cells, n, args.out, seed=args.seed, batch_size=args.batch_size,
                               spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
@@ -307,7 +282,7 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     extractor = FeatureExtractor()
     reference = reference_stats(reference_data, extractor=extractor, limit=args.reference_limit)
     floor = floor_metrics(floor_data, n, reference, extractor) if floor_data is not None else None
-    with _bar(args, len(samples), "scoring") as bar:
+    with progress(args, len(samples), "scoring") as bar:
         scores = []
         for s in samples:
             scores.append(score_cell(s, reference, extractor))
@@ -321,7 +296,7 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     files = write_grid_report(args.out, results, previews)
     print(fid_table(results), end="")
     reused = sum(c["reused_chunks"] for c in scores)
-    _note(args, [f"wrote {', '.join(str(f) for f in files)}"] +
+    note(args, [f"wrote {', '.join(str(f) for f in files)}"] +
           ([f"reused {reused} sample chunks from an earlier run"] if reused else []))
     return 0
 
@@ -329,9 +304,9 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
 def _run_reconstruction(args, model, schedule, config, device, info, common, etas) -> int:
     import torch
 
-    from .data import load_dataset
-    from .evaluate.report import versions, write_reconstruction_report
-    from .evaluate.runner import chunk_ranges, reconstruction_errors
+    from ..data import load_dataset
+    from ..evaluate.report import versions, write_reconstruction_report
+    from ..evaluate.runner import chunk_ranges, reconstruction_errors
 
     cfg, data_cfg = model.config, config.data
     name = data_cfg.dataset if data_cfg is not None else REFERENCE_DATASET
@@ -339,30 +314,30 @@ def _run_reconstruction(args, model, schedule, config, device, info, common, eta
     data = load_dataset(name, data_dir, split="test", image_size=cfg.image_size, channels=cfg.in_channels)
     n = min(common["n"], len(data))
     if n < common["n"]:
-        _note(args, [f"{data.name} has {len(data)} images; reconstructing all of them"])
+        note(args, [f"{data.name} has {len(data)} images; reconstructing all of them"])
     labels = None
     if cfg.num_classes is not None:  # the images' own classes where they mean the model's classes, else ∅
         own = data.labels is not None and data.num_classes == cfg.num_classes
         labels = data.labels[:n] if own else torch.full((n,), model.null_label, dtype=torch.int64)
     calls = 2 * sum(common["steps"]) * len(chunk_ranges(n, args.batch_size))
-    with _bar(args, calls, "inverting + sampling") as bar:
+    with progress(args, calls, "inverting + sampling") as bar:
         rows = reconstruction_errors(model, schedule, data.to_float(slice(0, n)), labels, common["steps"],
                                      batch_size=args.batch_size, spacing=args.spacing,
                                      prediction=config.prediction, device=device, on_step=bar.update)
     results = {"config": {**common, "n": n}, "images": data.name, "versions": versions(), "rows": rows}
     files = write_reconstruction_report(args.out, results)
     print(files[-1].read_text(), end="")
-    _note(args, [f"wrote {', '.join(str(f) for f in files)}"])
+    note(args, [f"wrote {', '.join(str(f) for f in files)}"])
     return 0
 
 
 def _run_consistency(args, model, schedule, config, device, info, common, etas) -> int:
-    from .evaluate.report import versions, write_consistency_report
-    from .evaluate.runner import chunk_ranges, consistency
+    from ..evaluate.report import versions, write_consistency_report
+    from ..evaluate.runner import chunk_ranges, consistency
 
     n = common["n"]
     columns = set(common["steps"]) | {schedule.num_steps}
-    with _bar(args, sum(columns) * len(chunk_ranges(n, args.batch_size)), "sampling") as bar:
+    with progress(args, sum(columns) * len(chunk_ranges(n, args.batch_size)), "sampling") as bar:
         rows, images = consistency(model, schedule, common["steps"], n, seed=args.seed, batch_size=args.batch_size,
                                    spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
                                    clip=common["clip"], eps_from_clipped_x0=common["eps_from_clipped_x0"],
@@ -370,7 +345,7 @@ def _run_consistency(args, model, schedule, config, device, info, common, etas) 
     results = {"config": common, "versions": versions(), "rows": rows}
     files = write_consistency_report(args.out, results, images)
     print(files[-1].read_text(), end="")
-    _note(args, [f"wrote {', '.join(str(f) for f in files)}"])
+    note(args, [f"wrote {', '.join(str(f) for f in files)}"])
     return 0
 
 

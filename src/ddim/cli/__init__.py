@@ -1,0 +1,84 @@
+"""The ``ddim`` command line: one subcommand per task, each parse -> config -> library call.
+
+Adding a subcommand: in a module of this package, write ``_add_NAME(subparsers)`` that builds its parser
+(with ``common.Formatter``, and the shared flags from ``common``) and sets ``func=_run_NAME``, and list it
+in the module's ``SUBCOMMANDS``. Errors a user can fix (bad values, missing files, corrupted checkpoints)
+come out as one line ``ddim: error: ...`` on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from . import eval as eval_, inversion, sample, train
+from .common import EXIT_FAILED, EXIT_USAGE, Formatter, Parser, UsageError
+
+__all__ = ["main", "build_parser"]
+
+SUBCOMMANDS = (*train.SUBCOMMANDS, *sample.SUBCOMMANDS, *inversion.SUBCOMMANDS, *eval_.SUBCOMMANDS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ddim`` parser with every subcommand registered."""
+    from .. import __version__
+
+    parser = Parser(prog="ddim", description="Diffusion models: DDPM training, DDIM sampling.",
+                    formatter_class=Formatter)
+    parser.add_argument("--version", action="version", version=f"ddim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _is_allocation_failure(e: BaseException) -> bool:
+    text = str(e)
+    return any(s in text for s in ("bad_alloc", "can't allocate memory", "out of memory", "DefaultCPUAllocator"))
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"ddim: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``ddim`` console script; returns the exit code."""
+    from ..allocator import keep_freed_memory
+
+    keep_freed_memory()   # CPU speed: see ddim.allocator
+
+    with warnings.catch_warnings():  # restores the default display when main() returns
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like errors (no source path or code line)."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    text = text[len("ddim: "):] if text.startswith("ddim: ") else text
+    print(f"ddim: warning: {text}", file=file or sys.stderr)
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
+    from ..checkpoint import NonFiniteError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        return _fail(str(e), EXIT_USAGE)
+    except NonFiniteError as e:
+        return _fail(str(e), EXIT_FAILED)
+    except (ValueError, OSError) as e:  # bad values, missing/unwritable paths, corrupted checkpoints
+        return _fail(str(e), EXIT_USAGE)
+    except MemoryError as e:
+        return _fail(f"out of memory ({e or 'the request is too large'}); lower --batch-size or the sizes", EXIT_USAGE)
+    except RuntimeError as e:  # torch's allocator reports a failed allocation as a RuntimeError
+        if not _is_allocation_failure(e):
+            raise
+        return _fail(f"out of memory: {str(e).splitlines()[0][:200]}; lower --batch-size or the sizes", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)

@@ -1,0 +1,382 @@
+"""What every ``ddim`` subcommand shares: the parser classes, each shared flag defined once, the checks of
+output paths that run before any work, and loading, progress and notes.
+
+A subcommand module (``train``, ``sample``, ``inversion``, ``eval``) imports only this module and the
+library. Errors a user can fix (bad values, missing files, corrupted checkpoints) are raised as
+``ValueError``/``OSError``; ``ddim.cli.main`` turns them into one ``ddim: error: ...`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..samplers.solvers import SOLVERS, get_solver, solver_help
+
+__all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "eta_value", "class_help",
+           "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir", "add_guidance",
+           "add_sampling_args", "add_dist_timeout", "add_clip", "add_solver", "add_score_solver", "add_classifier",
+           "add_images", "clip_value", "x0_rule", "resolve_solver_defaults", "solver_from_args", "load_classifier",
+           "writable", "distinct", "check_count", "save_npz", "load_model", "progress", "note", "invert_images",
+           "DEFAULT_SOLVER", "FAST_STEPS", "DEFAULT_GUIDANCE", "MAX_N", "MAX_BATCH", "MAX_FRAMES"]
+
+EXIT_USAGE = 2        # bad input: arguments, data, checkpoints
+EXIT_FAILED = 1       # training diverged (NaN/Inf)
+MAX_N = 1_000_000     # images per command (an FID needs 50,000)
+MAX_BATCH = 65_536
+MAX_FRAMES = 1_000
+# `ddim sample`'s defaults: the solver, steps and guidance weight measured best at few model calls on the
+# bundled model (docs/results.md)
+DEFAULT_SOLVER, FAST_STEPS = "dpmpp-2m", 10
+DEFAULT_GUIDANCE = 0.5
+
+
+class UsageError(Exception):
+    """Raised by the parser instead of printing usage and exiting, so main() reports one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after an option, unless its help already says what the default is, or the
+    default is "not given" (None) or an on-switch's off."""
+
+    def _get_help_string(self, action):
+        switch = isinstance(action, argparse._StoreTrueAction)  # off unless given
+        if ("default:" in (action.help or "") or "(default" in (action.help or "")
+                or action.default is None or action.default is argparse.SUPPRESS or switch
+                or action.required):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"1,2,2" -> (1, 2, 2)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,2, got {text!r}") from None
+
+
+def eta_value(text: str):
+    """--eta: a number >= 0 or "large" (σ̂)."""
+    if text == "large":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'large', got {text!r}") from None
+
+
+def class_help() -> str:
+    from ..data import FASHION_MNIST_CLASSES
+
+    names = ", ".join(f"{i} {name}" for i, name in enumerate(FASHION_MNIST_CLASSES))
+    return f"the bundled Fashion-MNIST model's classes: {names}"
+
+
+# ---------------------------------------------------------------------------------- shared flags
+
+def add_checkpoint(p) -> None:
+    from ..checkpoint import BUNDLED_MODEL
+
+    p.add_argument("--checkpoint", default=str(BUNDLED_MODEL),
+                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory "
+                        "(default: the bundled class-conditional Fashion-MNIST model)")
+
+
+def add_device(p) -> None:
+    from ..device import DEVICES_HELP
+
+    p.add_argument("--device", default="auto", help=DEVICES_HELP)
+
+
+def add_quiet(p) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+
+
+def add_no_ema(p) -> None:
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="use the live training weights (default: the EMA weights)")
+
+
+def add_seed(p, help: str = "sample i is seeded by (seed, i)", type=int) -> None:
+    p.add_argument("--seed", type=type, default=0, help=help)
+
+
+def add_data_dir(g, help: str) -> None:
+    from ..data import FASHION_MNIST_DIR, FASHION_MNIST_ENV, FASHION_MNIST_INSTALL
+
+    g.add_argument("--data-dir", default=None,
+                   help=f"{help} (default for Fashion-MNIST: ${FASHION_MNIST_ENV}, else {FASHION_MNIST_DIR}, from "
+                        f"`{FASHION_MNIST_INSTALL}`)")
+
+
+def add_guidance(p, default, help: str) -> None:
+    """--guidance: the classifier-free guidance weight w of ε̂ = (1 + w) ε_c − w ε_∅ (0: off)."""
+    p.add_argument("--guidance", type=float, default=default, help=f"classifier-free guidance weight w; {help}")
+
+
+def add_images(p, help: str = "image files (PNG/JPEG, any size and mode)", count="+") -> None:
+    """--images (also spelled --image): the input image files."""
+    p.add_argument("--images", "--image", dest="images", nargs=count, required=True,
+                   metavar="IMAGE" if count == "+" else None, help=help)
+
+
+def add_sampling_args(p, default_steps: int = 50, with_class: bool = True, solver_defaults: bool = False) -> None:
+    """The flags of every sampling subcommand: checkpoint, steps and spacing (``solver_defaults``: unset, then
+    filled by ``resolve_solver_defaults``), class, batch size, EMA, device, seed, quiet."""
+    from ..timesteps import SPACINGS
+
+    add_checkpoint(p)
+    if solver_defaults:  # `ddim sample`: the defaults follow the solver (``resolve_solver_defaults``)
+        p.add_argument("--steps", type=int, default=None,
+                       help=f"sampling steps S (1..T) (default: {FAST_STEPS} for the multistep solvers and heun, "
+                            "50 for ddim and the score solvers)")
+        p.add_argument("--spacing", default=None, choices=SPACINGS,
+                       help="sub-sequence of the training steps (default: logsnr for the multistep solvers and heun, "
+                            "uniform for ddim and the score solvers)")
+    else:
+        p.add_argument("--steps", type=int, default=default_steps, help="sampling steps S (1..T)")
+        p.add_argument("--spacing", default="uniform", choices=SPACINGS, help="sub-sequence of the training steps")
+    if with_class:
+        p.add_argument("--class", dest="class_id", type=int, default=None,
+                       help="class label for a class-conditional model (default: cycle through the classes, or "
+                            f"unconditional); {class_help()}")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    add_no_ema(p)
+    add_device(p)
+    add_seed(p)
+    add_quiet(p)
+
+
+def add_dist_timeout(g) -> None:
+    """--dist-timeout, for the subcommands that run under torchrun (train, train-classifier, eval)."""
+    from ..distributed import RENDEZVOUS_TIMEOUT
+
+    g.add_argument("--dist-timeout", type=float, default=RENDEZVOUS_TIMEOUT, metavar="SECONDS",
+                   help="with RANK and WORLD_SIZE set (torchrun, or by hand): how long a process waits for the others "
+                        "to join before it gives up, naming who is missing")
+
+
+def add_clip(p, default: float = 1.0) -> None:
+    p.add_argument("--clip", type=float, default=default,
+                   help="clamp each step's predicted x_0 to [-clip, clip] and re-derive the predicted noise from "
+                        "the clamped x_0, as DDPM's posterior mean does for data in [-1, 1] (keeping the raw noise "
+                        "instead breaks guided sampling: benchmarks/guidance.py); 0: off, the DDIM paper's plain "
+                        "update")
+
+
+def clip_value(args):
+    """--clip as ``ddim.sample``'s ``clip`` argument (None: off)."""
+    if not args.clip >= 0:
+        raise ValueError(f"--clip must be a number >= 0 (0: off), got {args.clip}")
+    return args.clip or None
+
+
+def x0_rule(args) -> dict:
+    """``ddim.sample``'s keywords for --clip: clamp x̂_0 and re-derive ε̂ from it, or nothing (plain update)."""
+    clip = clip_value(args)
+    return {} if clip is None else {"clip": clip, "eps_from_clipped_x0": True}
+
+
+def add_solver(p, deterministic: bool = False, sample_default: bool = False) -> None:
+    """--solver; ``deterministic``: the ODE solvers only (where an image must be a function of its x_T);
+    ``sample_default``: `ddim sample`'s (dpmpp-2m, or ddim when --eta is given)."""
+    names = tuple(n for n in SOLVERS if not (deterministic and SOLVERS[n].noise_eta))
+    default = (f"default: {DEFAULT_SOLVER}, or ddim when --eta is given" if sample_default else "default: ddim")
+    p.add_argument("--solver", choices=names, default=None if sample_default else "ddim",
+                   help=f"the step: {solver_help(deterministic)}"
+                        + ("" if deterministic else "; all but ddim (and pc with the ddim predictor) take η = 0 only")
+                        + f". Higher orders pay off in few steps (10-20) with --spacing logsnr ({default})")
+
+
+def resolve_solver_defaults(args) -> None:
+    """Fill `ddim sample`'s unset --solver, --spacing, --steps and --eta from the solver: DPM-Solver++(2M) on
+    the log-SNR grid with 10 steps unless --eta (or --sampler ddpm) asks for DDIM's η-family."""
+    if args.solver is None:  # `ddim sample` only; interpolate and edit default to ddim
+        args.solver = "ddim" if args.eta is not None or args.sampler == "ddpm" else DEFAULT_SOLVER
+    fast = SOLVERS[args.solver].kind in ("multistep", "heun")
+    if args.spacing is None:
+        args.spacing = "logsnr" if fast else "uniform"
+    if args.steps is None:
+        args.steps = FAST_STEPS if fast else 50
+    if getattr(args, "eta", 0.0) is None:
+        args.eta = 0.0
+
+
+def add_score_solver(p) -> None:
+    """The options of --solver pc and --solver langevin (``ddim.samplers.score``)."""
+    from ..samplers.score import PC_PREDICTORS
+
+    g = p.add_argument_group("predictor-corrector and Langevin (--solver pc / langevin)")
+    g.add_argument("--predictor", choices=PC_PREDICTORS, default=None,
+                   help="pc: the step after the corrector (default: ddim, with --eta)")
+    g.add_argument("--corrector", choices=("langevin",), default=None,
+                   help="pc: the corrector, Langevin dynamics with the signal-to-noise step rule (default: langevin)")
+    g.add_argument("--snr", type=float, default=None,
+                   help="pc: the corrector's signal-to-noise ratio r in δ = 2α (r‖z‖/‖s‖)² (default: 0.16, score_sde's)")
+    g.add_argument("--corrector-steps", type=int, default=None, help="pc: Langevin steps per level (default: 1)")
+    g.add_argument("--langevin-steps", type=int, default=None, help="langevin: steps L per level (default: 2)")
+    g.add_argument("--step-size", type=float, default=None,
+                   help="langevin: δ_t = step-size · (1 − ᾱ_t) (default: 0.1)")
+
+
+def solver_from_args(args):
+    """The ``Solver`` --solver and its options name (checked: an option of another solver is an error)."""
+    import dataclasses
+
+    solver = get_solver(args.solver)
+    options = {"pc": {"predictor": "predictor", "corrector": None, "snr": "snr", "corrector_steps": "corrector_steps"},
+               "langevin": {"langevin_steps": "langevin_steps", "step_size": "step_size"}}
+    for name, fields in options.items():
+        given = {arg: getattr(args, arg, None) for arg in fields if getattr(args, arg, None) is not None}
+        if given and args.solver != name:
+            flags = ", ".join("--" + a.replace("_", "-") for a in given)
+            raise ValueError(f"{flags} applies to --solver {name} only (got --solver {args.solver})")
+        if given:
+            solver = dataclasses.replace(solver, **{fields[a]: v for a, v in given.items() if fields[a]})
+    return solver
+
+
+def add_classifier(p) -> None:
+    g = p.add_argument_group("classifier guidance")
+    g.add_argument("--classifier-scale", type=float, default=0.0,
+                   help="scale s of classifier guidance, ε̂ − s √(1−ᾱ_t) ∇ log p(y | x_t) (0: off)")
+    g.add_argument("--classifier", default=None,
+                   help="noisy classifier checkpoint (`ddim train-classifier`; default with --classifier-scale: "
+                        "the bundled Fashion-MNIST classifier)")
+
+
+def load_classifier(args, model, schedule, device):
+    """The noisy classifier of --classifier / --classifier-scale, checked against the model; None when off."""
+    from ..checkpoint import BUNDLED_NOISY_CLASSIFIER, load_noisy_classifier
+    from ..generate import check_classifier
+
+    scale = args.classifier_scale
+    if not (scale >= 0 and scale < float("inf")):
+        raise ValueError(f"--classifier-scale must be a finite number >= 0, got {scale}")
+    if not scale:
+        if args.classifier is not None:
+            raise ValueError("--classifier needs --classifier-scale > 0")
+        return None
+    classifier, c_schedule, _ = load_noisy_classifier(args.classifier or BUNDLED_NOISY_CLASSIFIER, device=device)
+    check_classifier(model, schedule, classifier, c_schedule)
+    return classifier
+
+
+# ---------------------------------------------------------------------------------- before any work
+
+def writable(path, suffixes=None, folder: bool = False) -> Path:
+    """Fail before any work (and without creating anything) if ``path`` cannot be written: a wrong suffix
+    (``suffixes``: the allowed ones; None: an image format), an existing folder in its place (or, with
+    ``folder``, a file), a file where a parent folder must go, an unwritable folder or a symlink loop."""
+    from ..images import check_image_path
+
+    path = Path(path)
+    if folder:
+        pass
+    elif suffixes is None:
+        check_image_path(path)
+    elif path.suffix.lower() not in suffixes:
+        raise ValueError(f"cannot write {path}: the file name must end in {' or '.join(suffixes)}")
+    try:
+        if path.is_dir() != folder and path.exists():
+            raise OSError(f"cannot write {path}: it exists and is {'not ' if folder else ''}a folder")
+        ancestor = path if folder else path.parent
+        while not ancestor.exists():  # the nearest existing ancestor must be a writable folder
+            if ancestor.is_symlink():
+                raise OSError(f"cannot write {path}: {ancestor} is a symlink that leads nowhere (dangling, or a loop)")
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OSError(f"cannot write {path}: {ancestor} exists and is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise OSError(f"cannot write {path}: {ancestor} is not writable")
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OSError(f"cannot write {path}: {e.strerror}") from None  # e.g. a symlink loop (ELOOP)
+    return path
+
+
+def distinct(outputs: dict, inputs=()) -> None:
+    """Refuse, before any work, two outputs at one path or an output at an input image's path: the later
+    write would silently replace the earlier file (or the user's image). ``outputs``: flag -> path or None."""
+    seen = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        key = os.path.realpath(path)  # "a.png", "./a.png" and a symlink to it are one file
+        if key in seen:
+            raise ValueError(f"{flag} {path} is the same path as {seen[key]}; give each output its own path")
+        seen[key] = f"{flag} {path}"
+    for path in inputs:
+        if os.path.realpath(path) in seen:
+            raise ValueError(f"{seen[os.path.realpath(path)]} would overwrite the input image {path}; "
+                             "write the output elsewhere")
+
+
+def check_count(name: str, value: int, most: int, least: int = 1) -> None:
+    if not least <= value <= most:
+        raise ValueError(f"{name} must be an integer in [{least}, {most:,}], got {value}")
+
+
+# ---------------------------------------------------------------------------------- loading and output
+
+def save_npz(path, **arrays) -> None:
+    """``numpy.savez`` to exactly ``path`` (no ".npz" appended), atomically."""
+    import numpy as np
+
+    from ..atomic import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_model(args):
+    from ..checkpoint import load_checkpoint
+    from ..device import resolve_device
+
+    device = resolve_device(args.device)
+    model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
+    return model, schedule, config.prediction, device
+
+
+def progress(args, total: int, what: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=args.quiet, unit="step", desc=what, file=sys.stderr, dynamic_ncols=True)
+
+
+def note(args, lines) -> None:
+    for line in lines if not args.quiet else ():
+        print(f"ddim: note: {line}", file=sys.stderr)
+
+
+def invert_images(args):
+    """(model, schedule, prediction, images x_0, latents x_T, labels, conditioned model). Without --class, a
+    class-conditional model inverts unconditionally (its null label)."""
+    import torch
+
+    from ..generate import class_labels, conditioned
+    from ..images import load_images
+    from ..samplers import invert, plan
+
+    model, schedule, prediction, device = load_model(args)
+    plan(schedule, args.steps, 0.0, args.spacing)  # bad --steps/--spacing fail before any work
+    cfg = model.config
+    x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
+    note(args, notes)
+    labels = class_labels(range(len(x0)), cfg.num_classes, args.class_id)
+    if labels is not None and args.class_id is None:
+        labels = torch.full_like(labels, model.null_label)  # unknown class: the unconditional model
+    m = conditioned(model, labels)
+    with torch.inference_mode(), progress(args, args.steps, "inverting") as bar:
+        xT = invert(m, schedule, x0.to(device), args.steps, args.spacing, prediction,
+                    callback=lambda *_: bar.update())
+    return model, schedule, prediction, x0, xT, labels, m
