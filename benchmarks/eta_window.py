@@ -23,7 +23,8 @@ import torch
 
 from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
 from ddim.evaluate import class_agreement, load_classifier
-from ddim.generate import class_labels, generate
+from ddim.generate import RunOptions, class_labels, generate
+from ddim.samplers import SampleOptions
 from ddim.timesteps import timesteps
 
 
@@ -59,9 +60,10 @@ def main() -> None:
     labels = class_labels(range(args.n), config.model.num_classes)
     for hi, lo, tau in cells:
         t0 = time.perf_counter()
-        images = generate(model, schedule, args.n, batch_size=args.batch_size, steps=args.steps,
-                          eta=per_step_eta(grid, hi, lo, tau), prediction=config.prediction, clip=1.0,
-                          eps_from_clipped_x0=True)
+        images = generate(model, schedule, args.n,
+                          SampleOptions(steps=args.steps, eta=per_step_eta(grid, hi, lo, tau),
+                                        prediction=config.prediction, clip=1.0, eps_from_clipped_x0=True),
+                          run=RunOptions(batch_size=args.batch_size))
         with torch.no_grad():
             predicted = classifier(images.clamp(-1, 1)).argmax(1)
         a = class_agreement(predicted, labels, config.model.num_classes)

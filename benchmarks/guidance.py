@@ -35,9 +35,10 @@ import torch
 from ddim.allocator import keep_freed_memory
 from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
 from ddim.evaluate import class_agreement, evaluate_images, load_classifier, reference_stats
-from ddim.generate import class_labels, generate
+from ddim.generate import RunOptions, class_labels, generate
+from ddim.guidance import GuidanceOptions
 from ddim.images import save_grid
-from ddim.samplers import SOLVERS
+from ddim.samplers import SOLVERS, SampleOptions
 
 RULES = {
     "plain": {},
@@ -127,9 +128,10 @@ def main() -> None:
     for rule in rules:
         for w in args.weights:
             t0 = time.perf_counter()
-            x = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
-                         eta=args.eta, spacing=args.spacing, prediction=config.prediction, guidance=w,
-                         solver=args.solver, **RULES[rule])
+            x = generate(model, schedule, args.n,
+                         SampleOptions(steps=args.steps, eta=args.eta, spacing=args.spacing,
+                                       prediction=config.prediction, solver=args.solver, **RULES[rule]),
+                         GuidanceOptions(w=w), RunOptions(seed=args.seed, batch_size=args.batch_size))
             seconds = time.perf_counter() - t0
             shown = x.clamp(-1, 1)  # what a PNG shows
             predicted = classifier(shown).argmax(1)

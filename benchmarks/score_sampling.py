@@ -28,9 +28,10 @@ import torch
 from ddim.allocator import keep_freed_memory
 from ddim.checkpoint import BUNDLED_MODEL, BUNDLED_NOISY_CLASSIFIER, load_checkpoint, load_noisy_classifier
 from ddim.evaluate import class_agreement, evaluate_images, load_classifier, reference_stats
-from ddim.generate import class_labels, generate
+from ddim.generate import RunOptions, class_labels, generate
+from ddim.guidance import GuidanceOptions
 from ddim.images import save_grid
-from ddim.samplers import AnnealedLangevin, PredictorCorrector, get_solver
+from ddim.samplers import AnnealedLangevin, PredictorCorrector, SampleOptions, get_solver
 
 CLIP = {"clip": 1.0, "eps_from_clipped_x0": True}
 
@@ -82,12 +83,14 @@ def main() -> None:
     rows, picture = [], []
     print(f"{'cell':<34} {'S':>4} {'NFE':>4} {'agree':>6} {'FID':>6} {'±':>5} {'prec':>5} {'rec':>5} {'s':>6}")
     for cell in cells(args.groups.split(",")):
-        kw = {k: v for k, v in cell.items() if k not in ("group", "label")}
-        if kw.get("classifier_scale") and noisy is None:
+        kw = {k: v for k, v in cell.items() if k not in ("group", "label", "guidance", "classifier_scale")}
+        if cell.get("classifier_scale") and noisy is None:
             noisy = load_noisy_classifier(args.classifier)[0]
+        guidance = GuidanceOptions(w=cell.get("guidance", 0.0), classifier=noisy,
+                                   classifier_scale=cell.get("classifier_scale", 0.0))
         t0 = time.perf_counter()
-        x = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size,
-                     prediction=config.prediction, classifier=noisy, **CLIP, **kw)
+        x = generate(model, schedule, args.n, SampleOptions(prediction=config.prediction, **CLIP, **kw), guidance,
+                     RunOptions(seed=args.seed, batch_size=args.batch_size))
         seconds = time.perf_counter() - t0
         shown = x.clamp(-1, 1)
         a = class_agreement(judge(shown).argmax(1), labels, model.config.num_classes)

@@ -73,11 +73,12 @@ def class_agreement(checkpoint: Path, n: int, steps: int, seed: int = 0) -> floa
     `ddim sample` does; no guidance; labels i % 10) that the shipped Fashion-MNIST classifier (92.41 % test
     accuracy) assigns to the requested class."""
     from ddim.evaluate import class_agreement as agreement, load_classifier
-    from ddim.generate import class_labels, generate
+    from ddim import SampleOptions
+    from ddim.generate import RunOptions, class_labels, generate
 
     model, schedule, config = load_checkpoint(checkpoint)
-    images = generate(model, schedule, n, seed=seed, steps=steps, prediction=config.prediction, clip=1.0,
-                      eps_from_clipped_x0=True)
+    images = generate(model, schedule, n, SampleOptions(steps=steps, prediction=config.prediction, clip=1.0,
+                                                        eps_from_clipped_x0=True), run=RunOptions(seed=seed))
     classifier, _ = load_classifier()
     with torch.no_grad():
         predicted = classifier(images.clamp(-1, 1)).argmax(1)

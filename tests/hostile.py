@@ -211,5 +211,70 @@ def run_state_edited(tmp: Path, argv: list, edit) -> str:
     return out
 
 
+def float8_weights(tmp: Path) -> str:
+    """A bundle copy whose EMA weights are stored as float8 (e4m3): coarse, but floating point."""
+    dst = bundle_copy(tmp)
+    tensors = load_file(str(dst / "ema.safetensors"))
+    save_file({k: v.float().to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(dst / "ema.safetensors"))
+    _rehash(dst, "ema.safetensors")
+    return str(dst)
+
+
+def config_field(tmp: Path, section: str, **fields) -> str:
+    """A bundle copy whose config's ``section`` has ``fields`` replaced."""
+    dst = bundle_copy(tmp)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg[section] = {**cfg[section], **fields}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    _rehash(dst, "config.json")
+    return str(dst)
+
+
+def manifest_entry(tmp: Path, name: str, entry) -> str:
+    """A bundle copy whose manifest's entry ``name`` is ``entry``."""
+    dst = bundle_copy(tmp)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest[name] = entry
+    (dst / MANIFEST).write_text(json.dumps(manifest))
+    return str(dst)
+
+
+def run_edited(tmp: Path, argv: list, edit) -> str:
+    """A trained run (``run_dir``) after ``edit(run folder, latest checkpoint)``."""
+    from ddim.checkpoint import list_checkpoints
+
+    out = run_dir(tmp, argv)
+    edit(Path(out), list_checkpoints(out)[-1])
+    return out
+
+
+def fifo(tmp: Path, name: str) -> str:
+    """A folder holding a named pipe called ``name``."""
+    folder = tmp / "piped"
+    folder.mkdir()
+    os.mkfifo(folder / name)
+    return str(folder)
+
+
+def diffusers_fallback(tmp: Path, drop: int = 0, **config) -> str:
+    """A diffusers UNet folder that ddim cannot build natively (act_fn gelu: run through diffusers' own
+    UNet2DModel), with ``config`` overrides and its first ``drop`` weight tensors removed."""
+    root = Path(diffusers_folder(tmp, 1, {"_class_name": "DDPMScheduler"}))
+    cfg = json.loads((root / "unet" / "config.json").read_text())
+    (root / "unet" / "config.json").write_text(json.dumps({**cfg, "act_fn": "gelu", **config}))
+    file = root / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(file))
+    save_file(dict(sorted(tensors.items())[drop:]), str(file))
+    return str(root)
+
+
+def run_config_edited(tmp: Path, argv: list, edit) -> str:
+    """A trained run whose latest checkpoint's config.json is ``edit(config)`` (with a matching manifest)."""
+    def change(run: Path, ckpt: Path) -> None:
+        (ckpt / "config.json").write_text(json.dumps(edit(json.loads((ckpt / "config.json").read_text()))))
+        _rehash(ckpt, "config.json")
+    return run_edited(tmp, argv, change)
+
+
 def sandbox_env(**env) -> dict:
     return {**os.environ, **{k: str(v) for k, v in env.items()}}

@@ -1,6 +1,7 @@
 """The fast sampling path (``ddim.samplers.fast``): same results as ``ddim.sample`` where it falls back,
 the same errors, one warning per reason; on CUDA, bf16 + compile + one captured graph."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -8,11 +9,11 @@ import pytest
 import torch
 
 import ddim
-from ddim.generate import conditioned, generate, initial_noise
+from ddim.generate import RunOptions, conditioned, generate, initial_noise
 from ddim.nn import unet_from_preset
 from ddim.samplers import FastSampler, fast_module, fast_sample
 from ddim.samplers import fast as fast_mod
-from ddim.samplers.ddim import SampleOptions, sample_setup
+from ddim.samplers.loop import SampleOptions, sample_setup
 
 S1000 = ddim.Schedule.linear(1000)
 
@@ -165,10 +166,11 @@ def test_fast_sample_function_uses_one_sampler():
 
 def test_generate_fast_on_cpu_matches_and_keeps_per_sample_seeds():
     net = perturbed_tiny_unet()
-    kw = dict(seed=5, steps=4, eta=1.0)
-    want = generate(net, S1000, 5, batch_size=5, **kw)
+    opts = SampleOptions(steps=4, eta=1.0)
+    want = generate(net, S1000, 5, opts, run=RunOptions(seed=5, batch_size=5))
     ticks = []
-    got = run_quietly(generate, net, S1000, 5, batch_size=2, fast=True, on_step=lambda: ticks.append(1), **kw)
+    got = run_quietly(generate, net, S1000, 5, opts, run=RunOptions(seed=5, batch_size=2, fast=True),
+                      on_step=lambda: ticks.append(1))
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 rounding in another order (see above)
     assert len(ticks) == 3 * 4  # three batches of four steps
 
@@ -304,11 +306,11 @@ def test_cuda_fast_matches_fp32_within_bf16(eta):
     """generate(fast=True) on CUDA (bf16, compile, graph; labels through the in-place buffer) against
     the fp32 eager sampler, same seeds."""
     model, schedule = _bundled("cuda")
-    kw = dict(seed=1, batch_size=32, steps=50, eta=eta, device="cuda")
-    want = generate(model, schedule, 64, **kw)  # two batches: the second replays the captured graph
+    opts, run = SampleOptions(steps=50, eta=eta), RunOptions(seed=1, batch_size=32, device="cuda")
+    want = generate(model, schedule, 64, opts, run=run)  # two batches: the second replays the captured graph
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        got = generate(model, schedule, 64, fast=True, **kw)
+        got = generate(model, schedule, 64, opts, run=dataclasses.replace(run, fast=True))
     assert _our_warnings(record) == []  # no fallback on CUDA
     diff = (got.clamp(-1, 1) - want.clamp(-1, 1)).abs()
     assert diff.mean() <= MEAN_TOL and diff.max() <= MAX_TOL, (diff.mean().item(), diff.max().item())

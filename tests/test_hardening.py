@@ -222,7 +222,49 @@ CASES = [
         t, TRAIN, lambda st: {k: v for k, v in st.items() if k != "optimizer"})],
      "state.json or training_state.safetensors is malformed (KeyError: 'optimizer')"),
     ("resume: state.json step a string", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out", H.run_state_edited(
-        t, TRAIN, lambda st: {**st, "step": "2"})], "state.json has no valid step (got '2')"),
+        t, TRAIN, lambda st: {**st, "step": "2"})], "state.json has no valid step (got '2'; its folder says 2)"),
+    # the hostile tester's findings on the round's first fixes
+    ("resume: adam_betas 5", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out", H.run_config_edited(
+        t, TRAIN, lambda c: {**c, "train": {**c["train"], "adam_betas": 5}})], "adam_betas must be two numbers"),
+    ("resume: custom schedule without betas", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out",
+                                                         H.run_config_edited(t, TRAIN, lambda c: {**c, "schedule": {
+                                                             "name": "custom"}})], "cannot resume from"),
+    ("eval: a pipe as the lock file", lambda t: ["eval", "--consistency", "--n", "2", "--steps", "2", "--out",
+                                                 H.fifo(t, ".ddim-lock")], "is a pipe, not the folder's lock file"),
+    ("train: checkpoints a file", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out", H.run_edited(
+        t, TRAIN, lambda run, ck: (shutil.rmtree(run / "checkpoints"), (run / "checkpoints").write_text("x")))],
+     "checkpoints is in the way of the run"),
+    ("train: metrics.jsonl a folder", lambda t: [*TRAIN, "--resume", "--steps", "4", "--out", H.run_edited(
+        t, TRAIN, lambda run, ck: ((run / "metrics.jsonl").unlink(), (run / "metrics.jsonl").mkdir()))],
+     "metrics.jsonl is in the way of the run"),
+    ("resume: state step 3 in step_000004", lambda t: [*TRAIN, "--resume", "--steps", "6", "--out", H.run_state_edited(
+        t, TRAIN, lambda st: {**st, "step": 1})], "has no valid step (got 1; its folder says 2)"),
+    ("resume: a checkpoint folder linked outside", lambda t: [*TRAIN, "--resume", "--steps", "6", "--out", H.run_edited(
+        t, TRAIN, lambda run, ck: (ck.rename(t / "outside"), (run / "checkpoints" / "step_000006").symlink_to(
+            t / "outside")))], "step_000006 is a symbolic link; the checkpoints of a run must lie inside"),
+    ("VE scheduler 1e9 steps", lambda t: ["sample", "--checkpoint", H.diffusers_folder(
+        t, 1, {"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 10**9}), "--out", str(t / "o.png")],
+     "num_train_timesteps must be an integer in [2, 100,000]"),
+    ("norm_eps Infinity", lambda t: ["sample", "--checkpoint", H.config_field(t, "model", norm_eps=float("inf")),
+                                     "--out", str(t / "o.png")], "norm_eps must be a number in (0, 1]"),
+    ("manifest bytes a string", lambda t: ["sample", "--checkpoint", H.manifest_entry(
+        t, "config.json", {"bytes": "1579", "sha256": "0" * 64}), "--out", str(t / "o.png")],
+     "needs an integer bytes and a sha256 string"),
+    ("manifest name 300 bytes", lambda t: ["sample", "--checkpoint", H.manifest_entry(
+        t, "é" * 150, {"bytes": 1, "sha256": "0" * 64}), "--out", str(t / "o.png")],
+     "which is not a file of the checkpoint"),
+    ("data channels true", lambda t: ["sample", "--checkpoint", H.config_field(t, "data", channels=True), "--out",
+                                      str(t / "o.png")], "channels must be 1, 3 or None, got True"),
+    ("out name 256 bytes", lambda t: ["sample", "--out", str(t / ("a" * 252 + ".png"))], "is 256 bytes; file systems "
+                                                                                          "take at most 255"),
+    ("diffusers fallback, weights missing", lambda t: ["sample", "--checkpoint", H.diffusers_fallback(t, drop=2),
+                                                       "--out", str(t / "o.png")], "does not fit its config: missing keys"),
+    ("diffusers fallback, 24 GB", lambda t: ["sample", "--checkpoint", H.diffusers_fallback(
+        t, block_out_channels=[4096, 4096], layers_per_block=4, down_block_types=["DownBlock2D"] * 2,
+        up_block_types=["UpBlock2D"] * 2), "--out", str(t / "o.png")], "parameters, more than the"),
+    ("diffusers num_class_embeds 1", lambda t: ["sample", "--checkpoint", H.diffusers_fallback(t, num_class_embeds=1),
+                                                "--out", str(t / "o.png")],
+     "num_class_embeds must be None or an integer >= 2"),
     ("resume with fewer --steps", lambda t: [*TRAIN, "--resume", "--steps", "2", "--out", H.run_dir(t, TRAIN, 4)],
      "--steps 2 is below the step of the latest checkpoint (step_000004, step 4)"),
 ]
@@ -372,6 +414,8 @@ API_CASES = [
     ("betas a string", lambda t: ddim.Schedule.from_betas("0.1,0.2"), "got str '0.1,0.2'"),
     ("idx sizes that overflow", lambda t: load_idx(H.idx_overflowing(t)), f"needs {20 + (2**32 - 1)**4} bytes"),
     ("load on a missing GPU", lambda t: ddim.load_checkpoint(device="cuda:99"), "'cuda:99' was asked for but"),
+    ("a schedule with β_0 = 1", lambda t: ddim.Schedule.from_betas([1.0]), "and not β_0"),
+    ("a schedule of 200,000 steps", lambda t: ddim.Schedule.from_betas([1e-4] * 200_000), "at most 100,000 steps"),
     ("NaN model through sample", lambda t: ddim.sample(lambda x, s: x * float("nan"), ddim.Schedule.linear(1000),
                                                        torch.ones(2, 1, 4, 4), steps=2),
      "the model produced NaN or Inf in 2 of 2 samples"),
@@ -402,7 +446,7 @@ def test_nan_model_output_is_an_error_not_a_black_image():
     with torch.no_grad():
         net.conv_out.bias.fill_(float("nan"))
     with pytest.raises(ValueError, match="produced NaN or Inf in 3 of 3 images"):
-        generate(net, ddim.Schedule.linear(1000), 3, steps=2)
+        generate(net, ddim.Schedule.linear(1000), 3, ddim.SampleOptions(steps=2))
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):

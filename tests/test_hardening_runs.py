@@ -166,3 +166,19 @@ def test_a_metrics_line_cut_by_a_kill_does_not_stop_a_resume(tmp_path):
         f.write('{"step": 3, "loss": 0.')  # the kill came mid-line
     assert main([*TRAIN, "--quiet", "--steps", "3", "--log-every", "1", "--resume", "--out", str(out)]) == 0
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_float8_weights_run_and_a_255_byte_name_is_written(tmp_path):
+    """Every floating dtype a weights file can hold runs (float8 is coarse, but a float); every name the file
+    system accepts works (the temporary file beside it must fit too)."""
+    out = tmp_path / ("a" * 251 + ".png")
+    assert main(["sample", *FAST, "--checkpoint", H.float8_weights(tmp_path), "--out", str(out)]) == 0
+    assert Image.open(out).size == (62, 32)
+
+
+def test_an_animated_gif_says_which_frame_it_read(tmp_path, capsys):
+    frames = [Image.new("L", (28, 28), v) for v in (0, 255)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    assert main(["reconstruct", "--images", str(tmp_path / "a.gif"), "--steps", "2", "--out",
+                 str(tmp_path / "r.png")]) == 0
+    assert "a.gif: used the first of its 2 frames" in capsys.readouterr().err

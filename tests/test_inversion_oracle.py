@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import ddim
-from ddim.inversion import _coefs, _embeddings, _invert_step, _step, invert_image, regenerate
+from ddim.inversion import _coefs, _conditional, _embeddings, _guided, _step, invert_image, regenerate
+from ddim.samplers import ddim_invert_step
 from gmm import GaussianMixture
 
 S1000 = ddim.Schedule.linear(1000)
@@ -73,22 +74,24 @@ def test_null_label_optimisation_lowers_the_per_step_error_it_optimises(oracle, 
     cond, null = _embeddings(model, y)
     t = lambda k: p.timesteps[k].expand(len(y))  # noqa: E731
     pivot = [x0]  # conditional DDIM inversion: where null-label inversion aims every guided step
+    conditional = _conditional(model, S1000, "epsilon", cond)
     with torch.no_grad():
         for k in reversed(range(steps)):
-            pivot.append(_invert_step(model, pivot[-1], t(k), cond, *rows[k][:2], "epsilon"))
+            eps = conditional.denoise(pivot[-1], t(k), rows[k][0])[1]
+            pivot.append(ddim_invert_step(pivot[-1], eps, *rows[k][:2])[0])
     pivot = pivot[::-1]
     assert torch.equal(pivot[0], inv.x_T)
     z, err = inv.x_T, {"start": [], "optimised": [], "null row": [], "cond": []}
     with torch.no_grad():
         for k, (abar_t, abar_prev, _) in enumerate(rows):
             def dist(e):
-                return (_step(model, z, t(k), cond, e, w, abar_t, abar_prev, 0.0, "epsilon")
+                return (_step(_guided(model, S1000, "epsilon", y, cond, e, w), z, t(k), abar_t, abar_prev, 0.0)
                         - pivot[k + 1]).pow(2).flatten(1).mean(1)
             err["start"].append(dist((null if init == "null" else cond) if k == 0 else inv.null[k - 1]))
             err["optimised"].append(dist(inv.null[k]))
             err["null row"].append(dist(null))
             err["cond"].append(dist(cond))  # ε̂_w = ε(c): the conditional step, guidance's drift removed
-            z = _step(model, z, t(k), cond, inv.null[k], w, abar_t, abar_prev, 0.0, "epsilon")
+            z = _step(_guided(model, S1000, "epsilon", y, cond, inv.null[k], w), z, t(k), abar_t, abar_prev, 0.0)
     err = {key: torch.stack(v) for key, v in err.items()}
     assert (err["optimised"] <= err["start"] * (1 + 1e-9)).all()
     excess = {key: (err[key] - err["cond"]).sum().item() for key in ("null row", "optimised")}

@@ -7,7 +7,7 @@ import torch
 
 import ddim
 from ddim import SampleOptions
-from ddim.generate import generate
+from ddim.generate import RunOptions, generate
 from ddim.nn import UNet
 from ddim.samplers import FastSampler, get_solver
 
@@ -38,11 +38,12 @@ def test_generate_takes_options():
     net = UNet(image_size=8, in_channels=1, out_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1,
                attn_resolutions=(), norm_groups=4, dropout=0.0).eval()
     opts = SampleOptions(steps=3, eta=1.0, clip=1.0)
-    a = generate(net, S1000, 3, seed=5, batch_size=2, options=opts)
-    b = generate(net, S1000, 3, seed=5, batch_size=3, steps=3, eta=1.0, clip=1.0)
-    assert a.shape == (3, 1, 8, 8) and torch.allclose(a, b, atol=1e-5)
-    with pytest.raises(ValueError, match="not both .*steps"):
-        generate(net, S1000, 3, steps=4, options=opts)
+    a = generate(net, S1000, 3, opts, run=RunOptions(seed=5, batch_size=2))
+    b = generate(net, S1000, 3, opts, run=RunOptions(seed=5, batch_size=3))
+    c = generate(net, S1000, 3, SampleOptions(steps=3, eta=1.0), run=RunOptions(seed=5, batch_size=3))
+    assert a.shape == (3, 1, 8, 8) and torch.allclose(a, b, atol=1e-5) and not torch.allclose(b, c)
+    with pytest.raises(TypeError):
+        generate(net, S1000, 3, steps=4)  # sampling settings travel as one SampleOptions
 
 
 def test_options_are_validated_frozen_and_hashable():

@@ -107,7 +107,7 @@ def test_per_step_eta():
     assert not torch.allclose(mixed, stochastic.x[-1]) and not torch.allclose(mixed, scalar)
     zeros = ddim.sample(affine_model, S1000, x, steps=6, eta=[0.0] * 6, solver="dpmpp-2m")  # = η 0: allowed
     assert torch.equal(zeros, ddim.sample(affine_model, S1000, x, steps=6, solver="dpmpp-2m"))
-    setup = ddim.samplers.ddim.sample_setup(S1000, x, ddim.SampleOptions(steps=10, eta=[1.0] * k + [0.0] * 6))
+    setup = ddim.samplers.loop.sample_setup(S1000, x, ddim.SampleOptions(steps=10, eta=[1.0] * k + [0.0] * 6))
     assert setup.draws == (1,) * k + (0,) * 6
 
 

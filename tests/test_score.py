@@ -6,7 +6,8 @@ import torch
 
 import ddim
 from ddim.samplers import AnnealedLangevin, PredictorCorrector, SOLVERS
-from ddim.samplers.score import langevin_step, score_from_eps, snr_step_size
+from ddim.forward import score_from_eps
+from ddim.samplers.solvers import langevin_step, snr_step_size
 from gmm import GaussianMixture
 
 S1000 = ddim.Schedule.linear(1000)
@@ -112,7 +113,7 @@ def test_classifier_guidance_at_scale_1_samples_the_class_component():
     zero = ddim.ClassifierGuidance(GM.model(S1000), GM.classifier(S1000), torch.full((8,), y), 0.0, S1000)
     assert torch.equal(zero(x, t), GM.model(S1000)(x, t))
     as_v = ddim.ClassifierGuidance(GM.model(S1000, "v"), GM.classifier(S1000), torch.full((8,), y), 1.0, S1000, "v")
-    eps_v = ddim.samplers.ddim.predict_x0_eps(as_v(x, t), x, S1000.alphas_cumprod[300], "v")[1]
+    eps_v = ddim.forward.predict_x0_eps(as_v(x, t), x, S1000.alphas_cumprod[300], "v")[1]
     assert torch.allclose(eps_v, guided.__class__(GM.model(S1000), GM.classifier(S1000), torch.full((8,), y), 1.0,
                                                   S1000)(x, t), atol=1e-9)
 
@@ -161,12 +162,12 @@ def test_pre_drawn_noise_of_the_graph_path_matches_the_loop(solver):
     import functools
 
     from ddim.samplers import fast
-    from ddim.samplers.ddim import SampleOptions, denoise, noise_drawer, sample_loop, sample_setup
+    from ddim.samplers.loop import SampleOptions, denoise, noise_drawer, sample_loop, sample_setup
 
     x = noise(6)
     setup = sample_setup(S1000, x, SampleOptions(steps=8, solver=solver))
     coef = setup.plan.to(x.device, x.dtype)
-    predict = functools.partial(denoise, GM.model(S1000), prediction="epsilon")
+    predict = functools.partial(denoise, ddim.Denoiser(GM.model(S1000), S1000))
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(6)]  # noqa: E731
     want = sample_loop(predict, setup, coef, x, noise_drawer(setup, coef, x, gens()))
     z = fast._noise_buffer(sum(setup.draws), x)

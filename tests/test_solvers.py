@@ -152,14 +152,14 @@ def test_zero_terminal_snr(solver):
 
 
 def test_solver_invariants_are_checked():
-    from ddim.samplers import Solver
+    from ddim.samplers.solvers import DPMSolverPP, UniPC
 
-    for bad in (dict(kind="multistep", order=2), dict(kind="multistep", order=3, noise_eta=1.0, sde=True),
-                dict(kind="multistep", order=1, noise_eta=0.0, corrector=True), dict(kind="ddim", order=2),
-                dict(kind="multistep", order=2, noise_eta=0.0, d2_halved=True),
-                dict(kind="heun", noise_eta=1.0, sde=True), dict(kind="euler", noise_eta=0.0)):
+    for cls, bad in ((DPMSolverPP, dict(order=4)), (DPMSolverPP, dict(order=3, sde=True, noise_eta=1.0)),
+                     (DPMSolverPP, dict(order=2, sde=True)), (DPMSolverPP, dict(order=2, noise_eta=0.5)),
+                     (DPMSolverPP, dict(order=2, d2_halved=True)), (UniPC, dict(order=1)),
+                     (UniPC, dict(order=2, sde=True, noise_eta=1.0))):
         with pytest.raises(ValueError, match="inconsistent solver"):
-            Solver("x", **bad)
+            cls("x", **bad)
 
 
 def test_clip_acts_on_every_solver():

@@ -34,7 +34,9 @@ def atomic_write(path: Union[str, Path], write: Callable, fsync: bool = True) ->
     # a symbolic link is followed: the file it points to is replaced and the link stays (os.replace on the
     # link itself would swap the link for a plain file)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # the temporary name stays within NAME_MAX (255 bytes) for any name the file system accepts
+    stem = target.name.encode()[:200].decode(errors="ignore")
+    tmp = target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         # O_EXCL: never reuse a stranger's file; 0o666 & umask: the permissions a plain open() gives
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

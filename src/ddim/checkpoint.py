@@ -168,7 +168,9 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], source:
         if tuple(tensors[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source} does not fit this architecture: {k!r} has shape "
                                   f"{tuple(tensors[k].shape)}, the model expects {tuple(v.shape)}")
-    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    # float32 for the check: isfinite has no float8 kernel, and every float8 value is exactly a float32
+    bad = next((k for k, v in tensors.items() if v.is_floating_point()
+                and not bool(torch.isfinite(v.float() if v.element_size() == 1 else v).all())), None)
     if bad is not None:
         raise CheckpointError(f"{source} holds NaN or Inf in {bad!r}: the weights are unusable (a diverged or "
                               "damaged run; use an earlier checkpoint)")
@@ -187,6 +189,10 @@ def list_checkpoints(run_dir: PathLike) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    linked = [p.name for _, p in found if p.is_symlink()]
+    if linked or root.is_symlink():  # a link could make a run resume from (and prune) a folder outside it
+        raise CheckpointError(f"{root / (linked[0] if linked else '')} is a symbolic link; the checkpoints of a run "
+                              "must lie inside its folder")
     return [p for _, p in sorted(found)]
 
 
@@ -257,20 +263,29 @@ def clean_leftovers(run_dir: PathLike) -> list[str]:
     for p in sorted(root.glob(".tmp-*")) if root.is_dir() else []:
         if _writer_alive(p.name):
             continue
-        shutil.rmtree(p, ignore_errors=True)
+        _remove(p)
         done.append(f"removed the unfinished {p.name}")
     for p in sorted(root.glob(".old-*")) if root.is_dir() else []:
         if _writer_alive(p.name):
             continue
         m = re.match(r"^\.old-(step_\d+)-\d+$", p.name)
         final = root / m.group(1) if m else None
-        if final is not None and not final.exists():
+        if final is not None and not final.exists() and p.is_dir() and not p.is_symlink():
             p.rename(final)
             done.append(f"restored {final.name} from {p.name}")
         else:
-            shutil.rmtree(p, ignore_errors=True)
+            _remove(p)
             done.append(f"removed the superseded {p.name}")
     return done
+
+
+def _remove(p: Path) -> None:
+    """Delete a leftover: a folder with its files, anything else (a link included: never what it points to)
+    by itself."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: PathLike, step: int, config: Mapping, tensors: Mapping[str, Mapping[str, torch.Tensor]],
@@ -304,7 +319,8 @@ def _member(ckpt_dir: Path, name) -> Path:
     """``ckpt_dir / name`` for a name the manifest gives, refused unless it is a plain file name: no folder
     part, no "..", no hidden file, so no manifest can make ddim read (and hash) a file outside it."""
     ok = (isinstance(name, str) and name == os.path.basename(name) and name not in ("", ".", "..")
-          and not name.startswith(".") and "\\" not in name and "\0" not in name)
+          and not name.startswith(".") and "\\" not in name and "\0" not in name and name.isprintable()
+          and len(name.encode("utf-8", "replace")) <= 255 and name.encode("utf-8", "replace").decode() == name)
     if not ok:
         raise CheckpointError(f"{ckpt_dir / MANIFEST} names {name!r}, which is not a file of the checkpoint (allowed: "
                               "plain file names such as ema.safetensors, no folders)")
@@ -341,6 +357,9 @@ def verify_checkpoint(ckpt_dir: PathLike, names: Optional[Iterable[str]] = None)
             raise CheckpointError(f"{path} is missing") from None
         except ValueError as e:
             raise CheckpointError(f"{e}; the files of a checkpoint must be regular files inside it") from None
+        if type(want.get("bytes")) is not int or not isinstance(want.get("sha256"), str):
+            raise CheckpointError(f"{ckpt_dir / MANIFEST} is malformed: its entry for {name} needs an integer bytes "
+                                  f"and a sha256 string, got {want!r:.120}")
         if size != want.get("bytes"):
             raise CheckpointError(f"{path} is truncated or corrupted: {size} bytes, the manifest says {want.get('bytes')}")
         if _sha256(path) != want.get("sha256"):

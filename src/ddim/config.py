@@ -115,6 +115,8 @@ class TrainConfig:
     init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.adam_betas, (list, tuple)):
+            raise ValueError(f"adam_betas must be two numbers (β1, β2), got {self.adam_betas!r}")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         _need_int("steps", self.steps, 1)
         _need_int("batch_size", self.batch_size, 1)
@@ -202,7 +204,7 @@ class DataConfig:
             _need_int("image_size", self.image_size, 1)
             if self.image_size > LIMITS["image_size"]:  # before resizing a dataset to it (an allocation error)
                 raise ValueError(f"image_size must be an integer in [1, {LIMITS['image_size']}], got {self.image_size}")
-        if self.channels not in (None, 1, 3):
+        if self.channels is not None and (not _is_int(self.channels) or self.channels not in (1, 3)):
             raise ValueError(f"channels must be 1, 3 or None, got {self.channels!r}")
         if not isinstance(self.hflip, bool):
             raise ValueError(f"hflip must be true or false, got {self.hflip!r}")
@@ -273,7 +275,7 @@ class RunConfig:
 
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise ValueError(f"not a ddim run config (expected \"format\": \"{FORMAT}\")")
-        if d.get("version") != VERSION:
+        if type(d.get("version")) is not int or d.get("version") != VERSION:
             raise ValueError(f"unsupported run config version {d.get('version')!r}; this ddim reads {VERSION}")
         missing = [k for k in ("model", "schedule") if k not in d]
         if missing:

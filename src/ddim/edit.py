@@ -13,13 +13,13 @@ t_top = its largest entry.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from .forward import q_sample
 from .noise import Generators, randn
-from .samplers import invert, sample
+from .samplers import SampleOptions, invert, sample
 from .schedule import Schedule
 from .timesteps import timesteps
 
@@ -40,23 +40,23 @@ def edit_timesteps(schedule: Schedule, steps: int, strength: float, spacing: str
     return kept
 
 
-def sdedit(model: Model, schedule: Schedule, x0: torch.Tensor, strength: float, steps: int = 50,
-           spacing: str = "uniform", prediction: str = "epsilon", eta: float = 0.0,
-           generator: Generators = None, solver="ddim") -> torch.Tensor:
-    """SDEdit: noise x_0 (B, …) to t_top with q(x_t | x_0), then denoise with ``model`` over the edit grid
-    (with ``solver``, see ``ddim.sample``)."""
-    tau = edit_timesteps(schedule, steps, strength, spacing)
+def sdedit(model: Model, schedule: Schedule, x0: torch.Tensor, strength: float,
+           options: Optional[SampleOptions] = None, generator: Generators = None) -> torch.Tensor:
+    """SDEdit: noise x_0 (B, …) to t_top with q(x_t | x_0), then denoise with ``model`` over the edit grid of
+    ``options`` (its steps and spacing cut at ``strength``; η, solver and prediction as given)."""
+    opts = options or SampleOptions()
+    tau = edit_timesteps(schedule, opts.steps, strength, opts.spacing)
     abar_top = schedule.alphas_cumprod[tau[0]]
     x_top = q_sample(x0, abar_top, randn(x0.shape, generator, x0.device, x0.dtype))
-    return sample(model, schedule, x_top, eta=eta, prediction=prediction, generator=generator, timesteps=tau,
-                  solver=solver)
+    return sample(model, schedule, x_top, generator=generator, options=opts.replace(timesteps=tau))
 
 
 def invert_regenerate(source: Model, target: Model, schedule: Schedule, x0: torch.Tensor, strength: float,
-                      steps: int = 50, spacing: str = "uniform", prediction: str = "epsilon",
-                      solver="ddim") -> torch.Tensor:
-    """DDIM-invert x_0 (B, …) to t_top with ``source``, then sample back down (η = 0, with ``solver``) with
-    ``target``."""
-    tau = edit_timesteps(schedule, steps, strength, spacing)
-    x_top = invert(source, schedule, x0, prediction=prediction, timesteps=tau)
-    return sample(target, schedule, x_top, prediction=prediction, timesteps=tau, solver=solver)
+                      options: Optional[SampleOptions] = None) -> torch.Tensor:
+    """DDIM-invert x_0 (B, …) to t_top with ``source``, then sample back down (η = 0, with ``options``'s
+    solver) with ``target``, over the edit grid of ``options`` cut at ``strength``."""
+    opts = options or SampleOptions()
+    tau = edit_timesteps(schedule, opts.steps, strength, opts.spacing)
+    grid = opts.replace(timesteps=tau, eta=0.0)
+    x_top = invert(source, schedule, x0, prediction=opts.prediction, timesteps=tau)
+    return sample(target, schedule, x_top, options=grid)

@@ -20,7 +20,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 __all__ = ["read_bytes", "read_json", "json_depth", "regular_file", "claim_folder", "check_folder_free",
            "safetensors_dtypes", "SAFETENSORS_DTYPES", "FLOAT_DTYPES", "LOCK_NAME", "MAX_JSON_BYTES",
@@ -47,6 +47,8 @@ def regular_file(path: PathLike, follow_symlinks: bool = True) -> os.stat_result
         st = os.stat(path, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist") from None
+    except OSError as e:  # a symbolic-link loop, a name too long, a folder we may not enter
+        raise ValueError(f"{path} cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path} is {_kind(st.st_mode)}, not a regular file")
     return st
@@ -189,14 +191,32 @@ def _busy(folder: Path, lock: Path) -> ValueError:
                       "folder")
 
 
+def _open_lock(lock: Path, create: bool) -> Optional[int]:
+    """A descriptor of the lock file (None if absent and not ``create``), refused unless a regular file: a
+    pipe, a folder or a link in its place must not block or redirect the claim."""
+    flags = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock, flags | (os.O_CREAT if create else 0), 0o666)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"{lock} cannot be used as the folder's lock file ({e.strerror}); remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{lock} is {_kind(os.stat(lock, follow_symlinks=False).st_mode)}, not the folder's lock file; "
+                         "remove it")
+    return fd
+
+
 def check_folder_free(folder: PathLike) -> None:
     """Refuse ``folder`` if another process holds its claim (``claim_folder``); creates nothing."""
     folder = Path(folder)
     lock = folder / LOCK_NAME
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return  # no lock file (or none we can open): nobody has claimed the folder
+    if not (os.path.lexists(lock) and folder.is_dir()):
+        return
+    fd = _open_lock(lock, create=False)
+    if fd is None:
+        return
     try:
         if not _flock(fd):
             raise _busy(folder, lock)
@@ -204,17 +224,26 @@ def check_folder_free(folder: PathLike) -> None:
         os.close(fd)  # closing releases the probe's own lock
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @contextlib.contextmanager
 def claim_folder(folder: PathLike, what: str) -> Iterator[Path]:
     """Be the only writer of ``folder`` for the ``with`` block (module docstring): creates it (and missing
-    parents) if needed, and removes what it created again if the block leaves nothing else there, so a run
-    refused on the way leaves no empty folder behind.
+    parents) if needed, and on the way out removes the lock file, and what it created if the block left
+    nothing else there, so a run refused on the way leaves nothing behind.
 
     Args:
         folder: the output folder.
         what: how a refused process names the holder, e.g. "ddim train".
     Raises:
-        ValueError: another process holds the claim (named by its pid and ``what``).
+        ValueError: another process holds the claim (named by its pid and ``what``), or the lock file's
+            place holds something other than a regular file.
     """
     folder = Path(folder)
     created, p = [], folder
@@ -223,17 +252,27 @@ def claim_folder(folder: PathLike, what: str) -> Iterator[Path]:
         p = p.parent
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
+    for _ in range(10):  # a holder that just finished unlinks the file: lock the one at the path
+        fd = _open_lock(lock, create=True)
         if not _flock(fd):
+            os.close(fd)
             raise _busy(folder, lock)
+        if _same_file(fd, lock):
+            break
+        os.close(fd)
+    else:
+        raise ValueError(f"{lock} keeps changing under this process; is another one starting in {folder}?")
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} ({what})\n".encode())
         yield folder
     finally:
-        os.close(fd)  # releases the lock
-        if created and [q.name for q in folder.iterdir()] == [LOCK_NAME]:
-            lock.unlink(missing_ok=True)
+        # unlink while still holding the lock, then release: a newcomer either meets the held file (and is
+        # refused) or none (and makes its own), never an orphan it could lock beside a new holder
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+        if created and not any(folder.iterdir()):
             for q in created:  # innermost first; stops at the first that is not empty
                 try:
                     q.rmdir()

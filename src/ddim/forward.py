@@ -16,7 +16,7 @@ import torch
 from .transfer import to_device
 
 __all__ = ["PREDICTIONS", "abar_at", "q_sample", "x0_from_eps", "eps_from_x0", "v_from_x0_eps",
-           "x0_from_v", "eps_from_v", "predict_x0_eps", "target_from_x0_eps"]
+           "x0_from_v", "eps_from_v", "score_from_eps", "predict_x0_eps", "target_from_x0_eps"]
 
 PREDICTIONS = ("epsilon", "sample", "v")
 
@@ -66,6 +66,12 @@ def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, abar) -> torch.Tensor:
     """ε = √(1−ᾱ_t) x_t + √ᾱ_t v."""
     abar = torch.as_tensor(abar, dtype=_coef_dtype(x_t), device=x_t.device)
     return (1 - abar).sqrt() * x_t + abar.sqrt() * v
+
+
+def score_from_eps(eps: torch.Tensor, abar) -> torch.Tensor:
+    """s = ∇ₓ log q(x_t) ≈ −ε̂ / √(1 − ᾱ_t) (Tweedie; Song et al. 2021). eps: (B, …); abar: a float or a tensor
+    broadcasting against it."""
+    return -eps / torch.sqrt(1 - torch.as_tensor(abar, dtype=eps.dtype, device=eps.device))
 
 
 def predict_x0_eps(out: torch.Tensor, x_t: torch.Tensor, abar, prediction: str):

@@ -10,18 +10,51 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance, check_rescale
+from .denoiser import Denoiser
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance, GuidanceOptions, check_rescale
 from .noise import generators, randn
-from .samplers import FastSampler, fast_module, sample
-from .samplers.ddim import SampleOptions, check_finite_result, run_sample
+from .samplers import FastSampler, fast_module
+from .samplers.loop import SampleOptions, check_finite_result, run_sample
 from .schedule import Schedule
 
-__all__ = ["class_labels", "conditioned", "classifier_guided", "check_classifier", "initial_noise", "generate",
-           "generate_batch", "sampling_network", "slerp", "interpolate"]
+__all__ = ["RunOptions", "class_labels", "conditioned", "classifier_guided", "check_classifier", "initial_noise",
+           "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a generation run is carried out; none of it changes which images come out (sample i depends only on
+    (seed, i)), except ``fast``'s bf16 rounding on CUDA.
+
+    Attributes:
+        seed: sample i is seeded by (seed, i).
+        batch_size: images per model call.
+        device: where the network runs ("cpu", "cuda", "cuda:N").
+        fast: sample with a ``ddim.samplers.FastSampler`` on a ``fast_module`` copy of the network (bf16,
+            channels_last, torch.compile and one CUDA graph on CUDA; channels_last on the CPU); images match
+            the plain sampler's within bf16 rounding, and anything unavailable falls back with a warning. On
+            CUDA every batch has min(batch_size, n) images (the last one padded with extra seeds whose images
+            are dropped), so one captured graph serves all batches.
+        channels_last: without ``fast``, run an inference copy of the network in channels_last memory format;
+            None: on the CPU only, where it is faster (benchmarks/cpu_sampling.py; images equal to 2e-6).
+    """
+
+    seed: int = 0
+    batch_size: int = 64
+    device: Union[str, torch.device] = "cpu"
+    fast: bool = False
+    channels_last: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
 
 
 def class_labels(indices: Sequence[int], num_classes: Optional[int], class_id: Optional[int] = None):
@@ -76,21 +109,21 @@ def check_classifier(model, schedule: Schedule, classifier, classifier_schedule:
 
 
 def classifier_guided(model_fn: Callable, schedule: Schedule, prediction: str, labels: Optional[torch.Tensor],
-                      indices: Sequence[int], class_id: Optional[int], classifier=None, scale: float = 0.0) -> Callable:
-    """``model_fn`` with classifier guidance at ``scale`` towards ``labels`` (those of a conditional model), or
-    towards ``class_labels`` over the classifier's classes (an unconditional model); itself when scale is 0."""
-    if classifier is None or not scale:
-        if scale and classifier is None:
-            raise ValueError(f"classifier scale {scale!r} needs a classifier")
+                      indices: Sequence[int], guidance: GuidanceOptions) -> Callable:
+    """``model_fn`` with classifier guidance (``guidance.classifier`` at ``classifier_scale``) towards ``labels``
+    (those of a conditional model), or towards ``class_labels`` over the classifier's classes (an
+    unconditional model); ``model_fn`` itself when the scale is 0."""
+    g = guidance
+    if g.classifier is None or not g.classifier_scale:
         return model_fn
-    y = labels if labels is not None else class_labels(indices, classifier.config.num_classes, class_id)
-    return ClassifierGuidance(model_fn, classifier, y, scale, schedule, prediction)
+    y = labels if labels is not None else class_labels(indices, g.classifier.config.num_classes, g.class_id)
+    return ClassifierGuidance(model_fn, g.classifier, y, g.classifier_scale, schedule, prediction)
 
 
-def _model_class(cfg, class_id: Optional[int], classifier_scale: float) -> Optional[int]:
+def _model_class(cfg, guidance: GuidanceOptions) -> Optional[int]:
     """The class the network itself is given: ``class_id``, except that an unconditional network guided by
     a classifier takes none (the class is the classifier's)."""
-    return class_id if cfg.num_classes is not None or not classifier_scale else None
+    return guidance.class_id if cfg.num_classes is not None or not guidance.classifier_scale else None
 
 
 def initial_noise(seed: int, indices: Sequence[int], shape, device="cpu", dtype=torch.float32):
@@ -100,78 +133,59 @@ def initial_noise(seed: int, indices: Sequence[int], shape, device="cpu", dtype=
     return randn((len(gens), *shape), gens, device, dtype), gens
 
 
-def generate(model, schedule: Schedule, n: int, *, seed: int = 0, batch_size: int = 64, steps: int = 50,
-             eta=0.0, spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
-             guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu", return_trajectory: bool = False,
-             on_step: Optional[Callable[[], None]] = None, fast: bool = False,
-             channels_last: Optional[bool] = None, options: Optional[SampleOptions] = None, classifier=None,
-             classifier_scale: float = 0.0, **sample_kwargs):
+def generate(model, schedule: Schedule, n: int, options: Optional[SampleOptions] = None,
+             guidance: Optional[GuidanceOptions] = None, run: Optional[RunOptions] = None, *,
+             return_trajectory: bool = False, on_step: Optional[Callable[[], None]] = None):
     """Draw n samples from a ``ddim.nn.UNet`` (or any network with ``.config`` and ``.null_label``).
 
     Args:
         n: number of images; sample i is seeded by (seed, i).
-        batch_size: images per model call (does not change the images).
-        class_id: generate this class only (class-conditional models); default cycles through classes.
-        guidance: classifier-free guidance weight w (0: plain conditional sampling).
-        guidance_rescale: φ of guidance rescale (Lin et al. 2023), 0 (off) to 1.
-        on_step: called after each sampling step (progress bars); with ``fast`` on CUDA, S times after
+        options: how each chain is sampled (``ddim.SampleOptions``; default: its defaults).
+        guidance: the class of each sample and its guidance (``GuidanceOptions``; default: none).
+        run: seed, batch size, device and the fast paths (``RunOptions``).
+        return_trajectory: also return the first batch's ``Trajectory``.
+        on_step: called after each sampling step (progress bars); with ``run.fast`` on CUDA, S times after
             each batch (a captured loop does not come back to the host between steps).
-        fast: sample with a ``ddim.samplers.FastSampler`` on a ``fast_module`` copy of the network
-            (bf16, channels_last, torch.compile and one CUDA graph on CUDA; channels_last on the CPU);
-            images match the plain sampler's within bf16 rounding, and anything unavailable falls back
-            with a warning. On CUDA every batch has min(batch_size, n) images (the last one padded with
-            extra seeds whose images are dropped), so one captured graph serves all batches.
-        channels_last: without ``fast``, run an inference copy of the network in channels_last memory
-            format; None: on the CPU only, where sampling ran 1–14 % more images/s that way in three runs
-            (benchmarks/cpu_sampling.py; images equal to 2e-6). ``fast`` always uses it.
-        options: the sampling options as one ``SampleOptions`` (instead of steps … prediction and
-            ``sample_kwargs``).
-        classifier, classifier_scale: classifier guidance (``ClassifierGuidance``) with this noisy classifier
-            at scale s, towards each sample's class (with ``guidance``: on top of classifier-free guidance).
-        others: as in ``ddim.sample``.
     Returns:
         (n, C, H, W) float32 CPU tensor in the model's data range, and with ``return_trajectory`` the
         ``Trajectory`` of the first batch.
     """
-    opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction, **sample_kwargs)
+    opts, g, r = options or SampleOptions(), guidance or GuidanceOptions(), run or RunOptions()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    if fast and classifier is not None and classifier_scale:
+    fast = r.fast
+    if fast and g.classifier is not None and g.classifier_scale:
         # a gradient per step cannot be captured in a CUDA graph: the plain path, said once
         warnings.warn("ddim: classifier guidance runs without the fast path (its gradient cannot be captured)",
                       RuntimeWarning, stacklevel=2)
         fast = False
-    graphs = fast and torch.device(device).type == "cuda"
+    graphs = fast and torch.device(r.device).type == "cuda"
     callback = (lambda *_: on_step()) if on_step is not None and not graphs else None
-    run, net = (FastSampler().sample, fast_module(model)) if fast else (None, None)
-    plain = model if fast else sampling_network(model, device, channels_last)
+    sampler, net = (FastSampler(), fast_module(model)) if fast else (None, None)
+    plain = model if fast else sampling_network(model, r.device, r.channels_last)
     n_steps = len(opts.timesteps) if opts.timesteps is not None else opts.steps
     models: dict = {}  # fast: batch size -> (conditioned model, its label buffer)
     out, first_trajectory = [], None
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
+    for start in range(0, n, r.batch_size):
+        stop = min(n, start + r.batch_size)
         trajectory = return_trajectory and start == 0
         if not fast:
-            res = generate_batch(plain, schedule, range(start, stop), seed=seed, class_id=class_id,
-                                 guidance=guidance, guidance_rescale=guidance_rescale, device=device,
-                                 on_step=on_step, return_trajectory=trajectory, options=opts, classifier=classifier,
-                                 classifier_scale=classifier_scale)
+            res = generate_batch(plain, schedule, range(start, stop), opts, g, r, on_step=on_step,
+                                 return_trajectory=trajectory)
         else:
-            idx = range(start, start + min(batch_size, n) if graphs else stop)
-            x_T, gens = initial_noise(seed, idx, shape, device)
-            labels = class_labels(idx, cfg.num_classes, _model_class(cfg, class_id, classifier_scale))
+            idx = range(start, start + min(r.batch_size, n) if graphs else stop)
+            x_T, gens = initial_noise(r.seed, idx, shape, r.device)
+            labels = class_labels(idx, cfg.num_classes, _model_class(cfg, g))
             if len(idx) not in models:
-                models[len(idx)] = _in_place_conditioned(net, labels, guidance, device, guidance_rescale)
+                models[len(idx)] = _in_place_conditioned(net, labels, g, r.device)
             m, buf = models[len(idx)]
             if buf is not None:
                 buf.copy_(labels)
             with torch.inference_mode():
-                res = run(m, schedule, x_T, generator=gens, callback=callback, return_trajectory=trajectory,
-                          options=opts)
+                res = sampler.sample(m, schedule, x_T, generator=gens, callback=callback,
+                                     return_trajectory=trajectory, options=opts)
         if isinstance(res, tuple):
             res, first_trajectory = res
         out.append(res[: stop - start].float().cpu())
@@ -192,37 +206,35 @@ def sampling_network(model, device="cpu", channels_last: Optional[bool] = None):
     return fast_module(model) if channels_last and isinstance(model, torch.nn.Module) else model
 
 
-def generate_batch(model, schedule: Schedule, indices: Sequence[int], *, seed: int = 0, steps: int = 50, eta=0.0,
-                   spacing: str = "uniform", prediction: str = "epsilon", class_id: Optional[int] = None,
-                   guidance: float = 0.0, guidance_rescale: float = 0.0, device="cpu",
-                   on_step: Optional[Callable[[], None]] = None,
-                   return_trajectory: bool = False, options: Optional[SampleOptions] = None, classifier=None,
-                   classifier_scale: float = 0.0, **sample_kwargs):
+def generate_batch(model, schedule: Schedule, indices: Sequence[int], options: Optional[SampleOptions] = None,
+                   guidance: Optional[GuidanceOptions] = None, run: Optional[RunOptions] = None, *,
+                   return_trajectory: bool = False, on_step: Optional[Callable[[], None]] = None):
     """The samples with global indices ``indices`` (e.g. ``range(64, 128)``) as one batch, exactly as
-    ``generate`` draws them (it calls this for each batch without ``fast``): sample i seeded by (seed, i)
+    ``generate`` draws them (it calls this for each batch without ``fast``): sample i seeded by (run.seed, i)
     and, for a class-conditional network, labelled as in ``class_labels``. Used where samples are drawn
-    in chunks (``ddim eval``).
+    in chunks (``ddim eval``); ``run.batch_size`` and the fast paths play no part here.
 
     Returns:
-        (len(indices), C, H, W) on ``device`` in the model's dtype, and with ``return_trajectory`` the
+        (len(indices), C, H, W) on ``run.device`` in the model's dtype, and with ``return_trajectory`` the
         batch's ``Trajectory``; arguments as in ``generate``.
     """
-    opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction, **sample_kwargs)
+    opts, g, r = options or SampleOptions(), guidance or GuidanceOptions(), run or RunOptions()
     cfg = model.config
-    x_T, gens = initial_noise(seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), device)
-    labels = class_labels(indices, cfg.num_classes, _model_class(cfg, class_id, classifier_scale))
-    m = classifier_guided(conditioned(model, labels, guidance, guidance_rescale), schedule, opts.prediction, labels,
-                          indices, class_id, classifier, classifier_scale)
+    x_T, gens = initial_noise(r.seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), r.device)
+    labels = class_labels(indices, cfg.num_classes, _model_class(cfg, g))
+    prediction = opts.prediction or "epsilon"
+    m = classifier_guided(conditioned(model, labels, g.w, g.rescale), schedule, prediction, labels, indices, g)
     callback = (lambda *_: on_step()) if on_step is not None else None
     with torch.inference_mode():
-        return run_sample(m, schedule, x_T, opts, gens, callback=callback, return_trajectory=return_trajectory)
+        return run_sample(Denoiser(m, schedule, prediction), x_T, opts, gens, callback=callback,
+                          return_trajectory=return_trajectory)
 
 
-def _in_place_conditioned(net, labels: Optional[torch.Tensor], guidance: float, device, guidance_rescale=0.0):
+def _in_place_conditioned(net, labels: Optional[torch.Tensor], guidance: GuidanceOptions, device):
     """(``conditioned`` model, its device label buffer or None): a captured CUDA graph reads the labels
     from the buffer's memory, so later batches overwrite it in place instead of building a new model."""
     buf = None if labels is None else labels.to(device)
-    return conditioned(net, buf, guidance, guidance_rescale), buf
+    return conditioned(net, buf, guidance.w, guidance.rescale), buf
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -244,20 +256,27 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
     return mixed.reshape(z0.shape).to(z0.dtype)
 
 
-def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, frames: int, *, steps: int = 50,
-                spacing: str = "uniform", prediction: str = "epsilon", label: Optional[int] = None,
-                guidance: float = 0.0, **sample_kwargs) -> torch.Tensor:
-    """Decode ``frames`` slerp points between latents z0 and z1 ((1, C, H, W) each) with η = 0.
+def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, frames: int,
+                options: Optional[SampleOptions] = None, label: Optional[int] = None, guidance: float = 0.0):
+    """Decode ``frames`` slerp points between latents z0 and z1 ((1, C, H, W) each), deterministically.
 
-    ``label``: the class of every frame for a class-conditional model (its null label for unconditional
-    decoding); None for an unconditional model. ``sample_kwargs`` (e.g. ``clip``) go to ``ddim.sample``.
+    ``options``: how each frame is sampled (η must be 0, or a solver adding no noise: an image must be a
+    function of its latent). ``label``: the class of every frame for a class-conditional model (its null
+    label for unconditional decoding); None for an unconditional model. ``guidance``: w of classifier-free
+    guidance for ``label``.
     Returns:
         (frames, C, H, W) float32 CPU images; the first and last are the plain samples of z0 and z1.
     """
+    opts = options or SampleOptions()
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
+    if opts.solver.eta(opts.eta) not in (0, 0.0, None):
+        raise ValueError(f"interpolation decodes deterministically; solver {opts.solver.name!r} with eta={opts.eta!r} "
+                         "adds noise")
     z = torch.cat([slerp(z0, z1, k / (frames - 1)) for k in range(frames)])
     labels = None if label is None else torch.full((frames,), int(label), dtype=torch.int64)
     m = conditioned(model, labels, guidance)
     with torch.inference_mode():
-        return sample(m, schedule, z, steps, 0.0, spacing, prediction, **sample_kwargs).float().cpu()
+        images = run_sample(Denoiser(m, schedule, opts.prediction or "epsilon"), z, opts).float().cpu()
+    check_finite_result(images, "frames")
+    return images

@@ -21,12 +21,16 @@ prediction type, as diffusers' ``guidance_rescale`` does (the paper's φ = 0.7).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import nn
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "guidance_weight", "check_rescale", "rescale_guided"]
+from .denoiser import Denoiser
+
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceOptions", "guidance_weight", "check_rescale",
+           "guided_combination", "rescale_guided"]
 
 
 def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) -> float:
@@ -46,6 +50,12 @@ def check_rescale(phi) -> float:
     return float(phi)
 
 
+def guided_combination(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """(1 + w) cond − w uncond (Ho & Salimans eq. 6), as cond + w (cond − uncond): the difference first keeps
+    its digits. cond, uncond: (B, …) predictions of any one type (the combination is linear)."""
+    return cond + w * (cond - uncond)
+
+
 def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
     """φ · guided · std(cond)/std(guided) + (1 − φ) · guided, stds per sample (Lin et al. 2023, eqs. 15-16).
 
@@ -55,6 +65,37 @@ def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torc
     dims = tuple(range(1, guided.ndim))
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
     return phi * guided * ratio + (1 - phi) * guided
+
+
+@dataclass(frozen=True)
+class GuidanceOptions:
+    """Which class each sample is drawn toward, and how (``ddim.generate`` and the code built on it).
+
+    Attributes:
+        class_id: every sample of this class; None: sample i of a class-conditional network gets class
+            i mod K (so a grid shows every class), an unconditional one none.
+        w: classifier-free guidance weight of eq. 6, ε̂ = (1 + w) ε_c − w ε_∅ (0: plain conditional sampling).
+        rescale: φ of guidance rescale (Lin et al. 2023), 0 (off) to 1.
+        classifier: a noisy classifier ``classifier(x_t, t)`` -> (B, K) logits for classifier guidance, or None.
+        classifier_scale: its scale s ≥ 0 (0: off); with ``w`` the two guidances add up.
+    """
+
+    class_id: Optional[int] = None
+    w: float = 0.0
+    rescale: float = 0.0
+    classifier: Optional[nn.Module] = field(default=None, repr=False)
+    classifier_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.class_id is not None and (isinstance(self.class_id, bool) or not isinstance(self.class_id, int)):
+            raise ValueError(f"class_id must be an integer class index or None, got {self.class_id!r}")
+        for name in ("w", "classifier_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"guidance {name} must be a finite number >= 0, got {v!r}")
+        check_rescale(self.rescale)
+        if self.classifier_scale and self.classifier is None:
+            raise ValueError(f"classifier scale {self.classifier_scale!r} needs a classifier")
 
 
 def class_indices(labels) -> torch.Tensor:
@@ -77,10 +118,12 @@ class ClassifierFreeGuidance(nn.Module):
         w: guidance weight of eq. 6 (or give ``scale`` = 1 + w).
         null_label: the label index meaning ∅ (unconditional); defaults to ``model.null_label``.
         rescale: φ of guidance rescale (module docstring), 0 (off) to 1.
+        embeddings: (cond (B, E), ∅ (B, E)) label embeddings used in place of ``labels`` and the null label's
+            rows of the model's table (``model`` then takes ``label_emb``; guided inversion optimises ∅).
     """
 
     def __init__(self, model, labels: torch.Tensor, w: Optional[float] = None, scale: Optional[float] = None,
-                 null_label: Optional[int] = None, rescale: float = 0.0):
+                 null_label: Optional[int] = None, rescale: float = 0.0, embeddings=None):
         super().__init__()
         self.model = model
         self.w = guidance_weight(w, scale)
@@ -94,20 +137,26 @@ class ClassifierFreeGuidance(nn.Module):
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
         self.register_buffer("labels", labels, persistent=False)
+        self.embeddings = embeddings  # (cond (B, E), ∅ (B, E)) label embeddings in place of the table's rows
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.labels.shape[0]:
             raise ValueError(f"batch of {x.shape[0]} samples but {self.labels.shape[0]} labels")
-        labels = self.labels.to(x.device)
+        if self.embeddings is not None:  # guided inversion: the null embedding is what it optimises
+            cond, null = self.embeddings
+            branch = lambda x, t, which: self.model(x, t, label_emb=which)  # noqa: E731
+        else:
+            cond = self.labels.to(x.device)
+            null = torch.full_like(cond, self.null_label)
+            branch = self.model
         if self.w == 0:
-            return self.model(x, t, labels)
-        null = torch.full_like(labels, self.null_label)
-        both = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+            return branch(x, t, cond)
+        both = branch(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))
         # At least float32 for the combination: under autocast the model answers in bf16, and
         # cond − uncond (a small difference of large values) times w would keep ~3 significant digits.
-        cond, uncond = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)
-        guided = cond + self.w * (cond - uncond)  # = (1 + w) cond − w uncond
-        return rescale_guided(guided, cond, self.rescale) if self.rescale else guided
+        c, u = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)
+        guided = guided_combination(c, u, self.w)
+        return rescale_guided(guided, c, self.rescale) if self.rescale else guided
 
 
 class ClassifierGuidance(nn.Module):
@@ -146,6 +195,7 @@ class ClassifierGuidance(nn.Module):
                              f"[{int(labels.min())}, {int(labels.max())}]")
         self.model, self.classifier, self.scale = model, classifier, float(scale)
         self.prediction = prediction
+        self.denoiser = Denoiser(model, schedule, prediction)  # reads the model's ε̂ (and x̂_0) at x_t
         self.register_buffer("labels", labels, persistent=False)
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.clone(), persistent=False)
 
@@ -162,18 +212,18 @@ class ClassifierGuidance(nn.Module):
         return grad
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        from .forward import predict_x0_eps, target_from_x0_eps, x0_from_eps
+        from .forward import target_from_x0_eps, x0_from_eps
 
         if x.shape[0] != self.labels.shape[0]:
             raise ValueError(f"batch of {x.shape[0]} samples but {self.labels.shape[0]} labels")
-        out = self.model(x, t)
         if self.scale == 0:
-            return out
-        work = torch.promote_types(out.dtype, torch.float32)
+            return self.model(x, t)
+        work = torch.promote_types(x.dtype, torch.float32)
         xw = x.to(work)
         abar = self.alphas_cumprod.to(x.device, work)[t].view(-1, *([1] * (x.ndim - 1)))
-        _, eps = predict_x0_eps(out.to(work), xw, abar, self.prediction)
-        eps = eps - self.scale * (1 - abar).sqrt() * self.log_prob_grad(x, t).to(work)
-        guided = target_from_x0_eps(x0_from_eps(xw, eps, abar), eps, abar, self.prediction)
-        # at ᾱ_t = 0 (zero terminal SNR) x̂_0 = (x − ε̂)/0: the x_0- and v-outputs cannot carry the shift there
-        return torch.where(abar > 0, guided, out.to(work)).to(out.dtype)
+        x0, eps = self.denoiser.denoise(xw, t, abar, io_dtype=x.dtype)
+        shifted = eps - self.scale * (1 - abar).sqrt() * self.log_prob_grad(x, t).to(work)
+        guided = target_from_x0_eps(x0_from_eps(xw, shifted, abar), shifted, abar, self.prediction)
+        # at ᾱ_t = 0 (zero terminal SNR) x̂_0 = (x − ε̂)/0: the x_0- and v-outputs cannot carry the shift there,
+        # and the model's own prediction is returned (the round trip through (x̂_0, ε̂) gives it back exactly)
+        return torch.where(abar > 0, guided, target_from_x0_eps(x0, eps, abar, self.prediction)).to(x.dtype)

@@ -144,6 +144,7 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
                 if img.width * img.height > MAX_PIXELS:  # refused from the header, before decoding
                     raise ValueError(f"{path} is too large: {img.width}×{img.height} pixels; at most "
                                      f"{MAX_PIXELS:,} are read")
+                frames = getattr(img, "n_frames", 1)
                 img.load()
         except FileNotFoundError:
             raise FileNotFoundError(f"image file {path} does not exist") from None
@@ -152,11 +153,13 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
                              f"{MAX_PIXELS:,} are read") from None
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{path} is not a readable image ({type(e).__name__})") from None
+        if frames > 1:
+            notes.append(f"{path}: used the first of its {frames} frames")
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: scale, do not clip to 255
             import numpy as np
 
             wide = np.asarray(img, dtype=np.float64)
-            notes.append(f"{path}: scaled 16-bit {img.mode} to 8 bits")
+            notes.append(f"{path}: scaled {img.mode} from the 16-bit range to 8 bits")
             img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
         if img.mode != mode:
             notes.append(f"{path}: converted {img.mode} to {mode}")

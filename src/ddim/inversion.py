@@ -20,7 +20,8 @@ label ∅ (ε̂_w = (1 + w) ε(x, c) − w ε(x, ∅), Ho & Salimans eq. 6):
                     form, so x_0 comes back to float precision at any S and w (2 guided calls per step)
 
 Every method returns an ``Inversion``; ``regenerate(model, schedule, inv, labels, w)`` samples it back
-(with other labels: an edit). The chains run in float64 (the network in its own dtype), so "float
+(with other labels: an edit). Every step reads the network through one ``ddim.Denoiser`` around
+``ddim.ClassifierFreeGuidance`` on label embeddings, and takes the samplers' own η-step and inverse step. The chains run in float64 (the network in its own dtype), so "float
 precision" here is about 1e-12, well under the 1e-6 reconstruction target.
 """
 
@@ -28,20 +29,56 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
 
-from .forward import predict_x0_eps
+from .denoiser import Denoiser
+from .forward import x0_from_eps
+from .guidance import ClassifierFreeGuidance, guided_combination
 from .noise import Generators, randn
-from .samplers import plan
-from .samplers.steps import ddim_step
+from .samplers import ddim_invert_step, ddim_step, plan
 from .schedule import Schedule
 
-__all__ = ["METHODS", "Inversion", "invert_image", "regenerate", "guided_eps", "edict_coefficients"]
+__all__ = ["METHODS", "InversionOptions", "Inversion", "invert_image", "regenerate", "edict_coefficients"]
 
 METHODS = ("ddim", "null-label", "negative-label", "ddpm", "edict")
+
+
+@dataclass(frozen=True)
+class InversionOptions:
+    """How an image is inverted, beyond the method and the guidance weight (``invert_image``'s keywords).
+
+    Attributes:
+        steps, spacing: the grid (``ddim.timesteps``), or ``timesteps``: an explicit descending one (e.g.
+            ``ddim.edit.edit_timesteps``'s low-noise part, for an edit of strength < 1).
+        prediction: the network's target.
+        eta: η of the ddpm method (> 0). mix: EDICT's p in (0, 1).
+        null_iters, null_lr, null_tol: null-label's Adam iterations per step, its learning rate, and the
+            early-stop threshold on the step's loss (null-text inversion's 10, 1e-2 and 1e-5, the threshold
+            growing by 2·null_tol per step as there; 0: never stop early).
+        null_init: where null-label's optimisation starts at step T: "cond" (the image's class embedding,
+            where Miyake et al. 2023 find the optimum lies) or "null" (the ∅ row, as null-text inversion
+            starts from the empty prompt).
+    """
+
+    steps: int = 50
+    spacing: str = "uniform"
+    prediction: str = "epsilon"
+    eta: float = 1.0
+    mix: float = 0.93
+    null_iters: int = 10
+    null_lr: float = 1e-2
+    null_tol: float = 1e-5
+    null_init: str = "cond"
+    timesteps: Optional[tuple] = None
+
+    def __post_init__(self) -> None:
+        if self.null_init not in ("cond", "null"):
+            raise ValueError(f"null_init must be 'cond' or 'null', got {self.null_init!r}")
+        if self.timesteps is not None:
+            object.__setattr__(self, "timesteps", tuple(int(t) for t in torch.as_tensor(self.timesteps).tolist()))
 
 
 @dataclass
@@ -69,26 +106,21 @@ class Inversion:
     seconds: float = 0.0
 
 
-def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.ndim - 1)))
+def _io_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
-def _eps(model, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, abar, prediction: str) -> torch.Tensor:
-    """ε̂(x, t) of the network given label embeddings ``emb`` (B, E), in x's dtype."""
-    out = model(x.to(next(model.parameters()).dtype), t, label_emb=emb)
-    return predict_x0_eps(out.to(x.dtype), x, abar, prediction)[1]
+def _guided(model, schedule: Schedule, prediction: str, labels: torch.Tensor, cond: torch.Tensor,
+            null: torch.Tensor, w: float) -> Denoiser:
+    """The denoiser every guided step reads: classifier-free guidance at weight w on label embeddings ``cond``
+    and ``null`` ((B, E) each; one batched forward of 2B, B at w = 0), in the chain's dtype."""
+    cfg = ClassifierFreeGuidance(model, labels, w=w, embeddings=(cond, null))
+    return Denoiser(cfg, schedule, prediction, io_dtype=_io_dtype(model))
 
 
-def guided_eps(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor, w: float,
-               abar, prediction: str) -> torch.Tensor:
-    """ε̂_w = (1 + w) ε(x, c) − w ε(x, ∅) with label embeddings ``cond`` and ``null`` ((B, E) each), one
-    batched forward of 2B (B at w = 0); returned in x's dtype. Differentiable in ``null``."""
-    io = next(model.parameters()).dtype
-    if w == 0:
-        return _eps(model, x, t, cond, abar, prediction)
-    both = model(torch.cat([x, x]).to(io), torch.cat([t, t]), label_emb=torch.cat([cond, null]))
-    eps_c, eps_u = predict_x0_eps(both.to(x.dtype), torch.cat([x, x]), abar, prediction)[1].chunk(2)
-    return eps_c + w * (eps_c - eps_u)
+def _conditional(model, schedule: Schedule, prediction: str, emb: torch.Tensor) -> Denoiser:
+    """The network on label embeddings ``emb`` (B, E) alone (one branch of ``_guided``)."""
+    return Denoiser(lambda x, t: model(x, t, label_emb=emb), schedule, prediction, io_dtype=_io_dtype(model))
 
 
 def _coefs(schedule: Schedule, steps: Optional[int], spacing: str = "uniform", eta: float = 0.0, timesteps=None):
@@ -97,10 +129,9 @@ def _coefs(schedule: Schedule, steps: Optional[int], spacing: str = "uniform", e
     return p, list(zip(p.abar_t.tolist(), p.abar_prev.tolist(), p.sigma.tolist()))
 
 
-def _step(model, x, t, cond, null, w, abar_t, abar_prev, sigma, prediction, noise=None, eps=None):
-    """One guided DDIM eq. 12 step from x_t (x̂_0 and ε̂ both from the guided ε̂, or from ``eps`` if given)."""
-    eps = guided_eps(model, x, t, cond, null, w, abar_t, prediction) if eps is None else eps
-    x0 = (x - (1 - abar_t) ** 0.5 * eps) / abar_t**0.5
+def _step(den: Denoiser, x, t, abar_t, abar_prev, sigma, noise=None):
+    """One DDIM eq. 12 step from x_t with the denoiser's (x̂_0, ε̂) (guided: ``_guided``)."""
+    x0, eps = den.denoise(x, t, abar_t)
     return ddim_step(x0, eps, abar_prev, sigma, noise)
 
 
@@ -112,83 +143,82 @@ def _embeddings(model, labels: torch.Tensor):
 
 
 def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tensor, *, method: str = "ddim",
-                 w: float = 0.0, steps: int = 50, spacing: str = "uniform", prediction: str = "epsilon",
-                 eta: float = 1.0, mix: float = 0.93, null_iters: int = 10, null_lr: float = 1e-2,
-                 null_tol: float = 1e-5, null_init: str = "cond", generator: Generators = None,
-                 timesteps=None) -> Inversion:
+                 w: float = 0.0, options: Optional[InversionOptions] = None, generator: Generators = None,
+                 **settings) -> Inversion:
     """Invert x_0 (B, C, H, W) of classes ``labels`` (B,) for regeneration under guidance ``w``.
 
     Args:
         model: a class-conditional ``ddim.nn.UNet`` (it must take ``label_emb``).
         method: one of ``METHODS`` (module docstring).
-        eta: η of the ddpm method (> 0). mix: EDICT's p in (0, 1). null_iters, null_lr, null_tol: Adam
-            iterations per step, its learning rate, and the early-stop threshold on the step's loss
-            (null-text inversion's 10, 1e-2 and 1e-5, the threshold growing by 2·null_tol per step as there; 0:
-            never stop early).
-        null_init: where null-label's optimisation starts at step T: "cond" (the image's class embedding,
-            where Miyake et al. 2023 find the optimum lies; the per-step loss then starts at negative-label's)
-            or "null" (the ∅ row, as null-text inversion starts from the empty prompt).
+        w: the classifier-free guidance weight the images will be sampled back under.
+        options: the grid and each method's knobs as one ``InversionOptions``, or its fields as keywords
+            (``steps``, ``spacing``, ``prediction``, ``eta``, ``mix``, ``null_iters``, ``null_lr``, ``null_tol``,
+            ``null_init``, ``timesteps``).
         generator: the ddpm method's draws of x_t ~ q(x_t | x_0).
-        timesteps: an explicit descending grid instead of steps/spacing (e.g. ``ddim.edit.edit_timesteps``'s
-            low-noise part of one, for an edit of strength < 1).
     """
+    unknown = sorted(set(settings) - {f.name for f in fields(InversionOptions)})
+    if unknown:
+        raise TypeError(f"unknown inversion setting(s) {', '.join(unknown)}")
+    o = replace(options or InversionOptions(), **settings)
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; allowed: {', '.join(METHODS)}")
     if getattr(model, "null_label", None) is None:
         raise ValueError("guided inversion needs a class-conditional model with a null label")
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:  # inf: NaN latents
         raise ValueError(f"guidance weight w must be a number >= 0 and finite, got {w!r}")
-    if null_init not in ("cond", "null"):
-        raise ValueError(f"null_init must be 'cond' or 'null', got {null_init!r}")
     start = time.perf_counter()
     x0 = x0.double()
     labels = labels.to(x0.device)
     cond, null = _embeddings(model, labels)
     if method == "ddpm":
-        if not (isinstance(eta, (int, float)) and eta > 0):
-            raise ValueError(f"edit-friendly DDPM inversion needs eta > 0, got {eta!r}")
-        grid = _coefs(schedule, steps, spacing, eta, timesteps)
-        inv = _invert_ddpm(model, grid, x0, labels, cond, null, w, prediction, eta, generator)
+        if not (isinstance(o.eta, (int, float)) and o.eta > 0):
+            raise ValueError(f"edit-friendly DDPM inversion needs eta > 0, got {o.eta!r}")
+        grid = _coefs(schedule, o.steps, o.spacing, o.eta, o.timesteps)
+        inv = _invert_ddpm(_guided(model, schedule, o.prediction, labels, cond, null, w), grid, x0, labels, w, o.eta,
+                           generator)
     elif method == "edict":
-        if not (isinstance(mix, (int, float)) and 0 < mix < 1):
-            raise ValueError(f"EDICT's mixing p must lie in (0, 1), got {mix!r}")
-        inv = _invert_edict(model, _coefs(schedule, steps, spacing, 0.0, timesteps), x0, labels, cond, null, w,
-                            prediction, mix)
+        if not (isinstance(o.mix, (int, float)) and 0 < o.mix < 1):
+            raise ValueError(f"EDICT's mixing p must lie in (0, 1), got {o.mix!r}")
+        inv = _invert_edict(_guided(model, schedule, o.prediction, labels, cond, null, w),
+                            _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps), x0, labels, w, o.mix)
     else:
-        inv = _invert_ddim(model, _coefs(schedule, steps, spacing, 0.0, timesteps), x0, labels, cond,
-                           cond if null_init == "cond" else null, prediction, w, method, null_iters, null_lr, null_tol)
+        inv = _invert_ddim(model, schedule, _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps), x0, labels, w,
+                           method, o)
     inv.seconds = time.perf_counter() - start
     return inv
 
 
-def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, iters, lr, tol):
+def _invert_ddim(model, schedule, grid, x0, labels, w, method, o: InversionOptions):
     p, rows = grid
+    cond, null = _embeddings(model, labels)
     tb = lambda k: p.timesteps[k].expand(x0.shape[0]).to(x0.device)  # noqa: E731
-    # the pivot: conditional DDIM inversion, z*_0 = x_0 up to z*_T (eq. 12 with the roles of ᾱ swapped)
+    # the pivot: conditional DDIM inversion, z*_0 = x_0 up to z*_T (the samplers' inverse step)
+    conditional = _conditional(model, schedule, o.prediction, cond)
     pivot, x, calls = [x0], x0, 0
     with torch.no_grad():
         for k in reversed(range(len(rows))):
             abar_t, abar_prev = rows[k][:2]
-            x = _invert_step(model, x, tb(k), cond, abar_t, abar_prev, prediction)
+            x = ddim_invert_step(x, conditional.denoise(x, tb(k), abar_t)[1], abar_t, abar_prev)[0]
             pivot.append(x)
             calls += 1
     pivot = pivot[::-1]  # pivot[k] = z* at grid point k (k = 0: x_T), pivot[S] = x_0
     inv = Inversion(method, float(w), p.timesteps, pivot[0], labels, model_calls=calls)
     if method != "null-label" or w == 0:
         return inv
-    nulls, z, emb = [], pivot[0], null.clone()
+    nulls, z, emb = [], pivot[0], (cond if o.null_init == "cond" else null).clone()
     for k, (abar_t, abar_prev, _) in enumerate(rows):
         with torch.no_grad():  # z is fixed within the step: the conditional half is computed once
-            eps_c = _eps(model, z, tb(k), cond, abar_t, prediction)
+            eps_c = conditional.denoise(z, tb(k), abar_t)[1]
         calls += 1
         # a copy: Adam updates in place, and the previous step's embedding (kept in ``nulls``) must not move
         emb = emb.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([emb], lr=lr)
+        opt = torch.optim.Adam([emb], lr=o.null_lr)
         best, best_loss = emb.detach().clone(), None
-        for i in range(iters + 1):  # the last pass only scores the last update
+        for i in range(o.null_iters + 1):  # the last pass only scores the last update
             with torch.enable_grad():
-                eps = eps_c + w * (eps_c - _eps(model, z, tb(k), emb, abar_t, prediction))
-                out = _step(model, z, tb(k), cond, emb, w, abar_t, abar_prev, 0.0, prediction, eps=eps)
+                eps = guided_combination(eps_c, _conditional(model, schedule, o.prediction, emb)
+                                         .denoise(z, tb(k), abar_t)[1], w)
+                out = ddim_step(x0_from_eps(z, eps, abar_t), eps, abar_prev, 0.0)
                 loss = (out - pivot[k + 1]).pow(2).flatten(1).mean(1)  # per image: images are independent
             calls += 1
             # keep each image's best embedding: Adam's first moves can overshoot a start that is already good
@@ -196,28 +226,20 @@ def _invert_ddim(model, grid, x0, labels, cond, null, prediction, w, method, ite
             improved = better < best_loss if best_loss is not None else torch.ones_like(better, dtype=torch.bool)
             best = torch.where(improved[:, None], emb.detach(), best)
             best_loss = better
-            if i == iters or float(best_loss.max()) < tol * (1 + 2 * k):  # 1e-5 + k·2e-5 at the default
+            if i == o.null_iters or float(best_loss.max()) < o.null_tol * (1 + 2 * k):  # 1e-5 + k·2e-5 default
                 break
             (emb.grad,) = torch.autograd.grad(loss.sum(), emb)  # the embedding's only, not the network's
             opt.step()
         emb = best
         nulls.append(emb)
         with torch.no_grad():
-            z = _step(model, z, tb(k), cond, emb, w, abar_t, abar_prev, 0.0, prediction)
+            z = _step(_guided(model, schedule, o.prediction, labels, cond, emb, w), z, tb(k), abar_t, abar_prev, 0.0)
         calls += 2
     inv.null, inv.model_calls = torch.stack(nulls), calls
     return inv
 
 
-def _invert_step(model, x, t, cond, abar_t, abar_prev, prediction):
-    """x_{t−1} -> x_t with the conditional ε̂ read at x_{t−1} (``ddim.invert``'s step, on embeddings): the
-    model is told t, so its output is read at ᾱ_t, as ``ddim.invert`` does."""
-    eps = guided_eps(model, x, t, cond, cond, 0.0, abar_t, prediction)
-    x0 = (x - (1 - abar_prev) ** 0.5 * eps) / abar_prev**0.5
-    return abar_t**0.5 * x0 + (1 - abar_t) ** 0.5 * eps
-
-
-def _invert_ddpm(model, grid, x0, labels, cond, null, w, prediction, eta, generator):
+def _invert_ddpm(den: Denoiser, grid, x0, labels, w, eta, generator):
     p, rows = grid
     # x_t ~ q(x_t | x_0) independently at every grid point (not a chain: the edit-friendly choice)
     xs = [abar**0.5 * x0 + (1 - abar) ** 0.5 * randn(x0.shape, generator, x0.device, x0.dtype)
@@ -225,8 +247,7 @@ def _invert_ddpm(model, grid, x0, labels, cond, null, w, prediction, eta, genera
     noise = []
     with torch.no_grad():
         for k, (abar_t, abar_prev, sigma) in enumerate(rows):
-            mean = _step(model, xs[k], p.timesteps[k].expand(x0.shape[0]).to(x0.device), cond, null, w, abar_t,
-                         abar_prev, sigma, prediction)
+            mean = _step(den, xs[k], p.timesteps[k].expand(x0.shape[0]).to(x0.device), abar_t, abar_prev, sigma)
             noise.append(xs[k + 1] - mean)  # n_k: what the step must add to land on x_{t−1}
     return Inversion("ddpm", float(w), p.timesteps, xs[0], labels, noise=torch.stack(noise), eta=float(eta),
                      model_calls=len(rows) * (2 if w else 1))
@@ -238,9 +259,10 @@ def edict_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float]:
     return (abar_prev / abar_t) ** 0.5, (1 - abar_prev) ** 0.5 - (abar_prev * (1 - abar_t) / abar_t) ** 0.5
 
 
-def _invert_edict(model, grid, x0, labels, cond, null, w, prediction, mix):
+def _invert_edict(den: Denoiser, grid, x0, labels, w, mix):
     p, rows = grid
     x, y = x0, x0.clone()
+    eps = lambda x, t, abar: den.denoise(x, t, abar)[1]  # noqa: E731
     with torch.no_grad():
         for k in reversed(range(len(rows))):  # EDICT inversion: the denoising step solved backwards
             abar_t, abar_prev = rows[k][:2]
@@ -248,8 +270,8 @@ def _invert_edict(model, grid, x0, labels, cond, null, w, prediction, mix):
             t = p.timesteps[k].expand(x0.shape[0]).to(x0.device)
             y_inter = (y - (1 - mix) * x) / mix
             x_inter = (x - (1 - mix) * y_inter) / mix
-            y = (y_inter - b * guided_eps(model, x_inter, t, cond, null, w, abar_t, prediction)) / a
-            x = (x_inter - b * guided_eps(model, y, t, cond, null, w, abar_t, prediction)) / a
+            y = (y_inter - b * eps(x_inter, t, abar_t)) / a
+            x = (x_inter - b * eps(y, t, abar_t)) / a
     return Inversion("edict", float(w), p.timesteps, x, labels, y_T=y, mix=float(mix),
                      model_calls=2 * len(rows) * (2 if w else 1))
 
@@ -264,6 +286,7 @@ def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch
     if inv.method == "negative-label":
         null = _embeddings(model, inv.labels)[0]  # the source class stands in for ∅
     p, rows = _coefs(schedule, None, eta=inv.eta if inv.method == "ddpm" else 0.0, timesteps=inv.timesteps)
+    den = _guided(model, schedule, prediction, labels, cond, null, w)
     x, y = inv.x_T, inv.y_T
     with torch.no_grad():
         for k, (abar_t, abar_prev, sigma) in enumerate(rows):
@@ -271,14 +294,14 @@ def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch
             if inv.method == "edict":
                 a, b = edict_coefficients(abar_t, abar_prev)
                 mix = inv.mix
-                x_inter = a * x + b * guided_eps(model, y, t, cond, null, w, abar_t, prediction)
-                y_inter = a * y + b * guided_eps(model, x_inter, t, cond, null, w, abar_t, prediction)
+                x_inter = a * x + b * den.denoise(y, t, abar_t)[1]
+                y_inter = a * y + b * den.denoise(x_inter, t, abar_t)[1]
                 x = mix * x_inter + (1 - mix) * y_inter
                 y = mix * y_inter + (1 - mix) * x
                 continue
-            step_null = inv.null[k] if inv.null is not None else null
+            step = den if inv.null is None else _guided(model, schedule, prediction, labels, cond, inv.null[k], w)
             if inv.method == "ddpm":
-                x = _step(model, x, t, cond, step_null, w, abar_t, abar_prev, sigma, prediction, noise=inv.noise[k])
+                x = _step(step, x, t, abar_t, abar_prev, sigma, noise=inv.noise[k])
             else:
-                x = _step(model, x, t, cond, step_null, w, abar_t, abar_prev, 0.0, prediction)
+                x = _step(step, x, t, abar_t, abar_prev, 0.0)
     return x

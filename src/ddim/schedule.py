@@ -92,8 +92,11 @@ class Schedule:
         if not torch.isfinite(b).all() or (b <= 0).any() or (b > 1).any():
             raise ValueError("betas must be finite and lie in (0, 1]; got values in "
                              f"[{b.min().item():.3g}, {b.max().item():.3g}]")
-        if (b[:-1] >= 1).any():
-            raise ValueError("only the last beta may equal 1 (zero terminal SNR)")
+        if (b[:-1] >= 1).any() or b[0] >= 1:
+            raise ValueError("only the last beta may equal 1 (zero terminal SNR), and not β_0 (ᾱ_0 = 0 would leave "
+                             "no signal at any step)")
+        if b.numel() > MAX_T:
+            raise ValueError(f"betas has {b.numel():,} entries; a schedule has at most {MAX_T:,} steps")
         abar = torch.cumprod(1.0 - b, 0)
         flat = torch.nonzero(abar[1:] >= abar[:-1]).flatten()
         if flat.numel():  # every solver steps in log-SNR: two equal levels would be a step of zero length

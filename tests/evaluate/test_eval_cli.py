@@ -22,7 +22,8 @@ from ddim.cli import main
 from ddim.data import load_dataset
 from ddim.evaluate import FeatureExtractor
 from ddim.evaluate.runner import Cell, chunk_ranges, rank_share, reconstruction_errors
-from ddim.generate import generate, generate_batch, sampling_network
+from ddim import SampleOptions
+from ddim.generate import RunOptions, generate, generate_batch, sampling_network
 from ddim.nn import unet_from_preset
 from ddim.train import DataConfig, RunConfig, TrainConfig
 from ddim.distributed import DistInfo
@@ -195,9 +196,10 @@ def test_chunks_are_the_images_of_ddim_sample(ckpt):
     """A chunk of samples start … stop−1 is what `ddim sample` (ddim.generate) draws for those indices."""
     model, schedule, _ = load_checkpoint(ckpt)
     for eta in (0.0, "large"):
-        whole = generate(model, schedule, 6, seed=3, batch_size=3, steps=3, eta=eta)
+        opts, run = SampleOptions(steps=3, eta=eta), RunOptions(seed=3, batch_size=3)
+        whole = generate(model, schedule, 6, opts, run=run)
         net = sampling_network(model, "cpu")   # the network both run (channels_last on the CPU)
-        parts = torch.cat([generate_batch(net, schedule, r, seed=3, steps=3, eta=eta) for r in chunk_ranges(6, 3)])
+        parts = torch.cat([generate_batch(net, schedule, r, opts, run=run) for r in chunk_ranges(6, 3)])
         assert torch.equal(parts, whole)
 
 
@@ -232,7 +234,7 @@ def test_reconstruction_error_falls_as_one_over_steps_squared():
     oracle = GaussianMixture([1.0], [data.to_float(slice(0, 500)).mean(0).flatten().tolist()], [0.3])
     schedule = Schedule.linear(1000)
     steps = (10, 20, 50, 100, 200, 500, 1000)
-    rows = reconstruction_errors(oracle.model(schedule), schedule, x, None, steps, batch_size=8)
+    rows = reconstruction_errors(oracle.model(schedule), schedule, x, None, steps, run=RunOptions(batch_size=8))
     mse = [r["mse_mean"] for r in rows]
     assert all(a > b for a, b in zip(mse, mse[1:])), mse
     orders = [math.log(a / b) / math.log(t / s) for (s, a), (t, b) in zip(zip(steps, mse), zip(steps[1:], mse[1:]))]
@@ -349,4 +351,4 @@ def test_sampling_network_copies_modules_only(ckpt):
 
     duck = Duck()
     assert sampling_network(duck, "cpu") is duck
-    assert generate(duck, load_checkpoint(ckpt)[1], 2, steps=2).shape == (2, 1, 28, 28)
+    assert generate(duck, load_checkpoint(ckpt)[1], 2, SampleOptions(steps=2)).shape == (2, 1, 28, 28)

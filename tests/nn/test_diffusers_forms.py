@@ -153,7 +153,7 @@ def test_config_neither_can_build_is_one_clear_error(tmp_path):
     saved(tmp_path, SMALL)
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "down_block_types": ["DownBlock2D", "NoSuchBlock2D"]}))
-    with pytest.raises(ValueError, match="NoSuchBlock2D.*diffusers could not load it either"):
+    with pytest.raises(ValueError, match="NoSuchBlock2D.*diffusers could not build it either"):
         load_diffusers_unet(tmp_path)
 
 

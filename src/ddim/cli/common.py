@@ -19,7 +19,8 @@ __all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "in
            "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir", "add_guidance",
            "add_sampling_args", "add_dist_timeout", "add_clip", "add_solver", "add_score_solver", "add_classifier",
            "add_images", "clip_value", "x0_rule", "resolve_solver_defaults", "solver_from_args", "load_classifier",
-           "writable", "distinct", "check_count", "save_npz", "load_model", "progress", "note", "invert_images",
+           "writable", "distinct", "check_count", "save_npz", "load_model", "progress", "LazyProgress", "note",
+           "invert_images",
            "DEFAULT_SOLVER", "FAST_STEPS", "DEFAULT_GUIDANCE", "MAX_N", "MAX_BATCH", "MAX_FRAMES"]
 
 EXIT_USAGE = 2        # bad input: arguments, data, checkpoints
@@ -27,6 +28,7 @@ EXIT_FAILED = 1       # training diverged (NaN/Inf)
 MAX_N = 1_000_000     # images per command (an FID needs 50,000)
 MAX_BATCH = 65_536
 MAX_FRAMES = 1_000
+NAME_MAX = 255        # bytes per file or folder name on the common file systems
 # `ddim sample`'s defaults: the solver, steps and guidance weight measured best at few model calls on the
 # bundled model (docs/results.md)
 DEFAULT_SOLVER, FAST_STEPS = "dpmpp-2m", 10
@@ -201,18 +203,18 @@ def resolve_solver_defaults(args) -> None:
     the log-SNR grid with 10 steps unless --eta (or --sampler ddpm) asks for DDIM's η-family."""
     if args.solver is None:  # `ddim sample` only; interpolate and edit default to ddim
         args.solver = "ddim" if args.eta is not None or args.sampler == "ddpm" else DEFAULT_SOLVER
-    fast = SOLVERS[args.solver].kind in ("multistep", "heun")
+    solver = SOLVERS[args.solver]
     if args.spacing is None:
-        args.spacing = "logsnr" if fast else "uniform"
+        args.spacing = solver.default_spacing
     if args.steps is None:
-        args.steps = FAST_STEPS if fast else 50
+        args.steps = solver.default_steps
     if getattr(args, "eta", 0.0) is None:
         args.eta = 0.0
 
 
 def add_score_solver(p) -> None:
-    """The options of --solver pc and --solver langevin (``ddim.samplers.score``)."""
-    from ..samplers.score import PC_PREDICTORS
+    """The options of --solver pc and --solver langevin (``ddim.samplers.solvers.score``)."""
+    from ..samplers.solvers import PC_PREDICTORS
 
     g = p.add_argument_group("predictor-corrector and Langevin (--solver pc / langevin)")
     g.add_argument("--predictor", choices=PC_PREDICTORS, default=None,
@@ -279,6 +281,10 @@ def writable(path, suffixes=None, folder: bool = False) -> Path:
     from ..images import check_image_path
 
     path = Path(path)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        raise ValueError(f"cannot write {path}: the name {long[:24]}… is {len(os.fsencode(long))} bytes; file "
+                         f"systems take at most {NAME_MAX}")
     if folder:
         pass
     elif suffixes is None:
@@ -351,6 +357,26 @@ def progress(args, total: int, what: str):
     from tqdm import tqdm
 
     return tqdm(total=total, disable=args.quiet, unit="step", desc=what, file=sys.stderr, dynamic_ncols=True)
+
+
+class LazyProgress:
+    """A progress bar that appears when its total is known (``reset(total)``), so no empty bar is printed
+    first; ``update()`` before that is an error, ``close()`` is safe either way."""
+
+    def __init__(self, args, what: str):
+        self.args, self.what, self.bar = args, what, None
+
+    def reset(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = progress(self.args, total, self.what)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def note(args, lines) -> None:

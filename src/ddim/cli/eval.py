@@ -11,7 +11,7 @@ import argparse
 import math
 import sys
 
-from .common import (MAX_BATCH, MAX_N, Formatter, add_checkpoint, add_clip, add_data_dir, add_device,
+from .common import (MAX_BATCH, MAX_N, Formatter, LazyProgress, add_checkpoint, add_clip, add_data_dir, add_device,
                      add_dist_timeout, add_guidance, add_no_ema, add_quiet, add_seed, check_count, clip_value,
                      eta_value, note, progress, writable, x0_rule)
 
@@ -163,7 +163,7 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
     from ..generate import class_labels, conditioned
     import torch
 
-    from ..samplers.ddim import SampleOptions, sample_setup
+    from ..samplers.loop import SampleOptions, sample_setup
 
     if mode != "fid" and args.eta is not None:
         raise ValueError(f"--eta applies to the FID grid only; --{mode} samples with η = 0")
@@ -266,17 +266,9 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     cells = [Cell(s, e) for s in common["steps"] for e in etas] if "ddim" in args.solver else []
     cells += [Cell(s, 0.0, solver) for s in common["steps"] for solver in args.solver if solver != "ddim"]
     n = common["n"]
-    with contextlib.ExitStack() as bars:
-        bar = []  # made once the plan is known, so no empty bar is printed first
-
-        def planned(total: int) -> None:
-            bar.append(bars.enter_context(progress(args, total, "sampling")))
-
-        samples = sample_grid(model, schedule, cells, n, args.out, seed=args.seed, batch_size=args.batch_size,
-                              spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
-                              clip=common["clip"], eps_from_clipped_x0=common["eps_from_clipped_x0"],
-                              device=device, info=info, on_plan=planned, on_step=lambda: bar[0].update(),
-                              weights_hash=common["weights_sha256"])
+    options, guidance, run = _run_options(args, config, device)
+    with contextlib.closing(LazyProgress(args, "sampling")) as bar:  # shown once sample_grid knows its total
+        samples = sample_grid(model, schedule, cells, n, args.out, options, guidance, run, info, progress=bar)
     if not info.is_main:
         return 0
     extractor = FeatureExtractor()
@@ -301,6 +293,17 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     return 0
 
 
+def _run_options(args, config, device):
+    """(SampleOptions, GuidanceOptions, RunOptions) every mode shares: spacing, the model's prediction and
+    the x̂_0 rule; the guidance weight; seed, batch size and device. Steps, η and solver are per cell."""
+    from ..generate import RunOptions
+    from ..guidance import GuidanceOptions
+    from ..samplers import SampleOptions
+
+    return (SampleOptions(spacing=args.spacing, prediction=config.prediction, **x0_rule(args)),
+            GuidanceOptions(w=args.guidance), RunOptions(seed=args.seed, batch_size=args.batch_size, device=device))
+
+
 def _run_reconstruction(args, model, schedule, config, device, info, common, etas) -> int:
     import torch
 
@@ -321,9 +324,9 @@ def _run_reconstruction(args, model, schedule, config, device, info, common, eta
         labels = data.labels[:n] if own else torch.full((n,), model.null_label, dtype=torch.int64)
     calls = 2 * sum(common["steps"]) * len(chunk_ranges(n, args.batch_size))
     with progress(args, calls, "inverting + sampling") as bar:
-        rows = reconstruction_errors(model, schedule, data.to_float(slice(0, n)), labels, common["steps"],
-                                     batch_size=args.batch_size, spacing=args.spacing,
-                                     prediction=config.prediction, device=device, on_step=bar.update)
+        options, _, run = _run_options(args, config, device)
+        rows = reconstruction_errors(model, schedule, data.to_float(slice(0, n)), labels, common["steps"], options,
+                                     run, on_step=bar.update)
     results = {"config": {**common, "n": n}, "images": data.name, "versions": versions(), "rows": rows}
     files = write_reconstruction_report(args.out, results)
     print(files[-1].read_text(), end="")
@@ -338,10 +341,8 @@ def _run_consistency(args, model, schedule, config, device, info, common, etas) 
     n = common["n"]
     columns = set(common["steps"]) | {schedule.num_steps}
     with progress(args, sum(columns) * len(chunk_ranges(n, args.batch_size)), "sampling") as bar:
-        rows, images = consistency(model, schedule, common["steps"], n, seed=args.seed, batch_size=args.batch_size,
-                                   spacing=args.spacing, prediction=config.prediction, guidance=args.guidance,
-                                   clip=common["clip"], eps_from_clipped_x0=common["eps_from_clipped_x0"],
-                                   device=device, on_step=bar.update)
+        rows, images = consistency(model, schedule, common["steps"], n, *_run_options(args, config, device),
+                                   on_step=bar.update)
     results = {"config": common, "versions": versions(), "rows": rows}
     files = write_consistency_report(args.out, results, images)
     print(files[-1].read_text(), end="")

@@ -154,6 +154,7 @@ def _run_edit(args) -> int:
     import torch
 
     from ..edit import edit_timesteps, invert_regenerate, sdedit
+    from ..samplers import SampleOptions
     from ..generate import class_labels, conditioned
     from ..images import load_images, save_grid
     from ..noise import generators
@@ -175,7 +176,7 @@ def _run_edit(args) -> int:
     x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
     note(args, notes)
     x0 = x0.to(device)
-    kw = dict(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver)
+    options = SampleOptions(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver)
     rows = [x0.cpu()]
     if args.method != "ddim" and args.mode == "sdedit":
         raise ValueError(f"--method {args.method} applies to --mode invert or both (SDEdit does not invert)")
@@ -193,10 +194,10 @@ def _run_edit(args) -> int:
                                prediction=prediction).float().cpu())
     with torch.inference_mode():
         if args.mode in ("invert", "both") and args.method == "ddim":
-            rows.append(invert_regenerate(source, target, schedule, x0, args.strength, **kw).float().cpu())
+            rows.append(invert_regenerate(source, target, schedule, x0, args.strength, options).float().cpu())
         if args.mode in ("sdedit", "both"):
             gens = generators(args.seed, range(n), device)  # one stream per image
-            rows.append(sdedit(target, schedule, x0, args.strength, generator=gens, **kw).float().cpu())
+            rows.append(sdedit(target, schedule, x0, args.strength, options, gens).float().cpu())
     save_grid(torch.cat(rows), out, nrow=n)
     shown = ["original"] + ["inversion edit"] * (args.mode != "sdedit") + ["SDEdit"] * (args.mode != "invert")
     note(args, [f"wrote {out} ({n} images; rows: {' | '.join(shown)})"])

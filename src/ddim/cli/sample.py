@@ -51,9 +51,10 @@ def _add_sample(sub) -> None:
 
 
 def _run_sample(args) -> int:
-    from ..generate import class_labels, conditioned, generate
+    from ..generate import RunOptions, class_labels, conditioned, generate
+    from ..guidance import GuidanceOptions
     from ..images import save_grid, save_images
-    from ..samplers import plan
+    from ..samplers import SampleOptions, plan
 
     resolve_solver_defaults(args)
     out = writable(args.out)
@@ -90,13 +91,15 @@ def _run_sample(args) -> int:
     if args.sampler == "ddpm":
         note(args, [f"--sampler ddpm makes T = {steps} model calls per image, {steps // FAST_STEPS}× the default's "
                      f"{FAST_STEPS}; the progress bar shows the time left"])
+    options = SampleOptions(steps=steps, eta=eta, spacing=args.spacing, prediction=prediction, solver=solver, **rule)
+    guidance = GuidanceOptions(class_id=args.class_id, w=args.guidance, rescale=args.guidance_rescale,
+                               classifier=classifier, classifier_scale=args.classifier_scale)
+    run = RunOptions(seed=args.seed, batch_size=args.batch_size, device=device, fast=args.fast,
+                     channels_last=args.channels_last)
     with progress(args, batches * steps, "sampling") as bar:
         # the trajectory only when asked: with --fast it keeps the first batch out of the CUDA graph
-        res = generate(model, schedule, args.n, seed=args.seed, batch_size=args.batch_size, steps=steps, eta=eta,
-                       spacing=args.spacing, prediction=prediction, class_id=args.class_id, guidance=args.guidance,
-                       guidance_rescale=args.guidance_rescale, device=device, return_trajectory=bool(args.trajectory),
-                       on_step=bar.update, fast=args.fast, channels_last=args.channels_last, solver=solver,
-                       classifier=classifier, classifier_scale=args.classifier_scale, **rule)
+        res = generate(model, schedule, args.n, options, guidance, run, return_trajectory=bool(args.trajectory),
+                       on_step=bar.update)
     images, traj = res if args.trajectory else (res, None)
     if pictures:
         save_grid(images, out)
@@ -180,6 +183,7 @@ def _add_interpolate(sub) -> None:
 def _run_interpolate(args) -> int:
     from ..generate import class_labels, initial_noise, interpolate
     from ..images import save_grid
+    from ..samplers import SampleOptions
 
     resolve_solver_defaults(args)
     out = writable(args.out)
@@ -199,8 +203,8 @@ def _run_interpolate(args) -> int:
         z0, z1 = (initial_noise(seed, [0], shape, device)[0] for seed in args.seeds)
         labels = class_labels([0], cfg.num_classes, args.class_id)
     label = None if labels is None else int(labels[0])
-    images = interpolate(model, schedule, z0, z1, args.frames, steps=args.steps, spacing=args.spacing,
-                         prediction=prediction, label=label, solver=args.solver, **rule)
+    options = SampleOptions(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver, **rule)
+    images = interpolate(model, schedule, z0, z1, args.frames, options, label=label)
     save_grid(images, out, nrow=args.frames)
     note(args, [f"wrote {out} ({args.frames} frames)"])
     return 0

@@ -28,13 +28,15 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
-from ..files import read_json
 from ..data import ImageData
-from ..generate import conditioned, generate_batch, sampling_network
-from ..images import to_uint8
-from ..samplers import invert, sample
-from ..schedule import Schedule
+from ..denoiser import Denoiser
 from ..distributed import DistInfo, barrier
+from ..files import read_json
+from ..generate import RunOptions, conditioned, generate_batch, sampling_network
+from ..guidance import GuidanceOptions
+from ..images import to_uint8
+from ..samplers import SampleOptions, run_invert, run_sample
+from ..schedule import Schedule
 from .reference import ReferenceStats, evaluate_images
 
 __all__ = ["Cell", "CellSamples", "SampleStore", "eta_label", "chunk_ranges", "rank_share", "weights_sha256",
@@ -241,40 +243,36 @@ def _image_shape(model) -> tuple:
     return cfg.in_channels, cfg.image_size, cfg.image_size
 
 
-def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_dir: Union[str, Path], *,
-                seed: int = 0, batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
-                guidance: float = 0.0, clip: Optional[float] = None, eps_from_clipped_x0: bool = False,
-                device="cpu", info: DistInfo = DistInfo(),
-                on_plan: Optional[Callable[[int], None]] = None, on_step: Optional[Callable[[], None]] = None,
-                weights_hash: Optional[str] = None) -> list[CellSamples]:
+def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_dir: Union[str, Path],
+                options: Optional[SampleOptions] = None, guidance: Optional[GuidanceOptions] = None,
+                run: Optional[RunOptions] = None, info: DistInfo = DistInfo(), progress=None) -> list[CellSamples]:
     """Draw n samples for every cell into ``out_dir/samples/<cell>/``, reusing the chunks already there.
 
-    Sample i of every cell starts from the x_T of (seed, i) and, for a class-conditional ``model``
-    (a ``ddim.nn.UNet``), has label i mod num_classes (optionally with guidance weight w). Call it on
-    every rank under torchrun; it returns when all ranks are done.
+    Sample i of every cell starts from the x_T of (run.seed, i) and, for a class-conditional ``model``
+    (a ``ddim.nn.UNet``), has label i mod num_classes (optionally under ``guidance``). Call it on every
+    rank under torchrun; it returns when all ranks are done.
 
     Args:
-        clip: clamp each step's x̂_0 to [-clip, clip] (``ddim.sample``'s ``clip``); None: the plain update.
-        eps_from_clipped_x0: re-derive ε̂ from the clamped x̂_0 (``ddim.sample``'s; `ddim eval --clip` sets it).
-        on_plan: called once with the number of sampling steps this rank will run, over all its batches
-            (a progress bar's total; Heun makes two model calls per step).
-        on_step: called after each of them.
-        weights_hash: ``weights_sha256(model)``, if the caller has it already (hashing reads every weight).
+        options: what every cell shares (spacing, prediction, the x̂_0 rule); each cell sets steps, η and
+            the solver.
+        run: seed, batch size (the chunk size) and device.
+        progress: a progress bar (``reset(total)``, ``update()``), told the number of sampling steps this rank
+            will run over all its batches (Heun makes two model calls per step), then each step.
     Returns:
         one ``CellSamples`` per cell, in order.
     """
-    for what, v, lo in (("n", n, 1), ("batch size", batch_size, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
-    shape, device = _image_shape(model), torch.device(device)
+    opts, g, r = options or SampleOptions(), guidance or GuidanceOptions(), run or RunOptions()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    shape, device = _image_shape(model), torch.device(r.device)
     net = sampling_network(model, device)  # what `ddim sample` runs: chunk i holds its images i
-    base = {"format": STORE_FORMAT, "seed": seed, "spacing": spacing, "prediction": prediction,
-            "channels_last": net is not model, "guidance": float(guidance), "clip": clip,
-            "eps_from_clipped_x0": bool(eps_from_clipped_x0), "weights_sha256": weights_hash or weights_sha256(model),
+    base = {"format": STORE_FORMAT, "seed": r.seed, "spacing": opts.spacing, "prediction": opts.prediction or "epsilon",
+            "channels_last": net is not model, "guidance": float(g.w), "clip": opts.clip,
+            "eps_from_clipped_x0": bool(opts.eps_from_clipped_x0), "weights_sha256": weights_sha256(model),
             "image_shape": list(shape), "num_classes": model.config.num_classes,
             "noise_device": device.type,  # generators draw there
             "schedule_sha256": hashlib.sha256(schedule.alphas_cumprod.numpy().tobytes()).hexdigest()}
-    ranges = chunk_ranges(n, batch_size)
+    ranges = chunk_ranges(n, r.batch_size)
     stores, todo = [], []
     for cell in cells:
         store = SampleStore(Path(out_dir) / "samples" / cell.name,
@@ -284,16 +282,16 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         todo.append(store.missing(ranges, shape))
     barrier(info)  # every rank has listed the missing chunks before any is written: the shares agree
     mine = [rank_share(missing, info) for missing in todo]
-    if on_plan is not None:
-        on_plan(sum(cell.steps * len(m) for cell, m in zip(cells, mine)))
+    if progress is not None:
+        progress.reset(total=sum(cell.steps * len(m) for cell, m in zip(cells, mine)))
+    on_step = progress.update if progress is not None else None
     out = []
     for cell, store, missing, my_chunks in zip(cells, stores, todo, mine):
         start = time.perf_counter()
-        for r in my_chunks:
-            x = generate_batch(net, schedule, r, seed=seed, steps=cell.steps, eta=cell.eta, spacing=spacing,
-                               prediction=prediction, guidance=guidance, device=device, on_step=on_step, clip=clip,
-                               eps_from_clipped_x0=eps_from_clipped_x0, solver=cell.solver)
-            store.write(r, to_uint8(x))
+        cell_opts = opts.replace(steps=cell.steps, eta=cell.eta, solver=cell.solver)
+        for rng in my_chunks:
+            x = generate_batch(net, schedule, rng, cell_opts, g, r, on_step=on_step)
+            store.write(rng, to_uint8(x))
         out.append(CellSamples(cell, store, tuple(ranges), shape, len(ranges) - len(missing), len(missing),
                                time.perf_counter() - start))
     barrier(info)  # all chunks are on disk
@@ -332,31 +330,34 @@ def floor_metrics(real: ImageData, n: int, reference: ReferenceStats, extractor=
 # ------------------------------------------------------------------------------ reconstruction
 
 def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, labels: Optional[torch.Tensor],
-                          steps_list: Sequence[int], *, batch_size: int = 64, spacing: str = "uniform",
-                          prediction: str = "epsilon", device="cpu",
-                          on_step: Optional[Callable[[], None]] = None) -> list[dict]:
+                          steps_list: Sequence[int], options: Optional[SampleOptions] = None,
+                          run: Optional[RunOptions] = None, on_step: Optional[Callable[[], None]] = None) -> list[dict]:
     """DDIM inversion x_0 -> x_T with S steps, then η = 0 sampling back with the same S (DDIM Table 2).
 
     Args:
         model: a network (conditioned on ``labels`` when class-conditional) or any ``model(x_t, t)``.
         images: (N, C, H, W) float in [-1, 1]. labels: (N,) int64 for a class-conditional model, else None.
         steps_list: the S values.
+        options: spacing and prediction (the rest is DDIM η = 0 at each S). run: batch size and device.
         on_step: called after each model call (2·S per batch and S).
     Returns:
         per S: {"steps", "mse_mean", "mse_std" (per-dimension MSE on the [0, 1] scale, over images),
         "n", "seconds"}.
     """
-    device = torch.device(device)
+    opts, r = options or SampleOptions(), run or RunOptions()
+    device = torch.device(r.device)
     callback = (lambda *_: on_step()) if on_step is not None else None
     rows = []
     for steps in steps_list:
         start, errors = time.perf_counter(), []
-        for r in chunk_ranges(images.shape[0], batch_size):
-            m = conditioned(model, None if labels is None else labels[r.start:r.stop])
-            x0 = images[r.start:r.stop].to(device)
+        step_opts = opts.replace(steps=steps, eta=0.0)
+        for rng in chunk_ranges(images.shape[0], r.batch_size):
+            m = conditioned(model, None if labels is None else labels[rng.start:rng.stop])
+            denoiser = Denoiser(m, schedule, opts.prediction or "epsilon")
+            x0 = images[rng.start:rng.stop].to(device)
             with torch.inference_mode():
-                x_T = invert(m, schedule, x0, steps, spacing, prediction, callback=callback)
-                back = sample(m, schedule, x_T, steps, 0.0, spacing, prediction, callback=callback)
+                x_T = run_invert(denoiser, x0, step_opts, callback=callback)
+                back = run_sample(denoiser, x_T, step_opts, callback=callback)
             errors.append(per_image_mse(back, x0))
         mean, std = _mean_std(torch.cat(errors))
         rows.append({"steps": steps, "mse_mean": mean, "mse_std": std, "n": images.shape[0],
@@ -366,30 +367,28 @@ def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, label
 
 # ------------------------------------------------------------------------------------ consistency
 
-def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int, *, seed: int = 0,
-                batch_size: int = 64, spacing: str = "uniform", prediction: str = "epsilon",
-                guidance: float = 0.0, clip: Optional[float] = None, eps_from_clipped_x0: bool = False,
-                device="cpu", on_step: Optional[Callable[[], None]] = None) -> tuple[list[dict], torch.Tensor]:
-    """Sample the same x_T (seeds (seed, 0 … k−1)) with η = 0 at each S and at S = T, and measure how far
+def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int,
+                options: Optional[SampleOptions] = None, guidance: Optional[GuidanceOptions] = None,
+                run: Optional[RunOptions] = None, on_step: Optional[Callable[[], None]] = None):
+    """Sample the same x_T (seeds (run.seed, 0 … k−1)) with η = 0 at each S and at S = T, and measure how far
     each S lands from the T-step sample (DDIM section 5.3: η = 0 samples share high-level features).
-    ``clip`` and ``eps_from_clipped_x0`` as in ``sample_grid``.
+    ``options``: spacing, prediction and the x̂_0 rule (steps and η are this function's).
 
     Returns:
         rows: per S < T, {"steps", "mse_mean", "mse_std", "mae_mean" (per dimension, [0, 1] scale, over
         the k seeds), "k", "seconds"};
         images: (k, len(columns), C, H, W) float in [-1, 1], columns = the S values then T.
     """
+    opts, r = options or SampleOptions(), run or RunOptions()
     T = schedule.num_steps
     columns = [s for s in dict.fromkeys(steps_list) if s != T] + [T]
-    net = sampling_network(model, device)
+    net = sampling_network(model, r.device)
     samples, seconds = [], []
     for steps in columns:
         start = time.perf_counter()
-        samples.append(torch.cat([generate_batch(net, schedule, r, seed=seed, steps=steps, eta=0.0, spacing=spacing,
-                                                 prediction=prediction, guidance=guidance, device=device,
-                                                 on_step=on_step, clip=clip,
-                                                 eps_from_clipped_x0=eps_from_clipped_x0).float().cpu()
-                                  for r in chunk_ranges(k, batch_size)]))
+        step_opts = opts.replace(steps=steps, eta=0.0)
+        samples.append(torch.cat([generate_batch(net, schedule, rng, step_opts, guidance, r, on_step=on_step)
+                                  .float().cpu() for rng in chunk_ranges(k, r.batch_size)]))
         seconds.append(time.perf_counter() - start)
     ref, rows = samples[-1], []
     for steps, x, sec in zip(columns[:-1], samples, seconds):

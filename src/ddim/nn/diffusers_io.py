@@ -26,6 +26,7 @@ from .. import files
 from ..schedule import Schedule
 from .diffusers_config import UnsupportedConfig, unet_config_from_diffusers, unet_config_to_diffusers
 from .unet import UNet
+from .unet_config import MAX_PARAMETERS
 
 __all__ = ["load_diffusers_unet", "save_diffusers_unet", "unet_config_from_diffusers", "unet_config_to_diffusers",
            "diffusers_key", "schedule_from_diffusers", "load_diffusers_schedule", "UnsupportedConfig",
@@ -168,22 +169,56 @@ def load_diffusers_unet(path: str | Path, dtype: torch.dtype = torch.float32) ->
 
 
 def _load_with_diffusers(folder: Path, reason: UnsupportedConfig) -> nn.Module:
-    from .diffusers_unet import DiffusersUNet
-
     try:
         from diffusers import UNet2DModel
     except ImportError:
         raise ValueError(f"{reason} (install diffusers, pip install \"ddim[diffusers]\", to run it "
                          "through diffusers' own UNet2DModel)") from None
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its notes (e.g. on missing weights) come as our one line instead
     try:
-        unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, low_cpu_mem_usage=False)
-    except Exception as e:  # diffusers' own refusals come as many types; report them on one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{reason}; diffusers could not load it either: {first}") from None
+        return _diffusers_model(UNet2DModel, folder, reason)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _diffusers_model(UNet2DModel, folder: Path, reason: UnsupportedConfig) -> nn.Module:
+    """diffusers' ``UNet2DModel`` of ``folder`` in a ``DiffusersUNet``, after refusing one too large to build
+    (sized on the meta device) or whose weights do not fill it."""
+    from .diffusers_unet import DiffusersUNet, ForeignUNetConfig
+
+    try:
+        config = UNet2DModel.load_config(str(folder))
+    except Exception as e:  # noqa: BLE001  diffusers' own refusals come as many types
+        raise ValueError(f"{reason}; diffusers could not read its config either: {_first_line(e)}") from None
+    ForeignUNetConfig.from_diffusers(config)  # what ddim reads of it (shape, classes), checked before building
+    try:
+        with torch.device("meta"):  # its size from the config alone: no memory asked for yet
+            size = sum(p.numel() for p in UNet2DModel.from_config(config).parameters())
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{reason}; diffusers could not build it either: {_first_line(e)}") from None
+    if size > MAX_PARAMETERS:
+        raise ValueError(f"{reason}; and as diffusers builds it, it has {size:,} parameters, more than the "
+                         f"{MAX_PARAMETERS:,} ddim accepts (a damaged or hostile config.json?)")
+    try:
+        unet, info = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, low_cpu_mem_usage=False,
+                                                 output_loading_info=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{reason}; diffusers could not load it either: {_first_line(e)}") from None
+    gaps = [k for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)]
+    if gaps:  # diffusers would fill missing weights with random ones and sample garbage
+        raise ValueError(f"{folder / WEIGHTS_NAME} does not fit its config: {gaps[0].replace('_', ' ')} "
+                         f"{list(info[gaps[0]])[:3]}")
     model = DiffusersUNet(unet)  # refuses, naming the setting, what ddim cannot drive
     warnings.warn(f"{folder}: {reason.key}={reason.value!r} has no native form; running diffusers' own "
-                  "UNet2DModel (no fast path)", RuntimeWarning, stacklevel=3)
+                  "UNet2DModel (no fast path)", RuntimeWarning, stacklevel=5)
     return model
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def save_diffusers_unet(unet: nn.Module, path: str | Path) -> Path:

@@ -36,15 +36,26 @@ class ForeignUNetConfig:
 
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any]) -> "ForeignUNetConfig":
+        """What ddim reads of a diffusers UNet config, checked (before the network is built): a square sample
+        size, 1-64 channels, and classes only as a label table."""
+        kind = config.get("class_embed_type")
+        if kind is not None:
+            raise ValueError(f"class_embed_type={kind!r} takes per-call class inputs that ddim cannot supply "
+                             "(allowed: null, with num_class_embeds for a label table)")
         size = config.get("sample_size")
         if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
             size = size[0]
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"sample_size must be a positive integer (or a square [n, n]) to sample, got {size!r}")
         n = config.get("num_class_embeds")
-        return cls(image_size=size, in_channels=int(config.get("in_channels", 3)),
-                   out_channels=int(config.get("out_channels", 3)),
-                   num_classes=None if n is None else int(n) - 1,
+        if n is not None and (type(n) is not int or n < 2):
+            raise ValueError(f"num_class_embeds must be None or an integer >= 2 (one row per class, the last ∅), "
+                             f"got {n!r}")
+        channels = [config.get(k, 3) for k in ("in_channels", "out_channels")]
+        if any(type(c) is not int or not 1 <= c <= 64 for c in channels):
+            raise ValueError(f"in_channels and out_channels must be integers in [1, 64], got {channels}")
+        return cls(image_size=size, in_channels=channels[0], out_channels=channels[1],
+                   num_classes=None if n is None else n - 1,
                    time_embedding=str(config.get("time_embedding_type", "positional")),
                    diffusers_json=json.dumps(dict(config), sort_keys=True))
 
@@ -63,10 +74,6 @@ class DiffusersUNet(nn.Module):
 
     def __init__(self, unet: nn.Module):
         super().__init__()
-        kind = unet.config.get("class_embed_type")
-        if kind is not None:
-            raise ValueError(f"class_embed_type={kind!r} takes per-call class inputs that ddim cannot supply "
-                             "(allowed: null, with num_class_embeds for a label table)")
         self.unet = unet
         self._config = ForeignUNetConfig.from_diffusers(dict(unet.config))
 

@@ -171,8 +171,8 @@ def _validate(c: UNetConfig) -> None:
         raise ValueError(f"dropout must lie in [0, 1), got {c.dropout!r}")
     if c.num_classes is not None and (not _is_int(c.num_classes) or not 1 <= c.num_classes <= MAX_CLASSES):
         raise ValueError(f"num_classes must be None or an integer in [1, {MAX_CLASSES:,}], got {c.num_classes!r}")
-    if not (isinstance(c.norm_eps, (int, float)) and c.norm_eps > 0):
-        raise ValueError(f"norm_eps must be > 0, got {c.norm_eps!r}")
+    if not (_finite(c.norm_eps) and 0 < c.norm_eps <= 1):  # a variance floor: inf or 1e308 zeroes every norm
+        raise ValueError(f"norm_eps must be a number in (0, 1], got {c.norm_eps!r}")
     _validate_form(c)
 
 

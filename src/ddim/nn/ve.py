@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from ..schedule import Schedule
+from ..schedule import MAX_T, Schedule
 
 __all__ = ["ve_sigma", "ve_schedule", "VEScoreModel"]
 
@@ -38,8 +38,8 @@ def ve_schedule(sigma_min: float, sigma_max: float, num_steps: int) -> Schedule:
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if not sigma_min < sigma_max:
         raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_steps!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 2 <= num_steps <= MAX_T:
+        raise ValueError(f"num_train_timesteps must be an integer in [2, {MAX_T:,}], got {num_steps!r}")
     abar = 1.0 / (1.0 + (2 * ve_sigma(torch.arange(num_steps), sigma_min, sigma_max, num_steps)) ** 2)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     return Schedule.from_betas(1.0 - abar / prev)

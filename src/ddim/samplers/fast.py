@@ -40,10 +40,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..denoiser import Denoiser
 from ..noise import Generators, randn
 from ..schedule import Schedule
-from .ddim import (Eta, Model, Plan, SampleOptions, SampleSetup, Trajectory, _work_dtype, denoise,
-                   noise_drawer, run_sample, sample_loop, sample_setup)
+from .loop import (Model, Plan, SampleOptions, SampleSetup, Trajectory, _work_dtype, denoise, noise_drawer, run_sample,
+                   sample_loop, sample_setup)
 
 __all__ = ["FastSampler", "fast_sample", "fast_module"]
 
@@ -176,20 +177,20 @@ class FastSampler:
             self.reasons.append(reason)
             warnings.warn(f"ddim fast sampling: {reason}", RuntimeWarning, stacklevel=3)
 
-    def sample(self, model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50,
-               eta: Eta = 0.0, spacing: str = "uniform", prediction: str = "epsilon",
-               generator: Generators = None, *, options: Optional[SampleOptions] = None,
+    def sample(self, model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, *,
+               generator: Generators = None, options: Optional[SampleOptions] = None,
                return_trajectory: bool = False, callback=None, **option_kwargs):
-        """As ``ddim.sample`` (same arguments, errors and return value; the options after ``generator``
-        by keyword or as ``options``). ``callback`` or ``return_trajectory`` need the host at every step,
+        """As ``ddim.sample`` (same arguments, errors and return value; the options after ``steps`` by
+        keyword or as ``options``). ``callback`` or ``return_trajectory`` need the host at every step,
         so such calls run the loop uncaptured."""
-        opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction,
-                                **option_kwargs)
+        opts = SampleOptions.of(options, steps=steps, **option_kwargs)
+        denoiser = Denoiser.of(model, schedule, opts.prediction)
+        opts = opts.replace(prediction=denoiser.prediction)
         setup = sample_setup(schedule, x_T, opts)  # sample's checks
-        plain = lambda: run_sample(model, schedule, x_T, opts, generator,  # noqa: E731
+        plain = lambda: run_sample(denoiser, x_T, opts, generator,  # noqa: E731
                                    return_trajectory=return_trajectory, callback=callback)
         # the io dtype last (``_predict`` reads it); the device type decides bf16 and compile
-        key = (id(model), *setup.model_key(), x_T.device.type, x_T.dtype)
+        key = (id(denoiser.net), *setup.model_key(), x_T.device.type, x_T.dtype)
         on_cuda = x_T.device.type == "cuda"
         if self._broken:
             return plain()
@@ -206,7 +207,7 @@ class FastSampler:
                     self._note(f"the noise of {sum(setup.draws)} noisy steps ({nbytes / 2**30:.1f} GiB) would take "
                                f"over {NOISE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {x_T.device}; "
                                "running this loop uncaptured (fewer steps, a smaller batch or η = 0 capture)")
-            x, traj = self._run(model, setup, x_T, generator, key, use_graph, return_trajectory, callback)
+            x, traj = self._run(denoiser, setup, x_T, generator, key, use_graph, return_trajectory, callback)
             return (x, traj) if return_trajectory else x
         except Exception as e:  # noqa: BLE001  the fallback must always work
             rewind()  # the attempt may have drawn noise: the fallback draws the same numbers again
@@ -232,8 +233,8 @@ class FastSampler:
     def _compiles(self, on_cuda: bool) -> bool:
         return bool(self.compile) if self.compile is not None else on_cuda
 
-    def _predict(self, model: Model, setup: SampleSetup, key, on_cuda: bool):
-        """``denoise`` bound to the model (bf16-autocast on CUDA) and options, compiled if asked; cached."""
+    def _predict(self, denoiser: Denoiser, setup: SampleSetup, key, on_cuda: bool):
+        """``denoise`` bound to the denoiser (bf16-autocast on CUDA) and options, compiled if asked; cached."""
         if key in self._predicts:
             self._predicts.move_to_end(key)
             return self._predicts[key][0]
@@ -243,18 +244,17 @@ class FastSampler:
             # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.
             amp = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
             with amp:
-                return denoise(model, x, t, abar_t, setup.prediction, setup.post, setup.eps_from_clipped_x0,
-                               io_dtype)
+                return denoise(denoiser, x, t, abar_t, setup.post, setup.eps_from_clipped_x0, io_dtype)
 
         fn = torch.compile(predict, mode=self.compile_mode, dynamic=False) if self._compiles(on_cuda) else predict
-        self._predicts[key] = (fn, model)  # the model stays referenced, so id(model) stays unique
+        self._predicts[key] = (fn, denoiser)  # the network stays referenced, so id(net) stays unique
         while len(self._predicts) > max(4, 2 * self.max_graphs):  # e.g. a new closure per call
             self._predicts.popitem(last=False)
         return fn
 
-    def _run(self, model, setup, x_T, generator, key, use_graph, return_trajectory, callback):
+    def _run(self, denoiser, setup, x_T, generator, key, use_graph, return_trajectory, callback):
         on_cuda = x_T.device.type == "cuda"
-        predict = self._predict(model, setup, key, on_cuda)
+        predict = self._predict(denoiser, setup, key, on_cuda)
         # Normal (not inference) tensors even under an outer inference_mode: the static buffers of a
         # graph are written in place by later calls, whatever mode those run in.
         with torch.inference_mode(False), torch.no_grad():
@@ -337,11 +337,10 @@ class FastSampler:
 _DEFAULT: Optional[FastSampler] = None
 
 
-def fast_sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, eta: Eta = 0.0,
-                spacing: str = "uniform", prediction: str = "epsilon", generator: Generators = None, **kwargs):
+def fast_sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, **kwargs):
     """``ddim.sample`` through one process-wide ``FastSampler`` (graphs kept between calls; each
     fallback warned once per process). Arguments and result as in ``ddim.sample``."""
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = FastSampler()
-    return _DEFAULT.sample(model, schedule, x_T, steps, eta, spacing, prediction, generator, **kwargs)
+    return _DEFAULT.sample(model, schedule, x_T, steps, **kwargs)

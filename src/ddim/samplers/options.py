@@ -73,7 +73,7 @@ class SampleOptions:
         steps: S, 1 ≤ S ≤ T (ignored when ``timesteps`` is given; checked against T by ``plan``).
         eta: η ≥ 0 of σ_t(η) (DDIM eq. 16), "large" for σ̂_t, or one η per step (first: the highest t).
         spacing: how the grid is chosen (``ddim.timesteps``).
-        prediction: the model's target, "epsilon", "sample" or "v".
+        prediction: the model's target, "epsilon", "sample" or "v"; None: a Denoiser's own (ε for a bare network).
         timesteps: an explicit descending grid (a tuple of ints once built), instead of steps/spacing.
         set_alpha_to_one: the last step lands on ᾱ = 1 (x_0); False: on ᾱ_0.
         clip: clamp x̂_0 to [−clip, clip] each step (None: off).
@@ -85,7 +85,7 @@ class SampleOptions:
     steps: Optional[int] = 50
     eta: Eta = 0.0
     spacing: str = "uniform"
-    prediction: str = "epsilon"
+    prediction: Optional[str] = None
     timesteps: Optional[tuple] = None
     set_alpha_to_one: bool = True
     clip: Optional[float] = None
@@ -96,7 +96,7 @@ class SampleOptions:
 
     def __post_init__(self) -> None:
         set_ = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731  (frozen)
-        if self.prediction not in PREDICTIONS:
+        if self.prediction is not None and self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         set_("eta", check_eta(self.eta))
         set_("timesteps", _grid(self.timesteps))  # steps are checked by ``plan``, which knows T

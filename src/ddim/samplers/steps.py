@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sigma_eta", "sigma_hat", "posterior_variance", "ddim_step", "clip_x0", "dynamic_threshold"]
+from ..forward import x0_from_eps
+
+__all__ = ["sigma_eta", "sigma_hat", "posterior_variance", "ddim_step", "ddim_invert_step", "clip_x0",
+           "dynamic_threshold"]
 
 
 def sigma_eta(abar_t, abar_prev, eta):
@@ -55,6 +58,20 @@ def ddim_step(x0_pred: torch.Tensor, eps: torch.Tensor, abar_prev, sigma, noise=
         else max(1 - abar_prev - sigma**2, 0.0) ** 0.5  # clamp: rounding can give −1e-17 when η = 1
     x_prev = abar_prev**0.5 * x0_pred + direction * eps
     return x_prev if noise is None else x_prev + noise
+
+
+def ddim_invert_step(x: torch.Tensor, eps: torch.Tensor, abar_t, abar_prev):
+    """One step of DDIM inversion, x_{t−1} → x_t (DDIM eq. 13-14 run backwards): x̂_0 from ε̂ at level
+    ᾱ_{t−1} (eq. 9), then eq. 12 with σ = 0 up to ᾱ_t. ε̂ is read at x_{t−1} with the model told t (the only
+    point available: the first-order approximation whose error shrinks as the steps do).
+
+    Args:
+        x: (B, …) x_{t−1}. eps: (B, …) ε̂. abar_t, abar_prev: ᾱ_t and ᾱ_{t−1}, floats or broadcastable tensors.
+    Returns:
+        (x_t, x̂_0), each (B, …).
+    """
+    x0 = x0_from_eps(x, eps, abar_prev)
+    return ddim_step(x0, eps, abar_t, 0.0), x0
 
 
 def clip_x0(x0: torch.Tensor, clip: float) -> torch.Tensor:

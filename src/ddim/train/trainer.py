@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -25,45 +26,18 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint import (
-    MANIFEST,
-    CheckpointError,
-    NonFiniteError,
-    check_finite,
-    clean_leftovers,
-    find_checkpoint,
-    list_checkpoints,
-    load_weights,
-    read_json,
-    read_tensors,
-    save_checkpoint,
-    verify_checkpoint,
-    write_json,
-)
+from ..checkpoint import (CHECKPOINTS_DIR, MANIFEST, CheckpointError, NonFiniteError, check_finite, clean_leftovers,
+                          find_checkpoint, list_checkpoints, load_weights, read_json, read_tensors, save_checkpoint,
+                          verify_checkpoint, write_json)
 from ..config import FORMAT, RESUMABLE_FIELDS, DataConfig, RunConfig, config_diff
 from ..device import resolve_device
-from ..distributed import (
-    RENDEZVOUS_TIMEOUT,
-    DistInfo,
-    all_reduce_sum,
-    any_rank,
-    barrier,
-    dist_info_from_env,
-    init_distributed,
-)
+from ..distributed import (RENDEZVOUS_TIMEOUT, DistInfo, all_reduce_sum, any_rank, barrier, dist_info_from_env,
+                           init_distributed)
 from ..files import claim_folder
 from ..images import save_grid
 from ..samplers import sample
 from ..transfer import to_device
-from .batches import (
-    STREAM_INIT,
-    STREAM_SAMPLES,
-    apply_flips,
-    batch_indices,
-    derive_seed,
-    flip_mask,
-    step_generator,
-)
+from .batches import STREAM_INIT, STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask, step_generator
 from .ema import EMA
 from .loss import diffusion_loss, draw, drop_labels, log_sigma_table
 from .monitor import Monitor, truncate_metrics
@@ -97,6 +71,15 @@ def check_run_dir(out_dir, resume: bool) -> None:
     if (out / MANIFEST).is_file():
         raise ValueError(f"{out} is a checkpoint directory ({MANIFEST}), not a run directory; training there "
                          "would overwrite its config.json; choose another --out")
+    # what the run will write must be what it writes, or nothing yet: found otherwise, it would fail (or
+    # hang on a pipe) only after the training it was meant to keep
+    for name, want_dir in (("config.json", False), ("metrics.jsonl", False), (CHECKPOINTS_DIR, True),
+                           ("samples", True)):
+        p = out / name
+        wrong = (p.is_symlink() or not p.is_dir()) if want_dir else not p.is_file()  # a file may be a link
+        if os.path.lexists(p) and wrong:
+            raise ValueError(f"{p} is in the way of the run: it must be a {'folder' if want_dir else 'regular file'} "
+                             "(or not exist yet); move it, or choose another --out")
     cfg = out / "config.json"
     if cfg.exists():
         try:
@@ -264,7 +247,7 @@ class Trainer:
         # (e.g. model.patch_size = 1) instead of reading as a difference
         try:
             saved = RunConfig.from_dict(saved).to_dict()
-        except ValueError as e:
+        except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"cannot resume from {ckpt}: its config.json is not a valid run config "
                                   f"({e})") from None
         now = self.config.to_dict()
@@ -278,8 +261,10 @@ class Trainer:
             train = dataclasses.replace(self.config.train, init_from=saved["train"].get("init_from"))
             self.config = dataclasses.replace(self.config, train=train)
         state = read_json(ckpt / "state.json")
-        if not (isinstance(state.get("step"), int) and 0 <= state["step"]):
-            raise CheckpointError(f"{ckpt / 'state.json'} has no valid step (got {state.get('step')!r})")
+        named = int(ckpt.name.split("_")[-1]) if ckpt.name.startswith("step_") else state.get("step")
+        if type(state.get("step")) is not int or state["step"] != named:  # a step it is not would overwrite others
+            raise CheckpointError(f"{ckpt / 'state.json'} has no valid step (got {state.get('step')!r}; its folder "
+                                  f"says {named})")
         if state["step"] > self.config.train.steps:  # resuming would rewrite the run's config to fewer steps
             raise ValueError(f"--steps {self.config.train.steps} is below the step of the latest checkpoint "
                              f"({ckpt.name}, step {state['step']}); pass --steps {state['step']} or more to resume")

@@ -1,5 +1,5 @@
 """The score view of the same model (Song et al. 2021, "Score-Based Generative Modeling through SDEs"),
-as solvers on the seam of ``solvers``.
+as solvers on the seam of ``solvers.base``.
 
 The network's ε̂ is a scaled score of the noised marginal q(x_t) (Tweedie):
 
@@ -36,37 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..forward import predict_x0_eps
-from .solvers import SOLVERS, Solver, get_solver
+from ...forward import score_from_eps  # noqa: F401  (the score of eq. 1, re-exported for the score view)
+from .base import Solver, get_solver, register
 
-__all__ = ["score", "score_from_eps", "langevin_step", "snr_step_size", "sde_coefficients", "ReverseSDE",
-           "ProbabilityFlow", "AnnealedLangevin", "PredictorCorrector", "SCORE_SOLVERS", "PC_PREDICTORS"]
-
-
-def score_from_eps(eps: torch.Tensor, abar_t) -> torch.Tensor:
-    """s = −ε̂ / √(1 − ᾱ_t), eq. (1). eps: (B, …); abar_t: float or a tensor broadcasting against it."""
-    return -eps / torch.sqrt(1 - torch.as_tensor(abar_t, dtype=eps.dtype, device=eps.device))
-
-
-def score(model, schedule, x_t: torch.Tensor, t: torch.Tensor, prediction: str = "epsilon") -> torch.Tensor:
-    """∇ₓ log q(x_t) as the model estimates it, from any prediction type, eq. (1).
-
-    Args:
-        model: ``model(x_t, t)`` returning its prediction. schedule: the ``ddim.Schedule`` it was trained on.
-        x_t: (B, …) float. t: (B,) int64 training steps. prediction: "epsilon", "sample" or "v".
-    Returns:
-        (B, …) in x_t's dtype.
-    """
-    if not torch.is_tensor(t) or t.dtype != torch.int64 or t.shape != (x_t.shape[0],):
-        raise ValueError(f"t must be an int64 tensor shaped ({x_t.shape[0]},), got {t!r}")
-    if int(t.min()) < 0 or int(t.max()) >= schedule.num_steps:
-        raise ValueError(f"t must lie in [0, {schedule.num_steps - 1}], got values in [{int(t.min())}, {int(t.max())}]")
-    work = torch.promote_types(x_t.dtype, torch.float32)  # in bf16, ᾱ = 0.9999 would round to 1
-    abar = schedule.alphas_cumprod.to(x_t.device)[t].to(work).view(-1, *([1] * (x_t.ndim - 1)))
-    if bool((abar >= 1).any()):
-        raise ValueError("the score is undefined at ᾱ_t = 1 (no noise)")
-    _, eps = predict_x0_eps(model(x_t, t).to(work), x_t.to(work), abar, prediction)
-    return score_from_eps(eps, abar).to(x_t.dtype)
+__all__ = ["score_from_eps", "langevin_step", "snr_step_size", "sde_coefficients", "ReverseSDE", "ProbabilityFlow",
+           "AnnealedLangevin", "PredictorCorrector", "PC_PREDICTORS"]
 
 
 def langevin_step(x: torch.Tensor, s: torch.Tensor, delta, z: torch.Tensor) -> torch.Tensor:
@@ -125,12 +99,12 @@ class _ScoreSolver(Solver):
         return 0.0
 
 
+@register()
 @dataclass(frozen=True)
 class ReverseSDE(_ScoreSolver):
     """Euler–Maruyama on the reverse VP SDE, eq. (6): one model call and one draw per step (none on the last)."""
 
     name: str = "reverse-sde"
-    kind: str = "score"
     noise_eta: float = 1.0
     summary: str = "Euler-Maruyama on the reverse VP SDE (score_sde)"
 
@@ -146,12 +120,12 @@ class ReverseSDE(_ScoreSolver):
         return (x_next if z is None else x_next + tab["sqrt_B"][k] * z), x0
 
 
+@register()
 @dataclass(frozen=True)
 class ProbabilityFlow(_ScoreSolver):
     """Euler on the probability-flow ODE, eq. (13): one model call per step, deterministic."""
 
     name: str = "pf-ode"
-    kind: str = "score"
     noise_eta: float = 0.0
     summary: str = "Euler on the probability-flow ODE (score_sde)"
 
@@ -169,6 +143,7 @@ def _check_level_steps(name: str, v, least: int) -> None:
         raise ValueError(f"{name} must be an integer >= {least} (at most {MAX_LEVEL_STEPS:,}), got {v!r}")
 
 
+@register()
 @dataclass(frozen=True)
 class AnnealedLangevin(_ScoreSolver):
     """Annealed Langevin dynamics over the grid's noise levels (NCSN): ``langevin_steps`` L steps at each
@@ -180,14 +155,13 @@ class AnnealedLangevin(_ScoreSolver):
     (on the oracle: 400 levels × 5 steps reproduce the mixture within 10 %)."""
 
     name: str = "langevin"
-    kind: str = "score"
     noise_eta: float = 1.0
     summary: str = "annealed Langevin dynamics, L steps per level (NCSN)"
+
     langevin_steps: int = 2
     step_size: float = 0.1
 
     def __post_init__(self):
-        super().__post_init__()
         _check_level_steps("langevin_steps", self.langevin_steps, 1)
         if not (isinstance(self.step_size, (int, float)) and 0 < self.step_size <= 1):
             raise ValueError(f"step_size must be a number in (0, 1] (δ = step_size · σ_t²), got {self.step_size!r}")
@@ -218,6 +192,7 @@ class AnnealedLangevin(_ScoreSolver):
 PC_PREDICTORS = ("ddim", "heun", "reverse-sde", "pf-ode")
 
 
+@register()
 @dataclass(frozen=True)
 class PredictorCorrector(_ScoreSolver):
     """Predictor–corrector sampling: at each grid level, ``corrector_steps`` Langevin corrector steps with
@@ -225,17 +200,16 @@ class PredictorCorrector(_ScoreSolver):
     corrector first). Model calls: (n + the predictor's) per step; draws: n, then the predictor's."""
 
     name: str = "pc"
-    kind: str = "score"
     noise_eta: float = 1.0
     summary: str = "predictor-corrector: Langevin corrector (snr rule), then a predictor"
+
     predictor: object = "ddim"
     corrector_steps: int = 1
     snr: float = 0.16
 
     def __post_init__(self):
-        super().__post_init__()
         pred = get_solver(self.predictor)
-        if pred.name not in PC_PREDICTORS or isinstance(pred, (AnnealedLangevin, PredictorCorrector)):
+        if pred.name not in PC_PREDICTORS or isinstance(pred, (AnnealedLangevin, type(self))):
             raise ValueError(f"predictor {pred.name!r} cannot be a pc predictor; allowed: {', '.join(PC_PREDICTORS)}")
         object.__setattr__(self, "predictor", pred)
         _check_level_steps("corrector_steps", self.corrector_steps, 0)
@@ -275,8 +249,3 @@ class PredictorCorrector(_ScoreSolver):
         pcoef = dataclasses.replace(coef, table={key[2:]: v for key, v in tab.items() if key.startswith("p_")})
         return self.predictor.step(k, x, predict, t_batch, pcoef, state,
                                    lambda kk, jj=0: noise_at(kk, jj + n))
-
-
-SCORE_SOLVERS = {s.name: s for s in (ReverseSDE(), ProbabilityFlow(), AnnealedLangevin())}
-SOLVERS.update(SCORE_SOLVERS)  # the registry of ``solvers``: one list of names for the API and the CLI
-SCORE_SOLVERS["pc"] = SOLVERS["pc"] = PredictorCorrector()  # its predictor may be one of the above

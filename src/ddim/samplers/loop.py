@@ -1,9 +1,10 @@
-"""Sampling (x_T → x_0) and inversion (x_0 → x_T) along a grid τ with the generalized DDIM step.
+"""The sampling loop: sampling (x_T → x_0) and inversion (x_0 → x_T) along a grid τ, with any solver.
 
 Both loops share one plan: the grid τ (descending), each entry paired with the **next entry of the
 grid** (ᾱ = 1 after the last one, or ᾱ_0 with ``set_alpha_to_one=False``), and per-step coefficients
 computed once in float64 on the host, then moved to the sample's device as one small tensor. The loop
-body is model call, prediction → (x̂_0, ε̂), eq. 12; it never reads a device value back to the host.
+body is the solver's step, which reads the denoiser (model call → (x̂_0, ε̂), ``ddim.Denoiser``); it never
+reads a device value back to the host. The η-family of DDIM (``solvers.ddim``):
 
     η = 0                DDIM, deterministic (the probability-flow ODE's Euler steps, eq. 13-14)
     η = 1, steps = T     DDPM ancestral sampling with the posterior variance β̃_t
@@ -19,16 +20,18 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ..forward import eps_from_x0, predict_x0_eps
+from ..denoiser import Denoiser
+from ..forward import eps_from_x0
 from ..noise import Generators, randn
 from ..schedule import Schedule
-from ..timesteps import check_timesteps, timesteps as make_timesteps
+from ..timesteps import check_timesteps
+from ..timesteps import timesteps as make_timesteps
 from .options import Eta, SampleOptions, check_eta
 from .solvers import SOLVERS, Solver, get_solver
 from .steps import sigma_eta, sigma_hat
 
-__all__ = ["sample", "run_sample", "invert", "check_finite_result", "Trajectory", "Plan", "plan", "SampleSetup", "sample_setup",
-           "denoise", "sample_loop", "noise_drawer", "SampleOptions"]
+__all__ = ["sample", "run_sample", "invert", "run_invert", "check_finite_result", "Trajectory", "Plan", "plan",
+           "SampleSetup", "sample_setup", "denoise", "sample_loop", "noise_drawer", "SampleOptions"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -116,17 +119,6 @@ def _check_inputs(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains non-finite values (nan or inf)")
 
 
-def _call(model: Model, x: torch.Tensor, t: torch.Tensor, io_dtype: torch.dtype) -> torch.Tensor:
-    """The model sees x in the caller's dtype; its output comes back in the sampler's (x's) dtype."""
-    out = model(x.to(io_dtype), t)
-    if not torch.is_tensor(out):
-        raise ValueError(f"the model must return a torch.Tensor, got {type(out).__module__}.{type(out).__name__}")
-    if out.shape != x.shape:
-        raise ValueError(f"model output has shape {tuple(getattr(out, 'shape', ()))}, "
-                         f"expected {tuple(x.shape)} (the shape of x_t)")
-    return out.to(x.dtype)
-
-
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
     """The sampler's own arithmetic runs in at least float32, whatever the model's dtype: in bf16 the
     state would lose ~3 digits per step and ᾱ_t ≈ 1 rounds to 1 (√(1−ᾱ_t) = 0)."""
@@ -170,7 +162,7 @@ def sample_setup(schedule: Schedule, x_T: torch.Tensor, options: SampleOptions =
     o, solver = options, options.solver
     p = plan(schedule, None if o.timesteps is not None else o.steps, o.eta, o.spacing, o.timesteps,
              o.set_alpha_to_one, solver)
-    if o.prediction == "epsilon" and float(p.abar_t[0]) == 0.0:
+    if o.prediction in ("epsilon", None) and float(p.abar_t[0]) == 0.0:
         raise ValueError("prediction='epsilon' cannot start at ᾱ_t = 0 (zero terminal SNR): x_0 = (x_t − ε)/0; "
                          "use prediction='v' or 'sample'")
     solver.check(p.abar_t)
@@ -181,20 +173,20 @@ def sample_setup(schedule: Schedule, x_T: torch.Tensor, options: SampleOptions =
     return SampleSetup(o, p, post, eps_from, solver.draws(p))
 
 
-def denoise(model: Model, x: torch.Tensor, t: torch.Tensor, abar_t, prediction: str, post=None,
+def denoise(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, abar_t, post=None,
             eps_from_clipped_x0: bool = False, io_dtype=None):
-    """The model's half of a step: call it, read (x̂_0, ε̂) from its prediction, apply the x̂_0 transform.
+    """The model's half of a step: (x̂_0, ε̂) from the denoiser, then the x̂_0 transform.
 
     Args:
         x: (B, …) x_t in the sampler's dtype (float32 or float64). t: (B,) int64.
         abar_t: ᾱ_t, a 0-d tensor on x's device or a float.
-        post: the x̂_0 transform (``SampleSetup.post``) or None.
+        post: the x̂_0 transform (``SampleSetup.post``) or None; with ``eps_from_clipped_x0`` ε̂ is re-derived
+            from the transformed x̂_0 (DDIM eq. 9 solved for ε).
         io_dtype: the dtype the model sees (default x's).
     Returns:
         (x̂_0, ε̂), both shaped like x, in x's dtype.
     """
-    out = _call(model, x, t, io_dtype or x.dtype)
-    x0_pred, eps = predict_x0_eps(out, x, abar_t, prediction)
+    x0_pred, eps = denoiser.denoise(x, t, abar_t, io_dtype)
     if post is not None:
         x0_pred = post(x0_pred)
         if eps_from_clipped_x0:
@@ -244,7 +236,7 @@ def noise_drawer(setup: SampleSetup, coef: Plan, x: torch.Tensor, generator: Gen
 
 
 def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50,
-           eta: Eta = 0.0, spacing: str = "uniform", prediction: str = "epsilon",
+           eta: Eta = 0.0, spacing: str = "uniform", prediction: Optional[str] = None,
            generator: Generators = None, *, timesteps=None, set_alpha_to_one: bool = True,
            clip: Optional[float] = None, threshold: Optional[float] = None, threshold_max: float = 1.0,
            eps_from_clipped_x0: bool = False, return_trajectory: bool = False,
@@ -255,7 +247,8 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
 
     Args:
         model: ``model(x_t, t)`` with x_t (B, C, H, W) float and t (B,) int64 training-step indices;
-            returns a tensor shaped like x_t holding the prediction named by ``prediction``.
+            returns a tensor shaped like x_t holding the prediction named by ``prediction``; or a
+            ``ddim.Denoiser``, which carries its schedule and prediction type.
         schedule: the training noise schedule.
         x_T: (B, …) starting noise (N(0, I) for generation, or the output of ``invert``).
         steps: S, the number of steps, 1 ≤ S ≤ T (ignored when ``timesteps`` is given); one model call each
@@ -263,7 +256,7 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
         eta: η ≥ 0 of σ_t(η) (eq. 16), "large" for σ̂_t, or a sequence of one η per step (the first for the
             highest t), e.g. η = 1 only where t > 250.
         spacing: how τ is chosen, see ``ddim.timesteps``.
-        prediction: "epsilon", "sample" (x_0) or "v".
+        prediction: "epsilon", "sample" (x_0) or "v"; None: ε for a bare network, a Denoiser's own.
         generator: for the noise when σ > 0: one ``torch.Generator`` or one per sample.
         timesteps: an explicit descending grid, instead of ``steps``/``spacing``.
         set_alpha_to_one: the last step lands on ᾱ = 1 (x_0); False lands on ᾱ_0 instead.
@@ -283,7 +276,8 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
     opts = SampleOptions.of(options, steps=steps, eta=eta, spacing=spacing, prediction=prediction,
                             timesteps=timesteps, set_alpha_to_one=set_alpha_to_one, clip=clip, threshold=threshold,
                             threshold_max=threshold_max, eps_from_clipped_x0=eps_from_clipped_x0, solver=solver)
-    out = run_sample(model, schedule, x_T, opts, generator, return_trajectory=return_trajectory, callback=callback)
+    denoiser = Denoiser.of(model, schedule, opts.prediction)
+    out = run_sample(denoiser, x_T, opts, generator, return_trajectory=return_trajectory, callback=callback)
     check_finite_result(out[0] if return_trajectory else out)
     return out
 
@@ -298,14 +292,16 @@ def check_finite_result(x: torch.Tensor, what: str = "samples") -> None:
                          "model or guidance setting that diverges)")
 
 
-def run_sample(model: Model, schedule: Schedule, x_T: torch.Tensor, options: SampleOptions,
-               generator: Generators = None, *, return_trajectory: bool = False, callback=None):
-    """``sample`` with its options already bundled (arguments and result as in ``sample``)."""
-    setup = sample_setup(schedule, x_T, options)
+def run_sample(denoiser: Denoiser, x_T: torch.Tensor, options: SampleOptions, generator: Generators = None, *,
+               return_trajectory: bool = False, callback=None):
+    """``sample`` with the model read by a ``Denoiser`` and its options bundled (result as in ``sample``;
+    ``options.prediction`` must be None or the denoiser's)."""
+    options = options.replace(prediction=Denoiser.of(denoiser, denoiser.schedule, options.prediction).prediction)
+    setup = sample_setup(denoiser.schedule, x_T, options)
     x = x_T.to(_work_dtype(x_T))
     c = setup.plan.to(x.device, x.dtype)
-    predict = functools.partial(denoise, model, prediction=options.prediction, post=setup.post,
-                                eps_from_clipped_x0=setup.eps_from_clipped_x0, io_dtype=x_T.dtype)
+    predict = functools.partial(denoise, denoiser, post=setup.post, eps_from_clipped_x0=setup.eps_from_clipped_x0,
+                                io_dtype=x_T.dtype)
     out = sample_loop(predict, setup, c, x, noise_drawer(setup, c, x, generator),
                       return_trajectory=return_trajectory, callback=callback)
     if return_trajectory:
@@ -315,7 +311,7 @@ def run_sample(model: Model, schedule: Schedule, x_T: torch.Tensor, options: Sam
 
 
 def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[int] = 50,
-           spacing: str = "uniform", prediction: str = "epsilon", *, timesteps=None,
+           spacing: str = "uniform", prediction: Optional[str] = None, *, timesteps=None,
            set_alpha_to_one: bool = True, return_trajectory: bool = False,
            callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None, solver="ddim"):
     """DDIM inversion: encode x_0 into x_T by running the η = 0 ODE (eq. 13-14) backwards on τ.
@@ -337,19 +333,30 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[i
     """
     o = SampleOptions(steps=steps, spacing=spacing, prediction=prediction, timesteps=timesteps,
                       set_alpha_to_one=set_alpha_to_one, solver=solver)
+    out = run_invert(Denoiser.of(model, schedule, o.prediction), x0, o, return_trajectory=return_trajectory,
+                     callback=callback)
+    check_finite_result(out[0] if return_trajectory else out, "latents")
+    return out
+
+
+def run_invert(denoiser: Denoiser, x0: torch.Tensor, options: SampleOptions, *, return_trajectory: bool = False,
+               callback=None):
+    """``invert`` with the model read by a ``Denoiser`` and the grid as ``SampleOptions`` (its steps or
+    timesteps, spacing, set_alpha_to_one and solver; result as in ``invert``)."""
     _check_inputs(x0, "x0")
-    solver = o.solver
+    o, solver = options, options.solver
     if not solver.invertible:
         raise ValueError(f"solver {solver.name!r} has no inversion; allowed: "
                          + ", ".join(n for n, s in SOLVERS.items() if s.invertible))
-    p = plan(schedule, None if o.timesteps is not None else steps, 0.0, spacing, o.timesteps, set_alpha_to_one)
+    p = plan(denoiser.schedule, None if o.timesteps is not None else o.steps, 0.0, o.spacing, o.timesteps,
+             o.set_alpha_to_one)
     x = x0.to(_work_dtype(x0))
     c = p.to(x.device, x.dtype)
     S, B = p.timesteps.numel(), x.shape[0]
     t_batch = c.timesteps[:, None].expand(-1, B).contiguous()
 
     def eps_at(x, t, abar_t):
-        return predict_x0_eps(_call(model, x, t, x0.dtype), x, abar_t, prediction)[1]
+        return denoiser.denoise(x, t, abar_t, io_dtype=x0.dtype)[1]
 
     xs, x0s = ([x], []) if return_trajectory else (None, None)
     for k in reversed(range(S)):
@@ -360,7 +367,6 @@ def invert(model: Model, schedule: Schedule, x0: torch.Tensor, steps: Optional[i
         if callback is not None:
             callback(S - 1 - k, int(p.timesteps[k]), x, x0_pred)
     x = x.to(x0.dtype)
-    check_finite_result(x, "latents")
     if return_trajectory:
         return x, Trajectory(p.timesteps.flip(0), torch.stack(xs), torch.stack(x0s))
     return x

@@ -1,0 +1,125 @@
+"""A network read as a denoiser: (x̂_0, ε̂) and the score at (x_t, t), in one place.
+
+Whatever a network predicts (``prediction``: ε, x_0 or v), the samplers, the score view, guidance and
+inversion see the same estimates (EDM's preconditioning wrappers, in DDIM's terms):
+
+    x̂_0 = f_θ(x_t) = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t       (DDIM eq. 9)
+    ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)
+    ∇ₓ log q(x_t) ≈ −ε̂ / √(1 − ᾱ_t)                     (Tweedie; Song et al. 2021)
+
+(``ddim.forward`` holds the formulas; this is the one place that reads a network's output through them.)
+A ``Denoiser`` holds the network, any callable ``net(x_t, t)`` returning its prediction, the schedule and
+the prediction type. Guidance wrappers (``ddim.guidance``) are networks around networks, combining the
+predictions of their branches (a linear combination is the same for every prediction type), so a guided
+network is read by a Denoiser like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .forward import PREDICTIONS, abar_at, predict_x0_eps, score_from_eps
+from .schedule import Schedule
+
+__all__ = ["Denoiser", "score"]
+
+Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Denoiser:
+    """``net`` (``net(x_t, t)`` -> its prediction) read as (x̂_0, ε̂) on ``schedule``.
+
+    Args:
+        net: x_t (B, C, H, W) float and t (B,) int64 training-step indices -> a tensor shaped like x_t
+            holding the prediction named by ``prediction``.
+        schedule: the ``ddim.Schedule`` the network was trained on.
+        prediction: "epsilon", "sample" (x_0) or "v".
+        io_dtype: the dtype the network takes (None: the caller's x's); its output comes back in x's dtype,
+            so a float64 chain can run a float32 network.
+    """
+
+    def __init__(self, net: Net, schedule: Schedule, prediction: str = "epsilon",
+                 io_dtype: Optional[torch.dtype] = None):
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a ddim.Schedule, got {type(schedule).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        if not callable(net):
+            raise TypeError(f"the model must be callable as model(x_t, t), got {type(net).__name__}")
+        self.net, self.schedule, self.prediction, self.io_dtype = net, schedule, prediction, io_dtype
+
+    @classmethod
+    def of(cls, model, schedule: Schedule, prediction: Optional[str] = None) -> "Denoiser":
+        """``model`` itself if it is a Denoiser (then ``schedule`` must be its own and ``prediction`` None or
+        its own), else ``Denoiser(model, schedule, prediction or "epsilon")``."""
+        if not isinstance(model, Denoiser):
+            return cls(model, schedule, prediction or "epsilon")
+        if prediction is not None and prediction != model.prediction:
+            raise ValueError(f"prediction={prediction!r} disagrees with the Denoiser's own {model.prediction!r}")
+        if schedule is not model.schedule and not (
+                isinstance(schedule, Schedule) and torch.equal(schedule.alphas_cumprod, model.schedule.alphas_cumprod)):
+            raise ValueError("the schedule differs from the Denoiser's own")
+        return model
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's raw prediction (a Denoiser can stand wherever a network is expected)."""
+        return self.net(x, t)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, abar_t=None, io_dtype: Optional[torch.dtype] = None):
+        """(x̂_0, ε̂) at x_t (module docstring).
+
+        Args:
+            x: (B, …) x_t in the caller's working dtype (the samplers' float32 or float64).
+            t: (B,) int64 training steps.
+            abar_t: ᾱ_t as a float or a tensor broadcasting against x (a loop passes its own float64-derived
+                column); None: gathered from the schedule at t.
+            io_dtype: the dtype the network sees (default: the Denoiser's, else x's); its output comes back in
+                x's dtype.
+        Returns:
+            (x̂_0, ε̂), both shaped like x, in x's dtype.
+        """
+        out = _call(self.net, x, t, io_dtype or self.io_dtype or x.dtype)
+        if abar_t is None:
+            abar_t = abar_at(self.schedule.alphas_cumprod, t, x)
+        return predict_x0_eps(out, x, abar_t, self.prediction)
+
+    def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """∇ₓ log q(x_t) as the network estimates it, −ε̂/√(1 − ᾱ_t): (B, …) in x's dtype (computed in at
+        least float32: in bf16, ᾱ = 0.9999 would round to 1)."""
+        if not torch.is_tensor(t) or t.dtype != torch.int64 or t.shape != (x.shape[0],):
+            raise ValueError(f"t must be an int64 tensor shaped ({x.shape[0]},), got {t!r}")
+        T = self.schedule.num_steps
+        if int(t.min()) < 0 or int(t.max()) >= T:
+            raise ValueError(f"t must lie in [0, {T - 1}], got values in [{int(t.min())}, {int(t.max())}]")
+        work = torch.promote_types(x.dtype, torch.float32)
+        abar = abar_at(self.schedule.alphas_cumprod, t, x.to(work))
+        if bool((abar >= 1).any()):
+            raise ValueError("the score is undefined at ᾱ_t = 1 (no noise)")
+        _, eps = self.denoise(x.to(work), t, abar, io_dtype=x.dtype)
+        return score_from_eps(eps, abar).to(x.dtype)
+
+
+def score(model, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, prediction: str = "epsilon") -> torch.Tensor:
+    """∇ₓ log q(x_t) as ``model`` estimates it, from any prediction type: ``Denoiser.score``.
+
+    Args:
+        model: ``model(x_t, t)`` returning its prediction (or a ``Denoiser``). schedule: the ``ddim.Schedule``
+            it was trained on. x_t: (B, …) float. t: (B,) int64 training steps. prediction: "epsilon",
+            "sample" or "v".
+    Returns:
+        (B, …) in x_t's dtype.
+    """
+    return Denoiser.of(model, schedule, prediction if not isinstance(model, Denoiser) else None).score(x_t, t)
+
+
+def _call(net: Net, x: torch.Tensor, t: torch.Tensor, io_dtype: torch.dtype) -> torch.Tensor:
+    """The network sees x in ``io_dtype``; its output, checked, comes back in x's dtype."""
+    out = net(x.to(io_dtype), t)
+    if not torch.is_tensor(out):
+        raise ValueError(f"the model must return a torch.Tensor, got {type(out).__module__}.{type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"model output has shape {tuple(getattr(out, 'shape', ()))}, "
+                         f"expected {tuple(x.shape)} (the shape of x_t)")
+    return out.to(x.dtype)
