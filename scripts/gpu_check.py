@@ -37,8 +37,8 @@ REAL = [
                        "--modes", "fp32,bf16,fastest", "--steps", "30", "--warmup", "5", "--repeats", "3"]),
 ]
 DRY = [
-    ("tests", 300, ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_fast.py",
-                    "tests/test_samplers.py"]),
+    ("tests", 300, ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/samplers/test_fast.py",
+                    "tests/samplers/test_loop.py"]),
     ("sampling", 300, ["benchmarks/sampling.py", "--device", "cpu", "--preset", "small", "--batch", "2",
                        "--steps", "2", "--precision", "fp32,fast", "--repeats", "1"]),
     ("training", 300, ["benchmarks/training.py", "--device", "cpu", "--batch", "2", "--modes", "fp32",

@@ -16,7 +16,7 @@ MIN_TEST_ACCURACY = 0.92
 
 
 @pytest.fixture(scope="module")
-def test_split():
+def held_out_split():
     return load_dataset("fashion-mnist", split="test")
 
 
@@ -35,22 +35,22 @@ def test_shipped_files_are_small_and_recorded():
 
 
 @needs_full_fmnist
-def test_accuracy_claim_holds_on_the_whole_test_split(test_split):
+def test_accuracy_claim_holds_on_the_whole_test_split(held_out_split):
     model, record = load_classifier()
     correct = 0
     with torch.no_grad():
-        for s in range(0, len(test_split), 2000):
-            logits = model(test_split.to_float(slice(s, s + 2000)))
-            correct += int((logits.argmax(1) == test_split.labels[s:s + 2000]).sum())
-    accuracy = correct / len(test_split)
+        for s in range(0, len(held_out_split), 2000):
+            logits = model(held_out_split.to_float(slice(s, s + 2000)))
+            correct += int((logits.argmax(1) == held_out_split.labels[s:s + 2000]).sum())
+    accuracy = correct / len(held_out_split)
     assert accuracy >= MIN_TEST_ACCURACY
     # Same number as recorded at training time, up to a few images whose logits are near-ties
     # (another thread count may round convolutions differently).
     assert abs(accuracy - record["test_accuracy"]) <= 5e-4
 
 
-def test_features_shape_determinism_and_batch_independence(extractor, test_split):
-    x = test_split.to_float(slice(0, 64))
+def test_features_shape_determinism_and_batch_independence(extractor, held_out_split):
+    x = held_out_split.to_float(slice(0, 64))
     f = extractor(x)
     assert f.shape == (64, extractor.num_features) and f.dtype == torch.float32
     assert torch.equal(f, extractor(x))
@@ -65,15 +65,15 @@ def test_extractor_never_trains(extractor):
     assert not any(p.requires_grad for p in extractor.parameters())
 
 
-def test_normalize_flag_takes_zero_one_inputs(extractor, test_split):
-    x = test_split.to_float(slice(0, 16))
+def test_normalize_flag_takes_zero_one_inputs(extractor, held_out_split):
+    x = held_out_split.to_float(slice(0, 16))
     unit = FeatureExtractor(normalize=True)
     torch.testing.assert_close(unit((x + 1) / 2), extractor(x), rtol=1e-5, atol=1e-5)
     assert unit.sha256 == extractor.sha256 == file_sha256(CLASSIFIER_WEIGHTS)
 
 
-def test_extract_features_from_imagedata_equals_float_tensor(extractor, test_split):
-    subset = ImageData(test_split.images[:50])
+def test_extract_features_from_imagedata_equals_float_tensor(extractor, held_out_split):
+    subset = ImageData(held_out_split.images[:50])
     a = extract_features(extractor, subset, batch_size=16)
     b = extract_features(extractor, subset.to_float(), batch_size=50)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -179,20 +179,20 @@ def extractor():
 
 
 @pytest.fixture(scope="module")
-def test_images():
+def held_out_images():
     return load_dataset("fashion-mnist", split="test").to_float(slice(0, N_REAL))  # fewer with the subset
 
 
 @pytest.fixture(scope="module")
-def test_features(extractor, test_images):
-    return extract_features(extractor, test_images)
+def held_out_features(extractor, held_out_images):
+    return extract_features(extractor, held_out_images)
 
 
 @pytest.fixture(scope="module")
-def real_fid(extractor, test_features):
+def real_fid(extractor, held_out_features):
     """FID between 2,000 test and 2,000 train images: the floor set by finite samples."""
     train = load_dataset("fashion-mnist", split="train")
-    return fid(extract_features(extractor, train.to_float(slice(0, N_REAL))), test_features)
+    return fid(extract_features(extractor, train.to_float(slice(0, N_REAL))), held_out_features)
 
 
 @needs_full_fmnist
@@ -205,15 +205,15 @@ def test_fid_between_real_splits_is_small(real_fid):
 
 @needs_full_fmnist
 @pytest.mark.parametrize("kind, levels", [("blur", (0.5, 1.0, 1.5, 2.0)), ("noise", (0.05, 0.1, 0.2, 0.4))])
-def test_fid_grows_with_corruption_strength(extractor, test_images, test_features, real_fid, kind, levels):
+def test_fid_grows_with_corruption_strength(extractor, held_out_images, held_out_features, real_fid, kind, levels):
     # blur: Gaussian std in pixels; noise: std of added N(0, 1) on the [-1, 1] scale, then clamped.
     # Seen: blur 0.57, 5.57, 13.3, 20.0; noise 0.41, 2.02, 8.47, 19.3.
     g = torch.Generator().manual_seed(0)
-    noise = torch.randn(test_images.shape, generator=g)
+    noise = torch.randn(held_out_images.shape, generator=g)
     scores = []
     for level in levels:
-        x = gaussian_blur(test_images, level) if kind == "blur" else (test_images + level * noise).clamp(-1, 1)
-        scores.append(fid(test_features, extract_features(extractor, x)))
+        x = gaussian_blur(held_out_images, level) if kind == "blur" else (held_out_images + level * noise).clamp(-1, 1)
+        scores.append(fid(held_out_features, extract_features(extractor, x)))
     print(f"FID under {kind} {levels}: {[round(s, 3) for s in scores]}")
     assert all(a < b for a, b in zip(scores, scores[1:])), scores
     assert scores[0] > 2 * real_fid   # even the mildest level is told apart from another real sample
@@ -263,14 +263,14 @@ def test_cache_is_reused_and_recomputed_when_the_hash_changes(tmp_path, extracto
     assert not rebuilt.from_cache and torch.equal(rebuilt.features, first.features)
 
 
-def test_reference_by_name_with_limit_and_evaluation(tmp_path, extractor, test_images):
+def test_reference_by_name_with_limit_and_evaluation(tmp_path, extractor, held_out_images):
     ref = reference_stats("fashion-mnist", split="test", extractor=extractor, cache_dir=tmp_path, limit=300)
     assert ref.name == "fashion-mnist/test-first300" and ref.n == 300
-    out = evaluate_images(test_images[:300], ref, extractor, kid_subsets=5)
+    out = evaluate_images(held_out_images[:300], ref, extractor, kid_subsets=5)
     assert out["fid"] == pytest.approx(0.0, abs=1e-6) and out["precision"] == out["recall"] == 1.0
     assert out["extractor_sha256"] == extractor.sha256
     with pytest.raises(ValueError, match="made with extractor"):
-        evaluate_images(test_images[:300], ref, Renamed(extractor, "f" * 64))
+        evaluate_images(held_out_images[:300], ref, Renamed(extractor, "f" * 64))
 
 
 def test_reference_needs_two_images(tmp_path, extractor, small_set):

@@ -301,11 +301,10 @@ PRESETS: dict[str, UNetConfig] = {
     "small": UNetConfig(image_size=28, in_channels=1, out_channels=1, base_channels=32,
                         channel_mult=(1, 2, 3), num_res_blocks=2, attn_resolutions=(14,), dropout=0.1,
                         num_classes=10, norm_groups=8),
-    # 28×28 grayscale for a CPU (issue 12): a 2×2 patch stem puts the levels at 14 and 7 (32, 96 channels),
-    # attention at 7. 0.25 GFLOPs per forward against "small"'s 0.68, 2.06 M parameters; 2.8× its sampling and
-    # 3.2× its training images/s on 2 CPU cores (benchmarks/architectures.py); no diffusers form (patch_size).
-    # Scale-shift norm (ADM's AdaGN) lets the label scale every channel after the norm rather than be partly
-    # normalised away: FID 4.84 against 6.21 in the 400-step pilot (benchmarks/RESULTS.md, 2026-12-03).
+    # 28×28 grayscale for a CPU: a 2×2 patch stem puts the levels at 14 and 7 (32, 96 channels), attention at 7,
+    # so the costliest full-resolution level is gone (a third of "small"'s FLOPs per forward; no diffusers form,
+    # for patch_size). Scale-shift norm (ADM's AdaGN) lets the label scale every channel after the norm rather
+    # than be partly normalised away; the measurements behind both are in docs/results.md.
     "fashion": UNetConfig(image_size=28, in_channels=1, out_channels=1, base_channels=32, channel_mult=(1, 3),
                           num_res_blocks=2, attn_resolutions=(7,), dropout=0.0, num_classes=10, norm_groups=8,
                           patch_size=2, scale_shift=True),

@@ -1,7 +1,7 @@
 """The solver seam (``ddim.samplers.solvers``): orders of convergence on the Gaussian-mixture oracle,
 model-call counts, argument checks, and the same results through every loop (plain, fast, generate).
 
-Parity of DPM-Solver++(2M/3M/2M SDE) and UniPC with diffusers: tests/test_parity_diffusers.py.
+Parity of DPM-Solver++(2M/3M/2M SDE) and UniPC with diffusers: tests/samplers/test_parity_diffusers.py.
 """
 
 import math
@@ -51,7 +51,7 @@ def test_fitted_slopes(oracle_errors):
     DDIM 1, DPM-Solver++(2M) and Heun 2, DPM-Solver++(3M) 3, each within ±0.3 (measured 1.10, 2.14, 2.24,
     2.86). UniPC-3 is steeper (3.53): its bulk steps are fourth order (UniC-3) and only its first-order
     first step bounds it at 3 as S grows. UniPC (order 2 with its corrector: third order) measures 2.42 here
-    and 2.9 once S ≥ 80 (tests/test_solver_orders.py); the 3M of diffusers and the authors' code
+    and 2.9 once S ≥ 80 (tests/samplers/test_solver_orders.py); the 3M of diffusers and the authors' code
     (``dpmpp-3m-compat``) 2.39, falling towards 2 (ibid.)."""
     e = oracle_errors
     Ss = (20, 40, 80)

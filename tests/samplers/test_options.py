@@ -92,7 +92,7 @@ def test_every_rule_of_the_guidance_benchmark_is_valid():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "guidance.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "guidance.py"
     spec = importlib.util.spec_from_file_location("guidance_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -280,7 +280,7 @@ def test_solver_parity(solver, steps, prediction):
 
 def test_dpmpp_3m_differs_from_diffusers_by_its_d2_term():
     """Where the third-order step runs (S = 20: steps 2-18), our DPM-Solver++(3M) is not diffusers': its D2
-    is twice diffusers' (third order; tests/test_solver_orders.py); with diffusers' D2 (``dpmpp-3m-compat``)
+    is twice diffusers' (third order; tests/samplers/test_solver_orders.py); with diffusers' D2 (``dpmpp-3m-compat``)
     the two agree. Below three steps no third-order step runs, and the two are the same solver."""
     s = SCHEDULES["linear"]
     for steps, differ in ((20, True), (2, False)):
