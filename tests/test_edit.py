@@ -20,8 +20,8 @@ def test_edit_grid_is_the_low_noise_part_of_the_full_grid():
     assert torch.equal(edit_timesteps(S1000, 20, 1.0), full)
     half = edit_timesteps(S1000, 20, 0.5)
     assert torch.equal(half, full[full <= round(0.5 * 999)]) and half.numel() == 11  # 500, 450, ..., 0
-    with pytest.raises(ValueError, match="strength 0.01 keeps no step of the 5-step uniform grid"):
-        edit_timesteps(S1000, 5, 0.01)
+    with pytest.raises(ValueError, match="strength 0.01 keeps no step of the 5-step trailing grid .*lowest step is 199"):
+        edit_timesteps(S1000, 5, 0.01, "trailing")
     for bad in (0, 1.5, True, "0.5"):
         with pytest.raises(ValueError, match="strength must be a number in \\(0, 1\\]"):
             edit_timesteps(S1000, 20, bad)
