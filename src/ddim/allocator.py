@@ -1,12 +1,10 @@
 """Keep freed memory inside the process (glibc), for the command line's CPU work.
 
-A UNet's activations at batch 64–200 on 28×28 images are 13–40 MB each. glibc serves blocks that large
-with mmap and returns them to the OS on free, so every layer of every step faults its output's pages
-in again: in a 78-minute CPU run of `ddim eval`, 26 % of the CPU time was kernel time (735 M minor
-page faults). Raising the mmap and trim thresholds keeps those blocks in the heap for reuse: one
-forward pass of the bundled model at batch 64 / 200 on 2 cores went from 0.82–0.87 s to 0.71–0.74 s and
-from 2.65–2.88 s to 2.21–2.28 s (interleaved runs), with page faults down from ~150k to ~8k per 4 calls.
-The price is that freed memory up to the thresholds stays with the process until it exits.
+A UNet's activations at batch 64–200 on 28×28 images are tens of MB each. glibc serves blocks that large
+with mmap and returns them to the OS on free, so every layer of every step faults its output's pages in
+again, and on the CPU that kernel time is a large share of sampling. Raising the mmap and trim thresholds
+keeps those blocks in the heap for reuse (the measurements: benchmarks/RESULTS.md, "CPU allocator
+setting"). The price is that freed memory up to the thresholds stays with the process until it exits.
 
 Only the ``ddim`` command does this (a library must not change its host's allocator); set
 DDIM_KEEP_FREED_MEMORY=0, or any of glibc's own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, to

@@ -40,8 +40,8 @@ def _add_sample(sub) -> None:
                         "the whole loop replayed as one CUDA graph; images match the default within bf16 "
                         "rounding. On the CPU only channels_last. Whatever fails falls back, with a warning")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the network in channels_last memory format (default: on the CPU, where it sampled "
-                        "1-14 %% faster; images equal to eager's within 2e-6)")
+                   help="run the network in channels_last memory format (default: on the CPU, where it is faster; "
+                        "images equal to eager's within 2e-6)")
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
     p.add_argument("--npz", default=None, help="also write the raw float images in [-1, 1] to this .npz")
     p.add_argument("--images-dir", default=None, help="also write one PNG per image into this folder")

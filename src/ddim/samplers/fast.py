@@ -15,9 +15,8 @@ the caller's and is raised as is):
                        reads a device value back to the host; a loop whose noise would take over a
                        quarter of the free device memory (``NOISE_MEMORY_SHARE``) runs uncaptured
 
-On the CPU only channels_last applies (with a ``fast_module`` copy of the "small" preset, 1 thread:
-7-8 % less time per sampling step at batch 16 and 64, interleaved medians); bf16 and graphs are off,
-and torch.compile unless ``compile=True``.
+On the CPU only channels_last applies (a ``fast_module`` copy: the convs' native layout there too);
+bf16 and graphs are off, and torch.compile unless ``compile=True``.
 
 Results: float32 samples equal ``sample``'s up to the bf16 rounding inside the model on CUDA; on the
 CPU up to the order of the convs' additions (channels_last), exactly for elementwise models.

@@ -187,8 +187,8 @@ class AnnealedLangevin(_ScoreSolver):
 
 # Predictors a pc may run after its corrector: one-step methods, as in score_sde. The multistep ones are
 # out: their x̂_0 history differences carry the corrector's noise, which their extrapolation weights (> 1)
-# amplify (a review measured the variance of a Gaussian at 2-6× its value at 20 levels); UniPC's corrector
-# would also overwrite the Langevin moves.
+# amplify (a Gaussian's variance comes out several times too large); UniPC's corrector would also overwrite
+# the Langevin moves.
 PC_PREDICTORS = ("ddim", "heun", "reverse-sde", "pf-ode")
 
 
