@@ -265,6 +265,11 @@ CASES = [
     ("diffusers num_class_embeds 1", lambda t: ["sample", "--checkpoint", H.diffusers_fallback(t, num_class_embeds=1),
                                                 "--out", str(t / "o.png")],
      "num_class_embeds must be None or an integer >= 2"),
+    ("freq_shift -1e308", lambda t: ["sample", "--checkpoint", H.config_field(t, "model", freq_shift=-1e308), "--out",
+                                     str(t / "o.png")], "freq_shift must be a number in (−16, 16)"),
+    ("VE sigmas 1e-300 .. 2e-300", lambda t: ["sample", "--checkpoint", H.diffusers_folder(
+        t, 1, {"_class_name": "ScoreSdeVeScheduler", "sigma_min": 1e-300, "sigma_max": 2e-300}), "--out",
+        str(t / "o.png")], "give no usable noise levels"),
     ("resume with fewer --steps", lambda t: [*TRAIN, "--resume", "--steps", "2", "--out", H.run_dir(t, TRAIN, 4)],
      "--steps 2 is below the step of the latest checkpoint (step_000004, step 4)"),
 ]

@@ -193,9 +193,12 @@ def _validate_form(c: UNetConfig) -> None:
     if c.time_embedding not in ("positional", "fourier"):
         raise ValueError(f"time_embedding must be 'positional' or 'fourier', got {c.time_embedding!r}")
     half = c.base_channels // 2
-    if not _finite(c.freq_shift) or (c.time_embedding == "positional" and not c.freq_shift < half - 1e-3):
-        # the frequencies are max_period^(−i/(half − freq_shift)): at or past half they overflow
-        raise ValueError(f"freq_shift must be a finite number below base_channels/2 = {half}, got {c.freq_shift!r}")
+    if not _finite(c.freq_shift) or not -half < c.freq_shift or (c.time_embedding == "positional"
+                                                                    and not c.freq_shift < half - 1e-3):
+        # the frequencies are max_period^(−i/(half − freq_shift)): at or past half they overflow, and far below
+        # −half they all collapse to one frequency (diffusers' models use 0 or 1)
+        raise ValueError(f"freq_shift must be a number in (−{half}, {half}) (half of base_channels), got "
+                         f"{c.freq_shift!r}")
     if c.time_embed_dim is not None and (not _is_int(c.time_embed_dim) or not 1 <= c.time_embed_dim <= 16384):
         raise ValueError(f"time_embed_dim must be None or an integer in [1, 16384], got {c.time_embed_dim!r}")
     if c.downsample_padding not in (0, 1) or isinstance(c.downsample_padding, bool):
@@ -203,8 +206,8 @@ def _validate_form(c: UNetConfig) -> None:
     stray = [r for r in c.resblock_resample if r not in c.resolutions]
     if stray:
         raise ValueError(f"resblock_resample {stray} match no level; level sizes are {c.resolutions}")
-    if not _finite(c.mid_scale) or c.mid_scale <= 0:
-        raise ValueError(f"mid_scale must be a finite number > 0, got {c.mid_scale!r}")
+    if not _finite(c.mid_scale) or not 0 < c.mid_scale <= 100:  # 1 or √2 in the known models
+        raise ValueError(f"mid_scale must be a number in (0, 100], got {c.mid_scale!r}")
     g = c.mid_attn_norm_groups
     if g is not None and (not _is_int(g) or g < 0 or (g and c.channels[-1] % g)):
         raise ValueError(f"mid_attn_norm_groups must be None, 0 (no norm) or a divisor of {c.channels[-1]}, got {g!r}")

@@ -42,7 +42,11 @@ def ve_schedule(sigma_min: float, sigma_max: float, num_steps: int) -> Schedule:
         raise ValueError(f"num_train_timesteps must be an integer in [2, {MAX_T:,}], got {num_steps!r}")
     abar = 1.0 / (1.0 + (2 * ve_sigma(torch.arange(num_steps), sigma_min, sigma_max, num_steps)) ** 2)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    return Schedule.from_betas(1.0 - abar / prev)
+    try:
+        return Schedule.from_betas(1.0 - abar / prev)
+    except ValueError as e:  # levels so close or so extreme that float64 cannot tell them apart
+        raise ValueError(f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r} over {num_steps} steps give no usable "
+                         f"noise levels ({e})") from None
 
 
 class VEScoreModel(nn.Module):
