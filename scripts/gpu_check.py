@@ -1,4 +1,4 @@
-"""The prepared GPU check: everything CUDA in the project, in one command, on one H100/H200 in < 8 minutes.
+"""The prepared GPU check: everything CUDA in the project, in one command, on one H100/H200 in < 9.5 minutes.
 
 Steps (each a subprocess with its own time limit, so one failure or hang cannot cost the rest):
     env        device, driver, torch, diffusers; the measured bf16 matmul peak (TFLOP/s) the others divide by
@@ -7,11 +7,16 @@ Steps (each a subprocess with its own time limit, so one failure or hang cannot 
                50 steps, batch 256 and 1024, fp32 / bf16 / the fast path; its rows also give the fast
                path's max |difference| from our fp32 images
     training   benchmarks/training.py: batch 128, CIFAR-10 preset, fp32 / bf16 / fastest, ours vs diffusers
+    seed_slice scripts/seed_experiment.py --synthetic: the seed experiment's `ddim train` (CIFAR-10 preset, batch
+               128, fp32, EMA, flips) on a synthetic 32×32 RGB folder it writes, for 100 s of measured
+               training: steps/s and the projected wall time of its 150,000 steps. Its folder and run (a
+               0.6 GB checkpoint) go to a scratch folder removed at the end, so --out stays small
 and writes gpu_check.json (every step's status, time, output tail and parsed results) and gpu_check.md
 (the tables) into --out. ``--dry-run`` runs the same steps at toy sizes on the CPU (tests/test_gpu_check.py
 runs it, so the script cannot rot).
 
     bash scripts/gpu_check.sh                      # on the GPU machine: installs the wheels, then this
+    bash scripts/gpu_check.sh --only seed_slice    # a subset of the steps (env always runs)
     python scripts/gpu_check.py --dry-run --out /tmp/gpu_check_dry
 """
 
@@ -20,21 +25,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (name, time limit in s, argv after `python`): the real run (sizes of the issue) and the dry run (toy sizes).
-# The real limits add up to 470 s: a step that runs over (torch.compile is the slow part) loses only its table.
+# (name, time limit in s, argv after `python`; "{scratch}" stands for a scratch folder): the real run (sizes
+# of the issues) and the dry run (toy sizes). The real limits add up to 540 s, so the whole check fits one
+# 10-minute device call with the start-up: a step that runs over (torch.compile is the slow part) loses only
+# its table.
 REAL = [
-    ("tests", 90, ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]),
-    ("sampling", 250, ["benchmarks/sampling.py", "--device", "cuda", "--preset", "cifar10", "--batch", "256,1024",
-                       "--steps", "50", "--precision", "fp32,bf16,fast", "--repeats", "2"]),
-    ("training", 130, ["benchmarks/training.py", "--device", "cuda", "--preset", "cifar10", "--batch", "128",
-                       "--modes", "fp32,bf16,fastest", "--steps", "30", "--warmup", "5", "--repeats", "3"]),
+    ("tests", 80, ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]),
+    ("sampling", 200, ["benchmarks/sampling.py", "--device", "cuda", "--preset", "cifar10", "--batch", "256,1024",
+                       "--steps", "50", "--precision", "fp32,bf16,fast", "--repeats", "1"]),
+    ("training", 110, ["benchmarks/training.py", "--device", "cuda", "--preset", "cifar10", "--batch", "128",
+                       "--modes", "fp32,bf16,fastest", "--steps", "30", "--warmup", "5", "--repeats", "2"]),
+    ("seed_slice", 150, ["scripts/seed_experiment.py", "--synthetic", "2048", "--slice-only", "--slice-seconds", "100",
+                         "--device", "cuda", "{scratch}/seed_slice"]),
 ]
 DRY = [
     ("tests", 300, ["-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/samplers/test_fast.py",
@@ -43,7 +54,10 @@ DRY = [
                        "--steps", "2", "--precision", "fp32,fast", "--repeats", "1"]),
     ("training", 300, ["benchmarks/training.py", "--device", "cpu", "--batch", "2", "--modes", "fp32",
                        "--steps", "1", "--warmup", "0", "--repeats", "1"]),
+    ("seed_slice", 300, ["scripts/seed_experiment.py", "--dry-run", "--slice-only", "--device", "cpu",
+                         "{scratch}/seed_slice"]),
 ]
+STEPS = tuple(name for name, _, _ in REAL)
 
 
 def environment(device: str) -> dict:
@@ -73,10 +87,25 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_step(name: str, limit: int, argv: list[str], out: Path, peak: float | None) -> dict:
+def _run(cmd: list[str], env: dict, limit: int) -> tuple[str, str]:
+    """(status, output) of ``cmd`` run for at most ``limit`` s. It runs in its own process group, and a
+    timeout kills the whole group: a step's own children (the trainer under seed_slice, pytest's workers)
+    must not go on using the GPU during the next step."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        text, _ = proc.communicate(timeout=limit)
+        return ("ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"), text
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        return f"timeout after {limit} s", text or ""
+
+
+def run_step(name: str, limit: int, argv: list[str], out: Path, peak: float | None, scratch: Path) -> dict:
     """One step as a subprocess; its JSON (if the tool writes one) is parsed into the record."""
     result_file = out / f"{name}.json"
-    cmd = [sys.executable, *argv]
+    cmd = [sys.executable, *(a.replace("{scratch}", str(scratch)) for a in argv)]
     if name != "tests":
         cmd += ["--json", str(result_file)]
         if peak:
@@ -84,12 +113,7 @@ def run_step(name: str, limit: int, argv: list[str], out: Path, peak: float | No
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
-        status, text = ("ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"), proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        status = f"timeout after {limit} s"
-        text = "".join(s.decode(errors="replace") if isinstance(s, bytes) else (s or "") for s in (e.stdout, e.stderr))
+    status, text = _run(cmd, env, limit)
     record = {"step": name, "status": status, "seconds": round(time.perf_counter() - t0, 1),
               "command": " ".join(cmd[1:]), "output_tail": text[-4000:]}
     if result_file.is_file():
@@ -100,6 +124,10 @@ def run_step(name: str, limit: int, argv: list[str], out: Path, peak: float | No
 
 def _fmt(v, spec=".3g") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def _percent(fraction) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
 
 
 def markdown(report: dict) -> str:
@@ -132,7 +160,28 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['mode']} | {r['ours_steps_per_s']:.2f} | {_fmt(r['diffusers_steps_per_s'], '.2f')} | "
                          f"{_fmt(r['ratio'], '.2f')} | {r['tflops']:.1f} | {100 * r['fraction_of_peak']:.1f}% | "
                          f"{_fmt(r['ours_mem_gb'], '.2f')} |")
+    seed = steps.get("seed_slice", {}).get("results")
+    if seed:
+        lines += ["", f"## Seed experiment slice (CIFAR-10 preset, batch {seed['batch']}, "
+                      f"{'bf16' if seed['bf16'] else 'fp32'}{', tiny network' if seed['tiny'] else ''}, "
+                      "generated RGB folder)", "",
+                  "| steps measured | seconds | steps/s | images/s | TFLOP/s | of peak | projected steps "
+                  "| projected time |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                  f"| {seed['steps_measured']} | {seed['seconds_measured']} | {seed['steps_per_s']:.2f} | "
+                  f"{seed['images_per_s']:.0f} | {_fmt(seed.get('tflops'), '.1f')} | "
+                  f"{_percent(seed.get('fraction_of_peak'))} | "
+                  f"{seed['target_steps']:,} | {seed['projected_hours']:.2f} h |"]
     return "\n".join(lines) + "\n"
+
+
+def _steps(text: str) -> list[str]:
+    """--only "a,b" -> ["a", "b"], each a step name."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in STEPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown) or '(none)'}; allowed: "
+                                         f"{', '.join(STEPS)}")
+    return names
 
 
 def main(argv=None) -> int:
@@ -140,8 +189,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="the same steps at toy sizes on the CPU")
     ap.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu_check",
                     help="folder for gpu_check.json, gpu_check.md and each step's JSON (default: $OUT or runs/gpu_check)")
+    ap.add_argument("--only", type=_steps, default=None, metavar="STEP[,STEP]",
+                    help=f"run only these steps ({', '.join(STEPS)}; the environment is always read)")
     args = ap.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).resolve()   # the steps run from the repository root
     out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.dry_run else "cuda"
     t0 = time.perf_counter()
@@ -154,8 +205,9 @@ def main(argv=None) -> int:
         print("gpu_check: no CUDA device; use --dry-run on a CPU machine", file=sys.stderr)
         return 2
     print(f"[env] {env}", flush=True)
-    steps = [run_step(name, limit, argv_, out, env.get("bf16_peak_tflops"))
-             for name, limit, argv_ in (DRY if args.dry_run else REAL)]
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
+        steps = [run_step(name, limit, argv_, out, env.get("bf16_peak_tflops"), Path(scratch))
+                 for name, limit, argv_ in (DRY if args.dry_run else REAL) if args.only is None or name in args.only]
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry_run": args.dry_run,
               "environment": env, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")

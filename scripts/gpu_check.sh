@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (scripts/gpu_check.py): on one H100/H200, in under eight minutes.
+# The prepared GPU check (scripts/gpu_check.py): on one H100/H200, in under ten minutes (the step limits add up to 540 s).
 #
 # The GPU machine has torch but not diffusers (nor importlib_metadata, which diffusers needs); they travel
 # as wheels in .whl/ (git-ignored). Fetch them once, on any machine with pip, from the repository root:
