@@ -25,6 +25,7 @@ import math
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 __all__ = ["GaussianMixture", "PREDICTIONS"]
 
@@ -164,3 +165,27 @@ class GaussianMixture:
             return out.to(x_t.dtype).reshape(x_t.shape)
 
         return model
+
+
+class ConditionalOracle(nn.Module):
+    """Exact ε* of a Gaussian mixture whose prior over components is tilted by a label embedding e (B, K):
+    π_k ∝ π_k · exp(e_k). Class rows: 2 · one-hot (favour that component; the classes overlap, so guidance
+    matters); the null row (K, the number of components): zeros,
+    the whole mixture. Called as the UNet is: ``model(x, t, labels)`` or ``model(x, t, label_emb=e)``."""
+
+    def __init__(self, gmm: GaussianMixture, schedule: ddim.Schedule):
+        super().__init__()
+        self.gmm, self.abar = gmm, schedule.alphas_cumprod.to(torch.float64)
+        self.table = nn.Parameter(torch.cat([2.0 * torch.eye(gmm.K), torch.zeros(1, gmm.K)]).double(), requires_grad=False)
+        self.null_label = gmm.K
+
+    def label_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.table[labels]
+
+    def forward(self, x, t, labels=None, *, label_emb=None):
+        e = self.table[labels] if label_emb is None else label_emb
+        flat = x.reshape(x.shape[0], -1).double()
+        logits, resid, var, a = self.gmm._logits(flat, self.abar[t])
+        r = torch.softmax(logits + e, dim=1)
+        score = -(r[:, :, None] * resid / var[:, :, None]).sum(1)
+        return (-(1 - a).sqrt() * score).reshape(x.shape).to(x.dtype)

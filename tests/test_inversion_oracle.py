@@ -4,39 +4,14 @@ optimises (the guided step's distance to the pivot trajectory) at every step."""
 
 import pytest
 import torch
-from torch import nn
 
 import ddim
 from ddim.inversion import _coefs, _conditional, _embeddings, _guided, _step, invert_image, regenerate
 from ddim.samplers import ddim_invert_step
-from gmm import GaussianMixture
+from gmm import ConditionalOracle, GaussianMixture
 
 S1000 = ddim.Schedule.linear(1000)
 K, D = 3, 16
-
-
-class ConditionalOracle(nn.Module):
-    """Exact ε* of a Gaussian mixture whose prior over components is tilted by a label embedding e (B, K):
-    π_k ∝ π_k · exp(e_k). Class rows: 2 · one-hot (favour that component; the classes overlap, so guidance
-    matters); the null row (K): zeros,
-    the whole mixture. Called as the UNet is: ``model(x, t, labels)`` or ``model(x, t, label_emb=e)``."""
-
-    def __init__(self, gmm: GaussianMixture, schedule: ddim.Schedule):
-        super().__init__()
-        self.gmm, self.abar = gmm, schedule.alphas_cumprod.to(torch.float64)
-        self.table = nn.Parameter(torch.cat([2.0 * torch.eye(K), torch.zeros(1, K)]).double(), requires_grad=False)
-        self.null_label = K
-
-    def label_embedding(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.table[labels]
-
-    def forward(self, x, t, labels=None, *, label_emb=None):
-        e = self.table[labels] if label_emb is None else label_emb
-        flat = x.reshape(x.shape[0], -1).double()
-        logits, resid, var, a = self.gmm._logits(flat, self.abar[t])
-        r = torch.softmax(logits + e, dim=1)
-        score = -(r[:, :, None] * resid / var[:, :, None]).sum(1)
-        return (-(1 - a).sqrt() * score).reshape(x.shape).to(x.dtype)
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,22 @@ class Denoiser:
         out = _call(self.net, x, t, io_dtype or self.io_dtype or x.dtype)
         if abar_t is None:
             abar_t = abar_at(self.schedule.alphas_cumprod, t, x)
+        return self.read(out, x, abar_t)
+
+    def read(self, out: torch.Tensor, x: torch.Tensor, abar_t):
+        """(x̂_0, ε̂) from a raw prediction ``out`` of this denoiser's type at x_t: the one place a prediction
+        is read (guidance methods read their branches through it). out, x: (B, …); abar_t broadcasts."""
         return predict_x0_eps(out, x, abar_t, self.prediction)
+
+    @property
+    def graph_safe(self) -> bool:
+        """Whether ``denoise`` never reads a device value on the host nor keeps state between calls, so a loop
+        over it can be captured as one CUDA graph (``ddim.samplers.fast``)."""
+        return True
+
+    def start_run(self) -> None:
+        """Called by the sampling loop before step 0: a denoiser that carries state between the steps of a
+        run (APG's momentum) forgets the previous run's here. Stateless by default."""
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """∇ₓ log q(x_t) as the network estimates it, −ε̂/√(1 − ᾱ_t): (B, …) in x's dtype (computed in at

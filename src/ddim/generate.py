@@ -17,13 +17,14 @@ import torch
 
 from .denoiser import Denoiser
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, GuidanceOptions, check_rescale
+from .guidance_methods import guided_denoiser
 from .noise import generators, randn
 from .samplers import FastSampler, fast_module
 from .samplers.loop import SampleOptions, check_finite_result, run_sample
 from .schedule import Schedule
 
-__all__ = ["RunOptions", "class_labels", "conditioned", "classifier_guided", "check_classifier", "initial_noise",
-           "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
+__all__ = ["RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier",
+           "initial_noise", "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,10 @@ def generate(model, schedule: Schedule, n: int, options: Optional[SampleOptions]
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     fast = r.fast
-    if fast and g.classifier is not None and g.classifier_scale:
-        # a gradient per step cannot be captured in a CUDA graph: the plain path, said once
-        warnings.warn("ddim: classifier guidance runs without the fast path (its gradient cannot be captured)",
+    if fast and ((g.classifier is not None and g.classifier_scale) or g.method.method != "cfg"):
+        # a gradient per step, or a method reading the noise level on the host or keeping momentum, cannot be
+        # captured in a CUDA graph: the plain path, said once
+        warnings.warn("ddim: classifier guidance and guidance methods other than cfg run without the fast path",
                       RuntimeWarning, stacklevel=2)
         fast = False
     graphs = fast and torch.device(r.device).type == "cuda"
@@ -223,11 +225,25 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], options: O
     x_T, gens = initial_noise(r.seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), r.device)
     labels = class_labels(indices, cfg.num_classes, _model_class(cfg, g))
     prediction = opts.prediction or "epsilon"
-    m = classifier_guided(conditioned(model, labels, g.w, g.rescale), schedule, prediction, labels, indices, g)
     callback = (lambda *_: on_step()) if on_step is not None else None
     with torch.inference_mode():
-        return run_sample(Denoiser(m, schedule, prediction), x_T, opts, gens, callback=callback,
-                          return_trajectory=return_trajectory)
+        return run_sample(guided(model, schedule, prediction, labels, indices, g), x_T, opts, gens,
+                          callback=callback, return_trajectory=return_trajectory)
+
+
+def guided(model, schedule: Schedule, prediction: str, labels: Optional[torch.Tensor], indices: Sequence[int],
+           guidance: GuidanceOptions) -> Denoiser:
+    """The denoiser the samples of ``indices`` are drawn with: the network conditioned on ``labels`` and
+    guided as ``guidance`` says (plain CFG through ``ClassifierFreeGuidance``; the other methods through
+    ``ddim.guidance_methods``; classifier guidance on top of either where it applies)."""
+    g = guidance
+    if g.method.method == "cfg" or labels is None or (not g.w and g.method.method != "cfgpp"):
+        m = classifier_guided(conditioned(model, labels, g.w, g.rescale), schedule, prediction, labels, indices, g)
+        return Denoiser(m, schedule, prediction)
+    if g.classifier is not None and g.classifier_scale:
+        raise ValueError(f"classifier guidance combines with guidance methods cfg (got {g.method.method!r}): its "
+                         "gradient shifts one prediction, and the other methods do not make one")
+    return guided_denoiser(model, schedule, prediction, labels, g)
 
 
 def _in_place_conditioned(net, labels: Optional[torch.Tensor], guidance: GuidanceOptions, device):

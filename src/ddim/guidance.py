@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from .denoiser import Denoiser
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceOptions", "guidance_weight", "check_rescale",
-           "guided_combination", "rescale_guided"]
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceOptions", "MethodOptions", "GUIDANCE_METHODS",
+           "guidance_weight", "check_rescale", "guided_combination", "rescale_guided"]
 
 
 def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) -> float:
@@ -67,6 +67,55 @@ def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torc
     return phi * guided * ratio + (1 - phi) * guided
 
 
+GUIDANCE_METHODS = ("cfg", "interval", "apg", "cfgpp", "auto")
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Which guidance method, and its own parameters (``ddim.guidance_methods`` has the methods' math).
+
+    Attributes:
+        method: one of ``GUIDANCE_METHODS``.
+        interval: (σ_lo, σ_hi) of ``interval``, EDM's σ = √((1 − ᾱ)/ᾱ): guidance where σ_lo < σ ≤ σ_hi.
+        apg_eta: η, the weight of Δ's part parallel to x̂_0^c (``apg``; 0 drops it, 1 keeps it).
+        apg_norm_cap: r, the largest per-sample norm of Δ (``apg``; inf: no cap).
+        apg_momentum: β of the reverse momentum (``apg``; 0: none, negative: the paper's).
+    """
+
+    method: str = "cfg"
+    interval: Tuple[float, float] = (0.28, 5.42)
+    apg_eta: float = 0.0
+    apg_norm_cap: float = math.inf
+    apg_momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in GUIDANCE_METHODS:
+            raise ValueError(f"unknown guidance method {self.method!r}; allowed: {', '.join(GUIDANCE_METHODS)}")
+        lo, hi = _pair(self.interval)
+        if not 0 <= lo < hi:  # an empty or reversed interval guides nowhere: a typo, not a method
+            raise ValueError(f"the guidance interval (σ_lo, σ_hi] must have 0 <= σ_lo < σ_hi, got ({lo}, {hi}]")
+        object.__setattr__(self, "interval", (lo, hi))
+        for name, v, ok in (("apg_eta", self.apg_eta, lambda v: 0 <= v <= 1),
+                            ("apg_norm_cap", self.apg_norm_cap, lambda v: v > 0),
+                            ("apg_momentum", self.apg_momentum, lambda v: -1 < v < 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not ok(v):
+                raise ValueError(f"{name} must be a number in {_RANGES[name]}, got {v!r}")
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a run carries state between steps (APG's momentum): such a run cannot be one captured graph."""
+        return self.method == "apg" and self.apg_momentum != 0
+
+
+_RANGES = {"apg_eta": "[0, 1]", "apg_norm_cap": "(0, inf]", "apg_momentum": "(-1, 1)"}
+
+
+def _pair(v) -> Tuple[float, float]:
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or any(isinstance(e, bool) or not isinstance(e, (int, float)) or math.isnan(e) for e in v)):
+        raise ValueError(f"the guidance interval must be two numbers (σ_lo, σ_hi), got {v!r}")
+    return float(v[0]), float(v[1])
+
+
 @dataclass(frozen=True)
 class GuidanceOptions:
     """Which class each sample is drawn toward, and how (``ddim.generate`` and the code built on it).
@@ -78,6 +127,9 @@ class GuidanceOptions:
         rescale: φ of guidance rescale (Lin et al. 2023), 0 (off) to 1.
         classifier: a noisy classifier ``classifier(x_t, t)`` -> (B, K) logits for classifier guidance, or None.
         classifier_scale: its scale s ≥ 0 (0: off); with ``w`` the two guidances add up.
+        method: the guidance method and its parameters (``MethodOptions``; plain CFG by default). ``w`` is its
+            strength (CFG++: λ ∈ [0, 1]).
+        guide: autoguidance's worse conditional network (``method.method == "auto"``), or None.
     """
 
     class_id: Optional[int] = None
@@ -85,6 +137,8 @@ class GuidanceOptions:
     rescale: float = 0.0
     classifier: Optional[nn.Module] = field(default=None, repr=False)
     classifier_scale: float = 0.0
+    method: MethodOptions = field(default_factory=MethodOptions)
+    guide: Optional[nn.Module] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.class_id is not None and (isinstance(self.class_id, bool) or not isinstance(self.class_id, int)):
@@ -96,6 +150,17 @@ class GuidanceOptions:
         check_rescale(self.rescale)
         if self.classifier_scale and self.classifier is None:
             raise ValueError(f"classifier scale {self.classifier_scale!r} needs a classifier")
+        if not isinstance(self.method, MethodOptions):
+            raise ValueError(f"method must be a MethodOptions, got {type(self.method).__name__}")
+        m = self.method.method
+        if (m == "auto") != (self.guide is not None):
+            raise ValueError("autoguidance (method 'auto') takes a guide network, and only it does" if m == "auto"
+                             else f"a guide network is for method 'auto', not {m!r}")
+        if m == "cfgpp" and self.w > 1:
+            raise ValueError(f"CFG++'s λ (the guidance weight of method 'cfgpp') must lie in [0, 1], got {self.w}")
+        if self.rescale and m in ("apg", "cfgpp"):
+            raise ValueError(f"guidance rescale applies to methods cfg, interval and auto (got {m!r}, whose own "
+                             "rule sets the update's size)")
 
 
 def class_indices(labels) -> torch.Tensor:

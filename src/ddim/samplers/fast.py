@@ -186,6 +186,7 @@ class FastSampler:
         denoiser = Denoiser.of(model, schedule, opts.prediction)
         opts = opts.replace(prediction=denoiser.prediction)
         setup = sample_setup(schedule, x_T, opts)  # sample's checks
+        denoiser.start_run()
         plain = lambda: run_sample(denoiser, x_T, opts, generator,  # noqa: E731
                                    return_trajectory=return_trajectory, callback=callback)
         # the io dtype last (``_predict`` reads it); the device type decides bf16 and compile
@@ -198,7 +199,8 @@ class FastSampler:
                        + ("" if self.compile else ", and so is torch.compile"))
         rewind = _rng_rewind(generator, x_T.device) if any(setup.draws) else (lambda: None)
         try:
-            use_graph = on_cuda and self.cuda_graph and callback is None and not return_trajectory
+            use_graph = (on_cuda and self.cuda_graph and callback is None and not return_trajectory
+                         and denoiser.graph_safe)
             if use_graph and any(setup.draws):   # η = 0 pre-draws nothing
                 nbytes, free = noise_buffer_bytes(setup, x_T), torch.cuda.mem_get_info(x_T.device)[0]
                 if not noise_fits(nbytes, free):

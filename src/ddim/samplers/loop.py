@@ -298,6 +298,7 @@ def run_sample(denoiser: Denoiser, x_T: torch.Tensor, options: SampleOptions, ge
     ``options.prediction`` must be None or the denoiser's)."""
     options = options.replace(prediction=Denoiser.of(denoiser, denoiser.schedule, options.prediction).prediction)
     setup = sample_setup(denoiser.schedule, x_T, options)
+    denoiser.start_run()
     x = x_T.to(_work_dtype(x_T))
     c = setup.plan.to(x.device, x.dtype)
     predict = functools.partial(denoise, denoiser, post=setup.post, eps_from_clipped_x0=setup.eps_from_clipped_x0,
