@@ -23,7 +23,7 @@ from .samplers import FastSampler, fast_module
 from .samplers.loop import SampleOptions, check_finite_result, run_sample
 from .schedule import Schedule
 
-__all__ = ["RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier",
+__all__ = ["RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
            "initial_noise", "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
 
 
@@ -107,6 +107,20 @@ def check_classifier(model, schedule: Schedule, classifier, classifier_schedule:
             and torch.allclose(classifier_schedule.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-6, atol=1e-12)):
         raise ValueError("the classifier was trained on another noise schedule than the model's "
                          "(train it with --schedule-from the model's checkpoint)")
+
+
+def check_guide(model, schedule: Schedule, guide, guide_schedule: Schedule) -> None:
+    """Refuse an autoguidance guide that is not a worse version of ``model``: other image shape, other classes,
+    or another noise schedule (its predictions would mean other things)."""
+    m, g = model.config, guide.config
+    if (g.in_channels, g.image_size) != (m.in_channels, m.image_size):
+        raise ValueError(f"the guide makes {g.in_channels}×{g.image_size}×{g.image_size} images but the model makes "
+                         f"{m.in_channels}×{m.image_size}×{m.image_size}")
+    if g.num_classes != m.num_classes:
+        raise ValueError(f"the guide has {g.num_classes} classes but the model has {m.num_classes}")
+    if not (guide_schedule.num_steps == schedule.num_steps
+            and torch.allclose(guide_schedule.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-6, atol=1e-12)):
+        raise ValueError("the guide was trained on another noise schedule than the model's")
 
 
 def classifier_guided(model_fn: Callable, schedule: Schedule, prediction: str, labels: Optional[torch.Tensor],
@@ -273,13 +287,14 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, frames: int,
-                options: Optional[SampleOptions] = None, label: Optional[int] = None, guidance: float = 0.0):
+                options: Optional[SampleOptions] = None, label: Optional[int] = None,
+                guidance: Optional[GuidanceOptions] = None):
     """Decode ``frames`` slerp points between latents z0 and z1 ((1, C, H, W) each), deterministically.
 
     ``options``: how each frame is sampled (η must be 0, or a solver adding no noise: an image must be a
     function of its latent). ``label``: the class of every frame for a class-conditional model (its null
-    label for unconditional decoding); None for an unconditional model. ``guidance``: w of classifier-free
-    guidance for ``label``.
+    label for unconditional decoding); None for an unconditional model. ``guidance``: its weight and method
+    toward ``label`` (default: none).
     Returns:
         (frames, C, H, W) float32 CPU images; the first and last are the plain samples of z0 and z1.
     """
@@ -289,10 +304,11 @@ def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, f
     if opts.solver.eta(opts.eta) not in (0, 0.0, None):
         raise ValueError(f"interpolation decodes deterministically; solver {opts.solver.name!r} with eta={opts.eta!r} "
                          "adds noise")
+    g = guidance or GuidanceOptions()
     z = torch.cat([slerp(z0, z1, k / (frames - 1)) for k in range(frames)])
     labels = None if label is None else torch.full((frames,), int(label), dtype=torch.int64)
-    m = conditioned(model, labels, guidance)
     with torch.inference_mode():
-        images = run_sample(Denoiser(m, schedule, opts.prediction or "epsilon"), z, opts).float().cpu()
+        den = guided(model, schedule, opts.prediction or "epsilon", labels, range(frames), g)
+        images = run_sample(den, z, opts).float().cpu()
     check_finite_result(images, "frames")
     return images

@@ -101,6 +101,16 @@ class MethodOptions:
                 raise ValueError(f"{name} must be a number in {_RANGES[name]}, got {v!r}")
 
     @property
+    def label(self) -> str:
+        """The method and the parameters it reads, as one short string ("cfg", "interval(0.28,5.42)", ...):
+        what a result was drawn with."""
+        if self.method == "interval":
+            return f"interval({self.interval[0]:g},{self.interval[1]:g})"
+        if self.method == "apg":
+            return f"apg(eta={self.apg_eta:g},r={self.apg_norm_cap:g},beta={self.apg_momentum:g})"
+        return self.method
+
+    @property
     def stateful(self) -> bool:
         """Whether a run carries state between steps (APG's momentum): such a run cannot be one captured graph."""
         return self.method == "apg" and self.apg_momentum != 0

@@ -17,7 +17,8 @@ from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
 __all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "eta_value", "class_help",
            "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir", "add_guidance",
-           "add_sampling_args", "add_dist_timeout", "add_clip", "add_solver", "add_score_solver", "add_classifier",
+           "add_sampling_args", "add_guidance_method", "method_options", "guidance_options", "add_dist_timeout",
+           "add_clip", "add_solver", "add_score_solver", "add_classifier",
            "add_images", "clip_value", "x0_rule", "resolve_solver_defaults", "solver_from_args", "load_classifier",
            "writable", "distinct", "check_count", "save_npz", "load_model", "progress", "LazyProgress", "note",
            "invert_images",
@@ -122,6 +123,70 @@ def add_data_dir(g, help: str) -> None:
 def add_guidance(p, default, help: str) -> None:
     """--guidance: the classifier-free guidance weight w of ε̂ = (1 + w) ε_c − w ε_∅ (0: off)."""
     p.add_argument("--guidance", type=float, default=default, help=f"classifier-free guidance weight w; {help}")
+
+
+def add_guidance_method(p) -> None:
+    """--guidance-method and each method's own parameters (``ddim.guidance_methods``)."""
+    from ..guidance import GUIDANCE_METHODS, MethodOptions
+
+    d = MethodOptions()
+    g = p.add_argument_group("guidance method (class-conditional models)")
+    g.add_argument("--guidance-method", choices=GUIDANCE_METHODS, default=d.method,
+                   help="how --guidance is applied: cfg, classifier-free guidance; interval, CFG only for noise levels "
+                        "σ in --guidance-interval; apg, adaptive projected guidance; cfgpp, CFG++ (--guidance is its "
+                        "λ in [0, 1]: 0 the unconditional sampler); auto, autoguidance by --guide-checkpoint")
+    g.add_argument("--guidance-interval", type=_float_pair, default=d.interval, metavar="LO,HI",
+                   help="interval: guide where LO < σ <= HI, σ = √((1 − ᾱ)/ᾱ) (default: 0.28,5.42, EDM2's)")
+    g.add_argument("--apg-eta", type=float, default=d.apg_eta,
+                   help="apg: weight η in [0, 1] of the update's part parallel to the conditional x̂₀")
+    g.add_argument("--apg-norm-cap", type=float, default=d.apg_norm_cap,
+                   help="apg: largest per-sample norm r of the update (inf: no cap)")
+    g.add_argument("--apg-momentum", type=float, default=d.apg_momentum,
+                   help="apg: reverse momentum β in (-1, 1) across steps (0: none)")
+    g.add_argument("--guide-checkpoint", default=None, metavar="DIR",
+                   help="auto: the worse version of the model (fewer parameters or steps, same data, labels and "
+                        "schedule) that guidance pushes away from")
+
+
+def _float_pair(text: str) -> tuple:
+    """"LO,HI" -> (LO, HI)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers like 0.28,5.42, got {text!r}") from None
+    return lo, hi
+
+
+def method_options(args):
+    """The ``MethodOptions`` of the guidance-method flags, checked (cheap: call it before loading anything)."""
+    from ..guidance import MethodOptions
+
+    if args.guidance is not None and not 0 <= args.guidance < float("inf"):
+        raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    method = MethodOptions(args.guidance_method, interval=args.guidance_interval, apg_eta=args.apg_eta,
+                           apg_norm_cap=args.apg_norm_cap, apg_momentum=args.apg_momentum)
+    if (args.guide_checkpoint is not None) != (method.method == "auto"):
+        raise ValueError("--guide-checkpoint goes with --guidance-method auto, and auto needs it")
+    return method
+
+
+def guidance_options(args, model, schedule, device, classifier=None):
+    """The ``GuidanceOptions`` of --class, --guidance, --guidance-rescale, the method flags and (where the
+    subcommand has them) classifier guidance; --guide-checkpoint loaded and checked against the model."""
+    from ..guidance import GuidanceOptions
+
+    method = method_options(args)
+    guide = None
+    if args.guide_checkpoint is not None:
+        from ..checkpoint import load_checkpoint
+        from ..generate import check_guide
+
+        guide, g_schedule, _ = load_checkpoint(args.guide_checkpoint, ema=True, device=device)
+        check_guide(model, schedule, guide, g_schedule)
+    return GuidanceOptions(class_id=getattr(args, "class_id", None), w=args.guidance,
+                           rescale=getattr(args, "guidance_rescale", 0.0), classifier=classifier,
+                           classifier_scale=getattr(args, "classifier_scale", 0.0) if classifier is not None else 0.0,
+                           method=method, guide=guide)
 
 
 def add_images(p, help: str = "image files (PNG/JPEG, any size and mode)", count="+") -> None:

@@ -12,8 +12,9 @@ import math
 import sys
 
 from .common import (MAX_BATCH, MAX_N, Formatter, LazyProgress, add_checkpoint, add_clip, add_data_dir, add_device,
-                     add_dist_timeout, add_guidance, add_no_ema, add_quiet, add_seed, check_count, clip_value,
-                     eta_value, note, progress, writable, x0_rule)
+                     add_dist_timeout, add_guidance, add_guidance_method, add_no_ema, add_quiet, add_seed,
+                     check_count, clip_value, eta_value, guidance_options, method_options, note, progress, writable,
+                     x0_rule)
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -135,6 +136,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--spacing", default="uniform", choices=SPACINGS, help="sub-sequence of the training steps")
     add_seed(p, "sample i starts from the x_T of (seed, i)", type=_seed)
     add_guidance(p, 0.0, "class-conditional models; not with --reconstruction")
+    add_guidance_method(p)
     # Off by default, unlike `ddim sample`: the paper's tables measure the plain update.
     add_clip(p, default=0.0)
     p.add_argument("--out", default="eval", help="output directory (results, and samples/ for resuming)")
@@ -169,8 +171,8 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
         raise ValueError(f"--eta applies to the FID grid only; --{mode} samples with η = 0")
     if mode != "fid" and args.solver != ("ddim",):
         raise ValueError(f"--solver applies to the FID grid only; --{mode} uses DDIM (got {','.join(args.solver)})")
-    if mode == "reconstruction" and args.guidance:
-        raise ValueError("--guidance does not apply to --reconstruction (inversion is unguided)")
+    if mode == "reconstruction" and (args.guidance or args.guidance_method != "cfg"):
+        raise ValueError("--guidance and --guidance-method do not apply to --reconstruction (inversion is unguided)")
     if clip_value(args) is not None and mode == "reconstruction":
         # a clamped decoder is no longer the inverse of the (unclamped) inversion ODE
         raise ValueError(f"--clip {args.clip:g} does not apply to --reconstruction (allowed: 0)")
@@ -209,6 +211,7 @@ def _run_eval(args) -> int:
     steps, n = args.steps or DEFAULT_STEPS[mode], args.n or DEFAULT_N[mode]
     etas = (args.eta or DEFAULT_ETAS) if mode == "fid" else (0.0,)
     check_count("--n", n, MAX_N, least=2)  # `ddim sample`'s bounds, before the checkpoint loads
+    method_options(args)
     check_count("--batch-size", args.batch_size, MAX_BATCH)
     info = dist_info_from_env()
     if info.distributed and mode != "fid":
@@ -229,6 +232,7 @@ def _run_eval(args) -> int:
                   "ema": args.ema, "prediction": config.prediction, "num_train_steps": schedule.num_steps,
                   "steps": list(steps), "n": n, "seed": args.seed, "batch_size": args.batch_size,
                   "spacing": args.spacing, "solver": list(args.solver), "guidance": args.guidance,
+                  "guidance_method": method_options(args).label,
                   "clip": clip_value(args),
                   "eps_from_clipped_x0": x0_rule(args).get("eps_from_clipped_x0", False), "device": str(device),
                   "world_size": info.world_size}
@@ -266,7 +270,7 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     cells = [Cell(s, e) for s in common["steps"] for e in etas] if "ddim" in args.solver else []
     cells += [Cell(s, 0.0, solver) for s in common["steps"] for solver in args.solver if solver != "ddim"]
     n = common["n"]
-    options, guidance, run = _run_options(args, config, device)
+    options, guidance, run = _run_options(args, model, schedule, config, device)
     with contextlib.closing(LazyProgress(args, "sampling")) as bar:  # shown once sample_grid knows its total
         samples = sample_grid(model, schedule, cells, n, args.out, options, guidance, run, info, progress=bar)
     if not info.is_main:
@@ -293,15 +297,16 @@ def _run_grid(args, model, schedule, config, device, info, common, etas) -> int:
     return 0
 
 
-def _run_options(args, config, device):
+def _run_options(args, model, schedule, config, device):
     """(SampleOptions, GuidanceOptions, RunOptions) every mode shares: spacing, the model's prediction and
-    the x̂_0 rule; the guidance weight; seed, batch size and device. Steps, η and solver are per cell."""
+    the x̂_0 rule; the guidance weight and method; seed, batch size and device. Steps, η and solver are per
+    cell."""
     from ..generate import RunOptions
-    from ..guidance import GuidanceOptions
     from ..samplers import SampleOptions
 
     return (SampleOptions(spacing=args.spacing, prediction=config.prediction, **x0_rule(args)),
-            GuidanceOptions(w=args.guidance), RunOptions(seed=args.seed, batch_size=args.batch_size, device=device))
+            guidance_options(args, model, schedule, device),
+            RunOptions(seed=args.seed, batch_size=args.batch_size, device=device))
 
 
 def _run_reconstruction(args, model, schedule, config, device, info, common, etas) -> int:
@@ -324,7 +329,7 @@ def _run_reconstruction(args, model, schedule, config, device, info, common, eta
         labels = data.labels[:n] if own else torch.full((n,), model.null_label, dtype=torch.int64)
     calls = 2 * sum(common["steps"]) * len(chunk_ranges(n, args.batch_size))
     with progress(args, calls, "inverting + sampling") as bar:
-        options, _, run = _run_options(args, config, device)
+        options, _, run = _run_options(args, model, schedule, config, device)
         rows = reconstruction_errors(model, schedule, data.to_float(slice(0, n)), labels, common["steps"], options,
                                      run, on_step=bar.update)
     results = {"config": {**common, "n": n}, "images": data.name, "versions": versions(), "rows": rows}
@@ -341,7 +346,8 @@ def _run_consistency(args, model, schedule, config, device, info, common, etas) 
     n = common["n"]
     columns = set(common["steps"]) | {schedule.num_steps}
     with progress(args, sum(columns) * len(chunk_ranges(n, args.batch_size)), "sampling") as bar:
-        rows, images = consistency(model, schedule, common["steps"], n, *_run_options(args, config, device),
+        rows, images = consistency(model, schedule, common["steps"], n, *_run_options(args, model, schedule, config,
+                                                                                      device),
                                    on_step=bar.update)
     results = {"config": common, "versions": versions(), "rows": rows}
     files = write_consistency_report(args.out, results, images)

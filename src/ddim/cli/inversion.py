@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from .common import (Formatter, add_guidance, add_images, add_sampling_args, add_solver, class_help, distinct,
-                     invert_images, load_model, note, progress, resolve_solver_defaults, save_npz, writable)
+from .common import (Formatter, add_guidance, add_guidance_method, add_images, add_sampling_args, add_solver,
+                     class_help, distinct, guidance_options, invert_images, load_model, method_options, note, progress,
+                     resolve_solver_defaults, save_npz, writable)
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -142,6 +143,7 @@ def _add_edit(sub) -> None:
     p.add_argument("--to-class", type=int, required=True, help="target class (required; numbers as below)")
     p.add_argument("--from-class", type=int, default=None, help="the images' own class, if known (default: ∅)")
     add_guidance(p, 2.0, "toward --to-class")
+    add_guidance_method(p)
     p.add_argument("--strength", type=float, default=0.6, help="how far to go: the edit starts at step strength·T")
     p.add_argument("--mode", choices=("invert", "sdedit", "both"), default="both", help="which edits to run")
     _add_method(p, guidance=False)
@@ -155,20 +157,22 @@ def _run_edit(args) -> int:
 
     from ..edit import edit_timesteps, invert_regenerate, sdedit
     from ..samplers import SampleOptions
-    from ..generate import class_labels, conditioned
+    from ..generate import class_labels, conditioned, guided
     from ..images import load_images, save_grid
     from ..noise import generators
 
     resolve_solver_defaults(args)
     out = writable(args.out)
     distinct({"--out": args.out}, args.images)
+    method_options(args)
     model, schedule, prediction, device = load_model(args)
     cfg = model.config
     if cfg.num_classes is None:
         raise ValueError("edit needs a class-conditional model; this one is unconditional")
     edit_timesteps(schedule, args.steps, args.strength, args.spacing)  # validate before any work
     n = len(args.images)
-    target = conditioned(model, class_labels(range(n), cfg.num_classes, args.to_class), args.guidance)
+    target = guided(model, schedule, prediction, class_labels(range(n), cfg.num_classes, args.to_class), range(n),
+                    guidance_options(args, model, schedule, device))
     source_labels = class_labels(range(n), cfg.num_classes, args.from_class)
     if args.from_class is None:
         source_labels = torch.full_like(source_labels, model.null_label)

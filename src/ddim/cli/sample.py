@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from .common import (DEFAULT_GUIDANCE, FAST_STEPS, MAX_BATCH, MAX_FRAMES, MAX_N, Formatter, add_classifier,
-                     add_clip, add_guidance, add_sampling_args, add_score_solver, add_solver,
+                     add_clip, add_guidance, add_guidance_method, add_sampling_args, add_score_solver, add_solver,
+                     guidance_options, method_options,
                      check_count, distinct, eta_value, invert_images, load_classifier, load_model, note, progress,
                      resolve_solver_defaults, save_npz, solver_from_args, writable, x0_rule)
 
@@ -29,6 +30,7 @@ def _add_sample(sub) -> None:
     add_solver(p, sample_default=True)
     add_score_solver(p)
     add_classifier(p)
+    add_guidance_method(p)
     add_guidance(p, None, f"0: off (default: {DEFAULT_GUIDANCE} for a class-conditional model without "
                           "--classifier-scale, else 0)")
     p.add_argument("--guidance-rescale", type=float, default=0.0,
@@ -52,7 +54,6 @@ def _add_sample(sub) -> None:
 
 def _run_sample(args) -> int:
     from ..generate import RunOptions, class_labels, conditioned, generate
-    from ..guidance import GuidanceOptions
     from ..images import save_grid, save_images
     from ..samplers import SampleOptions, plan
 
@@ -73,6 +74,7 @@ def _run_sample(args) -> int:
     solver = solver_from_args(args)
     if args.sampler == "ddim":
         solver.eta(args.eta)  # a solver that takes no η: before loading anything
+    method_options(args)
     model, schedule, prediction, device = load_model(args)
     pictures = _pictures(args, model.config.in_channels)
     if args.guidance is None:
@@ -92,8 +94,7 @@ def _run_sample(args) -> int:
         note(args, [f"--sampler ddpm makes T = {steps} model calls per image, {steps // FAST_STEPS}× the default's "
                      f"{FAST_STEPS}; the progress bar shows the time left"])
     options = SampleOptions(steps=steps, eta=eta, spacing=args.spacing, prediction=prediction, solver=solver, **rule)
-    guidance = GuidanceOptions(class_id=args.class_id, w=args.guidance, rescale=args.guidance_rescale,
-                               classifier=classifier, classifier_scale=args.classifier_scale)
+    guidance = guidance_options(args, model, schedule, device, classifier)
     run = RunOptions(seed=args.seed, batch_size=args.batch_size, device=device, fast=args.fast,
                      channels_last=args.channels_last)
     with progress(args, batches * steps, "sampling") as bar:
@@ -174,6 +175,8 @@ def _add_interpolate(sub) -> None:
     src.add_argument("--images", "--image", dest="images", nargs=2, metavar=("A", "B"),
                      help="two image files to invert first")
     p.add_argument("--frames", type=int, default=9, help="images from A to B inclusive")
+    add_guidance(p, 0.0, "0: off, the frames decoded by the conditional model")
+    add_guidance_method(p)
     add_solver(p, deterministic=True)
     add_clip(p)
     p.add_argument("--out", default="interpolation.png", help="PNG strip to write")
@@ -189,10 +192,11 @@ def _run_interpolate(args) -> int:
     out = writable(args.out)
     distinct({"--out": args.out}, args.images or ())
     check_count("--frames", args.frames, MAX_FRAMES, least=2)
+    method_options(args)
     rule = x0_rule(args)
     if args.images:  # decode with the conditioning used to invert
         model, schedule, prediction, _, xT, labels, _ = invert_images(args)
-        z0, z1 = xT[:1], xT[1:]
+        z0, z1, device = xT[:1], xT[1:], xT.device
     else:  # the x_T of image 0 of `ddim sample --seed A` / `--seed B`, and that image's label
         from ..images import check_channels
 
@@ -204,7 +208,8 @@ def _run_interpolate(args) -> int:
         labels = class_labels([0], cfg.num_classes, args.class_id)
     label = None if labels is None else int(labels[0])
     options = SampleOptions(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver, **rule)
-    images = interpolate(model, schedule, z0, z1, args.frames, options, label=label)
+    images = interpolate(model, schedule, z0, z1, args.frames, options, label=label,
+                         guidance=guidance_options(args, model, schedule, device))
     save_grid(images, out, nrow=args.frames)
     note(args, [f"wrote {out} ({args.frames} frames)"])
     return 0

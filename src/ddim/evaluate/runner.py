@@ -47,7 +47,8 @@ Eta = Union[float, str]
 STORE_FORMAT = "ddim-eval-samples-v1"
 KEY_FILE = "key.json"
 # Sample-key fields added after stores were first written, with the value every older store was drawn with.
-KEY_DEFAULTS = {"channels_last": False, "eps_from_clipped_x0": False, "solver": "ddim"}
+KEY_DEFAULTS = {"channels_last": False, "eps_from_clipped_x0": False, "solver": "ddim", "guidance_method": "cfg",
+                "guide_sha256": None}
 PR_NEIGHBOURS = 3   # k of precision/recall (Kynkäänniemi et al. 2019), fewer only when n ≤ 3
 
 
@@ -267,7 +268,8 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
     shape, device = _image_shape(model), torch.device(r.device)
     net = sampling_network(model, device)  # what `ddim sample` runs: chunk i holds its images i
     base = {"format": STORE_FORMAT, "seed": r.seed, "spacing": opts.spacing, "prediction": opts.prediction or "epsilon",
-            "channels_last": net is not model, "guidance": float(g.w), "clip": opts.clip,
+            "channels_last": net is not model, "guidance": float(g.w), "guidance_method": g.method.label,
+            "guide_sha256": weights_sha256(g.guide) if g.guide is not None else None, "clip": opts.clip,
             "eps_from_clipped_x0": bool(opts.eps_from_clipped_x0), "weights_sha256": weights_sha256(model),
             "image_shape": list(shape), "num_classes": model.config.num_classes,
             "noise_device": device.type,  # generators draw there
