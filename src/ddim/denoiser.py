@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .checks import check_finite_result, check_float_dtype, check_images
 from .forward import PREDICTIONS, abar_at, predict_x0_eps, score_from_eps
 from .schedule import Schedule
 
@@ -36,8 +37,9 @@ class Denoiser:
             holding the prediction named by ``prediction``.
         schedule: the ``ddim.Schedule`` the network was trained on.
         prediction: "epsilon", "sample" (x_0) or "v".
-        io_dtype: the dtype the network takes (None: the caller's x's); its output comes back in x's dtype,
-            so a float64 chain can run a float32 network.
+        io_dtype: the floating-point dtype the network takes, which every caller then uses (None: the caller's
+            choice, by default x's); its output comes back in x's dtype, so a float64 chain can run a float32
+            network.
     """
 
     def __init__(self, net: Net, schedule: Schedule, prediction: str = "epsilon",
@@ -48,14 +50,15 @@ class Denoiser:
             raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         if not callable(net):
             raise TypeError(f"the model must be callable as model(x_t, t), got {type(net).__name__}")
-        self.net, self.schedule, self.prediction, self.io_dtype = net, schedule, prediction, io_dtype
+        self.net, self.schedule, self.prediction = net, schedule, prediction
+        self.io_dtype = check_float_dtype("io_dtype", io_dtype)
 
     @classmethod
     def of(cls, model, schedule: Schedule, prediction: Optional[str] = None) -> "Denoiser":
         """``model`` itself if it is a Denoiser (then ``schedule`` must be its own and ``prediction`` None or
-        its own), else ``Denoiser(model, schedule, prediction or "epsilon")``."""
+        its own), else ``Denoiser(model, schedule, prediction)`` (ε when None)."""
         if not isinstance(model, Denoiser):
-            return cls(model, schedule, prediction or "epsilon")
+            return cls(model, schedule, "epsilon" if prediction is None else prediction)
         if prediction is not None and prediction != model.prediction:
             raise ValueError(f"prediction={prediction!r} disagrees with the Denoiser's own {model.prediction!r}")
         if schedule is not model.schedule and not (
@@ -75,12 +78,12 @@ class Denoiser:
             t: (B,) int64 training steps.
             abar_t: ᾱ_t as a float or a tensor broadcasting against x (a loop passes its own float64-derived
                 column); None: gathered from the schedule at t.
-            io_dtype: the dtype the network sees (default: the Denoiser's, else x's); its output comes back in
-                x's dtype.
+            io_dtype: the dtype the network sees unless the Denoiser has its own (default: x's); its output
+                comes back in x's dtype.
         Returns:
             (x̂_0, ε̂), both shaped like x, in x's dtype.
         """
-        out = _call(self.net, x, t, io_dtype or self.io_dtype or x.dtype)
+        out = _call(self.net, x, t, self.io_dtype or io_dtype or x.dtype)
         if abar_t is None:
             abar_t = abar_at(self.schedule.alphas_cumprod, t, x)
         return self.read(out, x, abar_t)
@@ -102,7 +105,8 @@ class Denoiser:
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """∇ₓ log q(x_t) as the network estimates it, −ε̂/√(1 − ᾱ_t): (B, …) in x's dtype (computed in at
-        least float32: in bf16, ᾱ = 0.9999 would round to 1)."""
+        least float32: in bf16, ᾱ = 0.9999 would round to 1). NaN or Inf in the result is refused."""
+        check_images(x, "x_t")
         if not torch.is_tensor(t) or t.dtype != torch.int64 or t.shape != (x.shape[0],):
             raise ValueError(f"t must be an int64 tensor shaped ({x.shape[0]},), got {t!r}")
         T = self.schedule.num_steps
@@ -113,20 +117,23 @@ class Denoiser:
         if bool((abar >= 1).any()):
             raise ValueError("the score is undefined at ᾱ_t = 1 (no noise)")
         _, eps = self.denoise(x.to(work), t, abar, io_dtype=x.dtype)
-        return score_from_eps(eps, abar).to(x.dtype)
+        s = score_from_eps(eps, abar).to(x.dtype)
+        check_finite_result(s, "scores")
+        return s
 
 
-def score(model, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, prediction: str = "epsilon") -> torch.Tensor:
+def score(model, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+          prediction: Optional[str] = None) -> torch.Tensor:
     """∇ₓ log q(x_t) as ``model`` estimates it, from any prediction type: ``Denoiser.score``.
 
     Args:
         model: ``model(x_t, t)`` returning its prediction (or a ``Denoiser``). schedule: the ``ddim.Schedule``
             it was trained on. x_t: (B, …) float. t: (B,) int64 training steps. prediction: "epsilon",
-            "sample" or "v".
+            "sample" or "v"; None: a Denoiser's own (ε for a bare network).
     Returns:
         (B, …) in x_t's dtype.
     """
-    return Denoiser.of(model, schedule, prediction if not isinstance(model, Denoiser) else None).score(x_t, t)
+    return Denoiser.of(model, schedule, prediction).score(x_t, t)
 
 
 def _call(net: Net, x: torch.Tensor, t: torch.Tensor, io_dtype: torch.dtype) -> torch.Tensor:
@@ -134,6 +141,8 @@ def _call(net: Net, x: torch.Tensor, t: torch.Tensor, io_dtype: torch.dtype) -> 
     out = net(x.to(io_dtype), t)
     if not torch.is_tensor(out):
         raise ValueError(f"the model must return a torch.Tensor, got {type(out).__module__}.{type(out).__name__}")
+    if not out.is_floating_point():  # an int or bool output is a bug, and complex would lose its imaginary part
+        raise ValueError(f"the model must return a floating-point tensor, got dtype {out.dtype}")
     if out.shape != x.shape:
         raise ValueError(f"model output has shape {tuple(getattr(out, 'shape', ()))}, "
                          f"expected {tuple(x.shape)} (the shape of x_t)")

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .checks import check_images
 from .forward import q_sample
 from .noise import Generators, randn
 from .samplers import SampleOptions, invert, sample
@@ -44,7 +45,8 @@ def sdedit(model: Model, schedule: Schedule, x0: torch.Tensor, strength: float,
            options: Optional[SampleOptions] = None, generator: Generators = None) -> torch.Tensor:
     """SDEdit: noise x_0 (B, …) to t_top with q(x_t | x_0), then denoise with ``model`` over the edit grid of
     ``options`` (its steps and spacing cut at ``strength``; η, solver and prediction as given)."""
-    opts = options or SampleOptions()
+    opts = SampleOptions.of(options)
+    check_images(x0, "x0")
     tau = edit_timesteps(schedule, opts.steps, strength, opts.spacing)
     abar_top = schedule.alphas_cumprod[tau[0]]
     x_top = q_sample(x0, abar_top, randn(x0.shape, generator, x0.device, x0.dtype))
@@ -55,7 +57,7 @@ def invert_regenerate(source: Model, target: Model, schedule: Schedule, x0: torc
                       options: Optional[SampleOptions] = None) -> torch.Tensor:
     """DDIM-invert x_0 (B, …) to t_top with ``source``, then sample back down (η = 0, with ``options``'s
     solver) with ``target``, over the edit grid of ``options`` cut at ``strength``."""
-    opts = options or SampleOptions()
+    opts = SampleOptions.of(options)
     tau = edit_timesteps(schedule, opts.steps, strength, opts.spacing)
     grid = opts.replace(timesteps=tau, eta=0.0)
     x_top = invert(source, schedule, x0, prediction=opts.prediction, timesteps=tau)

@@ -15,12 +15,13 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from .checks import check_bool, check_device, check_finite_result, check_images, check_int
 from .denoiser import Denoiser
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, GuidanceOptions, check_rescale
 from .guidance_methods import guided_denoiser
 from .noise import generators, randn
 from .samplers import FastSampler, fast_module
-from .samplers.loop import SampleOptions, check_finite_result, run_sample
+from .samplers.loop import SampleOptions, run_sample, sample_setup
 from .schedule import Schedule
 
 __all__ = ["RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
@@ -56,6 +57,10 @@ class RunOptions:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+        check_bool("fast", self.fast)
+        if self.channels_last is not None:
+            check_bool("channels_last", self.channels_last)
+        check_device(self.device)  # here, not as a RuntimeError from the first model call
 
 
 def class_labels(indices: Sequence[int], num_classes: Optional[int], class_id: Optional[int] = None):
@@ -165,7 +170,7 @@ def generate(model, schedule: Schedule, n: int, options: Optional[SampleOptions]
         (n, C, H, W) float32 CPU tensor in the model's data range, and with ``return_trajectory`` the
         ``Trajectory`` of the first batch.
     """
-    opts, g, r = options or SampleOptions(), guidance or GuidanceOptions(), run or RunOptions()
+    opts, g, r = _settings(options, guidance, run)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     cfg = model.config
@@ -234,15 +239,35 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], options: O
         (len(indices), C, H, W) on ``run.device`` in the model's dtype, and with ``return_trajectory`` the
         batch's ``Trajectory``; arguments as in ``generate``.
     """
-    opts, g, r = options or SampleOptions(), guidance or GuidanceOptions(), run or RunOptions()
+    opts, g, r = _settings(options, guidance, run)
+    indices = _indices(indices)
     cfg = model.config
     x_T, gens = initial_noise(r.seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), r.device)
     labels = class_labels(indices, cfg.num_classes, _model_class(cfg, g))
-    prediction = opts.prediction or "epsilon"
+    prediction = opts.net_prediction
     callback = (lambda *_: on_step()) if on_step is not None else None
     with torch.inference_mode():
         return run_sample(guided(model, schedule, prediction, labels, indices, g), x_T, opts, gens,
                           callback=callback, return_trajectory=return_trajectory)
+
+
+def _settings(options, guidance, run) -> tuple:
+    """(SampleOptions, GuidanceOptions, RunOptions), each the one given or the defaults, of the right type."""
+    for value, kind in ((guidance, GuidanceOptions), (run, RunOptions)):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"expected a ddim.{kind.__name__}, got {type(value).__name__}")
+    return SampleOptions.of(options), guidance or GuidanceOptions(), run or RunOptions()
+
+
+def _indices(indices) -> list:
+    """Global sample indices as a non-empty list of ints >= 0 (a bool or 1.5 would silently become sample 1)."""
+    try:
+        values = list(indices)
+    except TypeError:
+        raise ValueError(f"indices must be a sequence of sample numbers, got {indices!r}") from None
+    if not values:
+        raise ValueError("indices must hold at least one sample number, got none")
+    return [check_int("sample index", i, 0) for i in values]
 
 
 def guided(model, schedule: Schedule, prediction: str, labels: Optional[torch.Tensor], indices: Sequence[int],
@@ -298,17 +323,18 @@ def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, f
     Returns:
         (frames, C, H, W) float32 CPU images; the first and last are the plain samples of z0 and z1.
     """
-    opts = options or SampleOptions()
+    opts, g, _ = _settings(options, guidance, None)
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
-    if opts.solver.eta(opts.eta) not in (0, 0.0, None):
+    check_images(z0, "z0")
+    check_images(z1, "z1")
+    z = torch.cat([slerp(z0, z1, k / (frames - 1)) for k in range(frames)])
+    if any(sample_setup(schedule, z, opts).draws):  # whatever adds the noise: η, or the solver itself
         raise ValueError(f"interpolation decodes deterministically; solver {opts.solver.name!r} with eta={opts.eta!r} "
                          "adds noise")
-    g = guidance or GuidanceOptions()
-    z = torch.cat([slerp(z0, z1, k / (frames - 1)) for k in range(frames)])
     labels = None if label is None else torch.full((frames,), int(label), dtype=torch.int64)
     with torch.inference_mode():
-        den = guided(model, schedule, opts.prediction or "epsilon", labels, range(frames), g)
+        den = guided(model, schedule, opts.net_prediction, labels, range(frames), g)
         images = run_sample(den, z, opts).float().cpu()
     check_finite_result(images, "frames")
     return images

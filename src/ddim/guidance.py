@@ -160,6 +160,10 @@ class GuidanceOptions:
         check_rescale(self.rescale)
         if self.classifier_scale and self.classifier is None:
             raise ValueError(f"classifier scale {self.classifier_scale!r} needs a classifier")
+        for name in ("classifier", "guide"):  # networks: called at every step, so checked here, not there
+            v = getattr(self, name)
+            if v is not None and not callable(v):
+                raise ValueError(f"{name} must be a network (callable), got {type(v).__name__}")
         if not isinstance(self.method, MethodOptions):
             raise ValueError(f"method must be a MethodOptions, got {type(self.method).__name__}")
         m = self.method.method
@@ -228,8 +232,10 @@ class ClassifierFreeGuidance(nn.Module):
             return branch(x, t, cond)
         both = branch(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))
         # At least float32 for the combination: under autocast the model answers in bf16, and
-        # cond − uncond (a small difference of large values) times w would keep ~3 significant digits.
-        c, u = both.to(torch.promote_types(both.dtype, torch.float32)).chunk(2)
+        # cond − uncond (a small difference of large values) times w would keep ~3 significant digits;
+        # with embeddings (guided inversion's float64 chain) in their dtype, as the chain runs.
+        work = torch.promote_types(both.dtype, torch.float32 if self.embeddings is None else cond.dtype)
+        c, u = both.to(torch.promote_types(work, torch.float32)).chunk(2)
         guided = guided_combination(c, u, self.w)
         return rescale_guided(guided, c, self.rescale) if self.rescale else guided
 

@@ -106,7 +106,7 @@ class GuidedDenoiser(Denoiser):
         return lo < sigma <= hi
 
     def denoise(self, x, t, abar_t=None, io_dtype=None):
-        o, io = self.options, io_dtype or self.io_dtype or x.dtype
+        o, io = self.options, self.io_dtype or io_dtype or x.dtype
         if abar_t is None:
             from .forward import abar_at
 

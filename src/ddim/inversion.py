@@ -34,11 +34,13 @@ from typing import Optional
 
 import torch
 
+from .checks import check_finite_result, check_images, check_int, check_labels, check_number
 from .denoiser import Denoiser
 from .forward import x0_from_eps
 from .guidance import ClassifierFreeGuidance, guided_combination
 from .noise import Generators, randn
 from .samplers import ddim_invert_step, ddim_step, plan
+from .samplers.options import grid_tuple
 from .schedule import Schedule
 
 __all__ = ["METHODS", "InversionOptions", "Inversion", "invert_image", "regenerate", "edict_coefficients"]
@@ -77,8 +79,12 @@ class InversionOptions:
     def __post_init__(self) -> None:
         if self.null_init not in ("cond", "null"):
             raise ValueError(f"null_init must be 'cond' or 'null', got {self.null_init!r}")
-        if self.timesteps is not None:
-            object.__setattr__(self, "timesteps", tuple(int(t) for t in torch.as_tensor(self.timesteps).tolist()))
+        check_int("null_iters", self.null_iters, 0)
+        check_number("null_lr", self.null_lr, 0.0)  # checked here, not by Adam after the conditional pass
+        if self.null_lr == 0:
+            raise ValueError("null_lr must be > 0, got 0.0")
+        check_number("null_tol", self.null_tol, 0.0)
+        object.__setattr__(self, "timesteps", grid_tuple(self.timesteps))
 
 
 @dataclass
@@ -156,16 +162,15 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
             ``null_init``, ``timesteps``).
         generator: the ddpm method's draws of x_t ~ q(x_t | x_0).
     """
-    unknown = sorted(set(settings) - {f.name for f in fields(InversionOptions)})
-    if unknown:
-        raise TypeError(f"unknown inversion setting(s) {', '.join(unknown)}")
-    o = replace(options or InversionOptions(), **settings)
+    o = _options(options, settings)
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; allowed: {', '.join(METHODS)}")
     if getattr(model, "null_label", None) is None:
         raise ValueError("guided inversion needs a class-conditional model with a null label")
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:  # inf: NaN latents
         raise ValueError(f"guidance weight w must be a number >= 0 and finite, got {w!r}")
+    check_images(x0, "x0")
+    labels = _labels(model, labels, len(x0))
     start = time.perf_counter()
     x0 = x0.double()
     labels = labels.to(x0.device)
@@ -182,15 +187,39 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         inv = _invert_edict(_guided(model, schedule, o.prediction, labels, cond, null, w),
                             _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps), x0, labels, w, o.mix)
     else:
-        inv = _invert_ddim(model, schedule, _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps), x0, labels, w,
-                           method, o)
+        inv = _invert_ddim(model, schedule, _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps), x0, labels,
+                           (cond, null), w, method, o)
+    check_finite_result(inv.x_T, "latents")
     inv.seconds = time.perf_counter() - start
     return inv
 
 
-def _invert_ddim(model, schedule, grid, x0, labels, w, method, o: InversionOptions):
+def _options(options: Optional[InversionOptions], settings: dict) -> InversionOptions:
+    """``options`` or the defaults with ``settings`` (``InversionOptions`` fields as keywords) applied; a
+    keyword that differs from a given ``options``' own value is refused rather than resolved silently."""
+    unknown = sorted(set(settings) - {f.name for f in fields(InversionOptions)})
+    if unknown:
+        raise TypeError(f"unknown inversion setting(s) {', '.join(unknown)}")
+    if options is None:
+        return InversionOptions(**settings)
+    if not isinstance(options, InversionOptions):
+        raise TypeError(f"options must be a ddim.inversion.InversionOptions, got {type(options).__name__}")
+    clash = sorted(k for k, v in settings.items() if replace(options, **{k: v}) != options)
+    if clash:
+        raise ValueError(f"give the inversion settings either as options= or as keywords, not both "
+                         f"(got options and {', '.join(clash)})")
+    return options
+
+
+def _labels(model, labels, n: int) -> torch.Tensor:
+    """The source classes, checked: (n,) integers in 0..num_classes, the last being ∅ (an unknown class)."""
+    k = getattr(getattr(model, "config", None), "num_classes", None)
+    return check_labels(labels, n, k if k is not None else int(model.null_label), allow_null=True)
+
+
+def _invert_ddim(model, schedule, grid, x0, labels, embeddings, w, method, o: InversionOptions):
     p, rows = grid
-    cond, null = _embeddings(model, labels)
+    cond, null = embeddings
     tb = lambda k: p.timesteps[k].expand(x0.shape[0]).to(x0.device)  # noqa: E731
     # the pivot: conditional DDIM inversion, z*_0 = x_0 up to z*_T (the samplers' inverse step)
     conditional = _conditional(model, schedule, o.prediction, cond)
@@ -207,7 +236,9 @@ def _invert_ddim(model, schedule, grid, x0, labels, w, method, o: InversionOptio
         return inv
     nulls, z, emb = [], pivot[0], (cond if o.null_init == "cond" else null).clone()
     for k, (abar_t, abar_prev, _) in enumerate(rows):
-        with torch.no_grad():  # z is fixed within the step: the conditional half is computed once
+        # z is fixed within the step, and so is the guided ε̂'s conditional half: computed once, outside the
+        # optimisation, which only moves the ∅ embedding
+        with torch.no_grad():
             eps_c = conditional.denoise(z, tb(k), abar_t)[1]
         calls += 1
         # a copy: Adam updates in place, and the previous step's embedding (kept in ``nulls``) must not move
@@ -281,7 +312,7 @@ def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch
     """Sample an ``Inversion`` back to x_0 (B, …) float64 under guidance ``w`` (default: the inversion's)
     toward ``labels`` (default: the source classes; other labels make an edit)."""
     w = inv.w if w is None else w
-    labels = inv.labels if labels is None else labels.to(inv.x_T.device)
+    labels = inv.labels if labels is None else _labels(model, labels, len(inv.x_T)).to(inv.x_T.device)
     cond, null = _embeddings(model, labels)
     if inv.method == "negative-label":
         null = _embeddings(model, inv.labels)[0]  # the source class stands in for ∅
@@ -304,4 +335,5 @@ def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch
                 x = _step(step, x, t, abar_t, abar_prev, sigma, noise=inv.noise[k])
             else:
                 x = _step(step, x, t, abar_t, abar_prev, 0.0)
+    check_finite_result(x, "images")
     return x

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..checks import check_images, check_int
 from ..data import ImageData
 from ..denoiser import Denoiser
 from ..distributed import DistInfo, barrier
@@ -267,7 +268,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     shape, device = _image_shape(model), torch.device(r.device)
     net = sampling_network(model, device)  # what `ddim sample` runs: chunk i holds its images i
-    base = {"format": STORE_FORMAT, "seed": r.seed, "spacing": opts.spacing, "prediction": opts.prediction or "epsilon",
+    base = {"format": STORE_FORMAT, "seed": r.seed, "spacing": opts.spacing, "prediction": opts.net_prediction,
             "channels_last": net is not model, "guidance": float(g.w), "guidance_method": g.method.label,
             "guide_sha256": weights_sha256(g.guide) if g.guide is not None else None, "clip": opts.clip,
             "eps_from_clipped_x0": bool(opts.eps_from_clipped_x0), "weights_sha256": weights_sha256(model),
@@ -346,7 +347,12 @@ def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, label
         per S: {"steps", "mse_mean", "mse_std" (per-dimension MSE on the [0, 1] scale, over images),
         "n", "seconds"}.
     """
-    opts, r = options or SampleOptions(), run or RunOptions()
+    opts, r = SampleOptions.of(options), run or RunOptions()
+    check_images(images, "images")
+    # plain DDIM both ways: an x̂_0 transform or another solver would measure something else than eq. 13's round trip
+    if opts.solver.name != "ddim" or opts.x0_transform() is not None:
+        raise ValueError(f"reconstruction runs DDIM without clip or threshold; got solver {opts.solver.name!r}, "
+                         f"clip={opts.clip!r}, threshold={opts.threshold!r}")
     device = torch.device(r.device)
     callback = (lambda *_: on_step()) if on_step is not None else None
     rows = []
@@ -355,7 +361,7 @@ def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, label
         step_opts = opts.replace(steps=steps, eta=0.0)
         for rng in chunk_ranges(images.shape[0], r.batch_size):
             m = conditioned(model, None if labels is None else labels[rng.start:rng.stop])
-            denoiser = Denoiser(m, schedule, opts.prediction or "epsilon")
+            denoiser = Denoiser(m, schedule, opts.net_prediction)
             x0 = images[rng.start:rng.stop].to(device)
             with torch.inference_mode():
                 x_T = run_invert(denoiser, x0, step_opts, callback=callback)
@@ -381,7 +387,8 @@ def consistency(model, schedule: Schedule, steps_list: Sequence[int], k: int,
         the k seeds), "k", "seconds"};
         images: (k, len(columns), C, H, W) float in [-1, 1], columns = the S values then T.
     """
-    opts, r = options or SampleOptions(), run or RunOptions()
+    opts, r = SampleOptions.of(options), run or RunOptions()
+    check_int("k", k, 1)
     T = schedule.num_steps
     columns = [s for s in dict.fromkeys(steps_list) if s != T] + [T]
     net = sampling_network(model, r.device)

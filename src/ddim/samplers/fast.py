@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..checks import check_bool, check_finite_result, check_int
 from ..denoiser import Denoiser
 from ..noise import Generators, randn
 from ..schedule import Schedule
@@ -163,6 +164,11 @@ class FastSampler:
             raise ValueError(f"compile_mode {compile_mode!r} is not allowed (allowed: "
                              f"{', '.join(map(repr, COMPILE_MODES))}): the fast path captures its own CUDA "
                              "graph, and modes such as 'reduce-overhead' and 'max-autotune' capture theirs")
+        for name, v in (("bf16", bf16), ("channels_last", channels_last), ("cuda_graph", cuda_graph)):
+            check_bool(name, v)
+        if compile is not None:
+            check_bool("compile", compile)
+        check_int("max_graphs", max_graphs, 1)
         self.bf16, self.channels_last, self.compile = bf16, channels_last, compile
         self.compile_mode, self.cuda_graph, self.max_graphs = compile_mode, cuda_graph, max_graphs
         self.reasons: list[str] = []  # every fallback so far, in order (each also warned once)
@@ -179,10 +185,16 @@ class FastSampler:
     def sample(self, model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, *,
                generator: Generators = None, options: Optional[SampleOptions] = None,
                return_trajectory: bool = False, callback=None, **option_kwargs):
-        """As ``ddim.sample`` (same arguments, errors and return value; the options after ``steps`` by
-        keyword or as ``options``). ``callback`` or ``return_trajectory`` need the host at every step,
-        so such calls run the loop uncaptured."""
+        """As ``ddim.sample`` (same arguments, errors and return value), except that everything after ``steps``
+        is keyword-only: ``generator=``, and the options as keywords or as ``options=``. ``callback`` or
+        ``return_trajectory`` need the host at every step, so such calls run the loop uncaptured."""
         opts = SampleOptions.of(options, steps=steps, **option_kwargs)
+        result = self._sample(model, schedule, x_T, opts, generator, return_trajectory, callback)
+        check_finite_result(result[0] if return_trajectory else result)  # a diverged model, not the fast path
+        return result
+
+    def _sample(self, model, schedule, x_T, opts, generator, return_trajectory, callback):
+        """``sample``'s result, by the fastest path that works."""
         denoiser = Denoiser.of(model, schedule, opts.prediction)
         opts = opts.replace(prediction=denoiser.prediction)
         setup = sample_setup(schedule, x_T, opts)  # sample's checks
@@ -340,7 +352,8 @@ _DEFAULT: Optional[FastSampler] = None
 
 def fast_sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[int] = 50, **kwargs):
     """``ddim.sample`` through one process-wide ``FastSampler`` (graphs kept between calls; each
-    fallback warned once per process). Arguments and result as in ``ddim.sample``."""
+    fallback warned once per process). Arguments and result as in ``FastSampler.sample``: those after
+    ``steps`` by keyword."""
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = FastSampler()

@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from ..checks import check_finite_result, check_images
 from ..denoiser import Denoiser
 from ..forward import eps_from_x0
 from ..noise import Generators, randn
@@ -108,15 +109,11 @@ def plan(schedule: Schedule, steps: Optional[int] = None, eta: Eta = 0.0, spacin
             k = int(bad.nonzero()[0])
             raise ValueError(f"eta={float(etas[k])!r} is too large at t={int(tau[k])}: σ_t² exceeds 1 − ᾱ_(t-1) "
                              "(DDIM eq. 12 needs η <= 1 there)")
-    return Plan(tau, abar_t, abar_prev, sigma, noise_std, solver.table(abar_t, abar_prev))
-
-
-def _check_inputs(x: torch.Tensor, name: str) -> None:
-    if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"{name} must be a floating-point tensor shaped (B, ...), got "
-                         f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-    if not torch.isfinite(x).all():  # one check before the loop, not per step
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    table = solver.table(abar_t, abar_prev)
+    if not isinstance(table, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in table.items()):
+        raise TypeError(f"solver {solver.name!r}: table() must return a dict of name -> tensor, got "
+                        f"{type(table).__name__}")
+    return Plan(tau, abar_t, abar_prev, sigma, noise_std, table)
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -142,10 +139,6 @@ class SampleSetup:
     draws: tuple
 
     @property
-    def prediction(self) -> str:
-        return self.options.prediction
-
-    @property
     def solver(self) -> Solver:
         return self.options.solver
 
@@ -158,7 +151,7 @@ class SampleSetup:
 
 def sample_setup(schedule: Schedule, x_T: torch.Tensor, options: SampleOptions = SampleOptions()) -> SampleSetup:
     """Check a run's x_T against ``options`` (raising ``sample``'s errors) and compute its plan."""
-    _check_inputs(x_T, "x_T")
+    check_images(x_T, "x_T")
     o, solver = options, options.solver
     p = plan(schedule, None if o.timesteps is not None else o.steps, o.eta, o.spacing, o.timesteps,
              o.set_alpha_to_one, solver)
@@ -215,8 +208,12 @@ def sample_loop(predict: Callable, setup: SampleSetup, coef: Plan, x: torch.Tens
     t_batch = coef.timesteps[:, None].expand(-1, x.shape[0]).contiguous()  # (S, B): row k is step k's t
     xs, x0s = ([x], []) if return_trajectory else (None, None)
     state: dict = {}  # the solver's, for this run only
+    shape = x.shape
     for k in range(len(setup.draws)):
         x, x0_pred = setup.solver.step(k, x, predict, t_batch, coef, state, noise_at)
+        if x.shape != shape:  # shapes are host metadata: checking them costs no device read
+            raise ValueError(f"solver {setup.solver.name!r} returned x shaped {tuple(x.shape)} at step {k}, "
+                             f"expected {tuple(shape)}")
         if return_trajectory:
             xs.append(x)
             x0s.append(x0_pred)
@@ -282,16 +279,6 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
     return out
 
 
-def check_finite_result(x: torch.Tensor, what: str = "samples") -> None:
-    """Refuse a finished result holding NaN or Inf (one read back to the host, after the last step): a
-    diverged model must be an error naming how many of the B results it spoiled, never a black image.
-    x: (B, ...)."""
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-        raise ValueError(f"the model produced NaN or Inf in {bad} of {x.shape[0]} {what} (broken weights, or a "
-                         "model or guidance setting that diverges)")
-
-
 def run_sample(denoiser: Denoiser, x_T: torch.Tensor, options: SampleOptions, generator: Generators = None, *,
                return_trajectory: bool = False, callback=None):
     """``sample`` with the model read by a ``Denoiser`` and its options bundled (result as in ``sample``;
@@ -302,7 +289,7 @@ def run_sample(denoiser: Denoiser, x_T: torch.Tensor, options: SampleOptions, ge
     x = x_T.to(_work_dtype(x_T))
     c = setup.plan.to(x.device, x.dtype)
     predict = functools.partial(denoise, denoiser, post=setup.post, eps_from_clipped_x0=setup.eps_from_clipped_x0,
-                                io_dtype=x_T.dtype)
+                                io_dtype=x_T.dtype)  # the Denoiser's own io_dtype, if set, comes first
     out = sample_loop(predict, setup, c, x, noise_drawer(setup, c, x, generator),
                       return_trajectory=return_trajectory, callback=callback)
     if return_trajectory:
@@ -344,7 +331,7 @@ def run_invert(denoiser: Denoiser, x0: torch.Tensor, options: SampleOptions, *, 
                callback=None):
     """``invert`` with the model read by a ``Denoiser`` and the grid as ``SampleOptions`` (its steps or
     timesteps, spacing, set_alpha_to_one and solver; result as in ``invert``)."""
-    _check_inputs(x0, "x0")
+    check_images(x0, "x0")
     o, solver = options, options.solver
     if not solver.invertible:
         raise ValueError(f"solver {solver.name!r} has no inversion; allowed: "

@@ -16,11 +16,12 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..checks import check_bool
 from ..forward import PREDICTIONS
 from .solvers import Solver, get_solver
 from .steps import clip_x0, dynamic_threshold
 
-__all__ = ["SampleOptions", "Eta", "check_eta", "OPTION_NAMES"]
+__all__ = ["SampleOptions", "Eta", "check_eta", "grid_tuple", "OPTION_NAMES"]
 
 Eta = Union[float, str, Sequence[float]]
 
@@ -45,7 +46,7 @@ def check_eta(eta: Eta) -> Eta:
     return float(eta)
 
 
-def _grid(timesteps) -> Optional[tuple]:
+def grid_tuple(timesteps) -> Optional[tuple]:
     """An explicit grid as a tuple of ints (hashable); its order and range are checked by ``plan``, which
     knows T (with ``ddim.timesteps.check_timesteps``'s messages, which these share)."""
     if timesteps is None:
@@ -62,6 +63,9 @@ def _grid(timesteps) -> Optional[tuple]:
         raise ValueError(f"timesteps must be a non-empty 1-D sequence, got {timesteps!r}") from None
     if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in values):
         raise ValueError(f"timesteps must be integers, got {list(values)[:12]!r}")
+    big = [int(t) for t in values if not -2**62 < t < 2**62]  # torch's int64 would overflow; plan names the range
+    if big:
+        raise ValueError(f"timesteps must be training steps (0 <= t < T), got {big[0]}")
     return tuple(int(t) for t in values)
 
 
@@ -99,7 +103,11 @@ class SampleOptions:
         if self.prediction is not None and self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {self.prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         set_("eta", check_eta(self.eta))
-        set_("timesteps", _grid(self.timesteps))  # steps are checked by ``plan``, which knows T
+        set_("timesteps", grid_tuple(self.timesteps))  # steps are checked by ``plan``, which knows T
+        check_bool("set_alpha_to_one", self.set_alpha_to_one)
+        check_bool("eps_from_clipped_x0", self.eps_from_clipped_x0)
+        if isinstance(self.clip, bool) or isinstance(self.threshold, bool):
+            raise ValueError(f"clip and threshold take numbers, got clip={self.clip!r}, threshold={self.threshold!r}")
         if self.clip is not None and self.threshold is not None:
             raise ValueError("use either clip or threshold, not both")
         if self.clip is not None and not (isinstance(self.clip, (int, float)) and self.clip > 0):
@@ -115,7 +123,8 @@ class SampleOptions:
     @classmethod
     def of(cls, options: Optional["SampleOptions"] = None, **given) -> "SampleOptions":
         """``options`` itself, or ``SampleOptions(**given)``. With both, every given keyword must hold its
-        default: ``sample(..., options=o, steps=20)`` is refused rather than resolved silently."""
+        default or ``options``' own value: ``sample(..., options=o, steps=20)`` with o.steps = 50 is refused
+        rather than resolved silently."""
         unknown = sorted(set(given) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(f"unknown sampling option(s) {', '.join(unknown)}; allowed: {', '.join(OPTION_NAMES)}")
@@ -124,11 +133,16 @@ class SampleOptions:
         if not isinstance(options, SampleOptions):
             raise TypeError(f"options must be a ddim.SampleOptions, got {type(options).__name__}")
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        clash = [k for k, v in given.items() if not _same(k, v, defaults[k])]
+        clash = [k for k, v in given.items() if not (_same(k, v, defaults[k]) or _same(k, v, getattr(options, k)))]
         if clash:
             raise ValueError(f"give the sampling options either as options= or as keywords, not both "
                              f"(got options and {', '.join(clash)})")
         return options
+
+    @property
+    def net_prediction(self) -> str:
+        """What a bare network (not a ``Denoiser``) is read as predicting: ``prediction``, ε when None."""
+        return self.prediction or "epsilon"
 
     def replace(self, **changes) -> "SampleOptions":
         """A copy with ``changes`` applied (and validated)."""
@@ -147,9 +161,9 @@ class SampleOptions:
 
 
 def _same(name: str, value, default) -> bool:
-    """Whether a keyword holds its default (a ``Solver`` counts by its name; any tensor as given)."""
+    """Whether a keyword holds ``default`` (a ``Solver`` counts by its name; any tensor as given)."""
     if name == "solver":
-        return getattr(value, "name", value) == default
+        return getattr(value, "name", value) == getattr(default, "name", default)
     return not torch.is_tensor(value) and value == default
 
 

@@ -18,10 +18,14 @@ grid point ᾱ = 1: σ = 0, λ = +∞, h = ∞, e^{−h} = 0. A new solver is on
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+
+from ...checks import check_int, check_number
+from ...timesteps import SPACINGS
 
 __all__ = ["Solver", "register", "SOLVERS", "get_solver", "solver_help", "dpm_lambda", "steps_lambda",
            "multistep_order", "combine"]
@@ -32,13 +36,19 @@ SOLVERS: dict = {}
 
 def register(*variants: dict, **fields):
     """Class decorator: add ``cls(**fields)`` to ``SOLVERS`` under its name, or with ``variants`` (dicts of
-    fields) one instance per variant, in order: the members of one family (DPM-Solver++ 2M, 3M, ...)."""
+    fields) one instance per variant, in order: the members of one family (DPM-Solver++ 2M, 3M, ...).
+    All or nothing: a refused variant leaves ``SOLVERS`` as it was."""
     def add(cls):
-        for kw in variants or (fields,):
-            solver = cls(**kw)
-            if solver.name in SOLVERS:
-                raise ValueError(f"a solver named {solver.name!r} is registered already")
-            SOLVERS[solver.name] = solver
+        if not (isinstance(cls, type) and issubclass(cls, Solver)):
+            raise TypeError(f"register takes a subclass of ddim.samplers.Solver, got {cls!r}")
+        if cls.step is Solver.step:
+            raise TypeError(f"solver class {cls.__name__} must define step()")
+        made = [cls(**kw) for kw in variants or (fields,)]  # each checked by Solver.__post_init__
+        names = [s.name for s in made]
+        taken = [n for i, n in enumerate(names) if n in SOLVERS or n in names[:i]]
+        if taken:
+            raise ValueError(f"a solver named {taken[0]!r} is registered already")
+        SOLVERS.update(zip(names, made))
         return cls
     return add
 
@@ -58,6 +68,17 @@ class Solver:
     default_steps: int = 50
     default_spacing: str = "uniform"
 
+    def __post_init__(self) -> None:
+        # A name is a CLI choice, an eval folder name and a list entry in messages: plain words only.
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", self.name):
+            raise ValueError(f"solver name must be letters, digits and _ . + - (not starting with a symbol), "
+                             f"got {self.name!r}")
+        if self.noise_eta is not None:
+            check_number("noise_eta", self.noise_eta, 0.0)
+        check_int("default_steps", self.default_steps, 1)
+        if self.default_spacing not in SPACINGS:
+            raise ValueError(f"unknown default_spacing {self.default_spacing!r}; allowed: {', '.join(SPACINGS)}")
+
     # ---- what a solver declares -------------------------------------------------------------------
     @property
     def reads_x0_and_eps(self) -> bool:
@@ -75,7 +96,10 @@ class Solver:
         return S
 
     def eta(self, eta) -> object:
-        """The η the plan's noise column is built with; refuses an η the solver does not take."""
+        """The η the plan's noise column is built with: the caller's (``noise_eta`` None), else the solver's own,
+        refusing an η the solver does not take."""
+        if self.noise_eta is None:
+            return eta
         if any(eta) if isinstance(eta, tuple) else eta not in (0, 0.0):  # a per-step η of zeros is η = 0
             shown = f"a per-step η with {sum(e != 0 for e in eta)} non-zero values" if isinstance(eta, tuple) \
                 else f"eta={eta!r}"
@@ -100,7 +124,7 @@ class Solver:
         """x_t → x_{t−1} for step k. ``predict(x, t, ᾱ_t)`` -> (x̂_0, ε̂); ``t_batch``: (S, B) step indices;
         ``coef``: the device ``Plan`` (its ``table`` holds this solver's columns); ``state``: this run's dict;
         ``noise_at(k, j=0)``: the j-th N(0, I) draw of step k, or None. Returns (x_{t−1}, x̂_0 of the step)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"solver {self.name!r} does not define step()")
 
     def invert_step(self, k: int, x: torch.Tensor, eps_at: Callable, t_batch: torch.Tensor, coef):
         """x_{t−1} → x_t, the reverse of step k (``invertible`` solvers only). Returns (x_t, x̂_0)."""

@@ -27,9 +27,6 @@ class DDIM(Solver):
     def invertible(self) -> bool:
         return True
 
-    def eta(self, eta) -> object:
-        return eta
-
     def step(self, k, x, predict, t_batch, coef, state, noise_at):
         x0, eps = predict(x, t_batch[k], coef.abar_t[k])
         z = noise_at(k)

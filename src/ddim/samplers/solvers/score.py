@@ -36,10 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...forward import score_from_eps  # noqa: F401  (the score of eq. 1, re-exported for the score view)
 from .base import Solver, get_solver, register
 
-__all__ = ["score_from_eps", "langevin_step", "snr_step_size", "sde_coefficients", "ReverseSDE", "ProbabilityFlow",
+__all__ = ["langevin_step", "snr_step_size", "sde_coefficients", "ReverseSDE", "ProbabilityFlow",
            "AnnealedLangevin", "PredictorCorrector", "PC_PREDICTORS"]
 
 
