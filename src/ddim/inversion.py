@@ -40,6 +40,7 @@ from .forward import x0_from_eps
 from .guidance import ClassifierFreeGuidance, guided_combination
 from .noise import Generators, randn
 from .samplers import ddim_invert_step, ddim_step, plan
+from .samplers.steps import euler_coefficients
 from .samplers.options import grid_tuple
 from .schedule import Schedule
 
@@ -285,9 +286,9 @@ def _invert_ddpm(den: Denoiser, grid, x0, labels, w, eta, generator):
 
 
 def edict_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float]:
-    """(a, b) of the DDIM η = 0 step x_{t−1} = a x_t + b ε̂ (EDICT eq. 5): a = √(ᾱ_{t−1}/ᾱ_t),
-    b = √(1 − ᾱ_{t−1}) − √(ᾱ_{t−1}(1 − ᾱ_t)/ᾱ_t)."""
-    return (abar_prev / abar_t) ** 0.5, (1 - abar_prev) ** 0.5 - (abar_prev * (1 - abar_t) / abar_t) ** 0.5
+    """(a, b) of the DDIM η = 0 step x_{t−1} = a x_t + b ε̂ (EDICT eq. 5) as floats: ``euler_coefficients``."""
+    a, b = euler_coefficients(abar_t, abar_prev)
+    return float(a), float(b)
 
 
 def _invert_edict(den: Denoiser, grid, x0, labels, w, mix):

@@ -227,7 +227,8 @@ def _run_eval(args) -> int:
         model, schedule, config = load_checkpoint(args.checkpoint, ema=args.ema, device=device)
         _validate(args, model, schedule, mode, steps, etas, config.prediction)
         writable(args.out, folder=True)  # created only once the data has loaded: a refusal leaves nothing behind
-        # hashed once: the FID grid's sample stores record it too (``sample_grid``)
+        # the report names the weights; the FID grid's sample stores hash them again themselves (``sample_grid``),
+        # a fraction of a second accepted so that a store checks its own key
         common = {"mode": mode, "checkpoint": str(args.checkpoint), "weights_sha256": weights_sha256(model),
                   "ema": args.ema, "prediction": config.prediction, "num_train_steps": schedule.num_steps,
                   "steps": list(steps), "n": n, "seed": args.seed, "batch_size": args.batch_size,

@@ -18,7 +18,8 @@ import torch
 
 from ..forward import x0_from_eps
 
-__all__ = ["sigma_eta", "sigma_hat", "posterior_variance", "ddim_step", "ddim_invert_step", "clip_x0",
+__all__ = ["sigma_eta", "sigma_hat", "posterior_variance", "ddim_step", "ddim_invert_step", "euler_coefficients",
+           "clip_x0",
            "dynamic_threshold"]
 
 
@@ -72,6 +73,16 @@ def ddim_invert_step(x: torch.Tensor, eps: torch.Tensor, abar_t, abar_prev):
     """
     x0 = x0_from_eps(x, eps, abar_prev)
     return ddim_step(x0, eps, abar_t, 0.0), x0
+
+
+def euler_coefficients(abar_t, abar_prev):
+    """(a, b) of the η = 0 step written as x_{t−1} = a x_t + b ε̂ (DDIM eq. 13's Euler step; EDICT eq. 5; EDM
+    Algorithm 1's Euler step in the model's x): a = √(ᾱ_{t−1}/ᾱ_t), b = √ᾱ_{t−1} (σ_e,{t−1} − σ_e,t) with
+    σ_e = √((1 − ᾱ)/ᾱ). abar_t, abar_prev: floats or (S,) sequences. Returns: (a, b) float64 tensors shaped
+    like the input."""
+    at, ap = torch.as_tensor(abar_t, dtype=torch.float64), torch.as_tensor(abar_prev, dtype=torch.float64)
+    sig = lambda a: ((1 - a) / a).sqrt()  # noqa: E731
+    return (ap / at).sqrt(), ap.sqrt() * (sig(ap) - sig(at))
 
 
 def clip_x0(x0: torch.Tensor, clip: float) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
+from ..steps import euler_coefficients
 from .base import Solver, register
 
 __all__ = ["Heun", "heun_coefficients"]
@@ -15,15 +15,13 @@ __all__ = ["Heun", "heun_coefficients"]
 def heun_coefficients(abar_t, abar_prev):
     """EDM Algorithm 1 in the model's x: with σ_e = √((1 − ᾱ)/ᾱ) and y = x/√ᾱ, dy/dσ_e = ε̂, so
         Euler:  x_t = a x_s + b ε̂_s,   Heun:  x_t = a x_s + b (ε̂_s + ε̂(x_t^Euler, t))/2,
-    a = √(ᾱ_t/ᾱ_s), b = √ᾱ_t (σ_e,t − σ_e,s). The Euler step is exactly DDIM η = 0 (with a clipped x̂_0
-    too: ``sample`` then re-derives the ε̂ this step reads from it).
+    (a, b) = ``euler_coefficients``: the Euler step is exactly DDIM η = 0 (with a clipped x̂_0 too: ``sample``
+    then re-derives the ε̂ this step reads from it).
 
     Returns:
         (a, b) (S,) float64.
     """
-    at, ap = torch.as_tensor(abar_t, dtype=torch.float64), torch.as_tensor(abar_prev, dtype=torch.float64)
-    sig = lambda a: ((1 - a) / a).sqrt()  # noqa: E731
-    return (ap / at).sqrt(), ap.sqrt() * (sig(ap) - sig(at))
+    return euler_coefficients(abar_t, abar_prev)
 
 
 @register(name="heun", summary="EDM's Heun, 2 model calls per step")
