@@ -278,3 +278,24 @@ def run_config_edited(tmp: Path, argv: list, edit) -> str:
 
 def sandbox_env(**env) -> dict:
     return {**os.environ, **{k: str(v) for k, v in env.items()}}
+
+
+def png_header_only(path: Path, width: int, height: int) -> str:
+    """A PNG that declares width × height grey pixels but holds none: a size check must read the header
+    alone (a real 12000 × 12000 image would take seconds and 144 MB to make)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return str(path)
+
+
+def link_to_fifo(tmp: Path, name: str) -> str:
+    """A symbolic link called ``name`` to a named pipe beside it (what /dev/zero is to a root user's output)."""
+    os.mkfifo(tmp / "pipe")
+    (tmp / name).symlink_to(tmp / "pipe")
+    return str(tmp / name)

@@ -325,3 +325,30 @@ def test_random_hflip_uses_only_the_generator():
         random_hflip(x, None)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         random_hflip(x[0], torch.Generator())
+
+
+def test_folder_16_bit_png_is_scaled_not_clipped(tmp_path):
+    save(tmp_path / "a.png", "L", (8, 8), 10)
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "x16.png")  # nearly black, as I;16
+    d = load_dataset("folder", tmp_path)
+    assert d.images.shape == (2, 1, 8, 8) and d.images[1].unique().tolist() == [4]  # 1000 / 257, not 255
+
+
+def test_folder_bounds_decoded_pixels_as_the_cli_inputs(tmp_path):
+    import hostile as H
+
+    from ddim.images import MAX_PIXELS
+
+    save(tmp_path / "a.png", "L", (8, 8), 10)
+    H.png_header_only(tmp_path / "huge.png", 5000, MAX_PIXELS // 5000 + 1)  # no data: refused from the header
+    with pytest.raises(DatasetError, match=f"huge.png is too large: 5000×3201 pixels; at most {MAX_PIXELS:,}"):
+        load_dataset("folder", tmp_path, image_size=8)
+
+
+def test_folder_says_only_an_animations_first_frame_is_used(tmp_path):
+    frames = [Image.new("L", (8, 8), v) for v in (30, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    save(tmp_path / "b.png", "L", (8, 8), 10)
+    with pytest.warns(UserWarning, match="1 image file.* animated \\(e.g. anim.gif\\); only the first frame"):
+        d = load_dataset("folder", tmp_path)
+    assert int(d.images[0].float().mean()) == 30

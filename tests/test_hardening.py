@@ -272,6 +272,17 @@ CASES = [
         str(t / "o.png")], "give no usable noise levels"),
     ("resume with fewer --steps", lambda t: [*TRAIN, "--resume", "--steps", "2", "--out", H.run_dir(t, TRAIN, 4)],
      "--steps 2 is below the step of the latest checkpoint (step_000004, step 4)"),
+    # the fourth round: values refused whatever the environment, links to what is not a file, Pillow's own noise
+    ("eval --dist-timeout 1e18", lambda t: ["eval", "--consistency", "--n", "2", "--dist-timeout", "1e18", "--out",
+                                            str(t / "ev")], "must be a number of seconds in (0, 604,800], got 1e+18"),
+    ("eval --dist-timeout 0", lambda t: ["eval", "--consistency", "--n", "2", "--dist-timeout", "0", "--out",
+                                         str(t / "ev")], "argument --dist-timeout: the rendezvous timeout"),
+    ("train --dist-timeout nan", lambda t: [*TRAIN, "--dist-timeout", "nan", "--out", str(t / "run")],
+     "must be a number of seconds in (0, 604,800], got nan"),
+    ("out a link to a pipe", lambda t: ["sample", "--out", H.link_to_fifo(t, "link.png")],
+     "link.png: it exists and is not a regular file"),
+    ("image of 144 M pixels", lambda t: ["reconstruct", "--images", H.png_header_only(t / "big.png", 12000, 12000),
+                                         "--out", str(t / "o.png")], "big.png is too large: 12000×12000 pixels"),
 ]
 
 

@@ -182,3 +182,37 @@ def test_an_animated_gif_says_which_frame_it_read(tmp_path, capsys):
     assert main(["reconstruct", "--images", str(tmp_path / "a.gif"), "--steps", "2", "--out",
                  str(tmp_path / "r.png")]) == 0
     assert "a.gif: used the first of its 2 frames" in capsys.readouterr().err
+
+
+def test_a_world_size_beyond_any_run_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", str(10**20))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(H.free_port()))
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    assert main(["eval", "--n", "2", "--steps", "2", "--eta", "0", "--quiet", "--dist-timeout", "3", "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("ddim: error: WORLD_SIZE=100000000000000000000 is more processes than a run can have (allowed: 1 "
+                   "to 65,536)\n"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_runs_lock_file_is_taken_over_with_a_note(tmp_path):
+    import subprocess
+    import sys
+
+    from ddim.files import LOCK_NAME, claim_folder
+
+    out = tmp_path / "ev"
+    code = ("import sys; from ddim.files import claim_folder\n"
+            f"with claim_folder({str(out)!r}, 'ddim eval --fid'): print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == b"held"
+    holder.kill()
+    holder.wait()
+    assert (out / LOCK_NAME).exists()  # SIGKILL ran no clean-up
+    stale = f"still marked as used by process {holder.pid} \\(ddim eval --fid\\), which ended without releasing it"
+    with pytest.warns(UserWarning, match=stale), claim_folder(out, "ddim eval --fid"):
+        pass
+    assert not (out / LOCK_NAME).exists()

@@ -300,6 +300,14 @@ def _center_square(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
+def _read(how, f: Path):
+    """``how(f)`` (``ddim.images``' header reader or decoder), its refusal a DatasetError (they name the file)."""
+    try:
+        return how(f)
+    except (OSError, ValueError) as e:
+        raise DatasetError(str(e)) from None
+
+
 def load_folder(data_dir, image_size: Optional[int] = None, channels: Optional[int] = None) -> ImageData:
     """Every image in a folder, as a square uint8 ``ImageData``.
 
@@ -308,11 +316,13 @@ def load_folder(data_dir, image_size: Optional[int] = None, channels: Optional[i
     files directly in ``data_dir`` are read and labels are None. Extensions: ``IMAGE_EXTENSIONS``,
     any case; hidden files and directories are skipped.
 
-    Each image is converted to "L" (channels=1) or "RGB" (channels=3; None: RGB unless every image
-    is grayscale), its shorter side resized to ``image_size`` and the centre square cropped. With
-    ``image_size=None`` all images must share one size, and the side is its shorter one.
+    Each image is read as ``ddim.images.open_image`` reads the CLI's inputs (at most ``MAX_PIXELS``, the
+    first frame of an animation, 16-bit grayscale scaled to 8 bits), converted to "L" (channels=1) or
+    "RGB" (channels=3; None: RGB unless every image is grayscale), its shorter side resized to
+    ``image_size`` and the centre square cropped. With ``image_size=None`` all images must share one size,
+    and the side is its shorter one.
     """
-    from PIL import Image
+    from .images import image_header, open_image
 
     root = Path(data_dir)
     image_size, channels = _check_size(image_size), _check_channels(channels)
@@ -338,14 +348,16 @@ def load_folder(data_dir, image_size: Optional[int] = None, channels: Optional[i
                            f"neither directly nor in class subdirectories")
 
     # First pass reads headers only (cheap) to settle the mode and the size before decoding anything.
-    modes, sizes = [], set()
+    modes, sizes, animated = [], set(), []
     for f in files:
-        try:
-            with Image.open(f) as img:
-                modes.append(img.mode)
-                sizes.add(img.size)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"cannot read image file {f}: {e}") from None
+        mode, size, frames = _read(image_header, f)
+        modes.append(mode)
+        sizes.add(size)
+        if frames > 1:
+            animated.append(f)
+    if animated:
+        warnings.warn(f"{len(animated)} image file(s) in {root} are animated (e.g. {animated[0].name}); only the first "
+                      "frame of each is used", UserWarning, stacklevel=2)
     mode = {1: "L", 3: "RGB"}[channels] if channels else ("L" if set(modes) <= _GRAY_MODES else "RGB")
     if image_size is None:
         if len(sizes) > 1:
@@ -355,11 +367,7 @@ def load_folder(data_dir, image_size: Optional[int] = None, channels: Optional[i
 
     out = np.empty((len(files), 1 if mode == "L" else 3, image_size, image_size), dtype=np.uint8)
     for i, f in enumerate(files):
-        try:
-            with Image.open(f) as img:
-                img = _center_square(img.convert(mode), image_size)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"cannot decode image file {f}: {e}") from None
+        img = _center_square(_read(open_image, f)[0].convert(mode), image_size)  # the CLI inputs' decoder
         a = np.asarray(img, dtype=np.uint8)
         out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     labels = None if targets is None else torch.tensor(targets, dtype=torch.int64)

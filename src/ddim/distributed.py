@@ -18,7 +18,8 @@ import torch.distributed as dist
 from .device import DistInfo, dist_info_from_env, env_int, resolve_device  # noqa: F401  (re-exported)
 
 __all__ = ["DistInfo", "dist_info_from_env", "init_distributed", "shutdown", "all_reduce_sum", "any_rank",
-           "barrier", "resolve_device", "RENDEZVOUS_TIMEOUT"]
+           "barrier", "resolve_device", "check_timeout", "RENDEZVOUS_TIMEOUT", "MAX_RENDEZVOUS_TIMEOUT",
+           "MAX_WORLD_SIZE"]
 
 
 # A gloo group beside an nccl one, for host-side flags (``any_rank``): None when the default group is
@@ -28,6 +29,17 @@ _HOST_GROUP = None
 
 RENDEZVOUS_TIMEOUT = 600.0
 """Seconds a process waits for the others to join (``--dist-timeout``); collectives keep torch's own limit."""
+MAX_RENDEZVOUS_TIMEOUT = 7 * 86400.0  # a week: longer is a typo (Python's timedelta overflows near 1e14 s)
+MAX_WORLD_SIZE = 1 << 16  # processes; torch's TCPStore takes a C int, and no run of this project needs more
+
+
+def check_timeout(timeout) -> float:
+    """``timeout`` as seconds if it is a number in (0, MAX_RENDEZVOUS_TIMEOUT], else a ValueError naming it
+    (checked whether or not the run is distributed: the refusal follows the value, not the environment)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_RENDEZVOUS_TIMEOUT:
+        raise ValueError(f"the rendezvous timeout (--dist-timeout) must be a number of seconds in (0, "
+                         f"{MAX_RENDEZVOUS_TIMEOUT:,.0f}], got {timeout!r}")
+    return float(timeout)
 
 
 def init_distributed(info: DistInfo, device: torch.device, timeout: float = RENDEZVOUS_TIMEOUT,
@@ -40,10 +52,12 @@ def init_distributed(info: DistInfo, device: torch.device, timeout: float = REND
     Under torchrun the agent has already gathered the processes.
     """
     global _HOST_GROUP
+    check_timeout(timeout)
     if not info.distributed or dist.is_initialized():
         return
-    if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
-        raise ValueError(f"the rendezvous timeout (--dist-timeout) must be a number of seconds > 0, got {timeout!r}")
+    if info.world_size > MAX_WORLD_SIZE:
+        raise ValueError(f"WORLD_SIZE={info.world_size} is more processes than a run can have (allowed: 1 to "
+                         f"{MAX_WORLD_SIZE:,})")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -3,13 +3,14 @@
 Every file ddim reads from a checkpoint, a model folder or a data set goes through ``read_bytes``: it must
 be a regular file (not a device, a FIFO or a folder; with ``follow_symlinks=False`` not a symbolic link
 either) of at most ``limit`` bytes, checked on the open descriptor, so an endless ``/dev/zero`` or a file
-swapped in after the check is refused rather than read until memory runs out. ``read_json`` adds a bound
-on nesting: Python's parser recurses, and a config is a few levels deep.
+swapped in after the check is refused rather than read until memory runs out (``open_regular`` makes the
+same check for a reader that takes a file object). ``read_json`` adds a bound on nesting: Python's parser
+recurses, and a config is a few levels deep.
 
 ``claim_folder`` makes one process the writer of a run folder (``ddim train``, ``ddim eval``): a second
 process asking for the same folder is refused in one line while the first runs. The claim is an advisory
 ``flock`` on ``FOLDER/.ddim-lock``, so the kernel drops it when its process dies, even by SIGKILL, and a
-stale lock file never blocks a later run.
+stale lock file never blocks a later run (which says whose claim it takes over).
 """
 
 from __future__ import annotations
@@ -19,12 +20,18 @@ import errno
 import json
 import os
 import stat
+import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
-__all__ = ["read_bytes", "read_json", "json_depth", "regular_file", "claim_folder", "check_folder_free",
+__all__ = ["open_regular", "read_bytes", "read_json", "json_depth", "regular_file", "claim_folder", "check_folder_free",
            "safetensors_dtypes", "SAFETENSORS_DTYPES", "FLOAT_DTYPES", "LOCK_NAME", "MAX_JSON_BYTES",
            "MAX_JSON_DEPTH"]
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 PathLike = Union[str, os.PathLike]
 MAX_JSON_BYTES = 64 << 20   # 100,000 trained betas take ~2.5 MB; 64 MiB is damage, not a config
@@ -54,14 +61,14 @@ def regular_file(path: PathLike, follow_symlinks: bool = True) -> os.stat_result
     return st
 
 
-def read_bytes(path: PathLike, limit: int, follow_symlinks: bool = True) -> bytes:
-    """The whole content of a regular file of at most ``limit`` bytes (module docstring).
+def open_regular(path: PathLike, follow_symlinks: bool = True) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file, checked on the open descriptor (module
+    docstring); opening never blocks, even on a pipe.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a regular file (or a symbolic link when ``follow_symlinks`` is False), or larger
-            than ``limit``.
-        OSError: the read itself failed.
+        ValueError: not a regular file (or a symbolic link when ``follow_symlinks`` is False).
+        OSError: the open itself failed.
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # O_NONBLOCK: opening a FIFO never waits
     if not follow_symlinks:
@@ -78,12 +85,26 @@ def read_bytes(path: PathLike, limit: int, follow_symlinks: bool = True) -> byte
         st = os.fstat(fd)  # the opened file itself: nothing can be swapped in between check and read
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{path} is {_kind(st.st_mode)}, not a regular file")
-        if st.st_size > limit:
-            raise ValueError(f"{path} is too large: {st.st_size:,} bytes, at most {limit:,} are read")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: PathLike, limit: int, follow_symlinks: bool = True) -> bytes:
+    """The whole content of a regular file of at most ``limit`` bytes (module docstring).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file (or a symbolic link when ``follow_symlinks`` is False), or larger
+            than ``limit``.
+        OSError: the read itself failed.
+    """
+    with open_regular(path, follow_symlinks) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ValueError(f"{path} is too large: {size:,} bytes, at most {limit:,} are read")
+        data = f.read(limit + 1)
     if len(data) > limit:  # grew after the fstat
         raise ValueError(f"{path} is too large: over {limit:,} bytes")
     return data
@@ -163,9 +184,7 @@ def safetensors_dtypes(path: PathLike) -> dict[str, str]:
 
 def _flock(fd: int) -> bool:
     """Take the exclusive lock on ``fd`` without waiting; False if another open file holds it."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): runs are not serialised there
+    if fcntl is None:  # no flock (Windows): runs are not serialised there
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -232,6 +251,15 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _note_stale(fd: int, folder: Path) -> None:
+    """Say whose claim this run takes over: a lock file that still names a holder although its lock was free
+    was left by a run that ended without releasing the folder (killed), and is harmless."""
+    left = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() if fcntl is not None else ""
+    if left:
+        warnings.warn(f"{folder} was still marked as used by {left}, which ended without releasing it (killed?); "
+                      "taking it over", UserWarning, stacklevel=4)
+
+
 @contextlib.contextmanager
 def claim_folder(folder: PathLike, what: str) -> Iterator[Path]:
     """Be the only writer of ``folder`` for the ``with`` block (module docstring): creates it (and missing
@@ -263,6 +291,7 @@ def claim_folder(folder: PathLike, what: str) -> Iterator[Path]:
     else:
         raise ValueError(f"{lock} keeps changing under this process; is another one starting in {folder}?")
     try:
+        _note_stale(fd, folder)
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} ({what})\n".encode())
         yield folder

@@ -6,7 +6,9 @@ torchvision. Pillow is only imported when a file is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -15,8 +17,8 @@ import torch
 from .atomic import atomic_write
 from .files import regular_file
 
-__all__ = ["check_channels", "to_uint8", "make_grid", "save_grid", "save_images", "load_images", "save_gif", "check_image_path",
-           "IMAGE_SUFFIXES"]
+__all__ = ["check_channels", "to_uint8", "make_grid", "save_grid", "save_images", "load_images", "open_image",
+           "image_header", "save_gif", "check_image_path", "IMAGE_SUFFIXES", "MAX_PIXELS"]
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
                   ".tiff": "TIFF", ".webp": "WEBP"}
@@ -94,14 +96,14 @@ def _to_pil(image: torch.Tensor):
 
 
 def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: Optional[int] = None,
-              padding: int = 2) -> Path:
+              padding: int = 2, follow_symlinks: bool = False) -> Path:
     """Write ``make_grid(images, nrow, padding)`` as an image file, atomically (parent folders are created;
-    the format follows the suffix, see ``check_image_path``)."""
+    the format follows the suffix, see ``check_image_path``; ``follow_symlinks``: see ``atomic_write``)."""
     path = Path(path)
     fmt = check_image_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = _to_pil(make_grid(images, nrow, padding))
-    return atomic_write(path, lambda f: pil.save(f, format=fmt))
+    return atomic_write(path, lambda f: pil.save(f, format=fmt), follow_symlinks=follow_symlinks)
 
 
 def save_images(images: torch.Tensor, directory: Union[str, Path], start: int = 0,
@@ -119,18 +121,74 @@ def save_images(images: torch.Tensor, directory: Union[str, Path], start: int = 
     return paths
 
 
+@contextlib.contextmanager
+def _opened(path: Path):
+    """The Pillow image of ``path``, header read, pixels not yet decoded; every way a file can fail to be
+    a readable image within ``MAX_PIXELS`` (also while the ``with`` body decodes it) is one error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        regular_file(path)  # a pipe or a device would block or never end
+        with warnings.catch_warnings():
+            # Pillow warns from 89 M pixels; MAX_PIXELS refuses far fewer, so its warning would only add a line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.width * img.height > MAX_PIXELS:  # refused from the header, before decoding
+                raise ValueError(f"{path} is too large: {img.width}×{img.height} pixels; at most {MAX_PIXELS:,} are read")
+            yield img
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path} does not exist") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, in open() for the largest headers
+        raise ValueError(f"{path} is too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; at most "
+                         f"{MAX_PIXELS:,} are read") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__})") from None
+
+
+def image_header(path: str | Path) -> tuple[str, tuple[int, int], int]:
+    """(mode, (width, height), frames) of an image file, from its header; refuses what ``open_image`` does
+    before decoding (not a regular file, not an image, over ``MAX_PIXELS``)."""
+    with _opened(Path(path)) as img:
+        return img.mode, img.size, getattr(img, "n_frames", 1)
+
+
+def open_image(path: str | Path):
+    """An image file's first frame, decoded, with 16-bit grayscale scaled to 8 bits ("L"; converting it
+    would clip every value above 255 to white), and one note per such change.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, not a readable image, or over ``MAX_PIXELS`` pixels (each naming it).
+    """
+    from PIL import Image
+
+    path, notes = Path(path), []
+    with _opened(path) as img:
+        frames = getattr(img, "n_frames", 1)
+        img.load()
+    if frames > 1:
+        notes.append(f"{path}: used the first of its {frames} frames")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        wide = np.asarray(img, dtype=np.float64)
+        notes.append(f"{path}: scaled {img.mode} from the 16-bit range to 8 bits")
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    return img, notes
+
+
 def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, list[str]]:
     """Read image files (PNG, JPEG, any size and mode) as a model's input.
 
-    Each image is converted to grayscale ("L", channels=1) or RGB (channels=3), its shorter side resized
-    to ``image_size`` and the centre square cropped (as ``ddim.data`` does for image folders).
+    Each image is read with ``open_image``, converted to grayscale ("L", channels=1) or RGB (channels=3),
+    its shorter side resized to ``image_size`` and the centre square cropped (as ``ddim.data`` does for
+    image folders).
 
     Returns:
         (N, channels, image_size, image_size) float32 in [-1, 1], and one note per change made
         (conversion, resize), for the user to see.
     """
-    from PIL import Image, UnidentifiedImageError
-
     from .data import _center_square
 
     if channels not in (1, 3):
@@ -138,29 +196,8 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
     mode = "L" if channels == 1 else "RGB"
     out, notes = [], []
     for path in map(Path, paths):
-        try:
-            regular_file(path)  # a pipe or a device would block or never end
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:  # refused from the header, before decoding
-                    raise ValueError(f"{path} is too large: {img.width}×{img.height} pixels; at most "
-                                     f"{MAX_PIXELS:,} are read")
-                frames = getattr(img, "n_frames", 1)
-                img.load()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file {path} does not exist") from None
-        except Image.DecompressionBombError:  # Pillow's own guard, in open() for the largest headers
-            raise ValueError(f"{path} is too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; at most "
-                             f"{MAX_PIXELS:,} are read") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{path} is not a readable image ({type(e).__name__})") from None
-        if frames > 1:
-            notes.append(f"{path}: used the first of its {frames} frames")
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: scale, do not clip to 255
-            import numpy as np
-
-            wide = np.asarray(img, dtype=np.float64)
-            notes.append(f"{path}: scaled {img.mode} from the 16-bit range to 8 bits")
-            img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+        img, changes = open_image(path)
+        notes += changes
         if img.mode != mode:
             notes.append(f"{path}: converted {img.mode} to {mode}")
             img = img.convert(mode)
@@ -174,10 +211,10 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
     return torch.stack(out), notes
 
 
-def save_gif(frames: list, path: Union[str, Path], duration_ms: int = 120) -> Path:
-    """Write uint8 (C, H, W) frames as a looping GIF, atomically."""
+def save_gif(frames: list, path: Union[str, Path], duration_ms: int = 120, follow_symlinks: bool = False) -> Path:
+    """Write uint8 (C, H, W) frames as a looping GIF, atomically (``follow_symlinks``: see ``atomic_write``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = [_to_pil(f) for f in frames]
     return atomic_write(path, lambda f: pil[0].save(f, format="GIF", save_all=True, append_images=pil[1:],
-                                                    duration=duration_ms, loop=0))
+                                                    duration=duration_ms, loop=0), follow_symlinks=follow_symlinks)

@@ -222,11 +222,25 @@ def add_sampling_args(p, default_steps: int = 50, with_class: bool = True, solve
     add_quiet(p)
 
 
+def _dist_timeout(text: str) -> float:
+    """--dist-timeout: checked at parsing, so a bad value is refused with or without RANK/WORLD_SIZE."""
+    from ..distributed import check_timeout
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return check_timeout(seconds)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_dist_timeout(g) -> None:
     """--dist-timeout, for the subcommands that run under torchrun (train, train-classifier, eval)."""
     from ..distributed import RENDEZVOUS_TIMEOUT
 
-    g.add_argument("--dist-timeout", type=float, default=RENDEZVOUS_TIMEOUT, metavar="SECONDS",
+    g.add_argument("--dist-timeout", type=_dist_timeout, default=RENDEZVOUS_TIMEOUT, metavar="SECONDS",
                    help="with RANK and WORLD_SIZE set (torchrun, or by hand): how long a process waits for the others "
                         "to join before it gives up, naming who is missing")
 
@@ -359,6 +373,8 @@ def writable(path, suffixes=None, folder: bool = False) -> Path:
     try:
         if path.is_dir() != folder and path.exists():
             raise OSError(f"cannot write {path}: it exists and is {'not ' if folder else ''}a folder")
+        if not folder and path.exists() and not path.is_file():  # a device or a pipe (or a link to one)
+            raise OSError(f"cannot write {path}: it exists and is not a regular file")
         ancestor = path if folder else path.parent
         while not ancestor.exists():  # the nearest existing ancestor must be a writable folder
             if ancestor.is_symlink():
@@ -400,13 +416,14 @@ def check_count(name: str, value: int, most: int, least: int = 1) -> None:
 # ---------------------------------------------------------------------------------- loading and output
 
 def save_npz(path, **arrays) -> None:
-    """``numpy.savez`` to exactly ``path`` (no ".npz" appended), atomically."""
+    """``numpy.savez`` to exactly ``path`` (no ".npz" appended), atomically; a link there (the user's own
+    path) is followed."""
     import numpy as np
 
     from ..atomic import atomic_write
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays), follow_symlinks=True)
 
 
 def load_model(args):

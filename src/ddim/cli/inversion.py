@@ -121,7 +121,7 @@ def _run_reconstruct(args) -> int:
         with torch.inference_mode(), progress(args, args.steps, "sampling") as bar:
             back = sample(m, schedule, xT, args.steps, 0.0, args.spacing, prediction,
                           callback=lambda *_: bar.update()).float().cpu()
-    save_grid(torch.cat([x0, back]), out, nrow=len(x0))
+    save_grid(torch.cat([x0, back]), out, nrow=len(x0), follow_symlinks=True)
     mse = ((back - x0) / 2).pow(2).flatten(1).mean(1)  # [-1, 1] -> [0, 1] scale, per image
     for path, e in zip(args.images, mse.tolist()):
         print(f"{path}\tmse {e:.6f}")
@@ -202,7 +202,7 @@ def _run_edit(args) -> int:
         if args.mode in ("sdedit", "both"):
             gens = generators(args.seed, range(n), device)  # one stream per image
             rows.append(sdedit(target, schedule, x0, args.strength, options, gens).float().cpu())
-    save_grid(torch.cat(rows), out, nrow=n)
+    save_grid(torch.cat(rows), out, nrow=n, follow_symlinks=True)
     shown = ["original"] + ["inversion edit"] * (args.mode != "sdedit") + ["SDEdit"] * (args.mode != "invert")
     note(args, [f"wrote {out} ({n} images; rows: {' | '.join(shown)})"])
     return 0

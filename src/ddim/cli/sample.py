@@ -103,7 +103,7 @@ def _run_sample(args) -> int:
                        on_step=bar.update)
     images, traj = res if args.trajectory else (res, None)
     if pictures:
-        save_grid(images, out)
+        save_grid(images, out, follow_symlinks=True)  # the user's own path: a link there is followed
     if args.npz:
         save_npz(args.npz, images=images.numpy(), seed=args.seed, steps=steps, eta=str(eta))
     if args.images_dir:
@@ -155,12 +155,12 @@ def _save_trajectory(traj, path, samples: int = 4, columns: int = 10) -> None:
     xs, x0s = traj.x[1:, :samples].float().cpu(), traj.x0_pred[:, :samples].float().cpu()  # (S, m, C, H, W)
     S, m = x0s.shape[:2]
     if Path(path).suffix.lower() == ".gif":
-        save_gif([make_grid(torch.cat([xs[k], x0s[k]]), nrow=m) for k in range(S)], path)
+        save_gif([make_grid(torch.cat([xs[k], x0s[k]]), nrow=m) for k in range(S)], path, follow_symlinks=True)
         return
     n = min(columns, S)
     cols = sorted({round(k * (S - 1) / max(n - 1, 1)) for k in range(n)})  # evenly spaced, last step included
     rows = [torch.stack([src[k, j] for k in cols]) for j in range(m) for src in (xs, x0s)]
-    save_grid(torch.cat(rows), path, nrow=len(cols))
+    save_grid(torch.cat(rows), path, nrow=len(cols), follow_symlinks=True)
 
 
 def _add_interpolate(sub) -> None:
@@ -210,7 +210,7 @@ def _run_interpolate(args) -> int:
     options = SampleOptions(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver, **rule)
     images = interpolate(model, schedule, z0, z1, args.frames, options, label=label,
                          guidance=guidance_options(args, model, schedule, device))
-    save_grid(images, out, nrow=args.frames)
+    save_grid(images, out, nrow=args.frames, follow_symlinks=True)
     note(args, [f"wrote {out} ({args.frames} frames)"])
     return 0
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +34,12 @@ from ..checks import check_images, check_int
 from ..data import ImageData
 from ..denoiser import Denoiser
 from ..distributed import DistInfo, barrier
-from ..files import read_json
+from ..files import open_regular, read_json
 from ..generate import RunOptions, conditioned, generate_batch, sampling_network
 from ..guidance import GuidanceOptions
 from ..images import to_uint8
-from ..samplers import SampleOptions, run_invert, run_sample
+from ..samplers import SampleOptions, get_solver, run_invert, run_sample
+from ..samplers.loop import sample_setup
 from ..schedule import Schedule
 from .reference import ReferenceStats, evaluate_images
 
@@ -51,6 +54,7 @@ KEY_FILE = "key.json"
 KEY_DEFAULTS = {"channels_last": False, "eps_from_clipped_x0": False, "solver": "ddim", "guidance_method": "cfg",
                 "guide_sha256": None}
 PR_NEIGHBOURS = 3   # k of precision/recall (Kynkäänniemi et al. 2019), fewer only when n ≤ 3
+_FOLDER_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a solver name that is one plain folder-name part
 
 
 def eta_label(eta: Eta) -> str:
@@ -67,6 +71,17 @@ class Cell:
     eta: Eta
     solver: str = "ddim"
 
+    def __post_init__(self):
+        # checked here, before a cell's name becomes a folder: a solver name must be a registered one
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"a cell's steps must be an integer >= 1, got {self.steps!r}")
+        if self.eta != "large" and not (isinstance(self.eta, (int, float)) and not isinstance(self.eta, bool)
+                                        and math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"a cell's eta must be a number >= 0 or 'large', got {self.eta!r}")
+        if not isinstance(self.solver, str) or not _FOLDER_SAFE.fullmatch(self.solver):
+            raise ValueError(f"a cell's solver must be a solver's name, got {self.solver!r}")
+        get_solver(self.solver)  # unknown: a ValueError naming the allowed ones
+
     @property
     def name(self) -> str:
         tail = f"eta{eta_label(self.eta)}" if self.solver == "ddim" else self.solver
@@ -75,8 +90,6 @@ class Cell:
     @property
     def nfe(self) -> int:
         """Model calls per image (Heun: 2S − 1)."""
-        from ..samplers import get_solver
-
         return get_solver(self.solver).nfe(self.steps)
 
 
@@ -145,7 +158,7 @@ class SampleStore:
         """Refuse a folder drawn under another key; with ``create`` (one process only) write the key
         and delete temporary files a killed run left behind."""
         key_file = self.root / KEY_FILE
-        if key_file.is_file():
+        if os.path.lexists(key_file):  # a pipe, a folder or a broken link there is unreadable, not absent
             try:
                 saved = read_json(key_file)
             except (OSError, ValueError):
@@ -156,6 +169,10 @@ class SampleStore:
             if differ:
                 raise ValueError(f"{self.root} holds samples drawn with other settings ({', '.join(differ)} "
                                  "differ); use another output directory or delete that folder")
+        elif self.root.is_dir() and any(self.root.glob("*.npy")):
+            # the key is written before any chunk: chunks without one were drawn with unknown settings
+            raise ValueError(f"{self.root} holds sample chunks but no {KEY_FILE}, so what they were drawn with is "
+                             "unknown; delete that folder to redraw them")
         elif create:
             self.root.mkdir(parents=True, exist_ok=True)
             _atomic_write(key_file, lambda f: f.write(json.dumps(self.key, indent=2, sort_keys=True).encode()))
@@ -165,20 +182,29 @@ class SampleStore:
 
     def missing(self, ranges: Sequence[range], shape: Optional[Sequence[int]] = None) -> list[range]:
         """The chunks of ``ranges`` still to draw: absent, or (given the image ``shape``) damaged, i.e. not
-        a whole .npy of uint8 (len(r), *shape), which is then redrawn over (an interrupted copy, a full disk)."""
-        return [r for r in ranges if not (self._intact(r, shape) if shape is not None else self.path(r).is_file())]
+        a whole .npy of uint8 (len(r), *shape), which is then redrawn over (an interrupted copy, a full disk;
+        a pipe, a device or a link in its place is replaced by the new chunk, never written through).
+
+        Raises:
+            ValueError: a folder in a chunk's place, which no write can replace (found before any sampling).
+        """
+        todo = [r for r in ranges if not (self._intact(r, shape) if shape is not None else self.path(r).is_file())]
+        for r in todo:
+            p = self.path(r)
+            if p.is_dir() and not p.is_symlink():
+                raise ValueError(f"{p} is a folder where a sample chunk goes; remove it")
+        return todo
 
     def _intact(self, r: range, shape: Sequence[int]) -> bool:
         """Whether chunk ``r`` is a complete .npy of uint8 (len(r), *shape), from its header and size alone."""
-        p = self.path(r)
         try:
-            with open(p, "rb") as f:
+            with open_regular(self.path(r)) as f:  # a pipe would block a plain open
                 version = np.lib.format.read_magic(f)
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
                 got, fortran, dtype = read_header(f)
                 data_start = f.tell()
-            size = os.stat(p).st_size
+                size = os.fstat(f.fileno()).st_size
         except (OSError, ValueError, EOFError):
             return False
         want = (len(r), *shape)
@@ -198,7 +224,8 @@ class SampleStore:
         for r in ranges:
             p = self.path(r)
             try:
-                a = np.load(p, allow_pickle=False)
+                with open_regular(p) as f:
+                    a = np.load(f, allow_pickle=False)
             except FileNotFoundError:
                 raise ValueError(f"{p} is missing; rerun to draw it") from None
             except Exception as e:  # noqa: BLE001  NumPy reports a damaged .npy as any of several types
@@ -245,6 +272,19 @@ def _image_shape(model) -> tuple:
     return cfg.in_channels, cfg.image_size, cfg.image_size
 
 
+def _cell_options(cells: Sequence[Cell], opts: SampleOptions, schedule: Schedule, shape) -> list[SampleOptions]:
+    """Each cell's SampleOptions, checked against the schedule as sampling would (steps <= T, η the solver
+    takes), so that a bad cell is refused before any cell's folder or key is written."""
+    out = []
+    for cell in cells:
+        if not isinstance(cell, Cell):
+            raise TypeError(f"cells must be Cell objects, got {type(cell).__name__}")
+        o = opts.replace(steps=cell.steps, eta=cell.eta, solver=cell.solver)
+        sample_setup(schedule, torch.zeros(1, *shape), o)
+        out.append(o)
+    return out
+
+
 def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_dir: Union[str, Path],
                 options: Optional[SampleOptions] = None, guidance: Optional[GuidanceOptions] = None,
                 run: Optional[RunOptions] = None, info: DistInfo = DistInfo(), progress=None) -> list[CellSamples]:
@@ -276,6 +316,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
             "noise_device": device.type,  # generators draw there
             "schedule_sha256": hashlib.sha256(schedule.alphas_cumprod.numpy().tobytes()).hexdigest()}
     ranges = chunk_ranges(n, r.batch_size)
+    cell_opts = _cell_options(cells, opts, schedule, shape)  # every cell checked before any folder is written
     stores, todo = [], []
     for cell in cells:
         store = SampleStore(Path(out_dir) / "samples" / cell.name,
@@ -289,11 +330,10 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         progress.reset(total=sum(cell.steps * len(m) for cell, m in zip(cells, mine)))
     on_step = progress.update if progress is not None else None
     out = []
-    for cell, store, missing, my_chunks in zip(cells, stores, todo, mine):
+    for cell, store, missing, my_chunks, o in zip(cells, stores, todo, mine, cell_opts):
         start = time.perf_counter()
-        cell_opts = opts.replace(steps=cell.steps, eta=cell.eta, solver=cell.solver)
         for rng in my_chunks:
-            x = generate_batch(net, schedule, rng, cell_opts, g, r, on_step=on_step)
+            x = generate_batch(net, schedule, rng, o, g, r, on_step=on_step)
             store.write(rng, to_uint8(x))
         out.append(CellSamples(cell, store, tuple(ranges), shape, len(ranges) - len(missing), len(missing),
                                time.perf_counter() - start))
