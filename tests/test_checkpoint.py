@@ -11,7 +11,7 @@ from ddim.checkpoint import (CheckpointError, NonFiniteError, check_finite, find
 from ddim.nn import UNet
 from ddim.train.state import optimizer_from_flat, optimizer_to_flat
 
-from .conftest import tiny_config
+from tiny import tiny_config
 
 
 def _write(run_dir, step, config=None, keep_last=0, model=None):
