@@ -8,7 +8,7 @@ counted, its time is). Edits: the first --edit-n test images, inverted with thei
 toward class (y + 5) mod 10 at --edit-w; "hit" is the fraction the shipped classifier assigns to the new
 class, "dist" the MSE to the source image ([0, 1] scale).
 
-    python benchmarks/inversion_methods.py --n 256 --steps 50 --weights 0,1,3,5 \
+    python benchmarks/inversion_methods.py --n 256 --steps 50 --weights 0,1,3,5 --cfgpp-lambdas 0.2,0.5,1 \
         --json benchmarks/results/inversion_methods_cpu.json --picture docs/inversion_edits.png
 """
 
@@ -49,6 +49,9 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--edit-n", type=int, default=100, help="test images to edit (0: no edits)")
     p.add_argument("--edit-w", type=float, default=3.0)
+    p.add_argument("--cfgpp-lambdas", default="0.2,0.5,1",
+                   help="CFG++'s λ in [0, 1], in place of --weights for method cfgpp (its λ guides far harder than "
+                        "the same number as a CFG weight); the edit uses the last")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--picture", default=None, help="PNG of edits: sources, then one row per method (8 images)")
@@ -71,22 +74,24 @@ def main() -> None:
 
     idx = torch.arange(min(args.n, len(test)))
     print(f"{'method':<15} {'w':>4} {'n':>4} {'MSE':>10} {'NFE/img':>8} {'s/img':>7}")
-    for w in map(float, args.weights.split(",")):
-        for method in methods:
-            n = min(args.null_n or args.n, args.n) if method == "null-label" and w else len(idx)
-            x0, y = test.to_float(idx[:n]), test.labels[idx[:n]]
-            t0 = time.perf_counter()
-            inv = invert_image(model, schedule, x0, y, method=method, w=w, steps=args.steps, null_init=args.null_init,
-                               prediction=config.prediction, generator=torch.Generator().manual_seed(0))
-            calls = inv.model_calls
-            back = regenerate(model, schedule, inv, prediction=config.prediction)
-            seconds = time.perf_counter() - t0
-            calls += (2 if method == "edict" else 1) * (2 if w else 1) * args.steps  # the regeneration's
-            err = _mse(back, x0)
-            rows.append({"method": method, "w": w, "n": len(x0), "mse": float(err.mean()), "mse_max": float(err.max()),
-                         "nfe_per_image": calls, "seconds_per_image": seconds / len(x0)})
-            print(f"{method:<15} {w:>4g} {n:>4} {err.mean():>10.3g} {calls:>8} {seconds / len(x0):>7.3f}", flush=True)
-            write()
+    weights, lambdas = [float(v) for v in args.weights.split(",")], [float(v) for v in args.cfgpp_lambdas.split(",")]
+    cells = [(m, w) for w in weights for m in methods if m != "cfgpp"] + [("cfgpp", lam) for lam in lambdas
+                                                                         if "cfgpp" in methods]
+    for method, w in cells:
+        n = min(args.null_n or args.n, args.n) if method == "null-label" and w else len(idx)
+        x0, y = test.to_float(idx[:n]), test.labels[idx[:n]]
+        t0 = time.perf_counter()
+        inv = invert_image(model, schedule, x0, y, method=method, w=w, steps=args.steps, null_init=args.null_init,
+                           prediction=config.prediction, generator=torch.Generator().manual_seed(0))
+        calls = inv.model_calls
+        back = regenerate(model, schedule, inv, prediction=config.prediction)
+        seconds = time.perf_counter() - t0
+        calls += (2 if method == "edict" else 1) * (2 if w or method == "cfgpp" else 1) * args.steps  # regeneration
+        err = _mse(back, x0)
+        rows.append({"method": method, "w": w, "n": len(x0), "mse": float(err.mean()), "mse_max": float(err.max()),
+                     "nfe_per_image": calls, "seconds_per_image": seconds / len(x0)})
+        print(f"{method:<15} {w:>4g} {n:>4} {err.mean():>10.3g} {calls:>8} {seconds / len(x0):>7.3f}", flush=True)
+        write()
     if args.edit_n:
         judge, _ = load_classifier()
         idx = torch.arange(min(args.edit_n, len(test)))
@@ -95,14 +100,15 @@ def main() -> None:
         picture.append(x0[:8])
         for method in methods:
             n = min(args.null_n or len(x0), len(x0)) if method == "null-label" else len(x0)
-            inv = invert_image(model, schedule, x0[:n], y[:n], method=method, w=args.edit_w, steps=args.steps,
+            w = lambdas[-1] if method == "cfgpp" else args.edit_w
+            inv = invert_image(model, schedule, x0[:n], y[:n], method=method, w=w, steps=args.steps,
                                null_init=args.null_init,
                                prediction=config.prediction, generator=torch.Generator().manual_seed(0))
             out = regenerate(model, schedule, inv, labels=target[:n], prediction=config.prediction).float().clamp(-1, 1)
             with torch.no_grad():
                 hit = float((judge(out).argmax(1) == target[:n]).float().mean())
             dist = float(_mse(out, x0[:n]).mean())
-            edits.append({"method": method, "w": args.edit_w, "n": n, "hit": hit, "distance_mse": dist})
+            edits.append({"method": method, "w": w, "n": n, "hit": hit, "distance_mse": dist})
             print(f"edit {method:<15} hit {hit:.3f}  distance {dist:.4f}", flush=True)
             picture.append(out[:8])
             write()

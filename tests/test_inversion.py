@@ -93,7 +93,7 @@ def test_refusals(images):
         invert_image(cond, S1000, x0, y, method="null-label", w=1.0, null_init="zero", steps=2)
     with pytest.raises(ValueError, match="w must be a number >= 0"):
         invert_image(cond, S1000, x0, y, method="edict", w=-1.0, steps=2)
-    assert set(METHODS) == {"ddim", "null-label", "negative-label", "ddpm", "edict"}
+    assert set(METHODS) == {"ddim", "null-label", "negative-label", "ddpm", "edict", "cfgpp"}
 
 
 def test_cli_methods(images, tmp_path, capsys):

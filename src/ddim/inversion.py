@@ -18,6 +18,9 @@ label ∅ (ε̂_w = (1 + w) ε(x, c) − w ε(x, ∅), Ho & Salimans eq. 6):
                     back to float precision, and an edit keeps n_t while changing the class
     edict           EDICT (Wallace et al. 2022): two coupled DDIM chains with mixing p, invertible in closed
                     form, so x_0 comes back to float precision at any S and w (2 guided calls per step)
+    cfgpp           CFG++ (Chung et al. 2024): sampling reads x̂_0 from ε̂_u + λ (ε̂_c − ε̂_u), λ = w ∈ [0, 1], and
+                    steps on with the unconditional ε̂_u, so inversion reads x̂_0 with ε̂_u and goes up with
+                    the guided ε̂: the guided sampler's own inverse, training-free, one batched call per step
 
 Every method returns an ``Inversion``; ``regenerate(model, schedule, inv, labels, w)`` samples it back
 (with other labels: an edit). Every step reads the network through one ``ddim.Denoiser`` around
@@ -38,6 +41,7 @@ from .checks import check_finite_result, check_images, check_int, check_labels, 
 from .denoiser import Denoiser
 from .forward import x0_from_eps
 from .guidance import ClassifierFreeGuidance, guided_combination
+from .guidance_methods import cfgpp_pair
 from .noise import Generators, randn
 from .samplers import ddim_invert_step, ddim_step, plan
 from .samplers.steps import euler_coefficients
@@ -46,7 +50,7 @@ from .schedule import Schedule
 
 __all__ = ["METHODS", "InversionOptions", "Inversion", "invert_image", "regenerate", "edict_coefficients"]
 
-METHODS = ("ddim", "null-label", "negative-label", "ddpm", "edict")
+METHODS = ("ddim", "null-label", "negative-label", "ddpm", "edict", "cfgpp")
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,8 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         raise ValueError("guided inversion needs a class-conditional model with a null label")
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:  # inf: NaN latents
         raise ValueError(f"guidance weight w must be a number >= 0 and finite, got {w!r}")
+    if method == "cfgpp" and w > 1:
+        raise ValueError(f"CFG++'s λ (the guidance weight of method 'cfgpp') must lie in [0, 1], got {w}")
     check_images(x0, "x0")
     labels = _labels(model, labels, len(x0))
     start = time.perf_counter()
@@ -187,6 +193,9 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
             raise ValueError(f"EDICT's mixing p must lie in (0, 1), got {o.mix!r}")
         inv = _invert_edict(_guided(model, schedule, o.prediction, labels, cond, null, w),
                             _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps), x0, labels, w, o.mix)
+    elif method == "cfgpp":
+        inv = _invert_cfgpp(model, schedule, o.prediction, _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps),
+                            x0, labels, (cond, null), w)
     else:
         inv = _invert_ddim(model, schedule, _coefs(schedule, o.steps, o.spacing, 0.0, o.timesteps), x0, labels,
                            (cond, null), w, method, o)
@@ -271,6 +280,26 @@ def _invert_ddim(model, schedule, grid, x0, labels, embeddings, w, method, o: In
     return inv
 
 
+def _eps_pair(model, schedule, prediction: str, embeddings, x, t, abar_t):
+    """(ε̂_c, ε̂_u) at x (B, …): the network on the (cond, ∅) label embeddings ((B, E) each) in one batched
+    forward of 2B."""
+    cond, null = embeddings
+    both = _conditional(model, schedule, prediction, torch.cat([cond, null]))
+    return both.denoise(torch.cat([x, x]), torch.cat([t, t]), abar_t)[1].chunk(2)
+
+
+def _invert_cfgpp(model, schedule, prediction, grid, x0, labels, embeddings, lam):
+    p, rows = grid
+    x = x0
+    with torch.no_grad():
+        for k in reversed(range(len(rows))):
+            abar_t, abar_prev = rows[k][:2]
+            eps_c, eps_u = _eps_pair(model, schedule, prediction, embeddings, x,
+                                     p.timesteps[k].expand(x0.shape[0]).to(x0.device), abar_t)
+            x = ddim_invert_step(x, eps_u, abar_t, abar_prev, eps_up=eps_u + lam * (eps_c - eps_u))[0]
+    return Inversion("cfgpp", float(lam), p.timesteps, x, labels, model_calls=2 * len(rows))
+
+
 def _invert_ddpm(den: Denoiser, grid, x0, labels, w, eta, generator):
     p, rows = grid
     # x_t ~ q(x_t | x_0) independently at every grid point (not a chain: the edit-friendly choice)
@@ -313,6 +342,8 @@ def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch
     """Sample an ``Inversion`` back to x_0 (B, …) float64 under guidance ``w`` (default: the inversion's)
     toward ``labels`` (default: the source classes; other labels make an edit)."""
     w = inv.w if w is None else w
+    if inv.method == "cfgpp" and not 0 <= w <= 1:
+        raise ValueError(f"CFG++'s λ (the guidance weight of method 'cfgpp') must lie in [0, 1], got {w}")
     labels = inv.labels if labels is None else _labels(model, labels, len(inv.x_T)).to(inv.x_T.device)
     cond, null = _embeddings(model, labels)
     if inv.method == "negative-label":
@@ -323,6 +354,10 @@ def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch
     with torch.no_grad():
         for k, (abar_t, abar_prev, sigma) in enumerate(rows):
             t = p.timesteps[k].expand(x.shape[0]).to(x.device)
+            if inv.method == "cfgpp":  # DDIM's step with CFG++'s pair: x̂_0 of the guided ε̂, the unconditional ε̂_u
+                eps_c, eps_u = _eps_pair(model, schedule, prediction, (cond, null), x, t, abar_t)
+                x = ddim_step(*cfgpp_pair(x, eps_c, eps_u, abar_t, w), abar_prev, 0.0)
+                continue
             if inv.method == "edict":
                 a, b = edict_coefficients(abar_t, abar_prev)
                 mix = inv.mix

@@ -29,7 +29,7 @@ def _add_method(p, guidance: bool = True) -> None:
                    help="ddim: plain DDIM inversion with the conditional model; null-label: null-text inversion "
                         "(per-step null embeddings optimised for --guidance); negative-label: the class stands in "
                         "for ∅; ddpm: edit-friendly DDPM inversion (exact, η = --ddpm-eta); edict: EDICT's coupled "
-                        "chains (exact)")
+                        "chains (exact); cfgpp: CFG++'s sampler and its inverse (--guidance is its λ in [0, 1])")
     if guidance:
         add_guidance(g, 0.0, "the images are sampled back under it (null-label, ddpm and edict invert for it)")
     g.add_argument("--ddpm-eta", type=float, default=1.0, help="η of --method ddpm")
@@ -45,6 +45,14 @@ def _add_reconstruct(sub) -> None:
     add_images(p)
     p.add_argument("--out", default="reconstruction.png", help="side-by-side PNG to write")
     p.set_defaults(func=_run_reconstruct)
+
+
+def check_method_guidance(args) -> None:
+    """--guidance as --method reads it: a finite weight >= 0, CFG++'s λ in [0, 1]."""
+    if not 0 <= args.guidance < float("inf"):  # inf inverts to NaN latents and reconstructions
+        raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.method == "cfgpp" and args.guidance > 1:
+        raise ValueError(f"--method cfgpp reads --guidance as CFG++'s λ, which lies in [0, 1]; got {args.guidance:g}")
 
 
 def _guided(args) -> bool:
@@ -70,8 +78,7 @@ def _guided_inversion(args):
                          "unconditional")
     if args.class_id is None:
         raise ValueError(f"--method {args.method} / --guidance need --class (the images' class)")
-    if not 0 <= args.guidance < float("inf"):  # inf inverts to NaN latents and reconstructions
-        raise ValueError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    check_method_guidance(args)
     x0, notes = load_images(args.images, cfg.image_size, cfg.in_channels)
     note(args, notes)
     labels = class_labels(range(len(x0)), cfg.num_classes, args.class_id)
@@ -165,6 +172,10 @@ def _run_edit(args) -> int:
     out = writable(args.out)
     distinct({"--out": args.out}, args.images)
     method_options(args)
+    if args.method != "ddim" and args.mode == "sdedit":
+        raise ValueError(f"--method {args.method} applies to --mode invert or both (SDEdit does not invert)")
+    if args.method != "ddim":
+        check_method_guidance(args)
     model, schedule, prediction, device = load_model(args)
     cfg = model.config
     if cfg.num_classes is None:
@@ -182,8 +193,6 @@ def _run_edit(args) -> int:
     x0 = x0.to(device)
     options = SampleOptions(steps=args.steps, spacing=args.spacing, prediction=prediction, solver=args.solver)
     rows = [x0.cpu()]
-    if args.method != "ddim" and args.mode == "sdedit":
-        raise ValueError(f"--method {args.method} applies to --mode invert or both (SDEdit does not invert)")
     if args.method != "ddim" and args.mode in ("invert", "both"):
         from ..inversion import invert_image, regenerate
 

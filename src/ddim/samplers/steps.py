@@ -14,6 +14,8 @@ All functions take floats or tensors and broadcast.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..forward import x0_from_eps
@@ -61,18 +63,21 @@ def ddim_step(x0_pred: torch.Tensor, eps: torch.Tensor, abar_prev, sigma, noise=
     return x_prev if noise is None else x_prev + noise
 
 
-def ddim_invert_step(x: torch.Tensor, eps: torch.Tensor, abar_t, abar_prev):
+def ddim_invert_step(x: torch.Tensor, eps: torch.Tensor, abar_t, abar_prev, eps_up: Optional[torch.Tensor] = None):
     """One step of DDIM inversion, x_{t−1} → x_t (DDIM eq. 13-14 run backwards): x̂_0 from ε̂ at level
     ᾱ_{t−1} (eq. 9), then eq. 12 with σ = 0 up to ᾱ_t. ε̂ is read at x_{t−1} with the model told t (the only
     point available: the first-order approximation whose error shrinks as the steps do).
 
     Args:
         x: (B, …) x_{t−1}. eps: (B, …) ε̂. abar_t, abar_prev: ᾱ_t and ᾱ_{t−1}, floats or broadcastable tensors.
+        eps_up: the ε̂ that carries x̂_0 up to ᾱ_t, when it is not ``eps``: CFG++ steps down with x̂_0 of the
+            guided ε̂ and the unconditional direction, so its inverse reads x̂_0 with the unconditional ε̂
+            (``eps``) and goes up with the guided one (Chung et al. 2024, §3.3).
     Returns:
         (x_t, x̂_0), each (B, …).
     """
     x0 = x0_from_eps(x, eps, abar_prev)
-    return ddim_step(x0, eps, abar_t, 0.0), x0
+    return ddim_step(x0, eps if eps_up is None else eps_up, abar_t, 0.0), x0
 
 
 def euler_coefficients(abar_t, abar_prev):
