@@ -132,9 +132,9 @@ CASES = [
 ]
 
 
-@register(name="half-batch-solver-for-tests")
 class _HalfBatch(DDIM):
-    """A broken solver: its step drops half the batch."""
+    """A broken solver: its step drops half the batch (passed as an instance, never registered, so the
+    registry other tests walk stays clean)."""
 
     def step(self, k, x, predict, t_batch, coef, state, noise_at):
         x, x0 = super().step(k, x, predict, t_batch, coef, state, noise_at)

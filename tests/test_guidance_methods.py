@@ -129,3 +129,22 @@ def test_guidance_options_refuse_what_a_method_cannot_take(kwargs, words):
 def test_method_options_refuse_out_of_range_parameters(kwargs, words):
     with pytest.raises(ValueError, match=words):
         MethodOptions(**kwargs)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "heun", "unipc"])
+def test_cfgpp_refuses_a_solver_that_reads_half_its_pair(oracle, solver):
+    """A multistep solver reads CFG++'s x̂_0 alone (plain CFG at weight λ − 1, weaker than conditioning) and Heun
+    its ε̂ alone (no guidance at all): neither is CFG++, so both are refused."""
+    model, x_T, y = oracle
+    with pytest.raises(ValueError, match=f"solver '{solver}' reads one of them alone"):
+        run(model, x_T, y, GuidanceOptions(w=0.5, method=MethodOptions("cfgpp")), solver)
+
+
+def test_cfgpp_keeps_its_unconditional_eps_when_x0_is_clipped(oracle):
+    """Re-deriving ε̂ from a clipped x̂_0 would replace CFG++'s ε̂_u by the guided one: with a clip that clips
+    nothing, asking for the re-derivation changes nothing."""
+    model, x_T, y = oracle
+    den = guided_denoiser(model, S1000, "epsilon", y, GuidanceOptions(w=0.5, method=MethodOptions("cfgpp")))
+    plain = ddim.sample(den, S1000, x_T, steps=20)
+    clipped = ddim.sample(den, S1000, x_T, steps=20, clip=1e9, eps_from_clipped_x0=True)
+    assert torch.equal(plain, clipped)

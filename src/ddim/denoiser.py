@@ -94,6 +94,13 @@ class Denoiser:
         return predict_x0_eps(out, x, abar_t, self.prediction)
 
     @property
+    def split_pair(self) -> bool:
+        """Whether ``denoise`` returns an (x̂_0, ε̂) that is not one prediction (CFG++: x̂_0 of the guided ε̂, ε̂
+        the unconditional one). Only a solver stepping with both reads such a pair as meant, and ε̂ must not be
+        re-derived from x̂_0 (``ddim.samplers.loop.bind``)."""
+        return False
+
+    @property
     def graph_safe(self) -> bool:
         """Whether ``denoise`` never reads a device value on the host nor keeps state between calls, so a loop
         over it can be captured as one CUDA graph (``ddim.samplers.fast``)."""

@@ -17,7 +17,9 @@ u (the same network's ∅ branch, in one batched forward; for autoguidance a wor
               version of the conditional network on the same labels, D = D_bad + (1 + w)(D_good − D_bad)
 
 A pair (x̂_0, ε̂) that is one prediction (every method but cfgpp) is read by every solver alike; cfgpp's
-split pair is what DDIM's step (x̂_0 then ε̂) is built for; the multistep solvers read its x̂_0 alone.
+split pair is what DDIM's step (x̂_0 then ε̂) is built for, so cfgpp runs with the DDIM solver only (a solver
+reading x̂_0 or ε̂ alone would see plain CFG at weight λ − 1, or no guidance at all), and a clipped x̂_0 keeps
+the unconditional ε̂.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = ["GuidedDenoiser", "guided_denoiser", "apg_update", "cfgpp_pair"]
 
 # branches(x_t, t, both) -> (conditional raw prediction, the other branch's, or None when not ``both``)
 Branches = Callable[[torch.Tensor, torch.Tensor, bool], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+
 
 def apg_update(x0_c: torch.Tensor, x0_u: torch.Tensor, w: float, eta: float, norm_cap: float,
                avg: Optional[torch.Tensor], momentum: float):
@@ -91,6 +94,10 @@ class GuidedDenoiser(Denoiser):
     def start_run(self) -> None:
         """Forget the previous run's momentum (called by the loop before step 0)."""
         self._avg = None
+
+    @property
+    def split_pair(self) -> bool:
+        return self.options.method == "cfgpp"
 
     @property
     def graph_safe(self) -> bool:

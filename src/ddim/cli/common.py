@@ -134,7 +134,8 @@ def add_guidance_method(p) -> None:
     g.add_argument("--guidance-method", choices=GUIDANCE_METHODS, default=d.method,
                    help="how --guidance is applied: cfg, classifier-free guidance; interval, CFG only for noise levels "
                         "σ in --guidance-interval; apg, adaptive projected guidance; cfgpp, CFG++ (--guidance is its "
-                        "λ in [0, 1]: 0 the unconditional sampler); auto, autoguidance by --guide-checkpoint")
+                        "λ in [0, 1]: 0 the unconditional sampler; solver ddim or pc); auto, autoguidance by "
+                        "--guide-checkpoint")
     g.add_argument("--guidance-interval", type=_float_pair, default=d.interval, metavar="LO,HI",
                    help="interval: guide where LO < σ <= HI, σ = √((1 − ᾱ)/ᾱ) (default: 0.28,5.42, EDM2's)")
     g.add_argument("--apg-eta", type=float, default=d.apg_eta,
@@ -157,8 +158,9 @@ def _float_pair(text: str) -> tuple:
     return lo, hi
 
 
-def method_options(args):
-    """The ``MethodOptions`` of the guidance-method flags, checked (cheap: call it before loading anything)."""
+def method_options(args, solvers=()):
+    """The ``MethodOptions`` of the guidance-method flags, checked (cheap: call it before loading anything);
+    ``solvers``: the solvers (names or instances) it will run with (CFG++ needs one that steps with x̂_0 and ε̂ both)."""
     from ..guidance import MethodOptions
 
     if args.guidance is not None and not 0 <= args.guidance < float("inf"):
@@ -167,6 +169,12 @@ def method_options(args):
                            apg_norm_cap=args.apg_norm_cap, apg_momentum=args.apg_momentum)
     if (args.guide_checkpoint is not None) != (method.method == "auto"):
         raise ValueError("--guide-checkpoint goes with --guidance-method auto, and auto needs it")
+    for solver in map(get_solver, solvers) if method.method == "cfgpp" else ():
+        if not solver.reads_x0_and_eps:
+            allowed = ", ".join(n for n, s in SOLVERS.items() if s.reads_x0_and_eps)
+            given = solver.name + (f" --predictor {solver.predictor.name}" if hasattr(solver, "predictor") else "")
+            raise ValueError(f"--guidance-method cfgpp steps with x̂_0 and ε̂ of different predictions; --solver "
+                             f"{given} reads one of them alone (allowed: {allowed})")
     return method
 
 
@@ -270,7 +278,8 @@ def add_solver(p, deterministic: bool = False, sample_default: bool = False) -> 
     """--solver; ``deterministic``: the ODE solvers only (where an image must be a function of its x_T);
     ``sample_default``: `ddim sample`'s (dpmpp-2m, or ddim when --eta is given)."""
     names = tuple(n for n in SOLVERS if not (deterministic and SOLVERS[n].noise_eta))
-    default = (f"default: {DEFAULT_SOLVER}, or ddim when --eta is given" if sample_default else "default: ddim")
+    default = (f"default: {DEFAULT_SOLVER}, or ddim with --eta or --guidance-method cfgpp" if sample_default
+               else "default: ddim")
     p.add_argument("--solver", choices=names, default=None if sample_default else "ddim",
                    help=f"the step: {solver_help(deterministic)}"
                         + ("" if deterministic else "; all but ddim (and pc with the ddim predictor) take η = 0 only")
@@ -279,9 +288,10 @@ def add_solver(p, deterministic: bool = False, sample_default: bool = False) -> 
 
 def resolve_solver_defaults(args) -> None:
     """Fill `ddim sample`'s unset --solver, --spacing, --steps and --eta from the solver: DPM-Solver++(2M) on
-    the log-SNR grid with 10 steps unless --eta (or --sampler ddpm) asks for DDIM's η-family."""
+    the log-SNR grid with 10 steps unless --eta (or --sampler ddpm, or --guidance-method cfgpp) asks for DDIM."""
     if args.solver is None:  # `ddim sample` only; interpolate and edit default to ddim
-        args.solver = "ddim" if args.eta is not None or args.sampler == "ddpm" else DEFAULT_SOLVER
+        ddim_only = args.eta is not None or args.sampler == "ddpm" or getattr(args, "guidance_method", "") == "cfgpp"
+        args.solver = "ddim" if ddim_only else DEFAULT_SOLVER
     solver = SOLVERS[args.solver]
     if args.spacing is None:
         args.spacing = solver.default_spacing

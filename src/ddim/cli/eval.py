@@ -211,7 +211,7 @@ def _run_eval(args) -> int:
     steps, n = args.steps or DEFAULT_STEPS[mode], args.n or DEFAULT_N[mode]
     etas = (args.eta or DEFAULT_ETAS) if mode == "fid" else (0.0,)
     check_count("--n", n, MAX_N, least=2)  # `ddim sample`'s bounds, before the checkpoint loads
-    method_options(args)
+    method_options(args, args.solver)
     check_count("--batch-size", args.batch_size, MAX_BATCH)
     info = dist_info_from_env()
     if info.distributed and mode != "fid":

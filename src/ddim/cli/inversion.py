@@ -171,7 +171,7 @@ def _run_edit(args) -> int:
     resolve_solver_defaults(args)
     out = writable(args.out)
     distinct({"--out": args.out}, args.images)
-    method_options(args)
+    method_options(args, [args.solver])
     if args.method != "ddim" and args.mode == "sdedit":
         raise ValueError(f"--method {args.method} applies to --mode invert or both (SDEdit does not invert)")
     if args.method != "ddim":

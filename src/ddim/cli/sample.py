@@ -74,7 +74,7 @@ def _run_sample(args) -> int:
     solver = solver_from_args(args)
     if args.sampler == "ddim":
         solver.eta(args.eta)  # a solver that takes no η: before loading anything
-    method_options(args)
+    method_options(args, [solver])
     model, schedule, prediction, device = load_model(args)
     pictures = _pictures(args, model.config.in_channels)
     if args.guidance is None:
@@ -192,7 +192,7 @@ def _run_interpolate(args) -> int:
     out = writable(args.out)
     distinct({"--out": args.out}, args.images or ())
     check_count("--frames", args.frames, MAX_FRAMES, least=2)
-    method_options(args)
+    method_options(args, [args.solver])
     rule = x0_rule(args)
     if args.images:  # decode with the conditioning used to invert
         model, schedule, prediction, _, xT, labels, _ = invert_images(args)

@@ -43,8 +43,8 @@ from ..checks import check_bool, check_finite_result, check_int
 from ..denoiser import Denoiser
 from ..noise import Generators, randn
 from ..schedule import Schedule
-from .loop import (Model, Plan, SampleOptions, SampleSetup, Trajectory, _work_dtype, denoise, noise_drawer, run_sample,
-                   sample_loop, sample_setup)
+from .loop import (Model, Plan, SampleOptions, SampleSetup, Trajectory, _work_dtype, bind, denoise, noise_drawer,
+                   run_sample, sample_loop, sample_setup)
 
 __all__ = ["FastSampler", "fast_sample", "fast_module"]
 
@@ -196,7 +196,7 @@ class FastSampler:
     def _sample(self, model, schedule, x_T, opts, generator, return_trajectory, callback):
         """``sample``'s result, by the fastest path that works."""
         denoiser = Denoiser.of(model, schedule, opts.prediction)
-        opts = opts.replace(prediction=denoiser.prediction)
+        opts = bind(denoiser, opts)
         setup = sample_setup(schedule, x_T, opts)  # sample's checks
         denoiser.start_run()
         plain = lambda: run_sample(denoiser, x_T, opts, generator,  # noqa: E731

@@ -31,7 +31,7 @@ from .options import Eta, SampleOptions, check_eta
 from .solvers import SOLVERS, Solver, get_solver
 from .steps import sigma_eta, sigma_hat
 
-__all__ = ["sample", "run_sample", "invert", "run_invert", "check_finite_result", "Trajectory", "Plan", "plan",
+__all__ = ["sample", "run_sample", "bind", "invert", "run_invert", "check_finite_result", "Trajectory", "Plan", "plan",
            "SampleSetup", "sample_setup", "denoise", "sample_loop", "noise_drawer", "SampleOptions"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -279,11 +279,25 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
     return out
 
 
+def bind(denoiser: Denoiser, options: SampleOptions) -> SampleOptions:
+    """``options`` as they apply to ``denoiser``: its prediction type (``options.prediction`` must be None or
+    the same), and for a split (x̂_0, ε̂) pair (``Denoiser.split_pair``) a solver that steps with both, with
+    ε̂ kept when x̂_0 is clipped."""
+    options = options.replace(prediction=Denoiser.of(denoiser, denoiser.schedule, options.prediction).prediction)
+    if not denoiser.split_pair:
+        return options
+    if not options.solver.reads_x0_and_eps:
+        raise ValueError(f"this guidance (CFG++) steps with x̂_0 of the guided prediction and the unconditional ε̂; "
+                         f"solver {options.solver.name!r} reads one of them alone (allowed: "
+                         + ", ".join(n for n, s in SOLVERS.items() if s.reads_x0_and_eps) + ")")
+    return options.replace(eps_from_clipped_x0=False)
+
+
 def run_sample(denoiser: Denoiser, x_T: torch.Tensor, options: SampleOptions, generator: Generators = None, *,
                return_trajectory: bool = False, callback=None):
     """``sample`` with the model read by a ``Denoiser`` and its options bundled (result as in ``sample``;
     ``options.prediction`` must be None or the denoiser's)."""
-    options = options.replace(prediction=Denoiser.of(denoiser, denoiser.schedule, options.prediction).prediction)
+    options = bind(denoiser, options)
     setup = sample_setup(denoiser.schedule, x_T, options)
     denoiser.start_run()
     x = x_T.to(_work_dtype(x_T))
