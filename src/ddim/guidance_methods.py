@@ -17,9 +17,9 @@ u (the same network's ∅ branch, in one batched forward; for autoguidance a wor
               version of the conditional network on the same labels, D = D_bad + (1 + w)(D_good − D_bad)
 
 A pair (x̂_0, ε̂) that is one prediction (every method but cfgpp) is read by every solver alike; cfgpp's
-split pair is what DDIM's step (x̂_0 then ε̂) is built for, so cfgpp runs with the DDIM solver only (a solver
-reading x̂_0 or ε̂ alone would see plain CFG at weight λ − 1, or no guidance at all), and a clipped x̂_0 keeps
-the unconditional ε̂.
+split pair is what DDIM's step (x̂_0 then ε̂) is built for, so cfgpp runs with DDIM's step only (``ddim``, and
+``pc`` with its DDIM predictor; a solver reading x̂_0 or ε̂ alone would see plain CFG at weight λ − 1, or no
+guidance at all), and a clipped x̂_0 keeps the unconditional ε̂.
 """
 
 from __future__ import annotations
