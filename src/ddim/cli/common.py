@@ -211,10 +211,11 @@ def add_sampling_args(p, default_steps: int = 50, with_class: bool = True, solve
     if solver_defaults:  # `ddim sample`: the defaults follow the solver (``resolve_solver_defaults``)
         p.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps S (1..T) (default: {FAST_STEPS} for the multistep solvers and heun, "
-                            "50 for ddim and the score solvers)")
+                            "50 for ddim and the score solvers; a distilled student (`ddim distill`): its own N "
+                            "steps of ddim)")
         p.add_argument("--spacing", default=None, choices=SPACINGS,
                        help="sub-sequence of the training steps (default: logsnr for the multistep solvers and heun, "
-                            "uniform for ddim and the score solvers)")
+                            "uniform for ddim and the score solvers; a distilled student's: trailing)")
     else:
         p.add_argument("--steps", type=int, default=default_steps, help="sampling steps S (1..T)")
         p.add_argument("--spacing", default="uniform", choices=SPACINGS, help="sub-sequence of the training steps")
