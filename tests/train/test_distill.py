@@ -64,7 +64,8 @@ def test_target_onto_x0_is_the_teacher_output():
 def test_weights_and_per_sample_guidance():
     abar = torch.tensor([0.01, 0.5, 0.99], dtype=F64)
     snr = abar / (1 - abar)
-    assert torch.allclose(loss_weight(abar, "truncated-snr"), torch.stack([torch.tensor(1.0, dtype=F64), snr[1], snr[2]]))
+    one = torch.tensor(1.0, dtype=F64)
+    assert torch.allclose(loss_weight(abar, "truncated-snr"), torch.stack([one, snr[1], snr[2]]))
     assert torch.allclose(loss_weight(abar, "snr+1"), snr + 1)
     c, u = torch.ones(2, 3), torch.zeros(2, 3)
     w = torch.tensor([0.0, 2.0]).view(-1, 1)  # one weight per sample, as the guided phase draws them

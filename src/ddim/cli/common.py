@@ -16,11 +16,11 @@ from pathlib import Path
 from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
 __all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "eta_value",
-           "class_help",
-           "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir", "add_guidance",
-           "add_sampling_args", "add_guidance_method", "method_options", "guidance_options", "add_dist_timeout",
-           "add_clip", "add_solver", "add_images", "clip_value", "x0_rule", "resolve_solver_defaults", "writable", "distinct", "check_count", "save_npz", "load_model", "progress", "LazyProgress", "note",
-           "invert_images",
+           "class_help", "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir",
+           "add_guidance", "add_sampling_args", "add_guidance_method", "method_options", "guidance_options",
+           "add_dist_timeout", "add_clip", "add_solver", "add_images", "clip_value", "x0_rule",
+           "resolve_solver_defaults", "writable", "distinct", "check_count", "save_npz", "load_model", "progress",
+           "LazyProgress", "note", "invert_images",
            "DEFAULT_SOLVER", "FAST_STEPS", "DEFAULT_GUIDANCE", "MAX_N", "MAX_BATCH", "MAX_FRAMES"]
 
 EXIT_USAGE = 2        # bad input: arguments, data, checkpoints

@@ -28,8 +28,8 @@ from torch import nn
 from .layers import Downsample, ResBlock, SelfAttention, TimeEmbedding, Upsample
 from .unet_config import LIMITS, MAX_CLASSES, MAX_PARAMETERS, UNetConfig  # re-exported: the UNet's config lives there
 
-__all__ = ["UNetConfig", "UNet", "PRESETS", "GUIDANCE_EMBED_SCALE", "unet_from_preset", "count_parameters", "init_ddpm_",
-           "LIMITS", "MAX_CLASSES", "MAX_PARAMETERS"]
+__all__ = ["UNetConfig", "UNet", "PRESETS", "GUIDANCE_EMBED_SCALE", "unet_from_preset", "count_parameters",
+           "init_ddpm_", "LIMITS", "MAX_CLASSES", "MAX_PARAMETERS"]
 
 
 # w is embedded as the sinusoid of the "step" 100·w: the sinusoid's frequencies are laid out for step
