@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_int", "check_bool", "check_number", "check_images", "check_labels", "check_device",
-           "check_finite_result", "check_float_dtype"]
+__all__ = ["check_int", "check_bool", "check_number", "check_power_of_two", "check_images", "check_labels",
+           "check_device", "check_finite_result", "check_float_dtype"]
 
 
 def check_int(name: str, v, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
@@ -42,6 +42,13 @@ def check_number(name: str, v, lo: float = -math.inf, hi: float = math.inf, *, f
     if math.isnan(v) or (finite and math.isinf(v)) or not lo <= v <= hi:
         rng = "" if (lo, hi) == (-math.inf, math.inf) else f" in [{lo:g}, {hi:g}]"
         raise ValueError(f"{name} must be a {'finite ' if finite else ''}number{rng}, got {v!r}")
+    return v
+
+
+def check_power_of_two(name: str, v) -> int:
+    """``v`` if it is an int 1, 2, 4, 8, …: the step counts progressive distillation halves."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1):
+        raise ValueError(f"{name} must be a power of two (1, 2, 4, 8, ...), got {v!r}")
     return v
 
 

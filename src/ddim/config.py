@@ -1,7 +1,8 @@
 """Run configuration: frozen dataclasses that validate themselves and round-trip through JSON.
 
 ``RunConfig`` is what a checkpoint's config.json holds: the training hyper-parameters (``TrainConfig``),
-the data (``DataConfig``), the network (``UNetConfig``) and the noise schedule (``Schedule.to_config()``).
+the data (``DataConfig``), the network (``UNetConfig``), the noise schedule (``Schedule.to_config()``) and,
+for a distilled student only, how it was made (``DistillConfig``).
 It lives below checkpoints, networks' users and the trainer, so loading a model never imports training.
 """
 
@@ -12,11 +13,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from .checks import check_power_of_two
 from .forward import PREDICTIONS
 from .nn.unet_config import from_mapping
 
-__all__ = ["TrainConfig", "DataConfig", "RunConfig", "resolve_model_config", "fit_preset", "config_diff",
-           "check_t_sampling", "T_SAMPLINGS", "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
+__all__ = ["TrainConfig", "DataConfig", "DistillConfig", "RunConfig", "resolve_model_config", "fit_preset",
+           "config_diff", "check_t_sampling", "T_SAMPLINGS", "DISTILL_PHASES", "DISTILL_WEIGHTINGS",
+           "DISTILL_SPACING", "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
 
 FORMAT, VERSION = "ddim-run", 1
 
@@ -217,6 +220,81 @@ class DataConfig:
         return from_mapping(cls, d)
 
 
+DISTILL_PHASES = ("guided", "halve")
+DISTILL_WEIGHTINGS = ("truncated-snr", "snr+1")
+DISTILL_SPACING = "trailing"  # a student's grid: it starts at T − 1 and the N-step grid nests in the 2N-step one
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How a distilled student was made (``ddim distill``); saved in its checkpoint's config.json as "distill".
+
+    Attributes:
+        phase: "guided" (Meng et al. 2023, stage 1: one forward matches the w-guided teacher on its own grid)
+            or "halve" (one round of progressive distillation: N student steps do 2N teacher steps).
+        steps: N, the student's sampling steps (DDIM, η = 0, on the trailing grid): what ``ddim sample`` runs.
+        teacher_steps: the teacher's grid (2N for "halve", N for "guided").
+        teacher: the checkpoint this phase distils (for "halve", the previous phase's run directory).
+        origin: the first teacher of the chain (the model the whole distillation started from).
+        w_min, w_max: the range guidance weights are drawn from (U[w_min, w_max]) for a w-input student.
+        weighting: "truncated-snr" (max(SNR, 1)) or "snr+1" (the v-loss).
+        teacher_clip: the teacher's x̂_0 rule in its DDIM steps (clamp to ±clip, ε̂ re-derived; None: none).
+        clip: the student's own rule (what ``ddim sample`` uses by default): the teacher's for "guided",
+            None after halving (x̃ may lie outside the data range: a clamp would undo the match).
+        rounds: the phases before this one, oldest first, each {"phase", "steps", "train_steps", "run"}.
+    """
+
+    phase: str
+    steps: int
+    teacher_steps: int
+    teacher: str
+    origin: str
+    w_min: float = 0.0
+    w_max: float = 2.0
+    weighting: str = "truncated-snr"
+    teacher_clip: Optional[float] = 1.0
+    clip: Optional[float] = None
+    rounds: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.phase not in DISTILL_PHASES:
+            raise ValueError(f"distill phase must be one of {', '.join(DISTILL_PHASES)}, got {self.phase!r}")
+        check_power_of_two("distill.steps", self.steps)
+        check_power_of_two("distill.teacher_steps", self.teacher_steps)
+        want = self.steps * (2 if self.phase == "halve" else 1)
+        if self.teacher_steps != want:
+            raise ValueError(f"a {self.phase} phase of {self.steps} steps has a teacher of {want}, got "
+                             f"{self.teacher_steps}")
+        for name in ("teacher", "origin"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"distill.{name} must be a path, got {getattr(self, name)!r}")
+        _need_num("w_min", self.w_min, 0.0)
+        _need_num("w_max", self.w_max, 0.0)
+        if self.w_max < self.w_min:
+            raise ValueError(f"w_max ({self.w_max}) must be at least w_min ({self.w_min})")
+        if self.weighting not in DISTILL_WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; allowed: {', '.join(DISTILL_WEIGHTINGS)}")
+        object.__setattr__(self, "w_min", float(self.w_min))
+        object.__setattr__(self, "w_max", float(self.w_max))
+        for name in ("teacher_clip", "clip"):  # 0 and None both mean "no clamp"
+            v = getattr(self, name)
+            if v is not None:
+                _need_num(name, v, 0.0)
+                object.__setattr__(self, name, float(v) or None)
+        if not isinstance(self.rounds, (list, tuple)) or not all(isinstance(r, Mapping) for r in self.rounds):
+            raise ValueError(f"distill.rounds must be a list of objects, got {self.rounds!r}")
+        object.__setattr__(self, "rounds", tuple(dict(r) for r in self.rounds))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["rounds"] = [dict(r) for r in self.rounds]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DistillConfig":
+        return from_mapping(cls, d)
+
+
 def _default_schedule() -> dict:
     return {"name": "linear", "num_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
@@ -227,18 +305,22 @@ class RunConfig:
 
     ``model`` is a ``ddim.nn.UNetConfig`` (a denoiser), a ``ddim.nn.ClassifierConfig`` (a noisy classifier,
     ``ddim train-classifier``) or a ``ddim.nn.ForeignUNetConfig`` (a diffusers model run through diffusers; loaded,
-    never trained or saved); ``schedule`` is ``Schedule.to_config()`` (plain JSON).
+    never trained or saved); ``schedule`` is ``Schedule.to_config()`` (plain JSON). ``distill`` is the record of
+    a distilled student (None for any other model, and then absent from the JSON).
     """
 
     model: Any
     train: TrainConfig = field(default_factory=TrainConfig)
     data: Optional[DataConfig] = None
     schedule: Mapping[str, Any] = field(default_factory=_default_schedule)
+    distill: Optional[DistillConfig] = None
 
     def __post_init__(self) -> None:
         from .nn import ClassifierConfig, ForeignUNetConfig, UNetConfig
         from .schedule import Schedule
 
+        if self.distill is not None and not isinstance(self.distill, DistillConfig):
+            raise ValueError(f"distill must be a DistillConfig or None, got {type(self.distill).__name__}")
         if not isinstance(self.model, (UNetConfig, ClassifierConfig, ForeignUNetConfig)):
             raise ValueError(f"model must be a UNetConfig, ClassifierConfig or ForeignUNetConfig (a diffusers model "
                              f"run through diffusers), got {type(self.model).__name__}")
@@ -264,9 +346,12 @@ class RunConfig:
         return Schedule.from_config(self.schedule)
 
     def to_dict(self) -> dict:
-        """Plain JSON: {"format", "version", "model", "train", "data", "schedule"}."""
-        return {"format": FORMAT, "version": VERSION, "model": self.model.to_dict(), "train": self.train.to_dict(),
-                "data": None if self.data is None else self.data.to_dict(), "schedule": dict(self.schedule)}
+        """Plain JSON: {"format", "version", "model", "train", "data", "schedule"[, "distill"]}."""
+        d = {"format": FORMAT, "version": VERSION, "model": self.model.to_dict(), "train": self.train.to_dict(),
+             "data": None if self.data is None else self.data.to_dict(), "schedule": dict(self.schedule)}
+        if self.distill is not None:
+            d["distill"] = self.distill.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
@@ -285,8 +370,10 @@ class RunConfig:
         if not isinstance(model, Mapping):
             raise ValueError(f"the run config's model must be a JSON object, got {type(model).__name__}")
         build = ClassifierConfig.from_dict if model.get("kind") == CLASSIFIER_KIND else UNetConfig.from_dict
+        distill = d.get("distill")
         return cls(model=build(model), train=TrainConfig.from_dict(d.get("train", {})),
-                   data=None if data is None else DataConfig.from_dict(data), schedule=d["schedule"])
+                   data=None if data is None else DataConfig.from_dict(data), schedule=d["schedule"],
+                   distill=None if distill is None else DistillConfig.from_dict(distill))
 
 
 def resolve_model_config(preset: str, image_size: int, channels: int, num_classes: Optional[int],

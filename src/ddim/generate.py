@@ -17,7 +17,8 @@ import torch
 
 from .checks import check_bool, check_device, check_finite_result, check_images, check_int
 from .denoiser import Denoiser
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance, GuidanceOptions, check_rescale
+from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GuidanceInput, GuidanceOptions, check_rescale,
+                       check_student_guidance, takes_guidance)
 from .guidance_methods import guided_denoiser
 from .noise import generators, randn
 from .samplers import FastSampler, fast_module
@@ -82,7 +83,8 @@ def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
                 guidance_rescale: float = 0.0) -> Callable:
     """``model(x, t)`` for the sampler: the network itself (unconditional), conditioned on ``labels``,
     or with classifier-free guidance weight ``guidance`` (w of ε̂ = (1+w) ε_c − w ε_∅), rescaled by
-    φ = ``guidance_rescale`` (``ClassifierFreeGuidance``)."""
+    φ = ``guidance_rescale`` (``ClassifierFreeGuidance``). A guidance-distilled student takes w as an input
+    instead (``GuidanceInput``): one forward per step."""
     check_rescale(guidance_rescale)  # also where there is no guidance to rescale: a bad value is a typo
     null = getattr(model, "null_label", None)
     if null is None:
@@ -93,6 +95,9 @@ def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
         raise ValueError("a class-conditional model needs labels")
     if not math.isfinite(guidance) or guidance < 0:
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if takes_guidance(model):
+        check_student_guidance(model, rescale=guidance_rescale)
+        return GuidanceInput(model, labels, guidance)
     if guidance == 0:
         return lambda x, t: model(x, t, labels.to(x.device))
     return ClassifierFreeGuidance(model, labels, w=guidance, rescale=guidance_rescale)
@@ -276,6 +281,7 @@ def guided(model, schedule: Schedule, prediction: str, labels: Optional[torch.Te
     guided as ``guidance`` says (plain CFG through ``ClassifierFreeGuidance``; the other methods through
     ``ddim.guidance_methods``; classifier guidance on top of either where it applies)."""
     g = guidance
+    check_student_guidance(model, g.method.method)
     if g.method.method == "cfg" or labels is None or (not g.w and g.method.method != "cfgpp"):
         m = classifier_guided(conditioned(model, labels, g.w, g.rescale), schedule, prediction, labels, indices, g)
         return Denoiser(m, schedule, prediction)

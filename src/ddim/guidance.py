@@ -16,6 +16,11 @@ Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample 
 
 per sample (std over all of a sample's dimensions), applied to the model's output whatever its
 prediction type, as diffusers' ``guidance_rescale`` does (the paper's φ = 0.7).
+
+A guidance-distilled student (``ddim distill``; Meng et al. 2023, "On Distillation of Guided Diffusion
+Models", §4.1) has learnt ε̂_w ≈ (1 + w) ε(c) − w ε(∅) as one network that takes w as an input
+(``UNetConfig.guidance_embed``): ``GuidanceInput`` binds its labels and w, one forward per step. It has no
+second (∅) branch to guide with, so classifier-free guidance and the other methods refuse it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from torch import nn
 
 from .denoiser import Denoiser
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceOptions", "MethodOptions", "GUIDANCE_METHODS",
-           "guidance_weight", "check_rescale", "guided_combination", "rescale_guided"]
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceInput", "GuidanceOptions", "MethodOptions",
+           "GUIDANCE_METHODS", "guidance_weight", "check_rescale", "guided_combination", "rescale_guided",
+           "takes_guidance", "check_student_guidance"]
 
 
 def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) -> float:
@@ -186,6 +192,53 @@ def class_indices(labels) -> torch.Tensor:
     return labels.to(torch.int64)
 
 
+def takes_guidance(model) -> bool:
+    """Whether ``model`` takes the guidance weight w as an input: a guidance-distilled student
+    (``UNetConfig.guidance_embed``)."""
+    return getattr(getattr(model, "config", None), "guidance_embed", False) is True
+
+
+def check_student_guidance(model, method: str = "cfg", rescale: float = 0.0) -> None:
+    """Refuse, for a guidance-distilled ``model``, what needs its conditional and ∅ predictions apart: a guidance
+    method other than cfg (whose w it takes as an input), or guidance rescale. Nothing for other models."""
+    if not takes_guidance(model):
+        return
+    if method != "cfg":
+        raise ValueError(f"guidance method {method!r} needs a second (∅) forward; this model is a guidance-distilled "
+                         "student (`ddim distill`) that takes w as an input of its one forward: use method cfg")
+    if rescale:
+        raise ValueError("guidance rescale needs the conditional and the guided outputs apart; this distilled model "
+                         "takes w as an input and gives only the guided one (use --guidance-rescale 0)")
+
+
+class GuidanceInput(nn.Module):
+    """A guidance-distilled network ``model(x_t, t, labels, w=w)`` (``UNetConfig.guidance_embed``) as a guided
+    ``model(x_t, t)``: its labels and w bound, one forward of B per step (w = 0: the conditional prediction).
+
+    Args:
+        model: the student. labels: (B,) class indices (read in place: a caller may overwrite them between
+            batches). w: the guidance weight of eq. 6 it was trained to take.
+    """
+
+    def __init__(self, model, labels: torch.Tensor, w: float = 0.0):
+        super().__init__()
+        if not takes_guidance(model):
+            raise ValueError("GuidanceInput is for a guidance-distilled network (config.guidance_embed); guide "
+                             "others with ClassifierFreeGuidance")
+        self.model = model
+        labels = class_indices(labels)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")
+        self.register_buffer("labels", labels, persistent=False)
+        # a tensor where the labels are, so that a captured CUDA graph copies nothing from the host per step
+        self.register_buffer("w", torch.tensor(guidance_weight(w), device=labels.device), persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"batch of {x.shape[0]} samples but {self.labels.shape[0]} labels")
+        return self.model(x, t, self.labels.to(x.device), w=self.w.to(x.device))
+
+
 class ClassifierFreeGuidance(nn.Module):
     """Wrap a conditional model ``model(x_t, t, labels)`` into a guided ``model(x_t, t)``.
 
@@ -207,6 +260,9 @@ class ClassifierFreeGuidance(nn.Module):
         self.model = model
         self.w = guidance_weight(w, scale)
         self.rescale = check_rescale(rescale)
+        if self.w and takes_guidance(model):  # its ∅ branch would guide a prediction already guided
+            raise ValueError("this model is a guidance-distilled student (`ddim distill`): it takes w as an input of "
+                             "its one forward (ddim.guidance.GuidanceInput), not a second (∅) forward")
         if null_label is None:
             null_label = getattr(model, "null_label", None)
         if null_label is None:

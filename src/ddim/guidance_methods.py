@@ -31,7 +31,8 @@ import torch
 
 from .denoiser import Denoiser
 from .forward import eps_from_x0, x0_from_eps
-from .guidance import GuidanceOptions, MethodOptions, check_rescale, guided_combination, rescale_guided
+from .guidance import (GuidanceOptions, MethodOptions, check_rescale, check_student_guidance, guided_combination,
+                       rescale_guided)
 from .schedule import Schedule
 
 __all__ = ["GuidedDenoiser", "guided_denoiser", "apg_update", "cfgpp_pair"]
@@ -148,6 +149,7 @@ def guided_denoiser(model, schedule: Schedule, prediction: str, labels: torch.Te
     """The ``GuidedDenoiser`` of ``guidance.method`` for a class-conditional network ``model`` on ``labels`` (B,):
     its ∅ branch batched with the conditional one in one forward of 2B, or for autoguidance ``guidance.guide``'s
     conditional prediction on the same labels."""
+    check_student_guidance(model, guidance.method.method)  # a student has no ∅ branch to guide with
     null, guide = model.null_label, guidance.guide
 
     def branches(x, t, both):

@@ -1,8 +1,8 @@
 """What every ``ddim`` subcommand shares: the parser classes, each shared flag defined once, the checks of
 output paths that run before any work, and loading, progress and notes.
 
-A subcommand module (``train``, ``sample``, ``inversion``, ``eval``) imports only this module and the
-library. Errors a user can fix (bad values, missing files, corrupted checkpoints) are raised as
+A subcommand module (``train``, ``sample``, ``inversion``, ``eval``, ``distill``) imports only this module and
+the library. Errors a user can fix (bad values, missing files, corrupted checkpoints) are raised as
 ``ValueError``/``OSError``; ``ddim.cli.main`` turns them into one ``ddim: error: ...`` line and exit code 2.
 """
 
@@ -15,13 +15,12 @@ from pathlib import Path
 
 from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
-__all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "eta_value", "class_help",
-           "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir", "add_guidance",
-           "add_sampling_args", "add_guidance_method", "method_options", "guidance_options", "add_dist_timeout",
-           "add_clip", "add_solver", "add_score_solver", "add_classifier",
-           "add_images", "clip_value", "x0_rule", "resolve_solver_defaults", "solver_from_args", "load_classifier",
-           "writable", "distinct", "check_count", "save_npz", "load_model", "progress", "LazyProgress", "note",
-           "invert_images",
+__all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "eta_value",
+           "class_help", "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir",
+           "add_guidance", "add_sampling_args", "add_guidance_method", "method_options", "guidance_options",
+           "add_dist_timeout", "add_clip", "add_solver", "add_images", "clip_value", "x0_rule",
+           "resolve_solver_defaults", "writable", "distinct", "check_count", "save_npz", "load_model", "progress",
+           "LazyProgress", "note", "invert_images",
            "DEFAULT_SOLVER", "FAST_STEPS", "DEFAULT_GUIDANCE", "MAX_N", "MAX_BATCH", "MAX_FRAMES"]
 
 EXIT_USAGE = 2        # bad input: arguments, data, checkpoints
@@ -136,7 +135,7 @@ def add_guidance_method(p) -> None:
                         "σ in --guidance-interval; apg, adaptive projected guidance; cfgpp, CFG++ (--guidance is its "
                         "λ in [0, 1]: 0 the unconditional sampler; solver ddim or pc); auto, autoguidance by "
                         "--guide-checkpoint")
-    g.add_argument("--guidance-interval", type=_float_pair, default=d.interval, metavar="LO,HI",
+    g.add_argument("--guidance-interval", type=float_pair, default=d.interval, metavar="LO,HI",
                    help="interval: guide where LO < σ <= HI, σ = √((1 − ᾱ)/ᾱ) (default: 0.28,5.42, EDM2's)")
     g.add_argument("--apg-eta", type=float, default=d.apg_eta,
                    help="apg: weight η in [0, 1] of the update's part parallel to the conditional x̂₀")
@@ -149,7 +148,7 @@ def add_guidance_method(p) -> None:
                         "schedule) that guidance pushes away from")
 
 
-def _float_pair(text: str) -> tuple:
+def float_pair(text: str) -> tuple:
     """"LO,HI" -> (LO, HI)."""
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -212,10 +211,11 @@ def add_sampling_args(p, default_steps: int = 50, with_class: bool = True, solve
     if solver_defaults:  # `ddim sample`: the defaults follow the solver (``resolve_solver_defaults``)
         p.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps S (1..T) (default: {FAST_STEPS} for the multistep solvers and heun, "
-                            "50 for ddim and the score solvers)")
+                            "50 for ddim and the score solvers; a distilled student (`ddim distill`): its own N "
+                            "steps of ddim)")
         p.add_argument("--spacing", default=None, choices=SPACINGS,
                        help="sub-sequence of the training steps (default: logsnr for the multistep solvers and heun, "
-                            "uniform for ddim and the score solvers)")
+                            "uniform for ddim and the score solvers; a distilled student's: trailing)")
     else:
         p.add_argument("--steps", type=int, default=default_steps, help="sampling steps S (1..T)")
         p.add_argument("--spacing", default="uniform", choices=SPACINGS, help="sub-sequence of the training steps")
@@ -245,7 +245,7 @@ def _dist_timeout(text: str) -> float:
 
 
 def add_dist_timeout(g) -> None:
-    """--dist-timeout, for the subcommands that run under torchrun (train, train-classifier, eval)."""
+    """--dist-timeout, for the subcommands that run under torchrun (train, train-classifier, eval, distill)."""
     from ..distributed import RENDEZVOUS_TIMEOUT
 
     g.add_argument("--dist-timeout", type=_dist_timeout, default=RENDEZVOUS_TIMEOUT, metavar="SECONDS",
@@ -253,16 +253,21 @@ def add_dist_timeout(g) -> None:
                         "to join before it gives up, naming who is missing")
 
 
-def add_clip(p, default: float = 1.0) -> None:
-    p.add_argument("--clip", type=float, default=default,
+def add_clip(p, default: float = 1.0, student: bool = False) -> None:
+    """--clip; ``student``: left unset (None) so that a distilled student's own rule can fill it
+    (``resolve_solver_defaults``), ``default`` otherwise."""
+    p.add_argument("--clip", type=float, default=None if student else default,
                    help="clamp each step's predicted x_0 to [-clip, clip] and re-derive the predicted noise from "
                         "the clamped x_0, as DDPM's posterior mean does for data in [-1, 1] (keeping the raw noise "
                         "instead breaks guided sampling: benchmarks/guidance.py); 0: off, the DDIM paper's plain "
-                        "update")
+                        "update" + (f" (default: {default:g}; a distilled student's own rule, 0 after halving)"
+                                    if student else ""))
 
 
 def clip_value(args):
-    """--clip as ``ddim.sample``'s ``clip`` argument (None: off)."""
+    """--clip as ``ddim.sample``'s ``clip`` argument (None: off; an unset --clip is 1)."""
+    if args.clip is None:
+        args.clip = 1.0
     if not args.clip >= 0:
         raise ValueError(f"--clip must be a number >= 0 (0: off), got {args.clip}")
     return args.clip or None
@@ -288,7 +293,10 @@ def add_solver(p, deterministic: bool = False, sample_default: bool = False) -> 
 
 def resolve_solver_defaults(args) -> None:
     """Fill `ddim sample`'s unset --solver, --spacing, --steps and --eta from the solver: DPM-Solver++(2M) on
-    the log-SNR grid with 10 steps unless --eta (or --sampler ddpm, or --guidance-method cfgpp) asks for DDIM."""
+    the log-SNR grid with 10 steps unless --eta (or --sampler ddpm, or --guidance-method cfgpp) asks for DDIM.
+    A distilled student (``ddim distill``) samples as it was trained to instead: deterministic DDIM on its own
+    grid (its N steps, trailing spacing) with its own x̂_0 rule; guidance methods other than cfg are refused."""
+    _student_defaults(args)
     if args.solver is None:  # `ddim sample` only; interpolate and edit default to ddim
         ddim_only = args.eta is not None or args.sampler == "ddpm" or getattr(args, "guidance_method", "") == "cfgpp"
         args.solver = "ddim" if ddim_only else DEFAULT_SOLVER
@@ -301,64 +309,27 @@ def resolve_solver_defaults(args) -> None:
         args.eta = 0.0
 
 
-def add_score_solver(p) -> None:
-    """The options of --solver pc and --solver langevin (``ddim.samplers.solvers.score``)."""
-    from ..samplers.solvers import PC_PREDICTORS
+def _student_defaults(args) -> None:
+    """The unset flags a distilled student's record fills (``resolve_solver_defaults``), from its config.json
+    alone: before anything is loaded. Anything unreadable is left for loading to name."""
+    from ..checkpoint import find_checkpoint, read_json
+    from ..config import DISTILL_SPACING, DistillConfig
 
-    g = p.add_argument_group("predictor-corrector and Langevin (--solver pc / langevin)")
-    g.add_argument("--predictor", choices=PC_PREDICTORS, default=None,
-                   help="pc: the step after the corrector (default: ddim, with --eta)")
-    g.add_argument("--corrector", choices=("langevin",), default=None,
-                   help="pc: the corrector, Langevin dynamics with the signal-to-noise step rule (default: langevin)")
-    g.add_argument("--snr", type=float, default=None,
-                   help="pc: the corrector's signal-to-noise ratio r in δ = 2α (r‖z‖/‖s‖)² (default: 0.16, score_sde's)")
-    g.add_argument("--corrector-steps", type=int, default=None, help="pc: Langevin steps per level (default: 1)")
-    g.add_argument("--langevin-steps", type=int, default=None, help="langevin: steps L per level (default: 2)")
-    g.add_argument("--step-size", type=float, default=None,
-                   help="langevin: δ_t = step-size · (1 − ᾱ_t) (default: 0.1)")
-
-
-def solver_from_args(args):
-    """The ``Solver`` --solver and its options name (checked: an option of another solver is an error)."""
-    import dataclasses
-
-    solver = get_solver(args.solver)
-    options = {"pc": {"predictor": "predictor", "corrector": None, "snr": "snr", "corrector_steps": "corrector_steps"},
-               "langevin": {"langevin_steps": "langevin_steps", "step_size": "step_size"}}
-    for name, fields in options.items():
-        given = {arg: getattr(args, arg, None) for arg in fields if getattr(args, arg, None) is not None}
-        if given and args.solver != name:
-            flags = ", ".join("--" + a.replace("_", "-") for a in given)
-            raise ValueError(f"{flags} applies to --solver {name} only (got --solver {args.solver})")
-        if given:
-            solver = dataclasses.replace(solver, **{fields[a]: v for a, v in given.items() if fields[a]})
-    return solver
-
-
-def add_classifier(p) -> None:
-    g = p.add_argument_group("classifier guidance")
-    g.add_argument("--classifier-scale", type=float, default=0.0,
-                   help="scale s of classifier guidance, ε̂ − s √(1−ᾱ_t) ∇ log p(y | x_t) (0: off)")
-    g.add_argument("--classifier", default=None,
-                   help="noisy classifier checkpoint (`ddim train-classifier`; default with --classifier-scale: "
-                        "the bundled Fashion-MNIST classifier)")
-
-
-def load_classifier(args, model, schedule, device):
-    """The noisy classifier of --classifier / --classifier-scale, checked against the model; None when off."""
-    from ..checkpoint import BUNDLED_NOISY_CLASSIFIER, load_noisy_classifier
-    from ..generate import check_classifier
-
-    scale = args.classifier_scale
-    if not (scale >= 0 and scale < float("inf")):
-        raise ValueError(f"--classifier-scale must be a finite number >= 0, got {scale}")
-    if not scale:
-        if args.classifier is not None:
-            raise ValueError("--classifier needs --classifier-scale > 0")
-        return None
-    classifier, c_schedule, _ = load_noisy_classifier(args.classifier or BUNDLED_NOISY_CLASSIFIER, device=device)
-    check_classifier(model, schedule, classifier, c_schedule)
-    return classifier
+    try:
+        record = DistillConfig.from_dict(read_json(find_checkpoint(args.checkpoint) / "config.json")["distill"])
+    except (ValueError, OSError, TypeError, KeyError):
+        return
+    if getattr(args, "guidance_method", "cfg") != "cfg":
+        raise ValueError(f"--guidance-method {args.guidance_method} needs a second (∅) forward; {args.checkpoint} is "
+                         "a guidance-distilled student (`ddim distill`) whose --guidance is an input of its one "
+                         "forward: use --guidance-method cfg")
+    if args.solver is None and getattr(args, "eta", None) is None and getattr(args, "sampler", "ddim") == "ddim":
+        args.solver = "ddim"
+    if args.solver == "ddim":
+        args.steps = record.steps if args.steps is None else args.steps
+        args.spacing = DISTILL_SPACING if args.spacing is None else args.spacing
+    if getattr(args, "clip", 0.0) is None:
+        args.clip = record.clip or 0.0
 
 
 # ---------------------------------------------------------------------------------- before any work

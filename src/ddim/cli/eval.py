@@ -163,6 +163,7 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
     """Every user error before any sampling: grids, guidance, batch size, image size."""
     from ..evaluate import FeatureExtractor
     from ..generate import class_labels, conditioned
+    from ..guidance import check_student_guidance
     import torch
 
     from ..samplers.loop import SampleOptions, sample_setup
@@ -187,6 +188,7 @@ def _validate(args, model, schedule, mode: str, steps, etas, model_prediction: s
                 sample_setup(schedule, probe, opts)
     cfg = model.config
     conditioned(model, class_labels([0], cfg.num_classes), args.guidance)
+    check_student_guidance(model, args.guidance_method)  # a distilled student has no ∅ branch for the methods
     if mode == "consistency":  # its report is a picture
         from ..images import check_channels
 

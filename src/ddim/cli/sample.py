@@ -6,11 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from .common import (DEFAULT_GUIDANCE, FAST_STEPS, MAX_BATCH, MAX_FRAMES, MAX_N, Formatter, add_classifier,
-                     add_clip, add_guidance, add_guidance_method, add_sampling_args, add_score_solver, add_solver,
-                     guidance_options, method_options,
-                     check_count, distinct, eta_value, invert_images, load_classifier, load_model, note, progress,
-                     resolve_solver_defaults, save_npz, solver_from_args, writable, x0_rule)
+from .common import (DEFAULT_GUIDANCE, FAST_STEPS, MAX_BATCH, MAX_FRAMES, MAX_N, Formatter, add_clip, add_guidance,
+                     add_guidance_method, add_sampling_args, add_solver, check_count, distinct, eta_value,
+                     guidance_options, invert_images, load_model, method_options, note, progress,
+                     resolve_solver_defaults, save_npz, writable, x0_rule)
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -28,15 +27,15 @@ def _add_sample(sub) -> None:
                    help="ddpm: ancestral sampling on all T steps with the fixed-large variance (ignores --steps, "
                         "--eta, --solver); T = 1000 model calls per image, 100× the default's 10")
     add_solver(p, sample_default=True)
-    add_score_solver(p)
-    add_classifier(p)
+    _add_score_solver(p)
+    _add_classifier(p)
     add_guidance_method(p)
     add_guidance(p, None, f"0: off (default: {DEFAULT_GUIDANCE} for a class-conditional model without "
                           "--classifier-scale, else 0)")
     p.add_argument("--guidance-rescale", type=float, default=0.0,
                    help="φ in [0, 1]: pull the guided output's per-sample std back to the conditional one's "
                         "(Lin et al. 2023; they use 0.7); 0: off")
-    add_clip(p)
+    add_clip(p, student=True)
     p.add_argument("--fast", action="store_true",
                    help="on CUDA: bf16 autocast, channels_last, torch.compile (the first batch waits for it) and "
                         "the whole loop replayed as one CUDA graph; images match the default within bf16 "
@@ -71,7 +70,7 @@ def _run_sample(args) -> int:
     check_count("--batch-size", args.batch_size, MAX_BATCH)
     if args.sampler == "ddpm" and args.solver != "ddim":
         raise ValueError(f"--sampler ddpm is DDPM's own ancestral step; it takes no --solver (got {args.solver})")
-    solver = solver_from_args(args)
+    solver = _solver_from_args(args)
     if args.sampler == "ddim":
         solver.eta(args.eta)  # a solver that takes no η: before loading anything
     method_options(args, [solver])
@@ -84,7 +83,7 @@ def _run_sample(args) -> int:
     # validate everything before the progress bar starts
     plan(schedule, steps, eta, args.spacing, solver=solver)
     rule = x0_rule(args)
-    classifier = load_classifier(args, model, schedule, device)
+    classifier = _load_classifier(args, model, schedule, device)
     model_class = args.class_id if model.config.num_classes is not None or classifier is None else None
     conditioned(model, class_labels([0], model.config.num_classes, model_class), args.guidance, args.guidance_rescale)
     if classifier is not None:
@@ -116,6 +115,68 @@ def _run_sample(args) -> int:
     how = f"eta {eta}" if args.solver == "ddim" else f"solver {args.solver}"
     note(args, [f"wrote {', '.join(written)} ({args.n} images, {steps} steps, {how})"])
     return 0
+
+
+def _add_score_solver(p) -> None:
+    """The options of --solver pc and --solver langevin (``ddim.samplers.solvers.score``)."""
+    from ..samplers.solvers import PC_PREDICTORS
+
+    g = p.add_argument_group("predictor-corrector and Langevin (--solver pc / langevin)")
+    g.add_argument("--predictor", choices=PC_PREDICTORS, default=None,
+                   help="pc: the step after the corrector (default: ddim, with --eta)")
+    g.add_argument("--corrector", choices=("langevin",), default=None,
+                   help="pc: the corrector, Langevin dynamics with the signal-to-noise step rule (default: langevin)")
+    g.add_argument("--snr", type=float, default=None,
+                   help="pc: the corrector's signal-to-noise ratio r in δ = 2α (r‖z‖/‖s‖)² (default: 0.16, score_sde's)")
+    g.add_argument("--corrector-steps", type=int, default=None, help="pc: Langevin steps per level (default: 1)")
+    g.add_argument("--langevin-steps", type=int, default=None, help="langevin: steps L per level (default: 2)")
+    g.add_argument("--step-size", type=float, default=None,
+                   help="langevin: δ_t = step-size · (1 − ᾱ_t) (default: 0.1)")
+
+
+def _solver_from_args(args):
+    """The ``Solver`` --solver and its options name (checked: an option of another solver is an error)."""
+    import dataclasses
+
+    from ..samplers.solvers import get_solver
+
+    solver = get_solver(args.solver)
+    options = {"pc": {"predictor": "predictor", "corrector": None, "snr": "snr", "corrector_steps": "corrector_steps"},
+               "langevin": {"langevin_steps": "langevin_steps", "step_size": "step_size"}}
+    for name, fields in options.items():
+        given = {arg: getattr(args, arg, None) for arg in fields if getattr(args, arg, None) is not None}
+        if given and args.solver != name:
+            flags = ", ".join("--" + a.replace("_", "-") for a in given)
+            raise ValueError(f"{flags} applies to --solver {name} only (got --solver {args.solver})")
+        if given:
+            solver = dataclasses.replace(solver, **{fields[a]: v for a, v in given.items() if fields[a]})
+    return solver
+
+
+def _add_classifier(p) -> None:
+    g = p.add_argument_group("classifier guidance")
+    g.add_argument("--classifier-scale", type=float, default=0.0,
+                   help="scale s of classifier guidance, ε̂ − s √(1−ᾱ_t) ∇ log p(y | x_t) (0: off)")
+    g.add_argument("--classifier", default=None,
+                   help="noisy classifier checkpoint (`ddim train-classifier`; default with --classifier-scale: "
+                        "the bundled Fashion-MNIST classifier)")
+
+
+def _load_classifier(args, model, schedule, device):
+    """The noisy classifier of --classifier / --classifier-scale, checked against the model; None when off."""
+    from ..checkpoint import BUNDLED_NOISY_CLASSIFIER, load_noisy_classifier
+    from ..generate import check_classifier
+
+    scale = args.classifier_scale
+    if not (scale >= 0 and scale < float("inf")):
+        raise ValueError(f"--classifier-scale must be a finite number >= 0, got {scale}")
+    if not scale:
+        if args.classifier is not None:
+            raise ValueError("--classifier needs --classifier-scale > 0")
+        return None
+    classifier, c_schedule, _ = load_noisy_classifier(args.classifier or BUNDLED_NOISY_CLASSIFIER, device=device)
+    check_classifier(model, schedule, classifier, c_schedule)
+    return classifier
 
 
 def _pictures(args, channels: int) -> bool:
@@ -178,7 +239,7 @@ def _add_interpolate(sub) -> None:
     add_guidance(p, 0.0, "0: off, the frames decoded by the conditional model")
     add_guidance_method(p)
     add_solver(p, deterministic=True)
-    add_clip(p)
+    add_clip(p, student=True)
     p.add_argument("--out", default="interpolation.png", help="PNG strip to write")
     p.set_defaults(func=_run_interpolate)
 

@@ -168,6 +168,9 @@ def unet_config_to_diffusers(config: UNetConfig) -> dict[str, Any]:
     """
     if config.patch_size != 1:
         raise ValueError(f"patch_size={config.patch_size} has no diffusers UNet2DModel equivalent (allowed: 1)")
+    if config.guidance_embed:
+        raise ValueError("guidance_embed (a guidance-distilled student's w input) has no diffusers UNet2DModel "
+                         "equivalent")
     L = len(config.channel_mult)
     attn = [r in config.attn_resolutions for r in config.resolutions]
     res = [r in config.resblock_resample for r in config.resolutions]

@@ -12,7 +12,9 @@ Layout, with L = len(channel_mult) levels and C_i = base_channels · channel_mul
 
 The time embedding (sinusoid of width C_0, then a 2-layer MLP to E = 4·C_0) is added inside every
 ResBlock. A class-conditional model adds a learned label embedding (num_classes + 1 rows; the last
-row is the "null" label used for classifier-free guidance) to the time embedding.
+row is the "null" label used for classifier-free guidance) to the time embedding. A guidance-distilled
+student (``guidance_embed``) adds a third term, the embedding of its guidance weight w (Meng et al. 2023,
+"On Distillation of Guided Diffusion Models", §4.1: w is embedded like t).
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ from torch import nn
 from .layers import Downsample, ResBlock, SelfAttention, TimeEmbedding, Upsample
 from .unet_config import LIMITS, MAX_CLASSES, MAX_PARAMETERS, UNetConfig  # re-exported: the UNet's config lives there
 
-__all__ = ["UNetConfig", "UNet", "PRESETS", "unet_from_preset", "count_parameters", "init_ddpm_", "LIMITS", "MAX_CLASSES",
-           "MAX_PARAMETERS"]
+__all__ = ["UNetConfig", "UNet", "PRESETS", "GUIDANCE_EMBED_SCALE", "unet_from_preset", "count_parameters",
+           "init_ddpm_", "LIMITS", "MAX_CLASSES", "MAX_PARAMETERS"]
+
+
+# w is embedded as the sinusoid of the "step" 100·w: the sinusoid's frequencies are laid out for step
+# indices up to ~1000, so guidance weights up to ~10 use its whole range.
+GUIDANCE_EMBED_SCALE = 100.0
 
 
 class _Level(nn.Module):
@@ -123,6 +130,8 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(c.base_channels, E, flip_sin_to_cos=c.flip_sin_to_cos,
                                         freq_shift=c.freq_shift, kind=c.time_embedding)
         self.label_embed = nn.Embedding(c.num_classes + 1, E) if c.num_classes is not None else None
+        self.guidance_embed = (TimeEmbedding(c.base_channels, E, flip_sin_to_cos=c.flip_sin_to_cos,
+                                             freq_shift=c.freq_shift) if c.guidance_embed else None)
 
         self.down, skips = down_path(c)
         ch = skips[-1]
@@ -144,6 +153,10 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(groups, ch, eps=eps)
         self.conv_out = nn.Conv2d(ch, c.out_channels * p2, 3, padding=1)
         init_ddpm_(self)
+        if self.guidance_embed is not None:
+            # zero output layer: a student initialised from its teacher's weights starts as the teacher at every w
+            nn.init.zeros_(self.guidance_embed.lin2.weight)
+            nn.init.zeros_(self.guidance_embed.lin2.bias)
 
     # ---- construction helpers -----------------------------------------------------------------
     @classmethod
@@ -170,7 +183,7 @@ class UNet(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, *,
-                label_emb: torch.Tensor | None = None) -> torch.Tensor:
+                label_emb: torch.Tensor | None = None, w: torch.Tensor | float | None = None) -> torch.Tensor:
         """Predict the training target (ε for DDPM) at noisy images x_t.
 
         Args:
@@ -180,6 +193,8 @@ class UNet(nn.Module):
                 (all-null on a conditional model). Must be None for an unconditional model.
             label_emb: (B, E) label embeddings used in place of ``labels``' rows of the embedding table
                 (null-label inversion optimises these; ``label_embedding`` gives the table's rows).
+            w: the guidance weight(s) of a ``guidance_embed`` model, (B,) or a number (None: 0, the plain
+                conditional prediction); refused by other models.
         Returns:
             (B, out_channels, H, W) in x's dtype.
         """
@@ -197,6 +212,12 @@ class UNet(nn.Module):
             emb = emb + label_emb.to(emb.dtype)
         elif self.label_embed is not None:
             emb = emb + self.label_embed(self._check_labels(labels, x))
+        if self.guidance_embed is not None:
+            w = torch.zeros((), device=x.device) if w is None else torch.as_tensor(w, device=x.device)
+            emb = emb + self.guidance_embed(self._check_t(w, x).float() * GUIDANCE_EMBED_SCALE)
+        elif w is not None:
+            raise ValueError("a guidance weight w was given as an input, but this UNet has no guidance_embed "
+                             "(only a guidance-distilled student takes w; guide others with ClassifierFreeGuidance)")
 
         c = self._config
         p = c.patch_size

@@ -44,6 +44,8 @@ class UNetConfig:
         mid_scale: divides the middle blocks' outputs.
         mid_attn_norm_groups: GroupNorm groups of the middle attention; None: norm_groups; 0: no norm.
         center_input: map inputs from [0, 1] to [−1, 1] first (x ↦ 2x − 1).
+        guidance_embed: take a guidance weight w as an input (a guidance-distilled student, Meng et al. 2023):
+            a sinusoid of w through its own 2-layer MLP, added to the time embedding as the label's is.
     """
 
     image_size: int = 32
@@ -71,6 +73,7 @@ class UNetConfig:
     mid_scale: float = 1.0
     mid_attn_norm_groups: int | None = None
     center_input: bool = False
+    guidance_embed: bool = False
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so the frozen config stays hashable and compares equal.
@@ -174,6 +177,8 @@ def _validate(c: UNetConfig) -> None:
     if not (_finite(c.norm_eps) and 0 < c.norm_eps <= 1):  # a variance floor: inf or 1e308 zeroes every norm
         raise ValueError(f"norm_eps must be a number in (0, 1], got {c.norm_eps!r}")
     _validate_form(c)
+    if c.guidance_embed is True and c.num_classes is None:
+        raise ValueError("guidance_embed needs a class-conditional model (num_classes): w weighs a class against ∅")
 
 
 def _finite(v: Any) -> bool:
@@ -182,7 +187,7 @@ def _finite(v: Any) -> bool:
 
 def _validate_form(c: UNetConfig) -> None:
     """The fields beyond the DDPM UNet (attention heads, sinusoid layout, resampling, middle block)."""
-    for name in ("flip_sin_to_cos", "scale_shift", "mid_block", "mid_attention", "center_input"):
+    for name in ("flip_sin_to_cos", "scale_shift", "mid_block", "mid_attention", "center_input", "guidance_embed"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name} must be true or false, got {getattr(c, name)!r}")
     if c.head_dim is not None:

@@ -1,0 +1,120 @@
+"""Distilled students against their teacher: quality and time per cell, one protocol for every cell.
+
+Cells (all at guidance w = --w, labels i mod 10, sample i from seed (seed, i), so the same x_T in every cell):
+    student N      `ddim distill`'s N-step student (RUN/steps_N), DDIM η = 0 on its own trailing grid, its own
+                   x̂₀ rule, w fed to its input: N forward passes per image
+    teacher ddim   the guided teacher, DDIM η = 0 on the trailing grid of S steps, x̂₀ clamped and ε̂ re-derived
+    teacher 2M     the guided teacher, DPM-Solver++(2M) on the log-SNR grid of S steps (`ddim sample`'s solver)
+    teacher default  `ddim sample`'s default: DPM-Solver++(2M), 10 log-SNR steps
+The teacher cells take S = N sampler steps, the same number of sequential model calls as the N-step student;
+classifier-free guidance makes each of them a batched call on 2B images (2S forward passes per image).
+Per cell: FID ± bootstrap std, precision and recall (the shipped feature extractor against the Fashion-MNIST
+test split), class agreement by the shipped classifier with its 95 % Wilson interval, and seconds of sampling.
+
+    python benchmarks/distill.py --run runs/distill --n 2000 --json benchmarks/results/distill_cpu.json \
+        --picture docs/distill.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ddim.allocator import keep_freed_memory
+from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
+from ddim.evaluate import class_agreement, evaluate_images, load_classifier, reference_stats
+from ddim.generate import RunOptions, class_labels, generate
+from ddim.guidance import GuidanceOptions
+from ddim.images import save_grid
+from ddim.samplers import SampleOptions
+
+CLIP = {"clip": 1.0, "eps_from_clipped_x0": True}  # `ddim sample`'s x̂₀ rule for an ordinary model
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def cells(args) -> list[dict]:
+    """Every cell to run: label, checkpoint, sampling keywords, forward passes per image."""
+    out = []
+    for n in args.steps:
+        student = Path(args.run) / f"steps_{n}"
+        if student.exists():
+            rec = load_checkpoint(student)[2].distill
+            rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
+            out.append({"label": f"student {n}", "checkpoint": str(student), "nfe": n,
+                        "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **rule}})
+    for n in args.teacher_steps:
+        out.append({"label": f"teacher ddim {n}", "checkpoint": args.teacher, "nfe": 2 * n,
+                    "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **CLIP}})
+        out.append({"label": f"teacher 2M {n}", "checkpoint": args.teacher, "nfe": 2 * n,
+                    "kw": {"steps": n, "spacing": "logsnr", "solver": "dpmpp-2m", **CLIP}})
+    if args.default:
+        out.append({"label": "teacher default (2M 10)", "checkpoint": args.teacher, "nfe": 20,
+                    "kw": {"steps": 10, "spacing": "logsnr", "solver": "dpmpp-2m", **CLIP}})
+    return [c for c in out if not args.only or any(c["label"].startswith(o) for o in args.only)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="`ddim distill --out` folder (its steps_N/ students)")
+    p.add_argument("--teacher", default=str(BUNDLED_MODEL))
+    p.add_argument("--steps", type=_ints, default=[1, 2, 4, 8], help="the students' steps")
+    p.add_argument("--teacher-steps", type=_ints, default=[1, 2, 4, 8], help="the teacher's sampler steps S")
+    p.add_argument("--no-default", dest="default", action="store_false", help="skip the teacher's default cell")
+    p.add_argument("--only", action="append", default=[], help="only cells whose label starts with this (repeat)")
+    p.add_argument("--w", type=float, default=0.5, help="guidance weight (`ddim sample`'s default 0.5)")
+    p.add_argument("--n", type=int, default=2000, help="samples per cell")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", default=None, help="write the rows here (after every cell)")
+    p.add_argument("--picture", default=None,
+                   help="PNG: rows teacher default, student 8/4/2/1 (those run), 10 columns = classes 0..9, the same "
+                        "x_T down each column")
+    args = p.parse_args()
+    keep_freed_memory()
+    torch.set_grad_enabled(False)
+    classifier, _ = load_classifier()
+    reference = reference_stats("fashion-mnist", split="test", data_dir=args.data_dir)
+    rows, shown_by_label = [], {}
+    print(f"{'cell':>24} {'NFE':>4} {'FID':>12} {'agree':>6} {'95 % interval':>13} {'prec':>5} {'rec':>5} {'s':>6}")
+    for cell in cells(args):
+        model, schedule, config = load_checkpoint(cell["checkpoint"])
+        labels = class_labels(range(args.n), model.config.num_classes)
+        t0 = time.perf_counter()
+        x = generate(model, schedule, args.n, SampleOptions(prediction=config.prediction, **cell["kw"]),
+                     GuidanceOptions(w=args.w), RunOptions(seed=args.seed, batch_size=args.batch_size))
+        seconds = time.perf_counter() - t0
+        shown = x.clamp(-1, 1)  # what a PNG shows
+        a = class_agreement(classifier(shown).argmax(1), labels, model.config.num_classes)
+        m = evaluate_images(shown, reference)
+        row = {"cell": cell["label"], "checkpoint": cell["checkpoint"], "forward_passes": cell["nfe"],
+               "sampling": {k: str(v) for k, v in cell["kw"].items()}, "w": args.w, "n": args.n,
+               "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
+               "class_agreement": a["value"], "class_agreement_95": [a["low"], a["high"]],
+               "per_class": a["per_class"], "seconds": round(seconds, 1)}
+        rows.append(row)
+        shown_by_label[cell["label"]] = shown[:10]
+        print(f"{cell['label']:>24} {cell['nfe']:>4} {m['fid']:>6.2f} ± {m.get('fid_std') or 0:.2f} "
+              f"{a['value']:>6.3f} {a['low']:.3f}-{a['high']:.3f} {m['precision']:>5.2f} {m['recall']:>5.2f} "
+              f"{seconds:>6.0f}", flush=True)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({
+                "command": "python benchmarks/distill.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": rows}, indent=1) + "\n")
+    if args.picture:
+        order = ["teacher default (2M 10)"] + [f"student {n}" for n in (8, 4, 2, 1)]
+        save_grid(torch.cat([shown_by_label[k] for k in order if k in shown_by_label]), args.picture, nrow=10)
+
+
+if __name__ == "__main__":
+    main()

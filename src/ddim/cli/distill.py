@@ -1,0 +1,119 @@
+"""``ddim distill``: parse -> ``DistillOptions`` -> ``plan_phases`` (every refusal of the inputs happens there,
+before anything is written) -> ``ddim.train.distill_trainer.run_distillation``.
+
+How ``ddim sample`` reads a student's own sampling defaults is ``common.resolve_solver_defaults``'s part.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import (Formatter, add_data_dir, add_device, add_dist_timeout, add_quiet, add_seed, float_pair, int_list,
+                     writable)
+
+__all__ = ["SUBCOMMANDS"]
+
+
+def _add_distill(sub) -> None:
+    from ..config import DISTILL_WEIGHTINGS
+    from ..train.distill_trainer import DEFAULT_TEACHER_STEPS, DistillOptions
+
+    d = DistillOptions()
+    p = sub.add_parser("distill", formatter_class=Formatter,
+                       help="distil a model into students that sample in 2^k steps (progressive distillation)",
+                       description="Progressive distillation (Salimans & Ho 2022): a student learns to do two "
+                                   "deterministic DDIM steps of its teacher in one, and the halving repeats from "
+                                   "--teacher-steps down to --steps. A class-conditional teacher is first distilled "
+                                   "into a student that takes the guidance weight w as an input (Meng et al. 2023, "
+                                   "stage 1). Each phase is a run folder under --out (guided_K/, steps_N/), "
+                                   "checkpointed and resumable exactly as `ddim train`; sample a student with "
+                                   "`ddim sample --checkpoint OUT/steps_N` (its own N steps by default, --guidance "
+                                   "feeds its w input). Under torchrun the global --batch-size is split across the "
+                                   "processes.")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", default="bundled", metavar="CHECKPOINT",
+                   help="the model to distil: a checkpoint or run directory, or 'bundled' (the bundled model)")
+    g.add_argument("--teacher-steps", type=int, default=None,
+                   help=f"K, the teacher's DDIM grid the first round halves (a power of two; default: "
+                        f"{DEFAULT_TEACHER_STEPS}, or a distilled teacher's own grid)")
+    g.add_argument("--steps", type=int, default=d.steps, help="the last student's steps (a power of two below K)")
+    g.add_argument("--guided-steps", type=int, default=d.guided_train_steps,
+                   help="optimizer steps of the guided phase (class-conditional teachers)")
+    g.add_argument("--round-steps", type=int_list, default=d.round_train_steps,
+                   help=f"optimizer steps per halving round: one number, or one per round from K/2 down "
+                        f"(default: {d.round_train_steps[0]})")
+    g.add_argument("--w-range", type=float_pair, default=(d.w_min, d.w_max), metavar="W_MIN,W_MAX",
+                   help=f"guidance weights are drawn from U[W_MIN, W_MAX] in training "
+                        f"(default: {d.w_min:g},{d.w_max:g})")
+    g.add_argument("--weighting", choices=DISTILL_WEIGHTINGS, default=d.weighting,
+                   help="loss weight on ‖x̂_0 − x̃‖²: max(SNR, 1), or SNR + 1 (the v-loss)")
+    add_data_dir(g, "where the teacher's training data are, when not where its config says")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    g.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (decays linearly over each phase)")
+    g.add_argument("--warmup", type=int, default=20, help="linear learning-rate warm-up of each phase, steps")
+    g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the student's weights")
+    add_seed(g, "seed of every random stream (phase i uses seed + i)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="folder of the phases' run folders (required)")
+    g.add_argument("--resume", action="store_true", help="continue: skip finished phases, resume the current one")
+    add_device(g)
+    add_dist_timeout(g)
+    g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: end of phase only)")
+    g.add_argument("--keep-last", type=int, default=2, help="checkpoints kept per phase (0: all)")
+    g.add_argument("--no-samples", dest="samples", action="store_false",
+                   help="no sample grid at the end of each phase (default: one, in its samples/)")
+    g.add_argument("--log-every", type=int, default=25, help="steps between metrics.jsonl lines")
+    add_quiet(g)
+    p.set_defaults(func=_run_distill)
+
+
+def _options(args):
+    from ..checkpoint import BUNDLED_MODEL
+    from ..config import TrainConfig
+    from ..train.distill_trainer import DistillOptions
+
+    teacher = str(BUNDLED_MODEL) if args.teacher == "bundled" else args.teacher
+    train = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
+                        seed=args.seed, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+                        sample_every=1 if args.samples else 0, num_samples=20, log_every=args.log_every,
+                        weight_decay=0.0, label_dropout=0.0)
+    return DistillOptions(teacher=teacher, teacher_steps=args.teacher_steps, steps=args.steps,
+                          guided_train_steps=args.guided_steps, round_train_steps=tuple(args.round_steps),
+                          w_min=args.w_range[0], w_max=args.w_range[1], weighting=args.weighting, train=train,
+                          data_dir=args.data_dir)
+
+
+def _run_distill(args) -> int:
+    from ..files import check_folder_free
+    from ..train.distill_trainer import phase_done, plan_phases, run_distillation
+    from ..train.trainer import check_run_dir
+
+    writable(args.out, folder=True)
+    plan = plan_phases(_options(args), args.out)  # every refusal of the inputs, before anything is written
+    for run, _ in plan:
+        check_run_dir(run, args.resume)
+        check_folder_free(run)
+    if not args.resume and any(run.exists() for run, _ in plan):
+        raise ValueError(f"{args.out} already holds distillation runs; pass --resume to continue them, or choose "
+                         "another --out")
+
+    def announce(run, config):
+        if not args.quiet:
+            dc = config.distill
+            what = "guided → w-input" if dc.phase == "guided" else f"{dc.teacher_steps} → {dc.steps} steps"
+            print(f"ddim: distill: {run.name}: {what}, {config.train.steps} optimizer steps", file=sys.stderr)
+
+    result = run_distillation(plan, device=args.device, resume=args.resume, quiet=args.quiet, on_phase=announce,
+                              dist_timeout=args.dist_timeout)
+    if result is not None and result.interrupted:
+        return 128 + result.signal  # the shell convention for "stopped by signal N"
+    if not args.quiet:
+        done = [run.name for run, config in plan if phase_done(run, config)]
+        print(f"ddim: distilled into {Path(args.out)}/ ({', '.join(done)}); sample with `ddim sample --checkpoint "
+              f"{plan[-1][0]}`", file=sys.stderr)
+    return 0
+
+
+SUBCOMMANDS = (_add_distill,)

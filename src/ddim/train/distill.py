@@ -1,0 +1,100 @@
+"""Progressive distillation of a (guided) diffusion model: the pure math of its target, loss and grids.
+
+Notation (Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models", ICLR 2022,
+with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), SNR = α²/σ²):
+
+    DDIM (η = 0) step t → s from x̂ = x̂_0(x_t):   x_s = α_s x̂ + σ_s (x_t − α_t x̂) / σ_t         (DDIM eq. 12)
+    teacher, two steps on a grid of 2N:         x_t → x_t' → x_t''
+    student, one step on the grid of N:         x_t → x_t''
+    the target that makes them equal:           x̃ = (x_t'' − (σ_t''/σ_t) x_t) / (α_t'' − (σ_t''/σ_t) α_t)
+                                                                                  (Algorithm 2, line 9)
+    loss:                                       w(λ_t) ‖x̂_0^student(x_t) − x̃‖²,  w = max(SNR_t, 1)
+                                                ("truncated SNR", §4) or SNR_t + 1 (the v-loss, eq. 9's)
+
+Guided teachers (Meng et al., "On Distillation of Guided Diffusion Models", CVPR 2023, §4.1, stage 1): a
+student that takes the guidance weight w as an input learns, in one forward, the guided prediction
+    x̂_w = (1 + w) x̂_c − w x̂_∅,    w ~ U[w_min, w_max]                               (their eq. 5 in x-space)
+(the combination is linear, so it is the same in ε-, x_0- or v-form; ``ddim.guidance.guided_combination``);
+stage 2 then halves that student as above, w kept as an input of every round's teacher and student.
+
+The grids are the "trailing" ones (``ddim.timesteps``): τ_i = round(T − i·T/S) − 1, which start at T − 1
+(where x_T ~ N(0, I) is the right marginal, so a 1-step student starts from pure noise) and nest: the grid
+of N steps is every other point of the grid of 2N, for every power of two N up to T/4.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..checks import check_power_of_two
+from ..config import DISTILL_SPACING, DISTILL_WEIGHTINGS
+from ..forward import eps_from_x0, predict_x0_eps
+from ..samplers.steps import ddim_step
+from ..timesteps import timesteps
+
+__all__ = ["deterministic_step", "distill_target", "loss_weight", "x0_from_output", "student_grid", "grid_abar"]
+
+
+def deterministic_step(x_t: torch.Tensor, x0_hat: torch.Tensor, abar_t, abar_s) -> torch.Tensor:
+    """One deterministic DDIM step t → s (DDIM eq. 12 with σ = 0) from x̂_0:
+
+        x_s = α_s x̂_0 + σ_s ε̂,   ε̂ = (x_t − α_t x̂_0) / σ_t,   α = √ᾱ, σ = √(1 − ᾱ).
+
+    ``abar_s`` = 1 lands on x̂_0 itself. ᾱ's broadcast against x (e.g. (B, 1, 1, 1)).
+    """
+    return ddim_step(x0_hat, eps_from_x0(x_t, x0_hat, abar_t), torch.as_tensor(abar_s, dtype=x_t.dtype), 0.0)
+
+
+def distill_target(x_t: torch.Tensor, x_t2: torch.Tensor, abar_t, abar_t2) -> torch.Tensor:
+    """x̃ of Salimans & Ho, Algorithm 2: the x̂_0 whose one DDIM step from x_t (at ᾱ_t) lands on the teacher's
+    x_t'' (at ᾱ_t''),
+
+        x̃ = (x_t'' − (σ_t''/σ_t) x_t) / (α_t'' − (σ_t''/σ_t) α_t).
+
+    At ᾱ_t'' = 1 (the step onto x_0) σ_t'' = 0 and x̃ = x_t''. ``deterministic_step(x_t, x̃, ᾱ_t, ᾱ_t'') == x_t''``.
+    """
+    abar_t, abar_t2 = torch.as_tensor(abar_t, dtype=x_t.dtype), torch.as_tensor(abar_t2, dtype=x_t.dtype)
+    ratio = (1 - abar_t2).sqrt() / (1 - abar_t).sqrt()
+    return (x_t2 - ratio * x_t) / (abar_t2.sqrt() - ratio * abar_t.sqrt())
+
+
+def loss_weight(abar_t: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The x̂_0-space loss weight at ᾱ_t: max(SNR, 1) ("truncated-snr", Salimans & Ho §4) or SNR + 1 ("snr+1",
+    which makes ‖x̂_0 − x̃‖² the v-loss ‖v̂ − ṽ‖²: v = (α x_t − x_0)/σ, so δv = −δx_0/σ and 1/σ² = SNR + 1)."""
+    snr = abar_t / (1 - abar_t)
+    if weighting == "truncated-snr":
+        return snr.clamp(min=1.0)
+    if weighting == "snr+1":
+        return snr + 1
+    raise ValueError(f"unknown weighting {weighting!r}; allowed: {', '.join(DISTILL_WEIGHTINGS)}")
+
+
+def x0_from_output(out: torch.Tensor, x_t: torch.Tensor, abar_t, prediction: str,
+                   clip: Optional[float] = None) -> torch.Tensor:
+    """x̂_0 (DDIM eq. 9 for ε; as is for x_0; α x_t − σ v for v) from a network output of type ``prediction``,
+    clamped to [−clip, clip] when ``clip`` is set (the x̂_0 rule the teacher samples with; ε̂ is then re-derived
+    from the clamped x̂_0 by ``deterministic_step``)."""
+    x0, _ = predict_x0_eps(out, x_t, abar_t, prediction)
+    return x0 if clip is None else x0.clamp(-clip, clip)
+
+
+def student_grid(num_train_steps: int, steps: int) -> torch.Tensor:
+    """The descending grid of a ``steps``-step student: ``ddim.timesteps(T, steps, "trailing")``. Refuses a
+    step count whose grid is not every other point of the grid twice as fine (the teacher's)."""
+    check_power_of_two("the number of steps", steps)
+    if 2 * steps > num_train_steps:
+        raise ValueError(f"{steps} steps need a teacher grid of {2 * steps} on a schedule of only "
+                         f"{num_train_steps} training steps")
+    tau = timesteps(num_train_steps, steps, DISTILL_SPACING)
+    finer = timesteps(num_train_steps, 2 * steps, DISTILL_SPACING)
+    if not torch.equal(finer[::2], tau):  # rounding to integer steps breaks nesting on very fine grids
+        raise ValueError(f"the {steps}-step trailing grid is not every other point of the {2 * steps}-step one on "
+                         f"T = {num_train_steps}; choose fewer teacher steps")
+    return tau
+
+
+def grid_abar(alphas_cumprod: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """(S + 1,) float64: ᾱ at each point of the descending grid τ, then 1 (the step after the last lands on x_0)."""
+    return torch.cat([alphas_cumprod[tau].double(), torch.ones(1, dtype=torch.float64)])

@@ -1,0 +1,173 @@
+"""`ddim distill` end to end on 8×8 digits: a tiny class-conditional teacher halved 4 → 2 → 1 (after the guided
+phase), sampled by `ddim sample` on the student's own grid; kill -9 and --resume end bitwise identical to an
+uninterrupted run; bad input is one line, exit 2, nothing created."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from subprocesses import ddim_env
+
+from ddim.checkpoint import list_checkpoints, load_checkpoint, read_tensors
+from ddim.cli import main
+
+TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
+        "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--quiet",
+        "--batch-size", "32", "--lr", "2e-3", "--warmup", "10", "--prediction", "v"]
+PHASES = ("guided_4", "steps_2", "steps_1")
+ROUND = 12  # optimizer steps per phase
+
+
+def distill_args(teacher, out, *extra):
+    return ["distill", "--teacher", str(teacher), "--out", str(out), "--teacher-steps", "4", "--steps", "1",
+            "--guided-steps", str(ROUND), "--round-steps", str(ROUND), "--batch-size", "16", "--checkpoint-every", "4",
+            "--keep-last", "0", "--log-every", "2", "--device", "cpu", "--quiet", *extra]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ddim: error:"), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["train", *TINY, "--out", str(out), "--steps", "30"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distilled") / "d"
+    assert main(distill_args(teacher, out)) == 0
+    return out
+
+
+def test_phases_records_and_sampling(distilled, teacher, tmp_path, capsys):
+    for name, n, phase in zip(PHASES, (4, 2, 1), ("guided", "halve", "halve")):
+        ckpts = list_checkpoints(distilled / name)
+        assert ckpts and ckpts[-1].name == f"step_{ROUND:06d}"
+        model, _, cfg = load_checkpoint(distilled / name)
+        assert cfg.model.guidance_embed and cfg.distill.phase == phase and cfg.distill.steps == n
+        assert cfg.distill.origin == str(teacher)
+        assert [r["steps"] for r in cfg.distill.rounds] == [4, 2][: PHASES.index(name)]
+        assert (distilled / name / "samples" / f"step_{ROUND:06d}.png").is_file()
+    assert load_checkpoint(distilled / "steps_1")[2].distill.teacher == str(distilled / "steps_2")
+    assert load_checkpoint(distilled / "steps_1")[2].distill.clip is None  # no clamp after halving
+    assert load_checkpoint(distilled / "guided_4")[2].distill.clip == 1.0
+
+    capsys.readouterr()
+    out = tmp_path / "s.png"
+    assert main(["sample", "--checkpoint", str(distilled / "steps_1"), "--n", "4", "--out", str(out)]) == 0
+    note = capsys.readouterr().err
+    assert out.is_file() and "1 steps, eta 0.0" in note  # its own grid by default, one forward per step
+    assert main(["sample", "--checkpoint", str(distilled / "steps_2"), "--n", "4", "--guidance", "1.5",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert "2 steps" in capsys.readouterr().err
+    # told otherwise, it samples as told
+    assert main(["sample", "--checkpoint", str(distilled / "steps_2"), "--n", "2", "--steps", "3",
+                 "--solver", "dpmpp-2m", "--out", str(tmp_path / "o.png")]) == 0
+    assert "3 steps, solver dpmpp-2m" in capsys.readouterr().err
+    assert main(["interpolate", "--checkpoint", str(distilled / "steps_2"), "--seeds", "0", "1", "--frames", "3",
+                 "--quiet", "--out", str(tmp_path / "i.png")]) == 0
+
+
+def test_sampling_feeds_w_to_one_forward(distilled, tmp_path, monkeypatch):
+    """`ddim sample --guidance 0.5` on a student: every forward is a batch of --n images with w = 0.5 as an input
+    (classifier-free guidance would double the batch), on the student's grid of 2 steps."""
+    from ddim.nn import UNet
+
+    calls = []
+    real = UNet.forward
+
+    def forward(self, x, t, labels=None, **kw):
+        calls.append((x.shape[0], float(torch.as_tensor(kw.get("w")).flatten()[0])))
+        return real(self, x, t, labels, **kw)
+
+    monkeypatch.setattr(UNet, "forward", forward)
+    assert main(["sample", "--checkpoint", str(distilled / "steps_2"), "--n", "3", "--guidance", "0.5", "--quiet",
+                 "--out", str(tmp_path / "w.png")]) == 0
+    assert calls == [(3, 0.5)] * 2
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--guidance-method", "apg"], "--guidance-method apg needs a second (∅) forward"),
+    (["--guidance-method", "interval"], "a guidance-distilled student"),
+    (["--guidance-method", "cfgpp"], "use --guidance-method cfg"),
+    (["--guidance-rescale", "0.7"], "guidance rescale needs the conditional and the guided outputs apart"),
+])
+def test_a_student_refuses_what_needs_a_second_forward(distilled, tmp_path, capsys, extra, words):
+    out = tmp_path / "no.png"
+    assert main(["sample", "--checkpoint", str(distilled / "steps_2"), "--n", "2", "--out", str(out), *extra]) == 2
+    assert words in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def _start(teacher, out, *extra):
+    cmd = [sys.executable, "-m", "ddim", *distill_args(teacher, out, *extra)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ddim_env())
+
+
+def test_kill_and_resume_is_bitwise_exact(teacher, distilled, tmp_path):
+    out = tmp_path / "d"
+    p = _start(teacher, out)
+    end = time.monotonic() + 240
+    while not [c for c in list_checkpoints(out / "steps_2") if c.name != f"step_{ROUND:06d}"]:
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        assert time.monotonic() < end, "no checkpoint in the first halving round"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert not list_checkpoints(out / "steps_1")
+    p = subprocess.run([sys.executable, "-m", "ddim", *distill_args(teacher, out, "--resume")], capture_output=True,
+                       text=True, env=ddim_env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name in PHASES:
+        a, b = list_checkpoints(distilled / name)[-1], list_checkpoints(out / name)[-1]
+        for stem in ("model", "ema", "training_state"):
+            ta, tb = read_tensors(a / f"{stem}.safetensors"), read_tensors(b / f"{stem}.safetensors")
+            bad = [k for k in ta if not torch.equal(ta[k], tb[k])]
+            assert ta.keys() == tb.keys() and not bad, f"{name}/{stem}: {bad[:3]}"
+
+
+def test_finished_run_resumes_to_nothing_and_refuses_without_resume(teacher, distilled, capsys):
+    before = {p: p.stat().st_mtime_ns for p in distilled.rglob("*.safetensors")}
+    assert main(distill_args(teacher, distilled, "--resume")) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in distilled.rglob("*.safetensors")}
+    capsys.readouterr()
+    assert main(distill_args(teacher, distilled)) == 2
+    assert "--resume" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--steps", "3"], "power of two"),
+    (["--teacher-steps", "6"], "power of two"),
+    (["--steps", "8"], "below the teacher's grid"),
+    (["--steps", "4"], "below the teacher's grid"),
+    (["--round-steps", "5,5,5"], "halving rounds"),
+    (["--w-range", "2,1"], "w_max"),
+    (["--w-range", "2"], "two comma-separated numbers"),
+    (["--dist-timeout", "0"], "--dist-timeout"),
+])
+def test_bad_input_is_one_line_and_creates_nothing(teacher, tmp_path, capsys, extra, msg):
+    out = tmp_path / "new" / "d"
+    assert main(distill_args(teacher, out, *extra)) == 2
+    assert msg in _one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_teacher_that_is_not_a_checkpoint(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"hello": 1}))
+    for teacher in (folder, tmp_path / "missing"):
+        assert main(distill_args(teacher, tmp_path / "out")) == 2
+        _one_error_line(capsys)
+        assert not (tmp_path / "out").exists()
