@@ -13,12 +13,12 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from . import eval as eval_, inversion, sample, train
+from . import demo, eval as eval_, inversion, sample, train
 from .common import EXIT_FAILED, EXIT_USAGE, Formatter, Parser, UsageError
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = (*train.SUBCOMMANDS, *sample.SUBCOMMANDS, *inversion.SUBCOMMANDS, *eval_.SUBCOMMANDS)
+SUBCOMMANDS = (*train.SUBCOMMANDS, *sample.SUBCOMMANDS, *inversion.SUBCOMMANDS, *eval_.SUBCOMMANDS, *demo.SUBCOMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
