@@ -4,6 +4,7 @@ and edit with one loaded model; the work is ``ddim.demo``, the page ``ddim.demo.
 from __future__ import annotations
 
 import os
+import signal
 
 from .common import Formatter, add_checkpoint, add_device, check_count
 
@@ -43,6 +44,9 @@ def _run_demo(args) -> int:
     # Gradio's own uploads and copies go into the same folder (it reads the variable when imported)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch.root / "gradio"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("MPLCONFIGDIR", str(scratch.root / "matplotlib"))  # Gradio imports matplotlib: its cache
+    # SIGTERM (a service manager, a test's terminate()) stops the server as Ctrl-C does, so the folder goes too
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
             from ..demo import ui
@@ -52,6 +56,10 @@ def _run_demo(args) -> int:
     finally:
         scratch.close()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 SUBCOMMANDS = (_add_demo,)

@@ -10,7 +10,9 @@ Importing this module imports Gradio (the ``demo`` extra); only `ddim demo` does
 from __future__ import annotations
 
 import functools
+import html
 import math
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -37,13 +39,17 @@ CSS = """
 
 
 def _in_page(fn):
-    """A handler whose refusals show as one message in the page (never a stack trace)."""
+    """A handler whose refusals show as one message in the page, and as one line on the server's console
+    (never a stack trace)."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (ValueError, OSError, MemoryError) as e:
-            raise gr.Error(" ".join(str(e).split()) or type(e).__name__, title="ddim") from None
+            message = " ".join(str(e).split()) or type(e).__name__
+            print(f"ddim demo: refused: {message}", file=sys.stderr)
+            # the page renders the message as HTML: a file name must not become markup
+            raise gr.Error(html.escape(message), duration=None, print_exception=False) from None
     return run
 
 
