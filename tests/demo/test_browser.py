@@ -155,9 +155,11 @@ def _screenshot(d, name: str) -> None:
     """docs/demo_NAME.png, the whole page, when DDIM_UPDATE_DOCS is set."""
     if not os.environ.get("DDIM_UPDATE_DOCS"):
         return
-    height = d.execute_script("return document.documentElement.scrollHeight")
-    d.set_window_size(1400, min(height + 20, 2400))
-    time.sleep(0.5)  # let the page lay itself out at the new size
+    for _ in range(3):  # the page lays itself out again at each size: grow the window until all of it shows
+        height = d.execute_script("return document.documentElement.scrollHeight")
+        d.set_window_size(1400, min(height + 40, 2400))
+        d.execute_script("window.scrollTo(0, 0)")
+        time.sleep(0.5)
     shot = Image.open(io.BytesIO(d.get_screenshot_as_png())).convert("RGB")
     shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(DOCS / f"demo_{name}.png", optimize=True)
     d.set_window_size(1400, 1000)
