@@ -27,7 +27,8 @@ def test_without_gradio_one_line_names_the_install_command(monkeypatch, capsys, 
 ])
 def test_bad_flags_are_one_line(argv, message, capsys, monkeypatch):
     find_spec = importlib.util.find_spec  # as if Gradio were there: the flags are refused before it is imported
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "gradio" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "gradio" else
+                        find_spec(name, *a))
     assert main(["demo", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ddim: error: ") and message in err and err.count("\n") == 1

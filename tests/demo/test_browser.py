@@ -107,11 +107,9 @@ def browser(server):
 @pytest.fixture
 def page(browser, server):
     """The demo freshly loaded: (driver, helpers)."""
-    from selenium.webdriver.common.by import By
-
     browser.set_window_size(1400, 1000)
     browser.get(server)
-    _wait(browser, lambda: browser.find_elements(By.ID, "sample-run"), 60)
+    _wait(browser, lambda: browser.find_elements("id", "sample-run"), 60)
     return browser
 
 
@@ -122,14 +120,33 @@ def _wait(d, condition, timeout: float = 120, every: float = 0.05):
 
 
 def _tab(d, name: str) -> None:
-    from selenium.webdriver.common.by import By
+    next(b for b in d.find_elements("css selector", "button[role=tab]") if b.text == name).click()
 
-    next(b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == name).click()
+
+def _run(d, tab: str, button: str, image: str) -> np.ndarray:
+    """In ``tab``, click ``button`` and wait for the picture in component ``image``: its pixels."""
+    _tab(d, tab)
+    d.find_element("id", button).click()
+    _wait(d, lambda: _image_src(d, image))
+    return _pixels(_image_src(d, image))
 
 
 def _image_src(d, elem_id: str):
     """The src of the image shown in component ``elem_id``, or None."""
     return d.execute_script(f"const i = document.querySelector('#{elem_id} img'); return i ? i.src : null;")
+
+
+def _wait_watching_progress(d, condition) -> set:
+    """Wait for ``condition``, collecting the progress texts the page shows on the way ("12/80 steps", "queue: 1/1")."""
+    seen = set()
+
+    def done() -> bool:
+        seen.update(d.execute_script(
+            "return Array.from(document.querySelectorAll('.progress-text')).map(e => e.textContent.trim())"))
+        return bool(condition())
+
+    _wait(d, done, every=0.1)
+    return seen
 
 
 def _fetch(url: str) -> bytes:
@@ -145,31 +162,32 @@ def _text(d, elem_id: str) -> str:
     return d.execute_script(f"return document.getElementById('{elem_id}').innerText")
 
 
-def _message(d, text: str) -> bool:
-    """Whether an error toast in the page says ``text``."""
-    toasts = d.execute_script("return Array.from(document.querySelectorAll('.toast-body')).map(e => e.innerText)")
-    return any(text in t for t in toasts)
+def _refused(d, button: str, text: str) -> None:
+    """Click ``button``: the page must say ``text`` in an error message, and show no stack trace."""
+    d.find_element("id", button).click()
+    script = "return Array.from(document.querySelectorAll('.toast-body')).map(e => e.innerText)"
+    _wait(d, lambda: any(text in t for t in d.execute_script(script)), 60)
+    assert "Traceback" not in d.find_element("tag name", "body").text
 
 
 def _screenshot(d, name: str) -> None:
     """docs/demo_NAME.png, the whole page, when DDIM_UPDATE_DOCS is set."""
     if not os.environ.get("DDIM_UPDATE_DOCS"):
         return
-    for _ in range(3):  # the page lays itself out again at each size: grow the window until all of it shows
-        height = d.execute_script("return document.documentElement.scrollHeight")
-        d.set_window_size(1400, min(height + 40, 2400))
-        d.execute_script("window.scrollTo(0, 0)")
-        time.sleep(0.5)
+    # the window's height includes the browser's own bars: add them to the page's to show all of the page
+    page_height, bars = d.execute_script(
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+    d.set_window_size(1400, min(page_height + bars, 2400))
+    d.execute_script("window.scrollTo(0, 0)")
+    time.sleep(0.5)  # let the page lay itself out at the new size
     shot = Image.open(io.BytesIO(d.get_screenshot_as_png())).convert("RGB")
     shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(DOCS / f"demo_{name}.png", optimize=True)
     d.set_window_size(1400, 1000)
 
 
 def test_sample_grid_is_what_ddim_sample_writes(page, capsys, tmp_path):
-    from selenium.webdriver.common.by import By
-
     d = page
-    d.find_element(By.ID, "sample-run").click()
+    d.find_element("id", "sample-run").click()
     start = time.perf_counter()
     _wait(d, lambda: _image_src(d, "sample-grid"), every=0.02)
     seconds = time.perf_counter() - start
@@ -178,7 +196,7 @@ def test_sample_grid_is_what_ddim_sample_writes(page, capsys, tmp_path):
     grid = _pixels(_image_src(d, "sample-grid"))
     assert grid.shape == (4 * TILE + 2, 4 * TILE + 2)  # 16 images of 28×28, one grey channel
     _wait(d, lambda: "model calls" in _text(d, "sample-info"))
-    command = d.find_element(By.CSS_SELECTOR, "#sample-command textarea").get_attribute("value")
+    command = d.find_element("css selector", "#sample-command textarea").get_attribute("value")
     assert command.startswith("ddim sample --n 16 --seed 0 ") and command.endswith(" --out samples.png")
     # the command, run in a shell, writes the same PNG
     line = command.replace("ddim", f"{shlex.quote(sys.executable)} -m ddim", 1) + " --quiet"
@@ -186,7 +204,7 @@ def test_sample_grid_is_what_ddim_sample_writes(page, capsys, tmp_path):
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "samples.png")), grid)
     # the downloads: that PNG and that command
-    hrefs = [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#sample-files a")]
+    hrefs = [a.get_attribute("href") for a in d.find_elements("css selector", "#sample-files a")]
     links = {href.rsplit("/", 1)[1]: href for href in hrefs}
     assert _fetch(links["ddim_sample.sh"]).decode() == command + "\n"
     assert np.array_equal(_pixels(links["samples.png"]), grid)
@@ -195,31 +213,18 @@ def test_sample_grid_is_what_ddim_sample_writes(page, capsys, tmp_path):
 
 
 def test_steps_out_of_range_show_a_message(page):
-    from selenium.webdriver.common.by import By
-
     d = page
-    steps = d.find_element(By.CSS_SELECTOR, "#sample-steps input")
+    steps = d.find_element("css selector", "#sample-steps input")
     steps.clear()
     steps.send_keys("5000")
-    d.find_element(By.ID, "sample-run").click()
-    _wait(d, lambda: _message(d, "steps must be an integer with 1 <= steps <= T=1000, got 5000"), 60)
-    assert "Traceback" not in d.find_element(By.TAG_NAME, "body").text
+    _refused(d, "sample-run", "steps must be an integer with 1 <= steps <= T=1000, got 5000")
 
 
 def test_compare_shows_four_settings_with_progress(page):
-    from selenium.webdriver.common.by import By
-
     d = page
     _tab(d, "Compare")
-    d.find_element(By.ID, "compare-run").click()
-    seen = set()
-
-    def done() -> bool:  # collect the progress texts the page shows on the way
-        seen.update(d.execute_script(
-            "return Array.from(document.querySelectorAll('.progress-text')).map(e => e.textContent.trim())"))
-        return bool(_image_src(d, "compare-4"))
-
-    _wait(d, done, every=0.1)
+    d.find_element("id", "compare-run").click()
+    seen = _wait_watching_progress(d, lambda: _image_src(d, "compare-4"))
     assert any("steps" in s for s in seen), seen  # "12/80 steps": the page showed the work going on
     for i, label in enumerate(["ddim, 10 steps", "ddim, 50 steps", "dpmpp-2m, 10 steps", "ddim, 10 steps, η 1"]):
         assert _pixels(_image_src(d, f"compare-{i + 1}")).shape == (3 * TILE + 2, 3 * TILE + 2)  # 8 images
@@ -228,27 +233,18 @@ def test_compare_shows_four_settings_with_progress(page):
 
 
 def test_interpolate_two_seeds(page):
-    from selenium.webdriver.common.by import By
-
     d = page
-    _tab(d, "Interpolate")
-    d.find_element(By.ID, "interp-run").click()
-    _wait(d, lambda: _image_src(d, "interp-strip"))
-    assert _pixels(_image_src(d, "interp-strip")).shape == (TILE + 2, 9 * TILE + 2)  # 9 frames in a row
+    assert _run(d, "Interpolate", "interp-run", "interp-strip").shape == (TILE + 2, 9 * TILE + 2)  # 9 frames
     assert _image_src(d, "interp-animation").endswith(".gif")
     _wait(d, lambda: "ddim interpolate --seeds 0 1" in
-          d.find_element(By.CSS_SELECTOR, "#interp-command textarea").get_attribute("value"))
+          d.find_element("css selector", "#interp-command textarea").get_attribute("value"))
     _screenshot(d, "interpolate")
 
 
 def test_invert_and_edit_a_test_item(page):
-    from selenium.webdriver.common.by import By
-
     d = page
-    _tab(d, "Invert and edit")
-    d.find_element(By.ID, "edit-run").click()
-    _wait(d, lambda: _image_src(d, "edit-images"))
-    assert _pixels(_image_src(d, "edit-images")).shape == (TILE + 2, 3 * TILE + 2)  # original | reconstruction | edit
+    shown = _run(d, "Invert and edit", "edit-run", "edit-images")
+    assert shown.shape == (TILE + 2, 3 * TILE + 2)  # original | reconstruction | edit
     _wait(d, lambda: "MSE" in _text(d, "edit-info"))
     mse = float(_text(d, "edit-info").split("MSE ")[1].split()[0])
     assert mse < 0.01
@@ -256,35 +252,22 @@ def test_invert_and_edit_a_test_item(page):
 
 
 def test_an_upload_that_is_not_an_image_shows_a_message(page, tmp_path):
-    from selenium.webdriver.common.by import By
-
     d = page
     _tab(d, "Invert and edit")
     bad = tmp_path / "notes.png"
     bad.write_text("these are not pixels")
-    d.find_element(By.CSS_SELECTOR, "#edit-upload input[type=file]").send_keys(str(bad))
+    d.find_element("css selector", "#edit-upload input[type=file]").send_keys(str(bad))
     _wait(d, lambda: "notes" in _text(d, "edit-upload"), 60)  # uploaded: its name shows
-    next(e for e in d.find_elements(By.CSS_SELECTOR, "#edit-source label") if "uploaded" in e.text).click()
-    d.find_element(By.ID, "edit-run").click()
-    _wait(d, lambda: _message(d, "notes.png is not a readable image"), 60)
-    assert "Traceback" not in d.find_element(By.TAG_NAME, "body").text
+    next(e for e in d.find_elements("css selector", "#edit-source label") if "uploaded" in e.text).click()
+    _refused(d, "edit-run", "notes.png is not a readable image")
 
 
 def test_a_second_request_waits_in_the_queue(page):
-    from selenium.webdriver.common.by import By
-
     d = page
     _tab(d, "Compare")
-    d.find_element(By.ID, "compare-run").click()
+    d.find_element("id", "compare-run").click()
     _tab(d, "Sample")
-    d.find_element(By.ID, "sample-run").click()
-    seen = set()
-
-    def done() -> bool:
-        seen.update(d.execute_script(
-            "return Array.from(document.querySelectorAll('.progress-text')).map(e => e.textContent.trim())"))
-        return bool(_image_src(d, "sample-grid") and _image_src(d, "compare-4"))
-
-    _wait(d, done, every=0.1)
+    d.find_element("id", "sample-run").click()
+    seen = _wait_watching_progress(d, lambda: _image_src(d, "sample-grid") and _image_src(d, "compare-4"))
     assert any(s.startswith("queue: 1/1") for s in seen), seen  # the page said it was waiting its turn
     assert not d.execute_script("return document.querySelectorAll('.toast-body').length")

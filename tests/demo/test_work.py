@@ -68,7 +68,8 @@ def test_sample_defaults_match_ddim_sample_and_its_command(model, scratch, tmp_p
     SampleSettings(n=2, sampler=Sampler("dpmpp-2m", 4),
                    guidance=Guidance(w=1.0, method=MethodOptions("apg", apg_eta=0.25, apg_norm_cap=2.5,
                                                                  apg_momentum=-0.5))),
-    SampleSettings(n=2, sampler=Sampler("ddim", 5), guidance=Guidance(class_id=7, w=0.5, method=MethodOptions("cfgpp"))),
+    SampleSettings(n=2, sampler=Sampler("ddim", 5),
+                   guidance=Guidance(class_id=7, w=0.5, method=MethodOptions("cfgpp"))),
     SampleSettings(n=2, sampler=Sampler("heun", 3), guidance=Guidance(class_id=1, w=0.0, classifier_scale=2.0)),
 ], ids=["ddim-eta1-class-noclip", "unipc-interval", "apg", "cfgpp", "classifier"])
 def test_sample_settings_match_their_command(model, scratch, tmp_path, settings):

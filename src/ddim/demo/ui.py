@@ -154,7 +154,8 @@ class Page:
         strip = self.scratch.grid(folder, "interpolation.png", drawn.images, nrow=len(drawn.images))
         frames_there_and_back = [*drawn.images, *drawn.images.flip(0)[1:-1]]
         anim = self.scratch.animation(folder, "interpolation.gif", [f[None] for f in frames_there_and_back], hold=1)
-        info = f"**{len(drawn.images)} frames**, {drawn.label}: **{drawn.calls} model calls**, **{_seconds(drawn.seconds)}**"
+        info = (f"**{len(drawn.images)} frames**, {drawn.label}: **{drawn.calls} model calls**, "
+                f"**{_seconds(drawn.seconds)}**")
         return str(strip), str(anim), info, command_line(drawn.command) if drawn.command else ""
 
     # ---- Invert and edit --------------------------------------------------------------------------
@@ -172,8 +173,8 @@ class Page:
             x0, notes = self._upload(upload)
         e = EditSettings(target=_int(target, "target class"), source=_class(source_class), method=method,
                          steps=_int(steps, "steps"), strength=float(strength), w=float(w))
-        progress(0.0, desc=f"inverting ({method})")
-        edited = work.invert_and_edit(self.model, x0, e, on_step=_counter(progress, 4 * e.steps, "inverting"))
+        progress(0.0, desc=f"inverting ({method})")  # the ddim method reports each step of its way there and back
+        edited = work.invert_and_edit(self.model, x0, e, on_step=_counter(progress, 2 * e.steps, "reconstructing"))
         folder = self.scratch.folder()
         row = torch.cat([edited.original, edited.reconstruction, edited.edit])
         path = self.scratch.grid(folder, "invert_edit.png", row, nrow=3)

@@ -173,8 +173,9 @@ def interpolate_images(model: Model, x0: torch.Tensor, frames: int, sampler: Sam
     def run():
         with torch.inference_mode():
             xT = invert(m, model.schedule, x0, sampler.steps, sampler.spacing, model.prediction, callback=callback)
+        label = None if null is None else int(null[0])  # decoded unconditionally, as inverted
         return decode_slerp(model.net, model.schedule, xT[:1], xT[1:], frames,
-                            sampler.options(model.prediction, settings.clip), label=None if null is None else int(null[0]))
+                            sampler.options(model.prediction, settings.clip), label=label)
 
     images, seconds = _timed(run)
     return Drawn(images, sampler.steps + frames * sampler.calls, seconds, "two images")
