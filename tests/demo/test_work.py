@@ -21,9 +21,22 @@ from ddim.images import MAX_PIXELS
 from subprocesses import ROOT, ddim_env
 
 
+TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
+        "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--quiet",
+        "--batch-size", "32", "--steps", "2"]
+
+
 @pytest.fixture(scope="module")
 def model():
     return Model()
+
+
+@pytest.fixture(scope="module")
+def uncond(tmp_path_factory):
+    """A two-step unconditional model on 8×8 digits, in a folder whose name a shell must quote."""
+    out = tmp_path_factory.mktemp("runs") / "my run"
+    assert main(["train", *TINY, "--no-class-cond", "--out", str(out)]) == 0
+    return out
 
 
 @pytest.fixture
@@ -76,6 +89,19 @@ def test_sample_settings_match_their_command(model, scratch, tmp_path, settings)
     drawn = sample(model, settings)
     grid = png(scratch.grid(scratch.folder(), "samples.png", drawn.images))
     assert np.array_equal(cli_png(drawn.command, tmp_path / "cli.png"), grid)
+
+
+def test_another_checkpoint_is_named_in_the_command(uncond, scratch, tmp_path):
+    m = Model(uncond, "cpu")
+    assert (m.conditional, m.class_names, m.checkpoint) == (False, (), uncond.resolve())
+    drawn = sample(m, SampleSettings(n=3, guidance=Guidance(w=0.0)))
+    assert drawn.command[2:6] == ["--checkpoint", str(uncond.resolve()), "--device", "cpu"]
+    grid = png(scratch.grid(scratch.folder(), "samples.png", drawn.images))
+    assert grid.shape == (2 * 10 + 2, 2 * 10 + 2) and np.array_equal(cli_png(drawn.command, tmp_path / "c.png"), grid)
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        sample(m, SampleSettings(n=3))  # the default guidance, 0.5: refused, as `ddim sample --guidance 0.5`
+    with pytest.raises(ValueError, match="editing needs a class-conditional model"):
+        invert_and_edit(m, load_image(m, items()[0].path)[0], EditSettings(target=1))
 
 
 def test_command_names_a_checkpoint_and_device_and_quotes_them(tmp_path):
@@ -144,15 +170,14 @@ def test_interpolate_seeds_matches_ddim_interpolate(model, scratch, tmp_path):
 
 
 def test_interpolate_images_starts_and_ends_at_the_images(model):
-    (a, _), (b, _) = items()[:2]
-    x0 = torch.cat([load_image(model, p)[0] for p in (a, b)])
+    x0 = torch.cat([load_image(model, item.path)[0] for item in items()[:2]])
     drawn = interpolate_images(model, x0, 3, Sampler("ddim", 20))
     assert drawn.images.shape == (3, 1, 28, 28)
     assert ((drawn.images[[0, -1]] - x0) / 2).pow(2).mean() < 0.01  # the frames at both ends reconstruct them
 
 
 def test_invert_and_edit_an_item(model):
-    path, k = items()[9]
+    path, k, _ = items()[9]
     x0 = load_image(model, path)[0]
     e = invert_and_edit(model, x0, EditSettings(source=k, target=5, steps=20, strength=0.6))
     assert e.mse < 0.005 and e.calls == (40, 2 * 12)
@@ -165,10 +190,11 @@ def test_invert_and_edit_an_item(model):
 
 def test_shipped_items_one_per_class(model):
     found = items()
-    assert [k for _, k in found] == list(range(10))
-    for path, _ in found:
-        assert Image.open(path).size == (28, 28) and path.stat().st_size < 1000
-    assert found[0][0].parent.parent.parent == ROOT / "src" / "ddim"
+    assert [item.class_id for item in found] == list(range(10))
+    assert (found[0].index, found[9].index) == (19, 0)  # the first T-shirt and the first ankle boot of the test split
+    for item in found:
+        assert Image.open(item.path).size == (28, 28) and item.path.stat().st_size < 1000
+    assert found[0].path.parent.parent.parent == ROOT / "src" / "ddim"
 
 
 def test_uploads_that_are_not_images_are_refused_by_their_name(model, tmp_path):

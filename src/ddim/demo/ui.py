@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from ..data import FASHION_MNIST_CLASSES
 from ..guidance import MethodOptions
 from ..inversion import METHODS
 from ..samplers import SOLVERS
@@ -166,7 +167,7 @@ class Page:
     def invert_edit(self, source, item, upload, source_class, method, steps, w, target, strength,
                     progress=gr.Progress()):
         if source == "item":
-            x0, notes = work.load_image(self.model, work.items()[_int(item, "item")][0])
+            x0, notes = work.load_image(self.model, work.items()[_int(item, "item")].path)
         elif not upload:
             raise ValueError("upload an image, or pick a Fashion-MNIST test item")
         else:
@@ -190,6 +191,11 @@ def _class_choices(model: work.Model, every: str):
     if not model.conditional:
         return [("unconditional model", EVERY_CLASS)]
     return ([(every, EVERY_CLASS)] if every else []) + [(name, i) for i, name in enumerate(model.class_names)]
+
+
+def _default_w(model: work.Model) -> float:
+    """`ddim sample`'s guidance weight: its default for a class-conditional model, 0 for an unconditional one."""
+    return SampleSettings().guidance.w if model.conditional else 0.0
 
 
 def _solver_defaults(solver):
@@ -216,7 +222,7 @@ def _sample_tab(page: Page, model: work.Model) -> None:
             with gr.Row():
                 spacing = gr.Dropdown(list(SPACINGS), value=d.sampler.spacing, label="grid")
                 eta = gr.Number(0.0, minimum=0, label="η (solver ddim)")
-            w = gr.Slider(0, 8, d.guidance.w, step=0.05, label="guidance weight w (0: off)")
+            w = gr.Slider(0, 8, _default_w(model), step=0.05, label="guidance weight w (0: off)")
             method = gr.Radio(list(DEMO_METHODS), value="cfg", label="guidance method")
             m = MethodOptions()
             with gr.Accordion("guidance method settings, classifier guidance", open=False):
@@ -251,7 +257,7 @@ def _compare_tab(page: Page, model: work.Model) -> None:
         class_id = gr.Dropdown(_class_choices(model, "every class in turn"), value=EVERY_CLASS, label="class")
         seed = gr.Number(0, precision=0, minimum=0, label="seed: one x_T for every setting")
         n = gr.Slider(1, 16, 8, step=1, label="images")
-        w = gr.Slider(0, 8, SampleSettings().guidance.w, step=0.05, label="guidance weight w")
+        w = gr.Slider(0, 8, _default_w(model), step=0.05, label="guidance weight w")
         clip = gr.Radio(CLIPS, value=1.0, label="x̂₀ rule")
     run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     with gr.Row():
@@ -303,9 +309,9 @@ def _interpolate_tab(page: Page, model: work.Model) -> None:
 def _edit_tab(page: Page, model: work.Model) -> None:
     found = work.items()
     names = model.class_names
-    labels = [(f"{names[k] if k < len(names) else k} (test item {p.stem.split('-')[1].lstrip('0') or '0'})", i)
-              for i, (p, k) in enumerate(found)]
-    first = found[0][1] if found else EVERY_CLASS
+    fashion = names == FASHION_MNIST_CLASSES  # then an item's class is one of the model's
+    labels = [(f"{FASHION_MNIST_CLASSES[it.class_id]} (test item {it.index})", i) for i, it in enumerate(found)]
+    first = found[0].class_id if found and fashion else EVERY_CLASS
     with gr.Row():
         with gr.Column(scale=1):
             source = gr.Radio([("a Fashion-MNIST test item", "item"), ("an uploaded image", "upload")], value="item",
@@ -318,14 +324,16 @@ def _edit_tab(page: Page, model: work.Model) -> None:
                 method = gr.Dropdown(list(METHODS), value="ddim", label="inversion method")
                 steps = gr.Number(50, precision=0, label="steps")
             w = gr.Slider(0, 8, 2.0, step=0.05, label="guidance weight w (edit; the guided methods invert for it)")
-            target = gr.Dropdown(_class_choices(model, ""), value=(first + 5) % max(len(names), 1) if names else None,
+            target = gr.Dropdown(_class_choices(model, ""), value=(first + 5) % len(names) if fashion else
+                                 0 if names else EVERY_CLASS,
                                  label="edit to class")
             strength = gr.Slider(0.05, 1.0, 0.6, step=0.05, label="strength: the edit starts at step strength·T")
             run = gr.Button("Invert and edit", variant="primary", elem_id="edit-run")
         with gr.Column(scale=2):
             images = _image("edit-images", "original | reconstruction | edit", 300)
             info = gr.Markdown(elem_id="edit-info")
-    item.change(lambda i: found[i][1] if i is not None and found else gr.update(), item, source_class, queue=False)
+    item.change(lambda i: found[i].class_id if fashion and i is not None else gr.update(), item, source_class,
+                queue=False)
     upload.upload(lambda _: "upload", upload, source, queue=False)
     run.click(page.invert_edit, [source, item, upload, source_class, method, steps, w, target, strength],
               [images, info], concurrency_id=QUEUE, concurrency_limit=1)

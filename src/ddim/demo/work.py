@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ from ..noise import generators
 from ..samplers import SampleOptions, invert, sample as ddim_sample
 from .settings import EditSettings, Guidance, InterpolateSettings, SampleSettings, Sampler
 
-__all__ = ["Model", "Drawn", "Edited", "FASHION_MNIST_ITEMS", "items", "load_image", "sample", "compare",
+__all__ = ["Model", "Drawn", "Edited", "Item", "FASHION_MNIST_ITEMS", "items", "load_image", "sample", "compare",
            "interpolate_seeds", "interpolate_images", "invert_and_edit"]
 
 FASHION_MNIST_ITEMS = Path(__file__).resolve().parent.parent / "assets" / "fashion_mnist_items"
@@ -95,11 +95,22 @@ class Edited:
     seconds: tuple
 
 
+class Item(NamedTuple):
+    """A Fashion-MNIST test item shipped with the package: its file, its class, its index in the test split."""
+
+    path: Path
+    class_id: int
+    index: int
+
+
 def items() -> list:
-    """The Fashion-MNIST test items shipped for the Invert-and-edit tab: (path, class) per file, named
-    ``t10k-INDEX-classK.png``, by class."""
-    found = [(p, int(p.stem.rsplit("class", 1)[1])) for p in FASHION_MNIST_ITEMS.glob("t10k-*-class*.png")]
-    return sorted(found, key=lambda item: (item[1], item[0].name))
+    """The Fashion-MNIST test items shipped for the Invert-and-edit tab (files ``t10k-INDEX-classK.png``),
+    by class."""
+    found = []
+    for p in FASHION_MNIST_ITEMS.glob("t10k-*-class*.png"):
+        _, index, k = p.stem.split("-")
+        found.append(Item(p, int(k[len("class"):]), int(index)))
+    return sorted(found, key=lambda item: (item.class_id, item.index))
 
 
 def load_image(model: Model, path, name: Optional[str] = None) -> tuple:
