@@ -93,7 +93,8 @@ def test_sample_settings_match_their_command(model, scratch, tmp_path, settings)
 
 def test_another_checkpoint_is_named_in_the_command(uncond, scratch, tmp_path):
     m = Model(uncond, "cpu")
-    assert (m.conditional, m.class_names, m.checkpoint) == (False, (), uncond.resolve())
+    assert (m.conditional, m.class_names, m.checkpoint, m.default_w) == (False, (), uncond.resolve(), 0.0)
+    m.warm_up()  # what `ddim demo` does before serving
     drawn = sample(m, SampleSettings(n=3, guidance=Guidance(w=0.0)))
     assert drawn.command[2:6] == ["--checkpoint", str(uncond.resolve()), "--device", "cpu"]
     grid = png(scratch.grid(scratch.folder(), "samples.png", drawn.images))

@@ -35,11 +35,11 @@ def _run_demo(args) -> int:
     check_count("--port", args.port, 65_535)
     if importlib.util.find_spec("gradio") is None:
         raise ValueError(f"ddim demo needs Gradio, the demo extra: {INSTALL}")
-    from ..demo import Model, SampleSettings, Sampler, sample
+    from ..demo import Model
     from ..demo.outputs import Scratch
 
     model = Model(args.checkpoint, args.device)
-    sample(model, SampleSettings(sampler=Sampler(steps=2)))  # the first click then finds the network warm
+    model.warm_up()
     scratch = Scratch()
     # Gradio's own uploads and copies go into the same folder (it reads the variable when imported)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch.root / "gradio"))

@@ -193,11 +193,6 @@ def _class_choices(model: work.Model, every: str):
     return ([(every, EVERY_CLASS)] if every else []) + [(name, i) for i, name in enumerate(model.class_names)]
 
 
-def _default_w(model: work.Model) -> float:
-    """`ddim sample`'s guidance weight: its default for a class-conditional model, 0 for an unconditional one."""
-    return SampleSettings().guidance.w if model.conditional else 0.0
-
-
 def _solver_defaults(solver):
     s = Sampler(solver)
     return gr.update(value=s.steps), gr.update(value=s.spacing)
@@ -222,7 +217,7 @@ def _sample_tab(page: Page, model: work.Model) -> None:
             with gr.Row():
                 spacing = gr.Dropdown(list(SPACINGS), value=d.sampler.spacing, label="grid")
                 eta = gr.Number(0.0, minimum=0, label="η (solver ddim)")
-            w = gr.Slider(0, 8, _default_w(model), step=0.05, label="guidance weight w (0: off)")
+            w = gr.Slider(0, 8, model.default_w, step=0.05, label="guidance weight w (0: off)")
             method = gr.Radio(list(DEMO_METHODS), value="cfg", label="guidance method")
             m = MethodOptions()
             with gr.Accordion("guidance method settings, classifier guidance", open=False):
@@ -257,7 +252,7 @@ def _compare_tab(page: Page, model: work.Model) -> None:
         class_id = gr.Dropdown(_class_choices(model, "every class in turn"), value=EVERY_CLASS, label="class")
         seed = gr.Number(0, precision=0, minimum=0, label="seed: one x_T for every setting")
         n = gr.Slider(1, 16, 8, step=1, label="images")
-        w = gr.Slider(0, 8, _default_w(model), step=0.05, label="guidance weight w")
+        w = gr.Slider(0, 8, model.default_w, step=0.05, label="guidance weight w")
         clip = gr.Radio(CLIPS, value=1.0, label="x̂₀ rule")
     run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     with gr.Row():

@@ -19,7 +19,7 @@ from ..checkpoint import BUNDLED_MODEL, BUNDLED_NOISY_CLASSIFIER, load_checkpoin
 from ..data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from ..device import resolve_device
 from ..edit import edit_timesteps, invert_regenerate
-from ..generate import RunOptions, check_classifier, class_labels, conditioned, generate, guided, initial_noise
+from ..generate import DEFAULT_GUIDANCE, RunOptions, check_classifier, class_labels, conditioned, generate, guided, initial_noise
 from ..generate import interpolate as decode_slerp
 from ..guidance import GuidanceOptions
 from ..images import check_channels, load_images
@@ -58,6 +58,15 @@ class Model:
     @property
     def conditional(self) -> bool:
         return self.net.config.num_classes is not None
+
+    @property
+    def default_w(self) -> float:
+        """`ddim sample`'s guidance weight for this model: its default when class-conditional, else 0."""
+        return DEFAULT_GUIDANCE if self.conditional else 0.0
+
+    def warm_up(self) -> None:
+        """Run the Sample tab's defaults once for two steps, so that the first click finds the network warm."""
+        sample(self, SampleSettings(sampler=Sampler(steps=2), guidance=Guidance(w=self.default_w)), trajectory=False)
 
     def classifier(self):
         """The bundled noisy classifier (classifier guidance), loaded when first asked for and checked
