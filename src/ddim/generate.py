@@ -25,8 +25,13 @@ from .samplers import FastSampler, fast_module
 from .samplers.loop import SampleOptions, run_sample, sample_setup
 from .schedule import Schedule
 
-__all__ = ["RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
+__all__ = ["DEFAULT_SOLVER", "DEFAULT_GUIDANCE", "RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
            "initial_noise", "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
+
+# What `ddim sample` (and the demo's Sample tab) draws with unless told: the solver and guidance weight measured
+# best at few model calls on the bundled model (docs/results.md); the solver's own steps and grid come with it.
+DEFAULT_SOLVER = "dpmpp-2m"
+DEFAULT_GUIDANCE = 0.5
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from . import distill, eval as eval_, inversion, sample, train
+from . import demo, distill, eval as eval_, inversion, sample, train
 from .common import EXIT_FAILED, EXIT_USAGE, Formatter, Parser, UsageError
 
 __all__ = ["main", "build_parser"]
 
 SUBCOMMANDS = (*train.SUBCOMMANDS, *sample.SUBCOMMANDS, *inversion.SUBCOMMANDS, *eval_.SUBCOMMANDS,
-               *distill.SUBCOMMANDS)
+               *distill.SUBCOMMANDS, *demo.SUBCOMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

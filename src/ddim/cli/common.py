@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..generate import DEFAULT_GUIDANCE, DEFAULT_SOLVER
 from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
 __all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "eta_value",
@@ -29,10 +30,7 @@ MAX_N = 1_000_000     # images per command (an FID needs 50,000)
 MAX_BATCH = 65_536
 MAX_FRAMES = 1_000
 NAME_MAX = 255        # bytes per file or folder name on the common file systems
-# `ddim sample`'s defaults: the solver, steps and guidance weight measured best at few model calls on the
-# bundled model (docs/results.md)
-DEFAULT_SOLVER, FAST_STEPS = "dpmpp-2m", 10
-DEFAULT_GUIDANCE = 0.5
+FAST_STEPS = SOLVERS[DEFAULT_SOLVER].default_steps  # `ddim sample`'s default steps (ddim.generate says why)
 
 
 class UsageError(Exception):
