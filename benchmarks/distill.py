@@ -9,10 +9,11 @@ Cells (all at guidance w = --w, labels i mod 10, sample i from seed (seed, i), s
 The teacher cells take S = N sampler steps, the same number of sequential model calls as the N-step student;
 classifier-free guidance makes each of them a batched call on 2B images (2S forward passes per image).
 Per cell: FID ± bootstrap std, precision and recall (the shipped feature extractor against the Fashion-MNIST
-test split), class agreement by the shipped classifier with its 95 % Wilson interval, and seconds of sampling.
+test split), class agreement by the shipped classifier with its 95 % Wilson interval, and seconds of sampling;
+with --second, FID, precision and recall again in a second classifier's features.
 
     python benchmarks/distill.py --run runs/distill --n 2000 --json benchmarks/results/distill_cpu.json \
-        --picture docs/distill.png
+        --picture docs/distill.png --second benchmarks/results/second_classifier.safetensors
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 from ddim.allocator import keep_freed_memory
 from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
-from ddim.evaluate import class_agreement, evaluate_images, load_classifier, reference_stats
+from ddim.evaluate import FeatureExtractor, class_agreement, evaluate_images, load_classifier, reference_stats
 from ddim.generate import RunOptions, class_labels, generate
 from ddim.guidance import GuidanceOptions
 from ddim.images import save_grid
@@ -74,6 +75,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000, help="samples per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--second", default=None, help="a second feature space: classifier .safetensors whose features "
+                   "give FID/precision/recall again (benchmarks/results/second_classifier.safetensors)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None, help="write the rows here (after every cell)")
     p.add_argument("--picture", default=None,
@@ -84,6 +87,9 @@ def main() -> None:
     torch.set_grad_enabled(False)
     classifier, _ = load_classifier()
     reference = reference_stats("fashion-mnist", split="test", data_dir=args.data_dir)
+    second = FeatureExtractor(args.second) if args.second else None
+    second_ref = reference_stats("fashion-mnist", split="test", extractor=second, data_dir=args.data_dir) \
+        if second is not None else None
     rows, shown_by_label = [], {}
     print(f"{'cell':>24} {'NFE':>4} {'FID':>12} {'agree':>6} {'95 % interval':>13} {'prec':>5} {'rec':>5} {'s':>6}")
     for cell in cells(args):
@@ -101,11 +107,15 @@ def main() -> None:
                "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                "class_agreement": a["value"], "class_agreement_95": [a["low"], a["high"]],
                "per_class": a["per_class"], "seconds": round(seconds, 1)}
+        if second is not None:
+            m2 = evaluate_images(shown, second_ref, second)
+            row["second"] = {k: m2[k] for k in ("fid", "fid_std", "precision", "recall")}
         rows.append(row)
         shown_by_label[cell["label"]] = shown[:10]
         print(f"{cell['label']:>24} {cell['nfe']:>4} {m['fid']:>6.2f} ± {m.get('fid_std') or 0:.2f} "
               f"{a['value']:>6.3f} {a['low']:.3f}-{a['high']:.3f} {m['precision']:>5.2f} {m['recall']:>5.2f} "
-              f"{seconds:>6.0f}", flush=True)
+              f"{seconds:>6.0f}" + (f"   second: FID {row['second']['fid']:.2f} ± {row['second']['fid_std']:.2f} "
+                                    f"rec {row['second']['recall']:.2f}" if second is not None else ""), flush=True)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({

@@ -79,7 +79,7 @@ def test_readme_guidance_weight_draws_the_class_at_least_as_well_as_no_guidance(
     must not cost class agreement (it did when clipping kept the raw guided ε̂: class 7 fell from 0.78
     unguided to 0.01 at w = 1, issue 11)."""
     assert f"--class 7 --guidance {README_GUIDANCE} " in README.read_text()
-    plain = _cli_agreement(tmp_path, "--guidance", "0")  # the CLI now guides with w = 0.5 by default
+    plain = _cli_agreement(tmp_path, "--guidance", "0")  # the CLI guides by default (interval, w = 2)
     guided = _cli_agreement(tmp_path, "--guidance", README_GUIDANCE)
     print(f"class agreement: unguided {plain:.2f}, guidance {README_GUIDANCE} {guided:.2f}")
     assert guided >= plain and guided >= 0.8, (plain, guided)
@@ -109,3 +109,56 @@ def test_bundled_noisy_classifier_is_small_documented_and_guides(tmp_path):
     assert classifier_accuracy(clf, schedule, test.to_float(idx), test.labels[idx], [0])[0] > 0.75
     assert main(["sample", "--n", "2", "--steps", "4", "--class", "7", "--classifier-scale", "2",
                  "--out", str(tmp_path / "g.png"), "--quiet"]) == 0
+
+
+def test_bundled_student_is_a_4_step_checkpoint_named_distilled(tmp_path):
+    """`--checkpoint distilled`: the 4-step student shipped beside the model (scripts/bundle_student.py), with the
+    record of every phase; `ddim sample` draws it in its own 4 steps, one forward of the batch per step with w as
+    an input, and its images are the classes asked for."""
+    from ddim.checkpoint import BUNDLED_STUDENT, NAMED_CHECKPOINTS, named_checkpoint
+    from ddim.cli import main
+    from ddim.evaluate import load_classifier
+
+    assert named_checkpoint("distilled") == str(BUNDLED_STUDENT) and NAMED_CHECKPOINTS["bundled"] == BUNDLED_MODEL
+    assert named_checkpoint("runs/x") == "runs/x"
+    verify_checkpoint(BUNDLED_STUDENT)
+    assert sum(p.stat().st_size for p in BUNDLED_STUDENT.iterdir()) <= 5 * 2**20
+    record = json.loads((BUNDLED_STUDENT / "training.json").read_text())
+    assert [p["run"] for p in record["phases"]] == ["guided_32", "steps_16", "steps_8", "steps_4"]
+    assert record["command"].startswith("sh scripts/distill_bundled_cpu.sh") and record["train_seconds_logged"] > 0
+    model, _, config = ddim.load_checkpoint(BUNDLED_STUDENT)
+    assert config.distill.steps == 4 and config.model.guidance_embed
+    calls = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs.get("w")), with_kwargs=True)
+    import ddim.checkpoint as ckpt
+    load = ckpt.load_checkpoint
+    npz = tmp_path / "s.npz"
+    try:  # the CLI loads through ddim.checkpoint.load_checkpoint: hand it the hooked model
+        ckpt.load_checkpoint = lambda *a, **k: (model, *load(*a, **k)[1:])
+        assert main(["sample", "--checkpoint", "distilled", "--n", "20", "--quiet", "--out",
+                     str(tmp_path / "s.png"), "--npz", str(npz)]) == 0
+    finally:
+        ckpt.load_checkpoint = load
+    assert len(calls) == 4 and all(w is not None for w in calls)  # 4 steps, no second (∅) forward
+    images = torch.from_numpy(np.load(npz)["images"])
+    classifier, _ = load_classifier()
+    with torch.no_grad():
+        agreement = float((classifier(images.clamp(-1, 1)).argmax(1) == torch.arange(20) % 10).float().mean())
+    assert agreement >= MIN_AGREEMENT, agreement
+
+
+def test_sample_defaults_to_interval_guidance_and_a_student_to_its_own_cfg():
+    """`ddim sample`'s guidance when none is asked for: the interval method at w = 2 (the sweep's winner,
+    docs/results.md); plain CFG at 0.5 when only the method is changed; a distilled student's own w input."""
+    from ddim.cli import build_parser
+    from ddim.cli.common import resolve_solver_defaults
+    from ddim.generate import default_guidance
+
+    def resolved(*argv):
+        args = build_parser().parse_args(["sample", *argv])
+        resolve_solver_defaults(args)
+        return args.guidance_method, default_guidance(args.guidance_method), args.solver, args.steps
+
+    assert resolved() == ("interval", 2.0, "dpmpp-2m", 10)
+    assert resolved("--guidance-method", "cfg") == ("cfg", 0.5, "dpmpp-2m", 10)
+    assert resolved("--checkpoint", "distilled") == ("cfg", 0.5, "ddim", 4)

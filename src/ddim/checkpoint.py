@@ -35,7 +35,8 @@ from . import files
 
 __all__ = ["CheckpointError", "NonFiniteError", "save_checkpoint", "load_checkpoint", "find_checkpoint",
            "list_checkpoints", "verify_checkpoint", "read_tensors", "read_json", "load_weights", "check_finite",
-           "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "BUNDLED_NOISY_CLASSIFIER", "export_checkpoint",
+           "CHECKPOINTS_DIR", "MANIFEST", "BUNDLED_MODEL", "BUNDLED_NOISY_CLASSIFIER", "BUNDLED_STUDENT",
+           "NAMED_CHECKPOINTS", "named_checkpoint", "export_checkpoint",
            "load_noisy_classifier", "clean_leftovers"]
 
 PathLike = Union[str, os.PathLike]
@@ -45,6 +46,16 @@ BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "fashion_mnist_smal
 """The pretrained class-conditional Fashion-MNIST model shipped in the package (``ddim sample``'s default)."""
 BUNDLED_NOISY_CLASSIFIER = Path(__file__).resolve().parent / "assets" / "fashion_mnist_noisy_classifier"
 """The noisy Fashion-MNIST classifier shipped for classifier guidance of the bundled model."""
+BUNDLED_STUDENT = Path(__file__).resolve().parent / "assets" / "fashion_mnist_distilled"
+"""The bundled model distilled (``ddim distill``) into a 4-step student that takes the guidance weight as input."""
+NAMED_CHECKPOINTS = {"bundled": BUNDLED_MODEL, "distilled": BUNDLED_STUDENT}
+"""What the short names ``--checkpoint bundled`` and ``--checkpoint distilled`` stand for."""
+
+
+def named_checkpoint(path: PathLike) -> str:
+    """``path`` itself, or the folder of a short name in ``NAMED_CHECKPOINTS`` (a path that is also a name: prefix
+    it with ``./``)."""
+    return str(NAMED_CHECKPOINTS.get(str(path), path))
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _HASH_CHUNK = 1 << 22  # 4 MiB reads keep memory flat for large files
 

@@ -25,13 +25,24 @@ from .samplers import FastSampler, fast_module
 from .samplers.loop import SampleOptions, run_sample, sample_setup
 from .schedule import Schedule
 
-__all__ = ["DEFAULT_SOLVER", "DEFAULT_GUIDANCE", "RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
+__all__ = ["DEFAULT_SOLVER", "DEFAULT_GUIDANCE", "DEFAULT_GUIDANCE_METHOD", "CFG_GUIDANCE", "default_guidance",
+           "RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
            "initial_noise", "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
 
-# What `ddim sample` (and the demo's Sample tab) draws with unless told: the solver and guidance weight measured
-# best at few model calls on the bundled model (docs/results.md); the solver's own steps and grid come with it.
+# What `ddim sample` (and the demo's Sample tab) draws with unless told: the solver, guidance method and weight
+# measured best at few model calls on the bundled model (docs/results.md); the solver's own steps and grid come
+# with it. Guidance in the interval of noise levels reached higher class agreement than plain CFG at lower FID in
+# two feature spaces, with 12 model calls per image instead of 20.
 DEFAULT_SOLVER = "dpmpp-2m"
-DEFAULT_GUIDANCE = 0.5
+DEFAULT_GUIDANCE_METHOD = "interval"
+DEFAULT_GUIDANCE = 2.0
+CFG_GUIDANCE = 0.5  # the weight other methods get unless told (plain CFG's measured default)
+
+
+def default_guidance(method: str) -> float:
+    """`ddim sample`'s guidance weight w for a class-conditional model when none is given: ``DEFAULT_GUIDANCE``
+    for the default method, ``CFG_GUIDANCE`` for the others."""
+    return DEFAULT_GUIDANCE if method == DEFAULT_GUIDANCE_METHOD else CFG_GUIDANCE
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ SAMPLE = dict(class_id=ui.EVERY_CLASS, seed=0, n=4.0, solver="ddim", steps=3.0, 
 def test_sample_writes_the_grid_its_command_and_an_animation(page, tmp_path):
     grid, animation, info, files, command = page.sample(**SAMPLE, progress=no_progress)
     assert command == ("ddim sample --n 4 --seed 0 --solver ddim --steps 3 --spacing uniform --guidance 0.5 "
-                       "--clip 1 --out samples.png")
+                       "--guidance-method cfg --clip 1 --out samples.png")
     assert files[0] == grid and files[1].startswith(str(page.scratch.root)) and files[1].endswith("ddim_sample.sh")
     assert open(files[1]).read() == command + "\n" and animation.endswith(".gif") and "**3 model calls**" in info
     assert main(command.split()[1:-1] + [str(tmp_path / "cli.png"), "--quiet"]) == 0

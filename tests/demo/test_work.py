@@ -64,7 +64,8 @@ def test_sample_defaults_match_ddim_sample_and_its_command(model, scratch, tmp_p
     grid = png(scratch.grid(scratch.folder(), "samples.png", drawn.images))
     assert grid.shape == (4 * 30 + 2, 4 * 30 + 2)
     assert drawn.command == ["ddim", "sample", "--n", "16", "--seed", "0", "--solver", "dpmpp-2m", "--steps", "10",
-                             "--spacing", "logsnr", "--guidance", "0.5", "--clip", "1", "--out", "samples.png"]
+                             "--spacing", "logsnr", "--guidance", "2", "--guidance-method", "interval", "--clip", "1",
+                             "--out", "samples.png"]
     assert drawn.calls == 10 and drawn.seconds > 0 and drawn.x0_steps.shape == (10, 16, 1, 28, 28)
     # the defaults are `ddim sample`'s own: the command without the flags that repeat them writes it too
     assert np.array_equal(cli_png(["ddim", "sample", "--n", "16", "--out", "x.png"], tmp_path / "plain.png"), grid)
@@ -100,7 +101,7 @@ def test_another_checkpoint_is_named_in_the_command(uncond, scratch, tmp_path):
     grid = png(scratch.grid(scratch.folder(), "samples.png", drawn.images))
     assert grid.shape == (2 * 10 + 2, 2 * 10 + 2) and np.array_equal(cli_png(drawn.command, tmp_path / "c.png"), grid)
     with pytest.raises(ValueError, match="needs a class-conditional model"):
-        sample(m, SampleSettings(n=3))  # the default guidance, 0.5: refused, as `ddim sample --guidance 0.5`
+        sample(m, SampleSettings(n=3))  # the default guidance, 2: refused, as `ddim sample --guidance 2`
     with pytest.raises(ValueError, match="editing needs a class-conditional model"):
         invert_and_edit(m, load_image(m, items()[0].path)[0], EditSettings(target=1))
 
@@ -111,7 +112,7 @@ def test_command_names_a_checkpoint_and_device_and_quotes_them(tmp_path):
     line = command_line(argv)
     assert shlex.split(line) == argv
     args = build_parser().parse_args(argv[1:])
-    assert (args.checkpoint, args.device, args.out, args.n, args.guidance) == (str(weird), "cpu", "a b.png", 4, 0.5)
+    assert (args.checkpoint, args.device, args.out, args.n, args.guidance) == (str(weird), "cpu", "a b.png", 4, 2.0)
     # numbers the CLI reads back to the same float, whatever their digits
     g = Guidance(w=0.1 + 0.2, method=MethodOptions("apg", apg_momentum=-1 / 3))
     args = build_parser().parse_args(SampleSettings(guidance=g).command()[1:])

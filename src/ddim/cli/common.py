@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..generate import DEFAULT_GUIDANCE, DEFAULT_SOLVER
+from ..generate import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_METHOD, DEFAULT_SOLVER
 from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
 __all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "eta_value",
@@ -22,7 +22,7 @@ __all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "in
            "add_dist_timeout", "add_clip", "add_solver", "add_images", "clip_value", "x0_rule",
            "resolve_solver_defaults", "writable", "distinct", "check_count", "save_npz", "load_model", "progress",
            "LazyProgress", "note", "invert_images",
-           "DEFAULT_SOLVER", "FAST_STEPS", "DEFAULT_GUIDANCE", "MAX_N", "MAX_BATCH", "MAX_FRAMES"]
+           "DEFAULT_SOLVER", "FAST_STEPS", "DEFAULT_GUIDANCE", "DEFAULT_GUIDANCE_METHOD", "MAX_N", "MAX_BATCH", "MAX_FRAMES"]
 
 EXIT_USAGE = 2        # bad input: arguments, data, checkpoints
 EXIT_FAILED = 1       # training diverged (NaN/Inf)
@@ -83,11 +83,12 @@ def class_help() -> str:
 # ---------------------------------------------------------------------------------- shared flags
 
 def add_checkpoint(p) -> None:
-    from ..checkpoint import BUNDLED_MODEL
+    from ..checkpoint import BUNDLED_MODEL, named_checkpoint
 
-    p.add_argument("--checkpoint", default=str(BUNDLED_MODEL),
-                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory "
-                        "(default: the bundled class-conditional Fashion-MNIST model)")
+    p.add_argument("--checkpoint", default=str(BUNDLED_MODEL), type=named_checkpoint,
+                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory; 'bundled': "
+                        "the bundled class-conditional Fashion-MNIST model (the default), 'distilled': its 4-step "
+                        "student (`ddim distill`)")
 
 
 def add_device(p) -> None:
@@ -122,17 +123,20 @@ def add_guidance(p, default, help: str) -> None:
     p.add_argument("--guidance", type=float, default=default, help=f"classifier-free guidance weight w; {help}")
 
 
-def add_guidance_method(p) -> None:
-    """--guidance-method and each method's own parameters (``ddim.guidance_methods``)."""
+def add_guidance_method(p, sample_default: bool = False) -> None:
+    """--guidance-method and each method's own parameters (``ddim.guidance_methods``); ``sample_default``:
+    `ddim sample`'s, left unset (None) for ``resolve_guidance_defaults``."""
     from ..guidance import GUIDANCE_METHODS, MethodOptions
 
     d = MethodOptions()
+    default = (f" (default: {DEFAULT_GUIDANCE_METHOD}; cfg for a distilled student)" if sample_default
+               else f" (default: {d.method})")
     g = p.add_argument_group("guidance method (class-conditional models)")
-    g.add_argument("--guidance-method", choices=GUIDANCE_METHODS, default=d.method,
+    g.add_argument("--guidance-method", choices=GUIDANCE_METHODS, default=None if sample_default else d.method,
                    help="how --guidance is applied: cfg, classifier-free guidance; interval, CFG only for noise levels "
                         "σ in --guidance-interval; apg, adaptive projected guidance; cfgpp, CFG++ (--guidance is its "
                         "λ in [0, 1]: 0 the unconditional sampler; solver ddim or pc); auto, autoguidance by "
-                        "--guide-checkpoint")
+                        "--guide-checkpoint" + default)
     g.add_argument("--guidance-interval", type=float_pair, default=d.interval, metavar="LO,HI",
                    help="interval: guide where LO < σ <= HI, σ = √((1 − ᾱ)/ᾱ) (default: 0.28,5.42, EDM2's)")
     g.add_argument("--apg-eta", type=float, default=d.apg_eta,
@@ -293,8 +297,11 @@ def resolve_solver_defaults(args) -> None:
     """Fill `ddim sample`'s unset --solver, --spacing, --steps and --eta from the solver: DPM-Solver++(2M) on
     the log-SNR grid with 10 steps unless --eta (or --sampler ddpm, or --guidance-method cfgpp) asks for DDIM.
     A distilled student (``ddim distill``) samples as it was trained to instead: deterministic DDIM on its own
-    grid (its N steps, trailing spacing) with its own x̂_0 rule; guidance methods other than cfg are refused."""
+    grid (its N steps, trailing spacing) with its own x̂_0 rule and plain cfg (other methods are refused).
+    An unset --guidance-method (`ddim sample`'s) is ``DEFAULT_GUIDANCE_METHOD``."""
     _student_defaults(args)
+    if getattr(args, "guidance_method", "") is None:
+        args.guidance_method = DEFAULT_GUIDANCE_METHOD
     if args.solver is None:  # `ddim sample` only; interpolate and edit default to ddim
         ddim_only = args.eta is not None or args.sampler == "ddpm" or getattr(args, "guidance_method", "") == "cfgpp"
         args.solver = "ddim" if ddim_only else DEFAULT_SOLVER
@@ -317,6 +324,8 @@ def _student_defaults(args) -> None:
         record = DistillConfig.from_dict(read_json(find_checkpoint(args.checkpoint) / "config.json")["distill"])
     except (ValueError, OSError, TypeError, KeyError):
         return
+    if getattr(args, "guidance_method", "") is None:  # `ddim sample`'s unset method: the student's own
+        args.guidance_method = "cfg"
     if getattr(args, "guidance_method", "cfg") != "cfg":
         raise ValueError(f"--guidance-method {args.guidance_method} needs a second (∅) forward; {args.checkpoint} is "
                          "a guidance-distilled student (`ddim distill`) whose --guidance is an input of its one "

@@ -70,11 +70,11 @@ def _add_distill(sub) -> None:
 
 
 def _options(args):
-    from ..checkpoint import BUNDLED_MODEL
+    from ..checkpoint import named_checkpoint
     from ..config import TrainConfig
     from ..train.distill_trainer import DistillOptions
 
-    teacher = str(BUNDLED_MODEL) if args.teacher == "bundled" else args.teacher
+    teacher = named_checkpoint(args.teacher)
     train = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
                         seed=args.seed, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                         sample_every=1 if args.samples else 0, num_samples=20, log_every=args.log_every,

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..generate import CFG_GUIDANCE, DEFAULT_GUIDANCE_METHOD, default_guidance
 from .common import (DEFAULT_GUIDANCE, FAST_STEPS, MAX_BATCH, MAX_FRAMES, MAX_N, Formatter, add_clip, add_guidance,
                      add_guidance_method, add_sampling_args, add_solver, check_count, distinct, eta_value,
                      guidance_options, invert_images, load_model, method_options, note, progress,
@@ -29,9 +30,10 @@ def _add_sample(sub) -> None:
     add_solver(p, sample_default=True)
     _add_score_solver(p)
     _add_classifier(p)
-    add_guidance_method(p)
-    add_guidance(p, None, f"0: off (default: {DEFAULT_GUIDANCE} for a class-conditional model without "
-                          "--classifier-scale, else 0)")
+    add_guidance_method(p, sample_default=True)
+    add_guidance(p, None, f"0: off (default: {DEFAULT_GUIDANCE} with the default method {DEFAULT_GUIDANCE_METHOD}, "
+                          f"{CFG_GUIDANCE} with the others, for a class-conditional model without "
+                          "--classifier-scale; else 0)")
     p.add_argument("--guidance-rescale", type=float, default=0.0,
                    help="φ in [0, 1]: pull the guided output's per-sample std back to the conditional one's "
                         "(Lin et al. 2023; they use 0.7); 0: off")
@@ -78,7 +80,7 @@ def _run_sample(args) -> int:
     pictures = _pictures(args, model.config.in_channels)
     if args.guidance is None:
         conditional = model.config.num_classes is not None and not args.classifier_scale
-        args.guidance = DEFAULT_GUIDANCE if conditional else 0.0
+        args.guidance = default_guidance(args.guidance_method) if conditional else 0.0
     steps, eta = (schedule.num_steps, "large") if args.sampler == "ddpm" else (args.steps, args.eta)
     # validate everything before the progress bar starts
     plan(schedule, steps, eta, args.spacing, solver=solver)

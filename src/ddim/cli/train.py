@@ -174,11 +174,11 @@ def _fine_tune_source(args, shape: dict):
     instead: it no longer needs the source's weights, which may have moved since."""
     if args.init_from is None:
         return None, None
-    from ..checkpoint import BUNDLED_MODEL, list_checkpoints, load_checkpoint, read_json
+    from ..checkpoint import list_checkpoints, load_checkpoint, named_checkpoint, read_json
     from ..nn import UNetConfig
     from ..train import RunConfig
 
-    path = str(BUNDLED_MODEL) if args.init_from == "bundled" else args.init_from
+    path = named_checkpoint(args.init_from)
     named = {"--preset": args.preset, "--class-cond": args.class_cond, "--prediction": args.prediction,
              "--schedule": args.schedule, "--num-train-steps": args.num_train_steps,
              **{"--" + k.replace("_", "-"): v for k, v in shape.items()}}

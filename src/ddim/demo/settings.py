@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..checks import check_int, check_number
-from ..generate import DEFAULT_GUIDANCE, DEFAULT_SOLVER
+from ..generate import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_METHOD, DEFAULT_SOLVER
 from ..guidance import GuidanceOptions, MethodOptions
 from ..samplers import SampleOptions, get_solver
 from ..samplers.options import check_eta
@@ -99,7 +99,7 @@ class Guidance:
 
     class_id: Optional[int] = None
     w: float = DEFAULT_GUIDANCE
-    method: MethodOptions = field(default_factory=MethodOptions)
+    method: MethodOptions = field(default_factory=lambda: MethodOptions(DEFAULT_GUIDANCE_METHOD))
     classifier_scale: float = 0.0
 
     def __post_init__(self) -> None:
@@ -120,9 +120,7 @@ class Guidance:
     def flags(self) -> list:
         m, d = self.method, MethodOptions()
         flags = [] if self.class_id is None else ["--class", str(self.class_id)]
-        flags += ["--guidance", _number(self.w)]
-        if m.method != d.method:
-            flags += ["--guidance-method", m.method]
+        flags += ["--guidance", _number(self.w), "--guidance-method", m.method]  # the CLI's default may change
         if m.interval != d.interval:
             flags += [f"--guidance-interval={_number(m.interval[0])},{_number(m.interval[1])}"]
         for name in ("apg_eta", "apg_norm_cap", "apg_momentum"):

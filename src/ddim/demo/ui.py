@@ -19,6 +19,7 @@ import gradio as gr
 import torch
 
 from ..data import FASHION_MNIST_CLASSES
+from ..generate import DEFAULT_GUIDANCE_METHOD
 from ..guidance import MethodOptions
 from ..inversion import METHODS
 from ..samplers import SOLVERS
@@ -218,7 +219,7 @@ def _sample_tab(page: Page, model: work.Model) -> None:
                 spacing = gr.Dropdown(list(SPACINGS), value=d.sampler.spacing, label="grid")
                 eta = gr.Number(0.0, minimum=0, label="η (solver ddim)")
             w = gr.Slider(0, 8, model.default_w, step=0.05, label="guidance weight w (0: off)")
-            method = gr.Radio(list(DEMO_METHODS), value="cfg", label="guidance method")
+            method = gr.Radio(list(DEMO_METHODS), value=DEFAULT_GUIDANCE_METHOD, label="guidance method")
             m = MethodOptions()
             with gr.Accordion("guidance method settings, classifier guidance", open=False):
                 with gr.Row():
