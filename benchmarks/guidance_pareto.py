@@ -183,8 +183,10 @@ def summary(rows: list[dict], spaces, target: float = 0.97) -> dict:
     return out
 
 
-def draw(rows: list[dict], spaces, path: str) -> None:
-    """FID against class agreement, one panel per feature space, a curve per (sampler, method label)."""
+def draw(rows: list[dict], spaces, path: str, min_agreement: float = 0.89) -> None:
+    """FID against class agreement: a row of panels per sampler, a column per feature space, a curve per method
+    label (its strengths written at the points). Cells below ``min_agreement`` are named in the panel's corner
+    instead of stretching its axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -192,29 +194,35 @@ def draw(rows: list[dict], spaces, path: str) -> None:
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
     colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
-    fig, axes = plt.subplots(1, len(spaces), figsize=(6.5 * len(spaces), 5), squeeze=False)
-    for ax, space in zip(axes[0], spaces):
-        for si, sampler in enumerate(samplers):
+    fig, axes = plt.subplots(len(samplers), len(spaces), figsize=(6.5 * len(spaces), 4.6 * len(samplers)),
+                             squeeze=False)
+    for row_axes, sampler in zip(axes, samplers):
+        mine = [r for r in rows if r["sampler"] == sampler]
+        for ax, space in zip(row_axes, spaces):
             for label in labels:
-                curve = sorted((r for r in rows if r["sampler"] == sampler and r["label"] == label),
+                curve = sorted((r for r in mine if r["label"] == label and r["class_agreement"] >= min_agreement),
                                key=lambda r: r["w"])
                 if not curve:
                     continue
                 ax.errorbar([r["class_agreement"] for r in curve], [r[space]["fid"] for r in curve],
-                            yerr=[r[space]["fid_std"] for r in curve], color=colours[label],
-                            linestyle=("-", "--", ":")[si % 3], marker="os^"[si % 3], markersize=4, capsize=2,
-                            label=f"{label}, {sampler}")
+                            yerr=[r[space]["fid_std"] for r in curve], color=colours[label], marker="o",
+                            markersize=4, capsize=2, label=label)
                 for r in curve:
                     ax.annotate(f"{r['w']:g}", (r["class_agreement"], r[space]["fid"]), fontsize=7,
                                 textcoords="offset points", xytext=(3, 3), color=colours[label])
-        ax.axvline(0.97, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("class agreement (shipped classifier)")
-        ax.set_ylabel(f"FID ({space} features)")
-        ax.set_title(f"{space} feature space")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+            off = [f"{r['label']} w {r['w']:g}: {r['class_agreement']:.2f}, FID {r[space]['fid']:.2f}"
+                   for r in mine if r["class_agreement"] < min_agreement]
+            if off:
+                ax.text(0.02, 0.98, "off the chart:\n" + "\n".join(off), transform=ax.transAxes, fontsize=6,
+                        va="top")
+            ax.axvline(0.97, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_xlabel("class agreement (shipped classifier)")
+            ax.set_ylabel(f"FID ({space} features)")
+            ax.set_title(f"{sampler}, {space} feature space", fontsize=10)
+            ax.grid(alpha=0.3)
+        row_axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def _load(path) -> dict:
