@@ -287,19 +287,6 @@ def _image_files(d: Path, recursive: bool) -> list:
                   and not p.name.startswith("."))
 
 
-def _center_square(img, size: int):
-    """Resize so the shorter side is ``size`` (bilinear, antialiased), then crop the central size×size."""
-    from PIL import Image
-
-    w, h = img.size
-    if min(w, h) != size:
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-        w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
 def _read(how, f: Path):
     """``how(f)`` (``ddim.images``' header reader or decoder), its refusal a DatasetError (they name the file)."""
     try:
@@ -322,7 +309,7 @@ def load_folder(data_dir, image_size: Optional[int] = None, channels: Optional[i
     ``image_size`` and the centre square cropped. With ``image_size=None`` all images must share one size,
     and the side is its shorter one.
     """
-    from .images import image_header, open_image
+    from .images import center_square, image_header, open_image
 
     root = Path(data_dir)
     image_size, channels = _check_size(image_size), _check_channels(channels)
@@ -367,7 +354,7 @@ def load_folder(data_dir, image_size: Optional[int] = None, channels: Optional[i
 
     out = np.empty((len(files), 1 if mode == "L" else 3, image_size, image_size), dtype=np.uint8)
     for i, f in enumerate(files):
-        img = _center_square(_read(open_image, f)[0].convert(mode), image_size)  # the CLI inputs' decoder
+        img = center_square(_read(open_image, f)[0].convert(mode), image_size)  # the CLI inputs' decoder
         a = np.asarray(img, dtype=np.uint8)
         out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     labels = None if targets is None else torch.tensor(targets, dtype=torch.int64)

@@ -17,7 +17,7 @@ import torch
 from .atomic import atomic_write
 from .files import regular_file
 
-__all__ = ["check_channels", "to_uint8", "make_grid", "save_grid", "save_images", "load_images", "open_image",
+__all__ = ["check_channels", "to_uint8", "make_grid", "save_grid", "save_images", "load_images", "open_image", "center_square",
            "image_header", "save_gif", "check_image_path", "IMAGE_SUFFIXES", "MAX_PIXELS"]
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF",
@@ -178,6 +178,20 @@ def open_image(path: str | Path):
     return img, notes
 
 
+def center_square(img, size: int):
+    """Resize a PIL image so its shorter side is ``size`` (bilinear, antialiased), then crop the central
+    size×size."""
+    from PIL import Image
+
+    w, h = img.size
+    if min(w, h) != size:
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+        w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, list[str]]:
     """Read image files (PNG, JPEG, any size and mode) as a model's input.
 
@@ -189,7 +203,6 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
         (N, channels, image_size, image_size) float32 in [-1, 1], and one note per change made
         (conversion, resize), for the user to see.
     """
-    from .data import _center_square
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -203,7 +216,7 @@ def load_images(paths, image_size: int, channels: int) -> tuple[torch.Tensor, li
             img = img.convert(mode)
         if img.size != (image_size, image_size):
             notes.append(f"{path}: resized {img.size[0]}x{img.size[1]} to {image_size}x{image_size} (centre crop)")
-            img = _center_square(img, image_size)
+            img = center_square(img, image_size)
         x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(image_size, image_size, channels)
         out.append(x.permute(2, 0, 1).float() / 127.5 - 1)
     if not out:
