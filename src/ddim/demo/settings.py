@@ -121,9 +121,9 @@ class Guidance:
         m, d = self.method, MethodOptions()
         flags = [] if self.class_id is None else ["--class", str(self.class_id)]
         flags += ["--guidance", _number(self.w), "--guidance-method", m.method]  # the CLI's default may change
-        if m.interval != d.interval:
+        if m.method == "interval" and m.interval != d.interval:  # each method reads its own parameters only
             flags += [f"--guidance-interval={_number(m.interval[0])},{_number(m.interval[1])}"]
-        for name in ("apg_eta", "apg_norm_cap", "apg_momentum"):
+        for name in ("apg_eta", "apg_norm_cap", "apg_momentum") if m.method == "apg" else ():
             if getattr(m, name) != getattr(d, name):
                 flags += [f"--{name.replace('_', '-')}={_number(getattr(m, name))}"]
         if self.classifier_scale:
