@@ -171,3 +171,104 @@ def test_a_teacher_that_is_not_a_checkpoint(tmp_path, capsys):
         assert main(distill_args(teacher, tmp_path / "out")) == 2
         _one_error_line(capsys)
         assert not (tmp_path / "out").exists()
+
+
+# ---- --method consistency: the same guided phase, then one consistency phase into OUT/consistency/
+
+def cd_args(teacher, out, *extra):
+    return ["distill", "--method", "consistency", "--teacher", str(teacher), "--out", str(out), "--teacher-steps", "4",
+            "--steps", "2", "--guided-steps", str(ROUND), "--cd-steps", str(ROUND), "--batch-size", "16",
+            "--checkpoint-every", "4", "--keep-last", "0", "--log-every", "2", "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def consistent(teacher, distilled, tmp_path_factory):
+    """A consistency student whose guided phase was found finished under --out (copied from the progressive run)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("consistent") / "c"
+    shutil.copytree(distilled / "guided_4", out / "guided_4")
+    assert main(cd_args(teacher, out, "--resume")) == 0
+    return out
+
+
+def test_consistency_record_and_sampling(consistent, distilled, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from ddim.nn import UNet
+
+    run = consistent / "consistency"
+    assert list_checkpoints(run)[-1].name == f"step_{ROUND:06d}" and (run / "samples" / f"step_{ROUND:06d}.png").is_file()
+    cfg = load_checkpoint(run)[2]
+    dc = cfg.distill
+    assert (dc.phase, dc.method, dc.steps, dc.teacher_steps, dc.weighting, dc.clip, dc.target_decay) == (
+        "consistency", "consistency", 2, 4, "uniform", None, 0.95)
+    assert dc.teacher == str(consistent / "guided_4") and [r["phase"] for r in dc.rounds] == ["guided"]
+    state = read_tensors(list_checkpoints(run)[-1] / "training_state.safetensors")
+    assert any(k.startswith("target.") for k in state)  # θ⁻ travels with the optimizer state
+    calls = []
+    real = UNet.forward
+
+    def forward(self, x, t, labels=None, **kw):
+        calls.append((x.shape[0], float(torch.as_tensor(kw.get("w")).flatten()[0])))
+        return real(self, x, t, labels, **kw)
+
+    monkeypatch.setattr(UNet, "forward", forward)
+    capsys.readouterr()
+    for steps in (None, 1, 2, 4):
+        calls.clear()
+        npz = tmp_path / f"s{steps}.npz"
+        argv = ["sample", "--checkpoint", str(run), "--n", "3", "--guidance", "0.5", "--npz", str(npz),
+                "--out", str(tmp_path / f"s{steps}.png")] + ([] if steps is None else ["--steps", str(steps)])
+        assert main(argv) == 0
+        assert calls == [(3, 0.5)] * (steps or 2)  # one forward of the batch per step, w an input; default: 2
+        assert f"{steps or 2} steps, solver consistency" in capsys.readouterr().err
+        images = np.load(npz)["images"]
+        assert images.shape == (3, 1, 8, 8) and np.isfinite(images).all()
+
+
+def test_consistency_kill_and_resume_is_bitwise_exact(teacher, distilled, consistent, tmp_path):
+    """From nothing: the guided phase (bitwise the progressive run's own), then the consistency phase, killed after
+    a checkpoint and resumed, ends as the uninterrupted one: weights, EMA, optimizer, RNG and θ⁻."""
+    out = tmp_path / "c"
+    p = subprocess.Popen([sys.executable, "-m", "ddim", *cd_args(teacher, out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ddim_env())
+    end = time.monotonic() + 240
+    while not [c for c in list_checkpoints(out / "consistency") if c.name != f"step_{ROUND:06d}"]:
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        assert time.monotonic() < end, "no checkpoint in the consistency phase"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    p = subprocess.run([sys.executable, "-m", "ddim", *cd_args(teacher, out, "--resume")], capture_output=True,
+                       text=True, env=ddim_env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name, ref in (("guided_4", distilled), ("consistency", consistent)):
+        a, b = list_checkpoints(ref / name)[-1], list_checkpoints(out / name)[-1]
+        for stem in ("model", "ema", "training_state"):
+            ta, tb = read_tensors(a / f"{stem}.safetensors"), read_tensors(b / f"{stem}.safetensors")
+            bad = [k for k in ta if not torch.equal(ta[k], tb[k])]
+            assert ta.keys() == tb.keys() and not bad, f"{name}/{stem}: {bad[:3]}"
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--round-steps", "5"], "--round-steps applies to --method progressive only"),
+    (["--steps", "8"], "at most the teacher's grid of 4 steps"),
+    (["--target-decay", "1"], "target_decay"),
+    (["--cd-steps", "0"], "steps must be an integer >= 1"),
+])
+def test_consistency_bad_input_is_one_line_and_creates_nothing(teacher, tmp_path, capsys, extra, msg):
+    out = tmp_path / "new" / "c"
+    assert main(cd_args(teacher, out, *extra)) == 2
+    assert msg in _one_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+
+
+def test_progressive_refuses_consistency_flags_and_teachers(teacher, consistent, tmp_path, capsys):
+    assert main(distill_args(teacher, tmp_path / "p", "--cd-steps", "5")) == 2
+    assert "--cd-steps applies to --method consistency only" in _one_error_line(capsys)
+    for argv in (distill_args(consistent / "consistency", tmp_path / "p"),
+                 cd_args(consistent / "consistency", tmp_path / "p")):
+        assert main(argv) == 2
+        assert "is a consistency student" in _one_error_line(capsys)
+    assert not (tmp_path / "p").exists()

@@ -86,8 +86,8 @@ def add_checkpoint(p) -> None:
     from ..checkpoint import BUNDLED_MODEL, named_checkpoint
 
     p.add_argument("--checkpoint", default=str(BUNDLED_MODEL), type=named_checkpoint,
-                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory; 'bundled': "
-                        "the bundled class-conditional Fashion-MNIST model (the default), 'distilled': its 4-step "
+                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory; 'bundled' "
+                        "(default): the bundled class-conditional Fashion-MNIST model, 'distilled': its 4-step "
                         "student (`ddim distill`)")
 
 
