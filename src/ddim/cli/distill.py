@@ -33,8 +33,9 @@ def _add_distill(sub) -> None:
                                    "(Meng et al. 2023, stage 1; the same phase for both methods). Each phase is a run "
                                    "folder under --out (guided_K/, steps_N/, consistency/), checkpointed and "
                                    "resumable exactly as `ddim train`; sample a student with `ddim sample "
-                                   "--checkpoint OUT/steps_N` (its own N steps by default, --guidance feeds its w "
-                                   "input). Under torchrun the global --batch-size is split across the processes.")
+                                   "--checkpoint OUT/steps_N` or `OUT/consistency` (its own steps by default, "
+                                   "--guidance feeds its w input). Under torchrun the global --batch-size is split "
+                                   "across the processes.")
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", default="bundled", metavar="CHECKPOINT",
                    help="the model to distil: a checkpoint or run directory, or 'bundled' (the bundled model)")
