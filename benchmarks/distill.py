@@ -141,7 +141,8 @@ def main() -> None:
                 "command": "python benchmarks/distill.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": rows}, indent=1) + "\n")
     if args.picture:
-        order = ["teacher default (2M 10)"] + [f"{kind} {n}" for kind in ("student", "consistency") for n in (8, 4, 2, 1)]
+        order = ["teacher default (2M 10)"] + [f"{kind} {n}" for kind in ("student", "consistency")
+                                                for n in (8, 4, 2, 1)]
         save_grid(torch.cat([shown_by_label[k] for k in order if k in shown_by_label]), args.picture, nrow=10)
 
 
