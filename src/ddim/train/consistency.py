@@ -5,7 +5,7 @@ Song, Dhariwal, Chen & Sutskever, "Consistency Models" (ICML 2023), written in t
 α = √ᾱ, σ = √(1 − ᾱ); EDM's noise level s = σ/α = √((1 − ᾱ)/ᾱ) and scaled input y = x_t/α = x_0 + s ε.
 
     consistency function:  f(x_t, t) = the end x_0 of the probability-flow ODE trajectory through x_t;
-                           boundary condition f(x, t_min) = x                                    (their eq. 3)
+                           boundary condition f(x, t_min) = x                                       (their §3)
     parametrisation:       f_θ(x, t) = c_skip(t) x + c_out(t) F_θ(x, t),
                            c_skip(t_min) = 1, c_out(t_min) = 0                                   (their eq. 5)
     CD target (Alg. 2):    x_{t_{n+1}} = α x_0 + σ ε;  x̂_{t_n} = one teacher ODE step t_{n+1} → t_n (here DDIM,
