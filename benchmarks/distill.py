@@ -3,6 +3,10 @@
 Cells (all at guidance w = --w, labels i mod 10, sample i from seed (seed, i), so the same x_T in every cell):
     student N      `ddim distill`'s N-step student (RUN/steps_N), DDIM η = 0 on its own trailing grid, its own
                    x̂₀ rule, w fed to its input: N forward passes per image
+    consistency N  with --consistency DIR, `ddim distill --method consistency`'s student (DIR, e.g. OUT/consistency),
+                   multistep consistency sampling (solver "consistency") on the trailing grid of N, its own x̂₀ rule
+                   (none), w fed to its input: N forward passes per image; its fresh noise at each point comes from
+                   each sample's own generator, like x_T
     teacher ddim   the guided teacher, DDIM η = 0 on the trailing grid of S steps, x̂₀ clamped and ε̂ re-derived
     teacher 2M     the guided teacher, DPM-Solver++(2M) on the log-SNR grid of S steps (`ddim sample`'s solver)
     teacher default  `ddim sample`'s default: DPM-Solver++(2M), 10 log-SNR steps
@@ -14,6 +18,8 @@ with --second, FID, precision and recall again in a second classifier's features
 
     python benchmarks/distill.py --run runs/distill --n 2000 --json benchmarks/results/distill_cpu.json \
         --picture docs/distill.png --second benchmarks/results/second_classifier.safetensors
+    python benchmarks/distill.py --run runs/distill --steps 1,2,4 --consistency runs/cd_pilot/consistency --n 2000 \
+        --teacher-steps 1 --no-default --json benchmarks/results/distill_cd_pilot_cpu.json
 """
 
 from __future__ import annotations
@@ -52,6 +58,15 @@ def cells(args) -> list[dict]:
             rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
             out.append({"label": f"student {n}", "checkpoint": str(student), "nfe": n,
                         "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **rule}})
+    if args.consistency:
+        rec = load_checkpoint(args.consistency)[2].distill
+        if rec is None or rec.method != "consistency":
+            raise SystemExit(f"--consistency {args.consistency} is not a consistency student (`ddim distill --method "
+                             "consistency`)")
+        rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
+        for n in args.consistency_steps:
+            out.append({"label": f"consistency {n}", "checkpoint": args.consistency, "nfe": n,
+                        "kw": {"steps": n, "spacing": "trailing", "solver": "consistency", **rule}})
     for n in args.teacher_steps:
         out.append({"label": f"teacher ddim {n}", "checkpoint": args.teacher, "nfe": 2 * n,
                     "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **CLIP}})
@@ -66,6 +81,10 @@ def cells(args) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="`ddim distill --out` folder (its steps_N/ students)")
+    p.add_argument("--consistency", default=None, metavar="DIR",
+                   help="a consistency student (`ddim distill --method consistency`'s OUT/consistency): cells "
+                        "'consistency N' for N in --consistency-steps")
+    p.add_argument("--consistency-steps", type=_ints, default=[1, 2, 4], help="the consistency student's steps")
     p.add_argument("--teacher", default=str(BUNDLED_MODEL))
     p.add_argument("--steps", type=_ints, default=[1, 2, 4, 8], help="the students' steps")
     p.add_argument("--teacher-steps", type=_ints, default=[1, 2, 4, 8], help="the teacher's sampler steps S")
@@ -80,8 +99,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None, help="write the rows here (after every cell)")
     p.add_argument("--picture", default=None,
-                   help="PNG: rows teacher default, student 8/4/2/1 (those run), 10 columns = classes 0..9, the same "
-                        "x_T down each column")
+                   help="PNG: rows teacher default, student 8/4/2/1, consistency 4/2/1 (those run), 10 columns = "
+                        "classes 0..9, the same x_T down each column")
     args = p.parse_args()
     keep_freed_memory()
     torch.set_grad_enabled(False)
@@ -122,7 +141,8 @@ def main() -> None:
                 "command": "python benchmarks/distill.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": rows}, indent=1) + "\n")
     if args.picture:
-        order = ["teacher default (2M 10)"] + [f"student {n}" for n in (8, 4, 2, 1)]
+        order = ["teacher default (2M 10)"] + [f"{kind} {n}" for kind in ("student", "consistency")
+                                                for n in (8, 4, 2, 1)]
         save_grid(torch.cat([shown_by_label[k] for k in order if k in shown_by_label]), args.picture, nrow=10)
 
 

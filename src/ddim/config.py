@@ -18,8 +18,8 @@ from .forward import PREDICTIONS
 from .nn.unet_config import from_mapping
 
 __all__ = ["TrainConfig", "DataConfig", "DistillConfig", "RunConfig", "resolve_model_config", "fit_preset",
-           "config_diff", "check_t_sampling", "T_SAMPLINGS", "DISTILL_PHASES", "DISTILL_WEIGHTINGS",
-           "DISTILL_SPACING", "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
+           "config_diff", "check_t_sampling", "T_SAMPLINGS", "DISTILL_PHASES", "DISTILL_METHODS", "DISTILL_WEIGHTINGS",
+           "DISTILL_SPACING", "DEFAULT_TARGET_DECAY", "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
 
 FORMAT, VERSION = "ddim-run", 1
 
@@ -220,9 +220,11 @@ class DataConfig:
         return from_mapping(cls, d)
 
 
-DISTILL_PHASES = ("guided", "halve")
-DISTILL_WEIGHTINGS = ("truncated-snr", "snr+1")
+DISTILL_PHASES = ("guided", "halve", "consistency")
+DISTILL_METHODS = ("progressive", "consistency")  # what follows the (shared) guided phase: halvings, or one CD phase
+DISTILL_WEIGHTINGS = ("truncated-snr", "snr+1", "uniform")
 DISTILL_SPACING = "trailing"  # a student's grid: it starts at T − 1 and the N-step grid nests in the 2N-step one
+DEFAULT_TARGET_DECAY = 0.95  # μ of the consistency target θ⁻ (Song et al. 2023, their distillation runs)
 
 
 @dataclass(frozen=True)
@@ -230,18 +232,25 @@ class DistillConfig:
     """How a distilled student was made (``ddim distill``); saved in its checkpoint's config.json as "distill".
 
     Attributes:
-        phase: "guided" (Meng et al. 2023, stage 1: one forward matches the w-guided teacher on its own grid)
-            or "halve" (one round of progressive distillation: N student steps do 2N teacher steps).
-        steps: N, the student's sampling steps (DDIM, η = 0, on the trailing grid): what ``ddim sample`` runs.
-        teacher_steps: the teacher's grid (2N for "halve", N for "guided").
+        phase: "guided" (Meng et al. 2023, stage 1: one forward matches the w-guided teacher on its own grid),
+            "halve" (one round of progressive distillation: N student steps do 2N teacher steps) or
+            "consistency" (consistency distillation, Song et al. 2023: the student's x̂_0 is a consistency
+            function of the teacher's DDIM chain on its grid; ``method`` is then "consistency").
+        steps: N, the student's sampling steps on the trailing grid, what ``ddim sample`` runs: DDIM (η = 0), or
+            for "consistency" multistep consistency sampling (solver "consistency"), any power of two up to
+            ``teacher_steps``.
+        teacher_steps: the teacher's grid (2N for "halve", N for "guided", the training grid for "consistency").
         teacher: the checkpoint this phase distils (for "halve", the previous phase's run directory).
         origin: the first teacher of the chain (the model the whole distillation started from).
         w_min, w_max: the range guidance weights are drawn from (U[w_min, w_max]) for a w-input student.
-        weighting: "truncated-snr" (max(SNR, 1)) or "snr+1" (the v-loss).
+        weighting: "truncated-snr" (max(SNR, 1)), "snr+1" (the v-loss) or "uniform" (λ = 1).
         teacher_clip: the teacher's x̂_0 rule in its DDIM steps (clamp to ±clip, ε̂ re-derived; None: none).
         clip: the student's own rule (what ``ddim sample`` uses by default): the teacher's for "guided",
             None after halving (x̃ may lie outside the data range: a clamp would undo the match).
         rounds: the phases before this one, oldest first, each {"phase", "steps", "train_steps", "run"}.
+        target_decay: μ of the target network θ⁻ ← μ θ⁻ + (1 − μ) θ ("consistency" only; None for the others,
+            and then absent from the JSON, so records written before consistency distillation read back as
+            written).
     """
 
     phase: str
@@ -255,16 +264,28 @@ class DistillConfig:
     teacher_clip: Optional[float] = 1.0
     clip: Optional[float] = None
     rounds: tuple = ()
+    target_decay: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.phase not in DISTILL_PHASES:
             raise ValueError(f"distill phase must be one of {', '.join(DISTILL_PHASES)}, got {self.phase!r}")
         check_power_of_two("distill.steps", self.steps)
         check_power_of_two("distill.teacher_steps", self.teacher_steps)
-        want = self.steps * (2 if self.phase == "halve" else 1)
-        if self.teacher_steps != want:
-            raise ValueError(f"a {self.phase} phase of {self.steps} steps has a teacher of {want}, got "
-                             f"{self.teacher_steps}")
+        if self.phase == "consistency":
+            if self.steps > self.teacher_steps:
+                raise ValueError(f"a consistency student samples in at most its teacher's {self.teacher_steps} "
+                                 f"steps, got steps={self.steps}")
+            if self.target_decay is None:
+                raise ValueError("a consistency phase needs target_decay (μ of its target network)")
+            _need_num("target_decay", self.target_decay, 0.0, 1.0, hi_open=True)
+            object.__setattr__(self, "target_decay", float(self.target_decay))
+        else:
+            want = self.steps * (2 if self.phase == "halve" else 1)
+            if self.teacher_steps != want:
+                raise ValueError(f"a {self.phase} phase of {self.steps} steps has a teacher of {want}, got "
+                                 f"{self.teacher_steps}")
+            if self.target_decay is not None:
+                raise ValueError(f"target_decay belongs to a consistency phase, not to a {self.phase} one")
         for name in ("teacher", "origin"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"distill.{name} must be a path, got {getattr(self, name)!r}")
@@ -285,9 +306,22 @@ class DistillConfig:
             raise ValueError(f"distill.rounds must be a list of objects, got {self.rounds!r}")
         object.__setattr__(self, "rounds", tuple(dict(r) for r in self.rounds))
 
+    @property
+    def method(self) -> str:
+        """"consistency" for a consistency student, else "progressive" (a guided or halved one)."""
+        return "consistency" if self.phase == "consistency" else "progressive"
+
+    @property
+    def solver(self) -> str:
+        """The solver the student samples with (``ddim.samplers.SOLVERS``): "consistency" (Song et al.'s
+        Algorithm 1) for a consistency student, "ddim" (η = 0) for the others."""
+        return "consistency" if self.phase == "consistency" else "ddim"
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["rounds"] = [dict(r) for r in self.rounds]
+        if self.target_decay is None:
+            del d["target_decay"]
         return d
 
     @classmethod

@@ -30,6 +30,15 @@ def distill_args(teacher, out, *extra):
             "--keep-last", "0", "--log-every", "2", "--device", "cpu", "--quiet", *extra]
 
 
+def cd_args(teacher, out, *extra):
+    return ["distill", "--method", "consistency", "--teacher", str(teacher), "--out", str(out), "--teacher-steps", "4",
+            "--steps", "2", "--guided-steps", str(ROUND), "--cd-steps", str(ROUND), "--batch-size", "16",
+            "--checkpoint-every", "4", "--keep-last", "0", "--log-every", "2", "--device", "cpu", "--quiet", *extra]
+
+
+ARGS = {"progressive": distill_args, "consistency": cd_args}
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ddim: error:"), err
@@ -79,9 +88,8 @@ def test_phases_records_and_sampling(distilled, teacher, tmp_path, capsys):
                  "--quiet", "--out", str(tmp_path / "i.png")]) == 0
 
 
-def test_sampling_feeds_w_to_one_forward(distilled, tmp_path, monkeypatch):
-    """`ddim sample --guidance 0.5` on a student: every forward is a batch of --n images with w = 0.5 as an input
-    (classifier-free guidance would double the batch), on the student's grid of 2 steps."""
+def _count_forwards(monkeypatch) -> list:
+    """(batch, w) of every UNet forward from now on."""
     from ddim.nn import UNet
 
     calls = []
@@ -92,6 +100,13 @@ def test_sampling_feeds_w_to_one_forward(distilled, tmp_path, monkeypatch):
         return real(self, x, t, labels, **kw)
 
     monkeypatch.setattr(UNet, "forward", forward)
+    return calls
+
+
+def test_sampling_feeds_w_to_one_forward(distilled, tmp_path, monkeypatch):
+    """`ddim sample --guidance 0.5` on a student: every forward is a batch of --n images with w = 0.5 as an input
+    (classifier-free guidance would double the batch), on the student's grid of 2 steps."""
+    calls = _count_forwards(monkeypatch)
     assert main(["sample", "--checkpoint", str(distilled / "steps_2"), "--n", "3", "--guidance", "0.5", "--quiet",
                  "--out", str(tmp_path / "w.png")]) == 0
     assert calls == [(3, 0.5)] * 2
@@ -110,31 +125,39 @@ def test_a_student_refuses_what_needs_a_second_forward(distilled, tmp_path, caps
     assert not out.exists()
 
 
-def _start(teacher, out, *extra):
-    cmd = [sys.executable, "-m", "ddim", *distill_args(teacher, out, *extra)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ddim_env())
+def _kill_and_resume(method: str, teacher, out, phase: str) -> None:
+    """Run `ddim distill` in a process, kill -9 it after a checkpoint of ``phase`` that is not its last, then run it
+    again with --resume to the end."""
+    args = ARGS[method]
+    p = subprocess.Popen([sys.executable, "-m", "ddim", *args(teacher, out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ddim_env())
+    end = time.monotonic() + 240
+    while not [c for c in list_checkpoints(out / phase) if c.name != f"step_{ROUND:06d}"]:
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        assert time.monotonic() < end, f"no checkpoint in {phase}"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert f"step_{ROUND:06d}" not in [c.name for c in list_checkpoints(out / phase)]  # killed inside the phase
+    p = subprocess.run([sys.executable, "-m", "ddim", *args(teacher, out, "--resume")], capture_output=True,
+                       text=True, env=ddim_env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def _assert_same_last_checkpoints(pairs) -> None:
+    """Each (reference run, run) ends in bitwise identical weights, EMA and training state."""
+    for ref, run in pairs:
+        a, b = list_checkpoints(ref)[-1], list_checkpoints(run)[-1]
+        for stem in ("model", "ema", "training_state"):
+            ta, tb = read_tensors(a / f"{stem}.safetensors"), read_tensors(b / f"{stem}.safetensors")
+            bad = [k for k in ta if not torch.equal(ta[k], tb[k])]
+            assert ta.keys() == tb.keys() and not bad, f"{run.name}/{stem}: {bad[:3]}"
 
 
 def test_kill_and_resume_is_bitwise_exact(teacher, distilled, tmp_path):
     out = tmp_path / "d"
-    p = _start(teacher, out)
-    end = time.monotonic() + 240
-    while not [c for c in list_checkpoints(out / "steps_2") if c.name != f"step_{ROUND:06d}"]:
-        assert p.poll() is None, p.communicate()[1][-2000:]
-        assert time.monotonic() < end, "no checkpoint in the first halving round"
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.communicate(timeout=60)
-    assert not list_checkpoints(out / "steps_1")
-    p = subprocess.run([sys.executable, "-m", "ddim", *distill_args(teacher, out, "--resume")], capture_output=True,
-                       text=True, env=ddim_env(), timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    for name in PHASES:
-        a, b = list_checkpoints(distilled / name)[-1], list_checkpoints(out / name)[-1]
-        for stem in ("model", "ema", "training_state"):
-            ta, tb = read_tensors(a / f"{stem}.safetensors"), read_tensors(b / f"{stem}.safetensors")
-            bad = [k for k in ta if not torch.equal(ta[k], tb[k])]
-            assert ta.keys() == tb.keys() and not bad, f"{name}/{stem}: {bad[:3]}"
+    _kill_and_resume("progressive", teacher, out, "steps_2")
+    _assert_same_last_checkpoints([(distilled / name, out / name) for name in PHASES])
 
 
 def test_finished_run_resumes_to_nothing_and_refuses_without_resume(teacher, distilled, capsys):
@@ -146,19 +169,24 @@ def test_finished_run_resumes_to_nothing_and_refuses_without_resume(teacher, dis
     assert "--resume" in _one_error_line(capsys)
 
 
-@pytest.mark.parametrize("extra, msg", [
-    (["--steps", "3"], "power of two"),
-    (["--teacher-steps", "6"], "power of two"),
-    (["--steps", "8"], "below the teacher's grid"),
-    (["--steps", "4"], "below the teacher's grid"),
-    (["--round-steps", "5,5,5"], "halving rounds"),
-    (["--w-range", "2,1"], "w_max"),
-    (["--w-range", "2"], "two comma-separated numbers"),
-    (["--dist-timeout", "0"], "--dist-timeout"),
+@pytest.mark.parametrize("method, extra, msg", [
+    ("progressive", ["--steps", "3"], "power of two"),
+    ("progressive", ["--teacher-steps", "6"], "power of two"),
+    ("progressive", ["--steps", "8"], "below the teacher's grid"),
+    ("progressive", ["--steps", "4"], "below the teacher's grid"),
+    ("progressive", ["--round-steps", "5,5,5"], "halving rounds"),
+    ("progressive", ["--w-range", "2,1"], "w_max"),
+    ("progressive", ["--w-range", "2"], "two comma-separated numbers"),
+    ("progressive", ["--dist-timeout", "0"], "--dist-timeout"),
+    ("progressive", ["--cd-steps", "5"], "--cd-steps applies to --method consistency only"),
+    ("consistency", ["--round-steps", "5"], "--round-steps applies to --method progressive only"),
+    ("consistency", ["--steps", "8"], "at most the teacher's grid of 4 steps"),
+    ("consistency", ["--target-decay", "1"], "target_decay"),
+    ("consistency", ["--cd-steps", "0"], "steps must be an integer >= 1"),
 ])
-def test_bad_input_is_one_line_and_creates_nothing(teacher, tmp_path, capsys, extra, msg):
+def test_bad_input_is_one_line_and_creates_nothing(teacher, tmp_path, capsys, method, extra, msg):
     out = tmp_path / "new" / "d"
-    assert main(distill_args(teacher, out, *extra)) == 2
+    assert main(ARGS[method](teacher, out, *extra)) == 2
     assert msg in _one_error_line(capsys)
     assert not (tmp_path / "new").exists()
 
@@ -171,3 +199,59 @@ def test_a_teacher_that_is_not_a_checkpoint(tmp_path, capsys):
         assert main(distill_args(teacher, tmp_path / "out")) == 2
         _one_error_line(capsys)
         assert not (tmp_path / "out").exists()
+
+
+# ---- --method consistency: the same guided phase, then one consistency phase into OUT/consistency/
+
+@pytest.fixture(scope="module")
+def consistent(teacher, distilled, tmp_path_factory):
+    """A consistency student whose guided phase was found finished under --out (copied from the progressive run)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("consistent") / "c"
+    shutil.copytree(distilled / "guided_4", out / "guided_4")
+    assert main(cd_args(teacher, out, "--resume")) == 0
+    return out
+
+
+def test_consistency_record_and_sampling(consistent, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    run = consistent / "consistency"
+    last = f"step_{ROUND:06d}"
+    assert list_checkpoints(run)[-1].name == last and (run / "samples" / f"{last}.png").is_file()
+    cfg = load_checkpoint(run)[2]
+    dc = cfg.distill
+    assert (dc.phase, dc.method, dc.steps, dc.teacher_steps, dc.weighting, dc.clip, dc.target_decay) == (
+        "consistency", "consistency", 2, 4, "uniform", None, 0.95)
+    assert dc.teacher == str(consistent / "guided_4") and [r["phase"] for r in dc.rounds] == ["guided"]
+    state = read_tensors(list_checkpoints(run)[-1] / "training_state.safetensors")
+    assert any(k.startswith("target.") for k in state)  # θ⁻ travels with the optimizer state
+    calls = _count_forwards(monkeypatch)
+    capsys.readouterr()
+    for steps in (None, 1, 2, 4):
+        calls.clear()
+        npz = tmp_path / f"s{steps}.npz"
+        argv = ["sample", "--checkpoint", str(run), "--n", "3", "--guidance", "0.5", "--npz", str(npz),
+                "--out", str(tmp_path / f"s{steps}.png")] + ([] if steps is None else ["--steps", str(steps)])
+        assert main(argv) == 0
+        assert calls == [(3, 0.5)] * (steps or 2)  # one forward of the batch per step, w an input; default: 2
+        assert f"{steps or 2} steps, solver consistency" in capsys.readouterr().err
+        images = np.load(npz)["images"]
+        assert images.shape == (3, 1, 8, 8) and np.isfinite(images).all()
+
+
+def test_consistency_kill_and_resume_is_bitwise_exact(teacher, distilled, consistent, tmp_path):
+    """From nothing: the guided phase (bitwise the progressive run's own), then the consistency phase, killed after
+    a checkpoint and resumed, ends as the uninterrupted one: weights, EMA, optimizer, RNG and θ⁻."""
+    out = tmp_path / "c"
+    _kill_and_resume("consistency", teacher, out, "consistency")
+    _assert_same_last_checkpoints([(distilled / "guided_4", out / "guided_4"),
+                                   (consistent / "consistency", out / "consistency")])
+
+
+def test_a_consistency_student_teaches_neither_method(consistent, tmp_path, capsys):
+    for args in ARGS.values():
+        assert main(args(consistent / "consistency", tmp_path / "p")) == 2
+        assert "is a consistency student" in _one_error_line(capsys)
+    assert not (tmp_path / "p").exists()

@@ -86,8 +86,8 @@ def add_checkpoint(p) -> None:
     from ..checkpoint import BUNDLED_MODEL, named_checkpoint
 
     p.add_argument("--checkpoint", default=str(BUNDLED_MODEL), type=named_checkpoint,
-                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory; 'bundled': "
-                        "the bundled class-conditional Fashion-MNIST model (the default), 'distilled': its 4-step "
+                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory; 'bundled' "
+                        "(default): the bundled class-conditional Fashion-MNIST model, 'distilled': its 4-step "
                         "student (`ddim distill`)")
 
 
@@ -214,7 +214,7 @@ def add_sampling_args(p, default_steps: int = 50, with_class: bool = True, solve
         p.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps S (1..T) (default: {FAST_STEPS} for the multistep solvers and heun, "
                             "50 for ddim and the score solvers; a distilled student (`ddim distill`): its own N "
-                            "steps of ddim)")
+                            "steps of ddim, or of consistency for a consistency student)")
         p.add_argument("--spacing", default=None, choices=SPACINGS,
                        help="sub-sequence of the training steps (default: logsnr for the multistep solvers and heun, "
                             "uniform for ddim and the score solvers; a distilled student's: trailing)")
@@ -296,8 +296,9 @@ def add_solver(p, deterministic: bool = False, sample_default: bool = False) -> 
 def resolve_solver_defaults(args) -> None:
     """Fill `ddim sample`'s unset --solver, --spacing, --steps and --eta from the solver: DPM-Solver++(2M) on
     the log-SNR grid with 10 steps unless --eta (or --sampler ddpm, or --guidance-method cfgpp) asks for DDIM.
-    A distilled student (``ddim distill``) samples as it was trained to instead: deterministic DDIM on its own
-    grid (its N steps, trailing spacing) with its own x̂_0 rule and plain cfg (other methods are refused).
+    A distilled student (``ddim distill``) samples as it was trained to instead: deterministic DDIM (a consistency
+    student: multistep consistency sampling) on its own grid (its N steps, trailing spacing) with its own x̂_0 rule
+    and plain cfg (other methods are refused).
     An unset --guidance-method (`ddim sample`'s) is ``DEFAULT_GUIDANCE_METHOD``."""
     _student_defaults(args)
     if getattr(args, "guidance_method", "") is None:
@@ -331,8 +332,8 @@ def _student_defaults(args) -> None:
                          "a guidance-distilled student (`ddim distill`) whose --guidance is an input of its one "
                          "forward: use --guidance-method cfg")
     if args.solver is None and getattr(args, "eta", None) is None and getattr(args, "sampler", "ddim") == "ddim":
-        args.solver = "ddim"
-    if args.solver == "ddim":
+        args.solver = record.solver  # ddim; "consistency" for a consistency student (Song et al.'s Algorithm 1)
+    if args.solver in ("ddim", record.solver):  # a consistency student's one DDIM step is its one-step sample too
         args.steps = record.steps if args.steps is None else args.steps
         args.spacing = DISTILL_SPACING if args.spacing is None else args.spacing
     if getattr(args, "clip", 0.0) is None:

@@ -1,5 +1,5 @@
 """``ddim distill``: parse -> ``DistillOptions`` -> ``plan_phases`` (every refusal of the inputs happens there,
-before anything is written) -> ``ddim.train.distill_trainer.run_distillation``.
+before anything is written) -> ``ddim.train.distill_phases.run_distillation``.
 
 How ``ddim sample`` reads a student's own sampling defaults is ``common.resolve_solver_defaults``'s part.
 """
@@ -16,38 +16,54 @@ __all__ = ["SUBCOMMANDS"]
 
 
 def _add_distill(sub) -> None:
-    from ..config import DISTILL_WEIGHTINGS
-    from ..train.distill_trainer import DEFAULT_TEACHER_STEPS, DistillOptions
+    from ..config import DISTILL_METHODS, DISTILL_WEIGHTINGS
+    from ..train.distill_phases import DEFAULT_TEACHER_STEPS, DEFAULT_WEIGHTING, DistillOptions
 
     d = DistillOptions()
     p = sub.add_parser("distill", formatter_class=Formatter,
-                       help="distil a model into students that sample in 2^k steps (progressive distillation)",
+                       help="distil a model into students that sample in 2^k steps (progressive or consistency "
+                            "distillation)",
                        description="Progressive distillation (Salimans & Ho 2022): a student learns to do two "
                                    "deterministic DDIM steps of its teacher in one, and the halving repeats from "
-                                   "--teacher-steps down to --steps. A class-conditional teacher is first distilled "
-                                   "into a student that takes the guidance weight w as an input (Meng et al. 2023, "
-                                   "stage 1). Each phase is a run folder under --out (guided_K/, steps_N/), "
-                                   "checkpointed and resumable exactly as `ddim train`; sample a student with "
-                                   "`ddim sample --checkpoint OUT/steps_N` (its own N steps by default, --guidance "
-                                   "feeds its w input). Under torchrun the global --batch-size is split across the "
-                                   "processes.")
+                                   "--teacher-steps down to --steps. Consistency distillation (--method consistency, "
+                                   "Song et al. 2023): one phase in which the student learns to map every point of "
+                                   "the teacher's DDIM chain on its K-step grid to the chain's end, sampled in "
+                                   "--steps steps of multistep consistency sampling. A class-conditional teacher is "
+                                   "first distilled into a student that takes the guidance weight w as an input "
+                                   "(Meng et al. 2023, stage 1; the same phase for both methods). Each phase is a run "
+                                   "folder under --out (guided_K/, steps_N/, consistency/), checkpointed and "
+                                   "resumable exactly as `ddim train`; sample a student with `ddim sample "
+                                   "--checkpoint OUT/steps_N` or `OUT/consistency` (its own steps by default, "
+                                   "--guidance feeds its w input). Under torchrun the global --batch-size is split "
+                                   "across the processes.")
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", default="bundled", metavar="CHECKPOINT",
                    help="the model to distil: a checkpoint or run directory, or 'bundled' (the bundled model)")
+    g.add_argument("--method", choices=DISTILL_METHODS, default=d.method,
+                   help="progressive: halving rounds down to --steps; consistency: one consistency-distillation "
+                        "phase (OUT/consistency/) whose student samples in --steps steps by default")
     g.add_argument("--teacher-steps", type=int, default=None,
                    help=f"K, the teacher's DDIM grid the first round halves (a power of two; default: "
                         f"{DEFAULT_TEACHER_STEPS}, or a distilled teacher's own grid)")
-    g.add_argument("--steps", type=int, default=d.steps, help="the last student's steps (a power of two below K)")
+    g.add_argument("--steps", type=int, default=d.steps,
+                   help="the last student's steps (a power of two below K; consistency: its default sampling steps, "
+                        "a power of two up to K)")
     g.add_argument("--guided-steps", type=int, default=d.guided_train_steps,
                    help="optimizer steps of the guided phase (class-conditional teachers)")
-    g.add_argument("--round-steps", type=int_list, default=d.round_train_steps,
-                   help=f"optimizer steps per halving round: one number, or one per round from K/2 down "
+    g.add_argument("--round-steps", type=int_list, default=None,
+                   help=f"progressive: optimizer steps per halving round: one number, or one per round from K/2 down "
                         f"(default: {d.round_train_steps[0]})")
+    g.add_argument("--cd-steps", type=int, default=None,
+                   help=f"consistency: optimizer steps of the consistency phase (default: {d.consistency_train_steps})")
+    g.add_argument("--target-decay", type=float, default=None,
+                   help=f"consistency: μ of the target network θ⁻ ← μ θ⁻ + (1 − μ) θ, in [0, 1) (default: "
+                        f"{d.target_decay:g})")
     g.add_argument("--w-range", type=float_pair, default=(d.w_min, d.w_max), metavar="W_MIN,W_MAX",
                    help=f"guidance weights are drawn from U[W_MIN, W_MAX] in training "
                         f"(default: {d.w_min:g},{d.w_max:g})")
-    g.add_argument("--weighting", choices=DISTILL_WEIGHTINGS, default=d.weighting,
-                   help="loss weight on ‖x̂_0 − x̃‖²: max(SNR, 1), or SNR + 1 (the v-loss)")
+    g.add_argument("--weighting", choices=DISTILL_WEIGHTINGS, default=None,
+                   help="loss weight on the squared x̂_0 error: max(SNR, 1), SNR + 1 (the v-loss) or 1 (default: "
+                        + ", ".join(f"{w} for {m}" for m, w in DEFAULT_WEIGHTING.items()) + ")")
     add_data_dir(g, "where the teacher's training data are, when not where its config says")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=128, help="global batch size")
@@ -72,22 +88,31 @@ def _add_distill(sub) -> None:
 def _options(args):
     from ..checkpoint import named_checkpoint
     from ..config import TrainConfig
-    from ..train.distill_trainer import DistillOptions
+    from ..train.distill_phases import DistillOptions
 
+    mine = {"progressive": ("--round-steps",), "consistency": ("--cd-steps", "--target-decay")}
+    for method, flags in mine.items():
+        given = [f for f in flags if getattr(args, f[2:].replace("-", "_")) is not None]
+        if given and args.method != method:
+            raise ValueError(f"{', '.join(given)} applies to --method {method} only (got --method {args.method})")
+    d = DistillOptions()
     teacher = named_checkpoint(args.teacher)
     train = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
                         seed=args.seed, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                         sample_every=1 if args.samples else 0, num_samples=20, log_every=args.log_every,
                         weight_decay=0.0, label_dropout=0.0)
-    return DistillOptions(teacher=teacher, teacher_steps=args.teacher_steps, steps=args.steps,
-                          guided_train_steps=args.guided_steps, round_train_steps=tuple(args.round_steps),
+    return DistillOptions(teacher=teacher, method=args.method, teacher_steps=args.teacher_steps, steps=args.steps,
+                          guided_train_steps=args.guided_steps,
+                          round_train_steps=tuple(args.round_steps or d.round_train_steps),
+                          consistency_train_steps=d.consistency_train_steps if args.cd_steps is None else args.cd_steps,
+                          target_decay=d.target_decay if args.target_decay is None else args.target_decay,
                           w_min=args.w_range[0], w_max=args.w_range[1], weighting=args.weighting, train=train,
                           data_dir=args.data_dir)
 
 
 def _run_distill(args) -> int:
     from ..files import check_folder_free
-    from ..train.distill_trainer import phase_done, plan_phases, run_distillation
+    from ..train.distill_phases import phase_done, plan_phases, run_distillation
     from ..train.trainer import check_run_dir
 
     writable(args.out, folder=True)
@@ -102,7 +127,9 @@ def _run_distill(args) -> int:
     def announce(run, config):
         if not args.quiet:
             dc = config.distill
-            what = "guided → w-input" if dc.phase == "guided" else f"{dc.teacher_steps} → {dc.steps} steps"
+            what = {"guided": "guided → w-input",
+                    "consistency": f"consistency distillation on the {dc.teacher_steps}-step grid (samples in "
+                                   f"{dc.steps})"}.get(dc.phase, f"{dc.teacher_steps} → {dc.steps} steps")
             print(f"ddim: distill: {run.name}: {what}, {config.train.steps} optimizer steps", file=sys.stderr)
 
     result = run_distillation(plan, device=args.device, resume=args.resume, quiet=args.quiet, on_phase=announce,

@@ -1,7 +1,7 @@
 """Samplers: pure step functions (``steps``), the solvers behind one seam (``solvers``: the DDIM η-family,
-DPM-Solver++, UniPC, Heun, and the score view's reverse SDE, probability flow, Langevin and
-predictor-corrector), the options of a run (``options``), the one loop they all run in (``loop``), and that
-loop made fast on CUDA (``fast``: bf16, channels_last, torch.compile, one CUDA graph)."""
+DPM-Solver++, UniPC, Heun, the score view's reverse SDE, probability flow, Langevin and predictor-corrector,
+and multistep consistency sampling), the options of a run (``options``), the one loop they all run in
+(``loop``), and that loop made fast on CUDA (``fast``: bf16, channels_last, torch.compile, one CUDA graph)."""
 
 from .fast import FastSampler, fast_module, fast_sample
 from .loop import Plan, Trajectory, invert, plan, run_invert, run_sample, sample

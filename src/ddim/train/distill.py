@@ -34,7 +34,8 @@ from ..forward import eps_from_x0, predict_x0_eps
 from ..samplers.steps import ddim_step
 from ..timesteps import timesteps
 
-__all__ = ["deterministic_step", "distill_target", "loss_weight", "x0_from_output", "student_grid", "grid_abar"]
+__all__ = ["deterministic_step", "distill_target", "loss_weight", "weighted_mse", "x0_from_output", "student_grid",
+           "grid_abar"]
 
 
 def deterministic_step(x_t: torch.Tensor, x0_hat: torch.Tensor, abar_t, abar_s) -> torch.Tensor:
@@ -61,14 +62,25 @@ def distill_target(x_t: torch.Tensor, x_t2: torch.Tensor, abar_t, abar_t2) -> to
 
 
 def loss_weight(abar_t: torch.Tensor, weighting: str) -> torch.Tensor:
-    """The x̂_0-space loss weight at ᾱ_t: max(SNR, 1) ("truncated-snr", Salimans & Ho §4) or SNR + 1 ("snr+1",
-    which makes ‖x̂_0 − x̃‖² the v-loss ‖v̂ − ṽ‖²: v = (α x_t − x_0)/σ, so δv = −δx_0/σ and 1/σ² = SNR + 1)."""
+    """The x̂_0-space loss weight at ᾱ_t: max(SNR, 1) ("truncated-snr", Salimans & Ho §4), SNR + 1 ("snr+1",
+    which makes ‖x̂_0 − x̃‖² the v-loss ‖v̂ − ṽ‖²: v = (α x_t − x_0)/σ, so δv = −δx_0/σ and 1/σ² = SNR + 1), or 1
+    ("uniform", the λ(t) ≡ 1 of Song et al.'s consistency distillation)."""
     snr = abar_t / (1 - abar_t)
+    if weighting == "uniform":
+        return torch.ones_like(snr)
     if weighting == "truncated-snr":
         return snr.clamp(min=1.0)
     if weighting == "snr+1":
         return snr + 1
     raise ValueError(f"unknown weighting {weighting!r}; allowed: {', '.join(DISTILL_WEIGHTINGS)}")
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of weight · (mean over pixels of (pred − target)²): the distillation losses, progressive
+    (``loss_weight`` on ‖x̂_0 − x̃‖²) and consistency (λ(t_n) d(f_θ, f_θ⁻) with d the squared L2, Song et al.
+    eq. 7)."""
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (weight.flatten().float() * per_sample).mean()
 
 
 def x0_from_output(out: torch.Tensor, x_t: torch.Tensor, abar_t, prediction: str,

@@ -279,11 +279,21 @@ class Trainer:
             # AdamW wants it), so a checkpoint from a GPU run resumes on the CPU and vice versa.
             optimizer_from_flat(self.optimizer, extra, state["optimizer"])
             rng_from_flat(extra)
+            self.load_extra_state(extra)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
             raise CheckpointError(f"cannot resume from {ckpt}: its state.json or training_state.safetensors is "
                                   f"malformed ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
         self.step = self._saved_step = int(state["step"])
         self._last_checkpoint = ckpt
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a subclass keeps beside the optimizer and RNG states in training_state.safetensors (names
+        outside "optimizer.state." and "rng."); none here."""
+        return {}
+
+    def load_extra_state(self, tensors) -> None:
+        """Restore what ``extra_state`` saved, from a checkpoint's training-state tensors (on resume, inside
+        ``Trainer.__init__``, after the network and the optimizer exist)."""
 
     def _init_weights(self, source: str) -> None:
         """Fine-tuning: copy ``source``'s EMA weights into the live network and its EMA, after checking that
@@ -405,7 +415,7 @@ class Trainer:
                      "epoch": (self.step * tc.batch_size) // len(self.data), "ema_num_updates": self.ema.num_updates,
                      "optimizer": opt_meta, "world_size": self.info.world_size, "torch": torch.__version__}
             tensors = {"model": self.model.state_dict(), "ema": self.ema.model.state_dict(),
-                       "training_state": {**opt_tensors, **rng_to_flat()}}
+                       "training_state": {**opt_tensors, **rng_to_flat(), **self.extra_state()}}
             path = save_checkpoint(self.out_dir, self.step, self.config.to_dict(), tensors, state, tc.keep_last)
             self._last_checkpoint = path
         barrier(self.info)

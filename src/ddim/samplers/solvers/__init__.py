@@ -10,8 +10,9 @@ from .unipc import UniPC, unipc_weights
 from .heun import Heun, heun_coefficients
 from .score import (PC_PREDICTORS, AnnealedLangevin, PredictorCorrector, ProbabilityFlow, ReverseSDE, langevin_step,
                     sde_coefficients, snr_step_size)
+from .consistency import Consistency
 
 __all__ = ["SOLVERS", "Solver", "register", "get_solver", "solver_help", "dpm_lambda", "DDIM", "DPMSolverPP",
            "multistep_weights", "UniPC", "unipc_weights", "Heun", "heun_coefficients", "ReverseSDE", "ProbabilityFlow",
            "AnnealedLangevin", "PredictorCorrector", "PC_PREDICTORS", "langevin_step", "snr_step_size",
-           "sde_coefficients"]
+           "sde_coefficients", "Consistency"]
