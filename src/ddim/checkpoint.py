@@ -56,6 +56,8 @@ def named_checkpoint(path: PathLike) -> str:
     """``path`` itself, or the folder of a short name in ``NAMED_CHECKPOINTS`` (a path that is also a name: prefix
     it with ``./``)."""
     return str(NAMED_CHECKPOINTS.get(str(path), path))
+
+
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _HASH_CHUNK = 1 << 22  # 4 MiB reads keep memory flat for large files
 
