@@ -7,7 +7,7 @@ import pytest
 from ddim.train import DataConfig, RunConfig, TrainConfig, resolve_model_config
 from ddim.config import config_diff
 
-from .conftest import tiny_config
+from tiny import tiny_config
 
 
 @pytest.mark.parametrize("field, value, words", [
