@@ -267,11 +267,9 @@ def main() -> None:
     if args.guide:
         guide, g_schedule, _ = load_checkpoint(args.guide, ema=True)
         check_guide(model, schedule, guide, g_schedule)
-    spaces = {"shipped": (FeatureExtractor(), None)}
-    if args.second:
-        spaces["second"] = (FeatureExtractor(args.second), None)
+    extractors = {"shipped": FeatureExtractor(), **({"second": FeatureExtractor(args.second)} if args.second else {})}
     spaces = {k: (e, reference_stats("fashion-mnist", split="test", extractor=e, data_dir=args.data_dir))
-              for k, (e, _) in spaces.items()}
+              for k, e in extractors.items()}
     ctx = {"args": args, "model": model, "schedule": schedule, "config": config, "guide": guide, "spaces": spaces,
            "counters": [CallCounter(model)] + ([CallCounter(guide)] if guide is not None else []),
            "classifier": load_classifier()[0], "labels": class_labels(range(args.n), model.config.num_classes)}
