@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_int", "check_bool", "check_number", "check_power_of_two", "check_images", "check_labels",
+__all__ = ["check_int", "check_interval", "check_bool", "check_number", "check_power_of_two", "check_images", "check_labels",
            "check_device", "check_finite_result", "check_float_dtype"]
 
 
@@ -108,3 +108,15 @@ def check_finite_result(x: torch.Tensor, what: str = "samples") -> None:
         bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
         raise ValueError(f"the model produced NaN or Inf in {bad} of {x.shape[0]} {what} (broken weights, or a "
                          "model or guidance setting that diverges)")
+
+
+def check_interval(v) -> tuple[float, float]:
+    """A guidance interval (σ_lo, σ_hi] as two floats with 0 <= σ_lo < σ_hi; ValueError naming ``v`` otherwise (an
+    empty or reversed interval guides nowhere: a typo, not a method)."""
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or any(isinstance(e, bool) or not isinstance(e, numbers.Real) or math.isnan(e) for e in v)):
+        raise ValueError(f"the guidance interval must be two numbers (σ_lo, σ_hi), got {v!r}")
+    lo, hi = float(v[0]), float(v[1])
+    if not 0 <= lo < hi:
+        raise ValueError(f"the guidance interval (σ_lo, σ_hi] must have 0 <= σ_lo < σ_hi, got ({lo}, {hi}]")
+    return lo, hi

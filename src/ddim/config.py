@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from .checks import check_power_of_two
+from .checks import check_interval, check_power_of_two
 from .forward import PREDICTIONS
 from .nn.unet_config import from_mapping
 
@@ -87,7 +87,9 @@ class TrainConfig:
         sample_steps: DDIM steps for those grids.
         num_samples: images per grid.
         log_every: steps between metrics lines.
-        bf16: bfloat16 autocast for the forward pass (CUDA only).
+        bf16: bfloat16 autocast for the forward pass, on CUDA and on the CPU (fast on CPUs with AMX or
+            AVX512-BF16; elsewhere the CPU emulates it, slower than float32). Weights, optimizer and loss stay
+            float32.
         compile: wrap the network in torch.compile.
         init_from: start from this checkpoint's (EMA) weights instead of a random init, i.e. fine-tune
             (any path ``ddim.load_checkpoint`` reads; its model shape must be this run's). None: random init.
@@ -251,6 +253,10 @@ class DistillConfig:
         target_decay: μ of the target network θ⁻ ← μ θ⁻ + (1 − μ) θ ("consistency" only; None for the others,
             and then absent from the JSON, so records written before consistency distillation read back as
             written).
+        guidance_interval: (σ_lo, σ_hi): the guided teacher's w applies only where σ = √((1 − ᾱ)/ᾱ) lies in
+            (σ_lo, σ_hi] (guidance interval, Kynkäänniemi et al. 2024), its conditional prediction alone
+            elsewhere; the student's w input then means that method's weight. None: plain CFG at every level
+            (and absent from the JSON). Kept by every later phase: it says what w means.
     """
 
     phase: str
@@ -265,6 +271,7 @@ class DistillConfig:
     clip: Optional[float] = None
     rounds: tuple = ()
     target_decay: Optional[float] = None
+    guidance_interval: Optional[tuple] = None
 
     def __post_init__(self) -> None:
         if self.phase not in DISTILL_PHASES:
@@ -305,6 +312,8 @@ class DistillConfig:
         if not isinstance(self.rounds, (list, tuple)) or not all(isinstance(r, Mapping) for r in self.rounds):
             raise ValueError(f"distill.rounds must be a list of objects, got {self.rounds!r}")
         object.__setattr__(self, "rounds", tuple(dict(r) for r in self.rounds))
+        if self.guidance_interval is not None:
+            object.__setattr__(self, "guidance_interval", check_interval(self.guidance_interval))
 
     @property
     def method(self) -> str:
@@ -320,8 +329,9 @@ class DistillConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["rounds"] = [dict(r) for r in self.rounds]
-        if self.target_decay is None:
-            del d["target_decay"]
+        for name in ("target_decay", "guidance_interval"):
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod

@@ -32,9 +32,10 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .checks import check_interval
 from .denoiser import Denoiser
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceInput", "GuidanceOptions", "MethodOptions",
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceInput", "GuidanceOptions", "MethodOptions", "in_interval",
            "GUIDANCE_METHODS", "guidance_weight", "check_rescale", "guided_combination", "rescale_guided",
            "takes_guidance", "check_student_guidance"]
 
@@ -97,10 +98,7 @@ class MethodOptions:
     def __post_init__(self) -> None:
         if self.method not in GUIDANCE_METHODS:
             raise ValueError(f"unknown guidance method {self.method!r}; allowed: {', '.join(GUIDANCE_METHODS)}")
-        lo, hi = _pair(self.interval)
-        if not 0 <= lo < hi:  # an empty or reversed interval guides nowhere: a typo, not a method
-            raise ValueError(f"the guidance interval (σ_lo, σ_hi] must have 0 <= σ_lo < σ_hi, got ({lo}, {hi}]")
-        object.__setattr__(self, "interval", (lo, hi))
+        object.__setattr__(self, "interval", check_interval(self.interval))
         for name, v, ok in (("apg_eta", self.apg_eta, lambda v: 0 <= v <= 1),
                             ("apg_norm_cap", self.apg_norm_cap, lambda v: v > 0),
                             ("apg_momentum", self.apg_momentum, lambda v: -1 < v < 1)):
@@ -126,11 +124,13 @@ class MethodOptions:
 _RANGES = {"apg_eta": "[0, 1]", "apg_norm_cap": "(0, inf]", "apg_momentum": "(-1, 1)"}
 
 
-def _pair(v) -> Tuple[float, float]:
-    if (not isinstance(v, (tuple, list)) or len(v) != 2
-            or any(isinstance(e, bool) or not isinstance(e, (int, float)) or math.isnan(e) for e in v)):
-        raise ValueError(f"the guidance interval must be two numbers (σ_lo, σ_hi), got {v!r}")
-    return float(v[0]), float(v[1])
+def in_interval(abar, interval: Tuple[float, float]) -> torch.Tensor:
+    """Whether each noise level lies in the guidance interval (σ_lo, σ_hi] (Kynkäänniemi et al. 2024, §3), with
+    EDM's σ = √((1 − ᾱ)/ᾱ) (ᾱ = 0: σ = ∞). abar: ᾱ, a float or a tensor of any shape -> bool tensor of its shape."""
+    abar = torch.as_tensor(abar, dtype=torch.float64)
+    sigma = ((1 - abar) / abar).sqrt()
+    lo, hi = interval
+    return (sigma > lo) & (sigma <= hi)
 
 
 @dataclass(frozen=True)

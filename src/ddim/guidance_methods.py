@@ -32,7 +32,7 @@ import torch
 from .denoiser import Denoiser
 from .forward import eps_from_x0, x0_from_eps
 from .guidance import (GuidanceOptions, MethodOptions, check_rescale, check_student_guidance, guided_combination,
-                       rescale_guided)
+                       in_interval, rescale_guided)
 from .schedule import Schedule
 
 __all__ = ["GuidedDenoiser", "guided_denoiser", "apg_update", "cfgpp_pair"]
@@ -109,9 +109,7 @@ class GuidedDenoiser(Denoiser):
         """Whether the interval method guides at ᾱ_t. Read on the host: on the CPU that is free, and on CUDA
         a captured loop would bake the choice in (``interval`` is refused by the graph path)."""
         a = float(abar_t.reshape(-1)[0]) if torch.is_tensor(abar_t) else float(abar_t)
-        sigma = math.sqrt((1 - a) / a) if a > 0 else math.inf
-        lo, hi = self.options.interval
-        return lo < sigma <= hi
+        return bool(in_interval(a, self.options.interval))
 
     def denoise(self, x, t, abar_t=None, io_dtype=None):
         o, io = self.options, self.io_dtype or io_dtype or x.dtype

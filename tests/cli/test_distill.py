@@ -178,6 +178,8 @@ def test_finished_run_resumes_to_nothing_and_refuses_without_resume(teacher, dis
     ("progressive", ["--w-range", "2,1"], "w_max"),
     ("progressive", ["--w-range", "2"], "two comma-separated numbers"),
     ("progressive", ["--dist-timeout", "0"], "--dist-timeout"),
+    ("progressive", ["--guidance-interval", "5,1"], "0 <= σ_lo < σ_hi"),
+    ("progressive", ["--guidance-interval", "1"], "two comma-separated numbers"),
     ("progressive", ["--cd-steps", "5"], "--cd-steps applies to --method consistency only"),
     ("consistency", ["--round-steps", "5"], "--round-steps applies to --method progressive only"),
     ("consistency", ["--steps", "8"], "at most the teacher's grid of 4 steps"),
@@ -189,6 +191,18 @@ def test_bad_input_is_one_line_and_creates_nothing(teacher, tmp_path, capsys, me
     assert main(ARGS[method](teacher, out, *extra)) == 2
     assert msg in _one_error_line(capsys)
     assert not (tmp_path / "new").exists()
+
+
+def test_an_interval_guided_distillation_records_what_w_means(teacher, distilled, tmp_path, capsys):
+    out = tmp_path / "iv"
+    assert main(distill_args(teacher, out, "--guidance-interval", "0.28,5.42", "--bf16", "--steps", "2")) == 0
+    for phase in ("guided_4", "steps_2"):
+        config = load_checkpoint(out / phase)[2]
+        assert config.distill.guidance_interval == (0.28, 5.42) and config.train.bf16
+    # a student's w already has its meaning: another interval on top of it is refused, before anything is written
+    assert main(distill_args(distilled / "guided_4", tmp_path / "again", "--guidance-interval", "0.28,5.42")) == 2
+    assert "--guidance-interval applies to the guided phase only" in _one_error_line(capsys)
+    assert not (tmp_path / "again").exists()
 
 
 def test_a_teacher_that_is_not_a_checkpoint(tmp_path, capsys):

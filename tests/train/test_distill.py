@@ -12,7 +12,7 @@ from gmm import GaussianMixture
 
 from ddim import Schedule, timesteps
 from ddim.config import DistillConfig, RunConfig, TrainConfig
-from ddim.guidance import guided_combination
+from ddim.guidance import guided_combination, in_interval
 from ddim.nn import UNet, UNetConfig
 from ddim.samplers import sample
 from ddim.train.distill import (deterministic_step, distill_target, grid_abar, loss_weight, student_grid,
@@ -152,9 +152,13 @@ def test_distill_config_round_trips_and_refuses():
     assert RunConfig.from_dict(rc.to_dict()) == rc
     assert "distill" not in RunConfig(model=_w_model()).to_dict()  # other models' configs are unchanged
     for bad in (dict(steps=3, teacher_steps=6), dict(steps=2, teacher_steps=8), dict(w_min=2.0, w_max=1.0),
-                dict(phase="other"), dict(weighting="l1"), dict(clip=-1.0), dict(teacher="")):
+                dict(phase="other"), dict(weighting="l1"), dict(clip=-1.0), dict(teacher=""),
+                dict(guidance_interval=(2.0, 1.0)), dict(guidance_interval=(1.0,)), dict(guidance_interval="0,1")):
         with pytest.raises(ValueError):
             DistillConfig(**{**dict(phase="halve", steps=2, teacher_steps=4, teacher="a", origin="b"), **bad})
+    assert "guidance_interval" not in dc.to_dict()  # absent unless set: older records read back as written
+    iv = DistillConfig(**{**dc.to_dict(), "guidance_interval": [0.28, 5.42]})
+    assert iv.guidance_interval == (0.28, 5.42) and DistillConfig.from_dict(iv.to_dict()) == iv
     with pytest.raises(ValueError, match="unknown DistillConfig key"):
         DistillConfig.from_dict({**dc.to_dict(), "stpes": 2})
 
@@ -195,3 +199,66 @@ def test_a_new_w_input_starts_as_the_teacher_at_every_w():
         teacher(x, t, y, w=1.0)
     with pytest.raises(ValueError, match="class-conditional"):
         UNetConfig(**{**cfg.to_dict(), "num_classes": None, "guidance_embed": True})
+
+
+class _TwoBranchTeacher:
+    """A guided teacher's two branches as x̂_0 ("sample" prediction): the label's row, or a distinct ∅ row."""
+
+    null_label = 2
+
+    def __call__(self, x, t, labels):
+        rows = torch.tensor([[1.0, -1.0], [0.5, 2.0], [-3.0, 0.25]], dtype=x.dtype)
+        return rows[labels].view(-1, 2, 1, 1) + 0 * x
+
+
+def _guided_trainer(interval) -> DistillTrainer:
+    tr = _bare_trainer(None, N=8)
+    dc = DistillConfig(phase="guided", steps=8, teacher_steps=8, teacher="oracle", origin="oracle",
+                       guidance_interval=interval)
+    tr.config = RunConfig(model=tr.config.model, train=tr.config.train, distill=dc)
+    tr.teacher, tr._guided, tr.stride = _TwoBranchTeacher(), True, 1
+    tr.tau_teacher = tr.tau_student = student_grid(1000, 8)
+    tr.abar_teacher = grid_abar(SCHEDULE.alphas_cumprod, tr.tau_teacher)
+    return tr
+
+
+def test_interval_guided_targets_guide_only_inside_the_interval():
+    j = torch.arange(8).repeat(4)  # every point of the 8-step grid, four times
+    x = torch.randn(32, 2, 1, 1, dtype=F64)
+    cond = Conditioning(torch.tensor([0, 1] * 16), torch.linspace(0.0, 3.0, 32, dtype=F64))
+    cfg = _guided_trainer(None).target(x, j, cond)
+    cond_only = _TwoBranchTeacher()(x, None, cond.labels)
+    # an interval holding every level of the grid is plain CFG; one holding none is the conditional teacher
+    assert torch.equal(_guided_trainer((0.0, 1e9)).target(x, j, cond), cfg)
+    assert torch.equal(_guided_trainer((1e8, 1e9)).target(x, j, cond), cond_only)
+    # EDM2's interval: CFG at the grid's levels inside it, the conditional teacher at the others, both present
+    inside = in_interval(grid_abar(SCHEDULE.alphas_cumprod, student_grid(1000, 8))[j], (0.28, 5.42))
+    assert inside.any() and not inside.all()
+    got = _guided_trainer((0.28, 5.42)).target(x, j, cond)
+    assert torch.equal(got[inside], cfg[inside]) and torch.equal(got[~inside], cond_only[~inside])
+    assert not torch.equal(cfg[~inside & (cond.w > 0)], cond_only[~inside & (cond.w > 0)])
+
+
+def test_in_interval_reads_sigma_of_abar():
+    abar = torch.tensor([1.0, 1 / (1 + 0.28**2), 0.5, 1 / (1 + 5.42**2), 1e-3, 0.0], dtype=F64)  # σ = 0, 0.28, 1, …
+    assert in_interval(abar, (0.28, 5.42)).tolist() == [False, False, True, True, False, False]
+    assert bool(in_interval(0.5, (0.0, 1.0)))  # σ = 1: the upper end belongs to the interval
+
+
+def test_targets_stay_float32_under_bf16_autocast():
+    """The trainer's loss runs under autocast with --bf16; the teacher's target must not (x̃ divides by small
+    numbers): compute_loss turns autocast off around it."""
+    N = 4
+    tau2 = student_grid(1000, 2 * N)
+    exact = _ExactStudent(MIX.model(SCHEDULE, "sample"), tau2, grid_abar(SCHEDULE.alphas_cumprod, tau2))
+    tr = _bare_trainer(exact, N)
+    states = []
+    inner = tr.target
+    tr.target = lambda *a: (states.append(torch.is_autocast_enabled("cpu")), inner(*a))[1]
+    g = torch.Generator().manual_seed(0)
+    x0 = MIX.sample(16, g)[0].reshape(16, 2, 1, 1)
+    eps = torch.randn(x0.shape, generator=g, dtype=F64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        tr.compute_loss(x0, torch.zeros(16, dtype=torch.int64), eps, Conditioning(None, torch.zeros(16, dtype=F64)))
+    assert states == [False]

@@ -155,3 +155,22 @@ def test_fine_tune_refuses_a_source_it_does_not_match(tmp_path, digits8, change,
     cfg = tiny_config(steps=2, init_from=str(tmp_path / "src"), **change)
     with pytest.raises(ValueError, match=f"cannot fine-tune from .*differs from this run in {field}"):
         Trainer(cfg, tmp_path / "ft", data=digits8, device="cpu", quiet=True)
+
+
+def test_bf16_runs_the_forward_in_bfloat16_on_the_cpu_and_keeps_float32_weights(tmp_path, digits8):
+    """``train.bf16`` on the CPU: the network's convolutions run under bf16 autocast (their outputs are bf16), the
+    weights and the loss stay float32, and the run differs from float32's by rounding only."""
+    seen = []
+    runs = {}
+    for bf16 in (False, True):
+        tr = Trainer(tiny_config(steps=3, bf16=bf16), tmp_path / str(bf16), data=digits8, device="cpu", quiet=True)
+        first_conv = next(m for m in tr.model.modules() if isinstance(m, torch.nn.Conv2d))
+        hook = first_conv.register_forward_hook(lambda m, i, o: seen.append((bf16, o.dtype)))
+        tr.train_step()  # the output layer starts at zero: the first loss is the same either way
+        loss, _ = tr.train_step()
+        hook.remove()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert all(p.dtype == torch.float32 for p in tr.model.parameters())
+        runs[bf16] = float(loss)
+    assert (False, torch.float32) in seen and (True, torch.bfloat16) in seen
+    assert runs[True] != runs[False] and runs[True] == pytest.approx(runs[False], rel=0.05)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_METHOD, DEFAULT_SOLVER
 from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
-__all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "eta_value",
+__all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "add_bf16", "eta_value",
            "class_help", "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir",
            "add_guidance", "add_sampling_args", "add_guidance_method", "method_options", "guidance_options",
            "add_dist_timeout", "add_clip", "add_solver", "add_images", "clip_value", "x0_rule",
@@ -148,6 +148,13 @@ def add_guidance_method(p, sample_default: bool = False) -> None:
     g.add_argument("--guide-checkpoint", default=None, metavar="DIR",
                    help="auto: the worse version of the model (fewer parameters or steps, same data, labels and "
                         "schedule) that guidance pushes away from")
+
+
+def add_bf16(g) -> None:
+    """--bf16: bfloat16 autocast of the training forward passes (``TrainConfig.bf16``)."""
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast of the forward pass, on CUDA or the CPU (fast on CPUs with AMX or "
+                        "AVX512-BF16, slower than float32 on others); weights, optimizer and loss stay float32")
 
 
 def float_pair(text: str) -> tuple:

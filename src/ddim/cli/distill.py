@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import (Formatter, add_data_dir, add_device, add_dist_timeout, add_quiet, add_seed, float_pair, int_list,
-                     writable)
+from .common import (Formatter, add_bf16, add_data_dir, add_device, add_dist_timeout, add_quiet, add_seed, float_pair,
+                     int_list, writable)
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -61,6 +61,10 @@ def _add_distill(sub) -> None:
     g.add_argument("--w-range", type=float_pair, default=(d.w_min, d.w_max), metavar="W_MIN,W_MAX",
                    help=f"guidance weights are drawn from U[W_MIN, W_MAX] in training "
                         f"(default: {d.w_min:g},{d.w_max:g})")
+    g.add_argument("--guidance-interval", type=float_pair, default=None, metavar="LO,HI",
+                   help="guided phase: the teacher guides only where LO < σ <= HI, σ = √((1 − ᾱ)/ᾱ) (interval "
+                        "guidance; the student's --guidance then means that method's weight); default: plain CFG at "
+                        "every noise level")
     g.add_argument("--weighting", choices=DISTILL_WEIGHTINGS, default=None,
                    help="loss weight on the squared x̂_0 error: max(SNR, 1), SNR + 1 (the v-loss) or 1 (default: "
                         + ", ".join(f"{w} for {m}" for m, w in DEFAULT_WEIGHTING.items()) + ")")
@@ -70,6 +74,7 @@ def _add_distill(sub) -> None:
     g.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (decays linearly over each phase)")
     g.add_argument("--warmup", type=int, default=20, help="linear learning-rate warm-up of each phase, steps")
     g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the student's weights")
+    add_bf16(g)
     add_seed(g, "seed of every random stream (phase i uses seed + i)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="folder of the phases' run folders (required)")
@@ -100,13 +105,14 @@ def _options(args):
     train = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
                         seed=args.seed, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                         sample_every=1 if args.samples else 0, num_samples=20, log_every=args.log_every,
-                        weight_decay=0.0, label_dropout=0.0)
+                        weight_decay=0.0, label_dropout=0.0, bf16=args.bf16)
     return DistillOptions(teacher=teacher, method=args.method, teacher_steps=args.teacher_steps, steps=args.steps,
                           guided_train_steps=args.guided_steps,
                           round_train_steps=tuple(args.round_steps or d.round_train_steps),
                           consistency_train_steps=d.consistency_train_steps if args.cd_steps is None else args.cd_steps,
                           target_decay=d.target_decay if args.target_decay is None else args.target_decay,
-                          w_min=args.w_range[0], w_max=args.w_range[1], weighting=args.weighting, train=train,
+                          w_min=args.w_range[0], w_max=args.w_range[1], guidance_interval=args.guidance_interval,
+                          weighting=args.weighting, train=train,
                           data_dir=args.data_dir)
 
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import Formatter, add_data_dir, add_device, add_dist_timeout, add_quiet, add_seed, int_list, writable
+from .common import (Formatter, add_bf16, add_data_dir, add_device, add_dist_timeout, add_quiet, add_seed, int_list,
+                     writable)
 
 __all__ = ["SUBCOMMANDS"]
 
@@ -70,7 +71,7 @@ def _add_optim_run_args(p, d, classifier: bool) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     add_device(g)
     add_dist_timeout(g)
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only; ignored on the CPU)")
+    add_bf16(g)
     g.add_argument("--compile", action="store_true", help="torch.compile the network")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints (0: end only)")
     g.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints to keep (0: all)")

@@ -48,6 +48,8 @@ class DistillOptions:
         consistency_train_steps: optimizer steps of the consistency phase.
         target_decay: μ of the consistency phase's target network.
         w_min, w_max: as in ``ddim.config.DistillConfig``.
+        guidance_interval: (σ_lo, σ_hi) of the guided phase's teacher (interval guidance), or None (plain CFG at
+            every level); as in ``ddim.config.DistillConfig``, recorded by every phase.
         weighting: as there; None: the method's own (``DEFAULT_WEIGHTING``).
         train: the rest of each phase's ``TrainConfig`` (batch, lr, warm-up, EMA, seed, intervals); its ``steps``
             and ``init_from`` are set per phase, its lr decays linearly to ~0 over each phase.
@@ -64,6 +66,7 @@ class DistillOptions:
     target_decay: float = DEFAULT_TARGET_DECAY
     w_min: float = 0.0
     w_max: float = 2.0
+    guidance_interval: Optional[tuple] = None
     weighting: Optional[str] = None
     train: TrainConfig = TrainConfig()
     data_dir: Optional[str] = None
@@ -139,6 +142,14 @@ def plan_phases(opts: DistillOptions, out_dir) -> list[tuple[Path, RunConfig]]:
     rounds = list(prior.rounds) + [{"phase": prior.phase, "steps": prior.steps, "train_steps": tcfg.train.steps,
                                     "run": str(opts.teacher)}] if prior is not None else []
     guided = class_cond and not tcfg.model.guidance_embed
+    interval = prior.guidance_interval if prior is not None else opts.guidance_interval
+    if prior is not None and opts.guidance_interval is not None and opts.guidance_interval != interval:
+        raise ValueError(f"{opts.teacher} is a distilled student whose w already means "
+                         f"{'plain CFG' if interval is None else f'interval guidance on {interval}'}; "
+                         "--guidance-interval applies to the guided phase only")
+    if opts.guidance_interval is not None and not guided and prior is None:
+        raise ValueError(f"--guidance-interval needs a class-conditional teacher with a ∅ label; {opts.teacher} "
+                         "has no guided phase")
     phases = ([("guided", K, opts.guided_train_steps)] if guided else []) + later
     teacher, plan = str(opts.teacher), []
     for index, (phase, n, train_steps) in enumerate(phases):
@@ -147,7 +158,7 @@ def plan_phases(opts: DistillOptions, out_dir) -> list[tuple[Path, RunConfig]]:
         dc = DistillConfig(phase=phase, steps=n, teacher_steps=K if cd else n * (2 if phase == "halve" else 1),
                            teacher=teacher, origin=origin, w_min=opts.w_min, w_max=opts.w_max, weighting=weighting,
                            teacher_clip=clip, clip=clip if phase == "guided" else None, rounds=tuple(rounds),
-                           target_decay=opts.target_decay if cd else None)
+                           target_decay=opts.target_decay if cd else None, guidance_interval=interval)
         tc = dataclasses.replace(opts.train, steps=train_steps, lr_decay=train_steps, init_from=teacher,
                                  prediction=tcfg.prediction, min_snr_gamma=None, label_dropout=0.0,
                                  t_sampling="uniform", seed=opts.train.seed + index, sample_steps=n,

@@ -7,7 +7,8 @@ One optimizer step k of a phase with student grid τ (N steps) and teacher grid 
     2. from g, for the whole global batch, in this order: the student step j ~ U{0..N−1}, ε, w ~ U[w_min, w_max]
        (and flips, when the data config asks for them)
     3. x_t = α_t x_0 + σ_t ε at t = τ_j; the teacher's target without gradients:
-           "guided": x̂_w = (1 + w) x̂_c − w x̂_∅ at t (one batched forward of 2B)
+           "guided": x̂_w = (1 + w) x̂_c − w x̂_∅ at t (one batched forward of 2B; with a guidance interval,
+                     w = 0 at the levels outside it)
            "halve":  two DDIM steps τ'_{2j} → τ'_{2j+1} → τ'_{2j+2} of the w-input teacher, then x̃
     4. loss = mean over the batch of weight(ᾱ_t) · mean over pixels of (x̂_0^student − target)²
 As in ``Trainer``, every random quantity is a function of (seed, k, rank), so a resumed phase recomputes
@@ -23,7 +24,7 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import RunConfig, config_diff
-from ..guidance import GuidanceInput, guided_combination
+from ..guidance import GuidanceInput, guided_combination, in_interval
 from ..transfer import to_device
 from .batches import STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask, step_generator
 from .distill import (deterministic_step, distill_target, grid_abar, loss_weight, student_grid, weighted_mse,
@@ -119,10 +120,19 @@ class DistillTrainer(Trainer):
         elif self._guided:
             null = torch.full_like(labels, self.teacher.null_label)
             c, u = self.teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-            out = guided_combination(c, u, w.to(c.dtype).view(-1, *([1] * (c.ndim - 1))))
+            out = guided_combination(c, u, self._guidance_weight(w, i).to(c.dtype).view(-1, *([1] * (c.ndim - 1))))
         else:
             out = self.teacher(x, t, labels)
         return x0_from_output(out, x, self._column(i, x), self.teacher_config.prediction, clip)
+
+    def _guidance_weight(self, w: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The guided teacher's weight at teacher-grid points i (B,): w, or with ``distill.guidance_interval`` w
+        inside the interval and 0 outside it (the conditional prediction alone, Kynkäänniemi et al. 2024)."""
+        interval = self.config.distill.guidance_interval
+        if interval is None:
+            return w
+        inside = in_interval(self.abar_teacher[i.cpu()], interval).to(w.device)
+        return torch.where(inside, w, torch.zeros_like(w))
 
     @torch.no_grad()
     def target(self, x_t: torch.Tensor, j: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -155,7 +165,8 @@ class DistillTrainer(Trainer):
         """weight(ᾱ_t) · ‖x̂_0^student(x_t) − target‖² averaged over pixels, then over the batch."""
         abar = self._column(self.stride * j, x0)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        target = self.target(x_t, j, cond)
+        with torch.autocast(x_t.device.type, enabled=False):  # float32 targets under --bf16: x̃ divides by small
+            target = self.target(x_t, j, cond)                 # numbers, which would magnify bf16 rounding
         weight = loss_weight(abar.flatten().float(), self.config.distill.weighting)
         return weighted_mse(self.student(self.net, x_t, j, cond), target, weight)
 

@@ -169,7 +169,7 @@ class Trainer:
                              f"({self.info.world_size}); the global batch is split evenly across them")
         self.local_batch = tc.batch_size // self.info.world_size
         self.device = resolve_device(device, self.info)
-        self.use_bf16 = tc.bf16 and self.device.type == "cuda"
+        self.use_bf16 = tc.bf16 and self.device.type in ("cuda", "cpu")
         if data is None:
             if config.data is None:
                 raise ValueError("no training data: the config has no data section and none was passed")
@@ -346,7 +346,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = tc.lr_at(self.step)
         self.model.train()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+        with self.autocast():
             loss = self.compute_loss(x0, t, eps, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -356,6 +356,10 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         return loss.detach(), grad_norm.detach()
+
+    def autocast(self):
+        """bfloat16 autocast on the run's device where ``train.bf16`` asks for it (a no-op context otherwise)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
     def compute_loss(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, labels) -> torch.Tensor:
         """The scalar loss of one shard: L_simple (with the run's target and weighting) for a denoiser."""
@@ -396,7 +400,7 @@ class Trainer:
         if self.class_cond:
             labels = (torch.arange(tc.num_samples) % m.num_classes).to(self.device)
             net = lambda x, t: self.ema.model(x, t, labels)  # noqa: E731  (one class per grid column)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+        with self.autocast():
             x0 = sample(net, self.schedule, x_T, steps=min(tc.sample_steps, self.schedule.num_steps),
                         prediction=tc.prediction).float()
         if path is not None:
