@@ -31,6 +31,11 @@ def test_round_trip_and_latest(tmp_path):
     assert isinstance(loaded, UNet) and config == tiny_config() and schedule.num_steps == 1000
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     assert not loaded.training
+    # built on the meta device and given the weights: nothing left on it, and it trains like any module
+    assert not any(p.is_meta for p in loaded.state_dict().values())
+    assert all(p.requires_grad for p in loaded.parameters())
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
+    assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))
     assert json.loads((path / "config.json").read_text())["step"] == 10
 
 
@@ -148,7 +153,7 @@ def test_export_is_a_loadable_fp16_sampling_copy(tmp_path):
     loaded, _, config = load_checkpoint(out)
     assert config == tiny_config()
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
-        assert torch.equal(a, b.half().float())  # exactly the fp16 rounding of the weights, nothing else
+        assert a.dtype == torch.float32 and torch.equal(a, b.half().float())  # the fp16 rounding, nothing else
     assert json.loads((out / "training.json").read_text())["steps"] == 7
     export_checkpoint(tmp_path / "run", out)  # replacing an existing export in place
     assert not (out / "training.json").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
