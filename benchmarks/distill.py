@@ -1,17 +1,21 @@
 """Distilled students against their teacher: quality and time per cell, one protocol for every cell.
 
-Cells (all at guidance w = --w, labels i mod 10, sample i from seed (seed, i), so the same x_T in every cell):
+Cells (labels i mod 10, sample i from seed (seed, i), so the same x_T in every cell):
     student N      `ddim distill`'s N-step student (RUN/steps_N), DDIM η = 0 on its own trailing grid, its own
-                   x̂₀ rule, w fed to its input: N forward passes per image
+                   x̂₀ rule, w = --w fed to its input: N forward passes per image
     consistency N  with --consistency DIR, `ddim distill --method consistency`'s student (DIR, e.g. OUT/consistency),
                    multistep consistency sampling (solver "consistency") on the trailing grid of N, its own x̂₀ rule
                    (none), w fed to its input: N forward passes per image; its fresh noise at each point comes from
                    each sample's own generator, like x_T
-    teacher ddim   the guided teacher, DDIM η = 0 on the trailing grid of S steps, x̂₀ clamped and ε̂ re-derived
-    teacher 2M     the guided teacher, DPM-Solver++(2M) on the log-SNR grid of S steps (`ddim sample`'s solver)
-    teacher default  `ddim sample`'s default: DPM-Solver++(2M), 10 log-SNR steps
+    teacher ddim   the teacher, DDIM η = 0 on the trailing grid of S steps, x̂₀ clamped and ε̂ re-derived, with the
+                   guidance the students learnt (plain CFG, or interval guidance on the students' recorded
+                   interval) at w = --w
+    teacher 2M     the same with DPM-Solver++(2M) on the log-SNR grid of S steps (`ddim sample`'s solver)
+    teacher default  `ddim sample`'s default: DPM-Solver++(2M), 10 log-SNR steps, interval guidance at w = 2
+    teacher CFG 0.5  `ddim sample`'s default before interval guidance: the same solver, plain CFG at w = 0.5
 The teacher cells take S = N sampler steps, the same number of sequential model calls as the N-step student;
-classifier-free guidance makes each of them a batched call on 2B images (2S forward passes per image).
+guidance makes each call a batched one on 2B images where it guides. Forward passes per image are counted by a
+hook on the network.
 Per cell: FID ± bootstrap std, precision and recall (the shipped feature extractor against the Fashion-MNIST
 test split), class agreement by the shipped classifier with its 95 % Wilson interval, and seconds of sampling;
 with --second, FID, precision and recall again in a second classifier's features.
@@ -36,8 +40,9 @@ import torch
 from ddim.allocator import keep_freed_memory
 from ddim.checkpoint import BUNDLED_MODEL, load_checkpoint
 from ddim.evaluate import FeatureExtractor, class_agreement, evaluate_images, load_classifier, reference_stats
-from ddim.generate import RunOptions, class_labels, generate
-from ddim.guidance import GuidanceOptions
+from ddim.generate import CFG_GUIDANCE, DEFAULT_GUIDANCE, RunOptions, class_labels, generate
+from ddim.guidance import GuidanceOptions, MethodOptions
+from guidance_pareto import CallCounter
 from ddim.images import save_grid
 from ddim.samplers import SampleOptions
 
@@ -48,33 +53,45 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _guidance(record) -> MethodOptions:
+    """The guidance a student learnt from its teacher (its record's interval, else plain CFG)."""
+    interval = None if record is None else record.guidance_interval
+    return MethodOptions("cfg") if interval is None else MethodOptions("interval", interval=interval)
+
+
 def cells(args) -> list[dict]:
-    """Every cell to run: label, checkpoint, sampling keywords, forward passes per image."""
-    out = []
+    """Every cell to run: label, checkpoint, sampling keywords, guidance (method, w)."""
+    out, learnt = [], None
     for n in args.steps:
         student = Path(args.run) / f"steps_{n}"
         if student.exists():
             rec = load_checkpoint(student)[2].distill
+            learnt = learnt or _guidance(rec)
             rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
-            out.append({"label": f"student {n}", "checkpoint": str(student), "nfe": n,
+            out.append({"label": f"student {n}", "checkpoint": str(student), "guidance": (MethodOptions(), args.w),
                         "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **rule}})
     if args.consistency:
         rec = load_checkpoint(args.consistency)[2].distill
         if rec is None or rec.method != "consistency":
             raise SystemExit(f"--consistency {args.consistency} is not a consistency student (`ddim distill --method "
                              "consistency`)")
+        learnt = learnt or _guidance(rec)
         rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
         for n in args.consistency_steps:
-            out.append({"label": f"consistency {n}", "checkpoint": args.consistency, "nfe": n,
+            out.append({"label": f"consistency {n}", "checkpoint": args.consistency, "guidance": (MethodOptions(), args.w),
                         "kw": {"steps": n, "spacing": "trailing", "solver": "consistency", **rule}})
+    learnt = learnt or MethodOptions("cfg")
     for n in args.teacher_steps:
-        out.append({"label": f"teacher ddim {n}", "checkpoint": args.teacher, "nfe": 2 * n,
+        out.append({"label": f"teacher ddim {n}", "checkpoint": args.teacher, "guidance": (learnt, args.w),
                     "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **CLIP}})
-        out.append({"label": f"teacher 2M {n}", "checkpoint": args.teacher, "nfe": 2 * n,
+        out.append({"label": f"teacher 2M {n}", "checkpoint": args.teacher, "guidance": (learnt, args.w),
                     "kw": {"steps": n, "spacing": "logsnr", "solver": "dpmpp-2m", **CLIP}})
     if args.default:
-        out.append({"label": "teacher default (2M 10)", "checkpoint": args.teacher, "nfe": 20,
-                    "kw": {"steps": 10, "spacing": "logsnr", "solver": "dpmpp-2m", **CLIP}})
+        default = {"steps": 10, "spacing": "logsnr", "solver": "dpmpp-2m", **CLIP}
+        out.append({"label": "teacher default (2M 10)", "checkpoint": args.teacher,
+                    "guidance": (MethodOptions("interval"), DEFAULT_GUIDANCE), "kw": default})
+        out.append({"label": "teacher CFG 0.5 (2M 10)", "checkpoint": args.teacher,
+                    "guidance": (MethodOptions("cfg"), CFG_GUIDANCE), "kw": default})
     return [c for c in out if not args.only or any(c["label"].startswith(o) for o in args.only)]
 
 
@@ -90,7 +107,7 @@ def main() -> None:
     p.add_argument("--teacher-steps", type=_ints, default=[1, 2, 4, 8], help="the teacher's sampler steps S")
     p.add_argument("--no-default", dest="default", action="store_false", help="skip the teacher's default cell")
     p.add_argument("--only", action="append", default=[], help="only cells whose label starts with this (repeat)")
-    p.add_argument("--w", type=float, default=0.5, help="guidance weight (`ddim sample`'s default 0.5)")
+    p.add_argument("--w", type=float, default=0.5, help="guidance weight of the students and the teacher's S-step cells")
     p.add_argument("--n", type=int, default=2000, help="samples per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
@@ -114,15 +131,18 @@ def main() -> None:
     for cell in cells(args):
         model, schedule, config = load_checkpoint(cell["checkpoint"])
         labels = class_labels(range(args.n), model.config.num_classes)
+        method, w = cell["guidance"]
+        counter = CallCounter(model)
         t0 = time.perf_counter()
         x = generate(model, schedule, args.n, SampleOptions(prediction=config.prediction, **cell["kw"]),
-                     GuidanceOptions(w=args.w), RunOptions(seed=args.seed, batch_size=args.batch_size))
+                     GuidanceOptions(w=w, method=method), RunOptions(seed=args.seed, batch_size=args.batch_size))
         seconds = time.perf_counter() - t0
+        cell["nfe"] = counter.images / args.n
         shown = x.clamp(-1, 1)  # what a PNG shows
         a = class_agreement(classifier(shown).argmax(1), labels, model.config.num_classes)
         m = evaluate_images(shown, reference)
         row = {"cell": cell["label"], "checkpoint": cell["checkpoint"], "forward_passes": cell["nfe"],
-               "sampling": {k: str(v) for k, v in cell["kw"].items()}, "w": args.w, "n": args.n,
+               "sampling": {k: str(v) for k, v in cell["kw"].items()}, "guidance": method.label, "w": w, "n": args.n,
                "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                "class_agreement": a["value"], "class_agreement_95": [a["low"], a["high"]],
                "per_class": a["per_class"], "seconds": round(seconds, 1)}
@@ -131,7 +151,7 @@ def main() -> None:
             row["second"] = {k: m2[k] for k in ("fid", "fid_std", "precision", "recall")}
         rows.append(row)
         shown_by_label[cell["label"]] = shown[:10]
-        print(f"{cell['label']:>24} {cell['nfe']:>4} {m['fid']:>6.2f} ± {m.get('fid_std') or 0:.2f} "
+        print(f"{cell['label']:>24} {cell['nfe']:>4g} {m['fid']:>6.2f} ± {m.get('fid_std') or 0:.2f} "
               f"{a['value']:>6.3f} {a['low']:.3f}-{a['high']:.3f} {m['precision']:>5.2f} {m['recall']:>5.2f} "
               f"{seconds:>6.0f}" + (f"   second: FID {row['second']['fid']:.2f} ± {row['second']['fid_std']:.2f} "
                                     f"rec {row['second']['recall']:.2f}" if second is not None else ""), flush=True)

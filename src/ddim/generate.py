@@ -25,7 +25,7 @@ from .samplers import FastSampler, fast_module
 from .samplers.loop import SampleOptions, run_sample, sample_setup
 from .schedule import Schedule
 
-__all__ = ["DEFAULT_SOLVER", "DEFAULT_GUIDANCE", "DEFAULT_GUIDANCE_METHOD", "CFG_GUIDANCE", "default_guidance",
+__all__ = ["DEFAULT_SOLVER", "DEFAULT_GUIDANCE", "DEFAULT_GUIDANCE_METHOD", "CFG_GUIDANCE", "INTERVAL_STUDENT_GUIDANCE", "default_guidance",
            "RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
            "initial_noise", "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
 
@@ -37,6 +37,9 @@ DEFAULT_SOLVER = "dpmpp-2m"
 DEFAULT_GUIDANCE_METHOD = "interval"
 DEFAULT_GUIDANCE = 2.0
 CFG_GUIDANCE = 0.5  # the weight other methods get unless told (plain CFG's measured default)
+# The w of a student distilled from interval guidance (`ddim distill --guidance-interval`) unless told: its w
+# input means that method's weight, whose best value at the student's few steps is its own (measured).
+INTERVAL_STUDENT_GUIDANCE = 1.0
 
 
 def default_guidance(method: str) -> float:

@@ -16,6 +16,7 @@ from subprocesses import ddim_env
 
 from ddim.checkpoint import list_checkpoints, load_checkpoint, read_tensors
 from ddim.cli import main
+from ddim.generate import INTERVAL_STUDENT_GUIDANCE
 
 TINY = ["--dataset", "digits", "--image-size", "8", "--base-channels", "16", "--channel-mult", "1,2",
         "--num-res-blocks", "1", "--norm-groups", "8", "--sample-every", "0", "--device", "cpu", "--quiet",
@@ -193,12 +194,17 @@ def test_bad_input_is_one_line_and_creates_nothing(teacher, tmp_path, capsys, me
     assert not (tmp_path / "new").exists()
 
 
-def test_an_interval_guided_distillation_records_what_w_means(teacher, distilled, tmp_path, capsys):
+def test_an_interval_guided_distillation_records_what_w_means(teacher, distilled, tmp_path, capsys, monkeypatch):
     out = tmp_path / "iv"
     assert main(distill_args(teacher, out, "--guidance-interval", "0.28,5.42", "--bf16", "--steps", "2")) == 0
     for phase in ("guided_4", "steps_2"):
         config = load_checkpoint(out / phase)[2]
         assert config.distill.guidance_interval == (0.28, 5.42) and config.train.bf16
+    # `ddim sample` feeds such a student its own default w, one forward per step
+    calls = _count_forwards(monkeypatch)
+    assert main(["sample", "--checkpoint", str(out / "steps_2"), "--n", "3", "--quiet", "--out",
+                 str(tmp_path / "iv.png")]) == 0
+    assert calls == [(3, INTERVAL_STUDENT_GUIDANCE)] * 2
     # a student's w already has its meaning: another interval on top of it is refused, before anything is written
     assert main(distill_args(distilled / "guided_4", tmp_path / "again", "--guidance-interval", "0.28,5.42")) == 2
     assert "--guidance-interval applies to the guided phase only" in _one_error_line(capsys)

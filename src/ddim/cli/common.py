@@ -334,6 +334,10 @@ def _student_defaults(args) -> None:
         return
     if getattr(args, "guidance_method", "") is None:  # `ddim sample`'s unset method: the student's own
         args.guidance_method = "cfg"
+    if getattr(args, "guidance", 0.0) is None and record.guidance_interval is not None:
+        from ..generate import INTERVAL_STUDENT_GUIDANCE
+
+        args.guidance = INTERVAL_STUDENT_GUIDANCE
     if getattr(args, "guidance_method", "cfg") != "cfg":
         raise ValueError(f"--guidance-method {args.guidance_method} needs a second (∅) forward; {args.checkpoint} is "
                          "a guidance-distilled student (`ddim distill`) whose --guidance is an input of its one "

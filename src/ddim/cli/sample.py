@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..generate import CFG_GUIDANCE, DEFAULT_GUIDANCE_METHOD, default_guidance
+from ..generate import CFG_GUIDANCE, DEFAULT_GUIDANCE_METHOD, INTERVAL_STUDENT_GUIDANCE, default_guidance
 from .common import (DEFAULT_GUIDANCE, FAST_STEPS, MAX_BATCH, MAX_FRAMES, MAX_N, Formatter, add_clip, add_guidance,
                      add_guidance_method, add_sampling_args, add_solver, check_count, distinct, eta_value,
                      guidance_options, invert_images, load_model, method_options, note, progress,
@@ -33,7 +33,8 @@ def _add_sample(sub) -> None:
     add_guidance_method(p, sample_default=True)
     add_guidance(p, None, f"0: off (default: {DEFAULT_GUIDANCE} with the default method {DEFAULT_GUIDANCE_METHOD}, "
                           f"{CFG_GUIDANCE} with the others, for a class-conditional model without "
-                          "--classifier-scale; else 0)")
+                          f"--classifier-scale; {INTERVAL_STUDENT_GUIDANCE} for a student distilled from interval "
+                          "guidance; else 0)")
     p.add_argument("--guidance-rescale", type=float, default=0.0,
                    help="φ in [0, 1]: pull the guided output's per-sample std back to the conditional one's "
                         "(Lin et al. 2023; they use 0.7); 0: off")
