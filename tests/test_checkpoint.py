@@ -31,9 +31,6 @@ def test_round_trip_and_latest(tmp_path):
     assert isinstance(loaded, UNet) and config == tiny_config() and schedule.num_steps == 1000
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     assert not loaded.training
-    # built on the meta device and given the weights: nothing left on it, and it trains like any module
-    assert not any(p.is_meta for p in loaded.state_dict().values())
-    assert all(p.requires_grad for p in loaded.parameters())
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 2])
     assert torch.equal(loaded(x, t, y), model.eval()(x, t, y))
     assert json.loads((path / "config.json").read_text())["step"] == 10

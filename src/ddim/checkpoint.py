@@ -166,8 +166,7 @@ def check_finite(named: Mapping[str, nn.Module], step: int) -> None:
 
 
 def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly (a module built on the
-    meta device takes them instead, cast to its own dtypes)."""
+    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -188,10 +187,7 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], source:
     if bad is not None:
         raise CheckpointError(f"{source} holds NaN or Inf in {bad!r}: the weights are unusable (a diverged or "
                               "damaged run; use an earlier checkpoint)")
-    if any(v.is_meta for v in expected.values()):  # built without weights: take the tensors, in the module's dtypes
-        module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True, assign=True)
-    else:
-        module.load_state_dict(dict(tensors), strict=True)
+    module.load_state_dict(dict(tensors), strict=True)
 
 
 # ---------------------------------------------------------------------------------------- saving
@@ -464,8 +460,7 @@ def _load_run(path: Path, ema: bool, device, cls, classifier: bool):
         raise CheckpointError(f"{ckpt} holds a {'noisy classifier' if config.is_classifier else 'denoiser'}, not a "
                               f"{'noisy classifier' if classifier else 'denoiser'}"
                               + (" (pass it as the classifier, e.g. --classifier)" if config.is_classifier else ""))
-    with torch.device("meta"):  # no random initialisation: the weights are read next (a tenth of a second saved)
-        net = cls.from_config(config.model)
+    net = cls.from_config(config.model)
     load_weights(net, read_tensors(ckpt / weights), str(ckpt / weights))
     return net.to(device).eval(), config.make_schedule(), config
 
