@@ -205,6 +205,9 @@ def test_an_interval_guided_distillation_records_what_w_means(teacher, distilled
     assert main(["sample", "--checkpoint", str(out / "steps_2"), "--n", "3", "--quiet", "--out",
                  str(tmp_path / "iv.png")]) == 0
     assert calls == [(3, INTERVAL_STUDENT_GUIDANCE)] * 2
+    assert main(["sample", "--checkpoint", str(out / "steps_2"), "--guidance-method", "interval", "--out",
+                 str(tmp_path / "no.png")]) == 2
+    assert "already that method's weight" in _one_error_line(capsys) and not (tmp_path / "no.png").exists()
     # a student's w already has its meaning: another interval on top of it is refused, before anything is written
     assert main(distill_args(distilled / "guided_4", tmp_path / "again", "--guidance-interval", "0.28,5.42")) == 2
     assert "--guidance-interval applies to the guided phase only" in _one_error_line(capsys)

@@ -339,9 +339,12 @@ def _student_defaults(args) -> None:
 
         args.guidance = INTERVAL_STUDENT_GUIDANCE
     if getattr(args, "guidance_method", "cfg") != "cfg":
+        learnt = ("" if record.guidance_interval is None else
+                  " (it learnt interval guidance on ({:g}, {:g}]: --guidance is already that method's weight)"
+                  .format(*record.guidance_interval))
         raise ValueError(f"--guidance-method {args.guidance_method} needs a second (∅) forward; {args.checkpoint} is "
-                         "a guidance-distilled student (`ddim distill`) whose --guidance is an input of its one "
-                         "forward: use --guidance-method cfg")
+                         f"a guidance-distilled student (`ddim distill`) whose --guidance is an input of its one "
+                         f"forward{learnt}: use --guidance-method cfg")
     if args.solver is None and getattr(args, "eta", None) is None and getattr(args, "sampler", "ddim") == "ddim":
         args.solver = record.solver  # ddim; "consistency" for a consistency student (Song et al.'s Algorithm 1)
     if args.solver in ("ddim", record.solver):  # a consistency student's one DDIM step is its one-step sample too
