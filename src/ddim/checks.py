@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_int", "check_interval", "check_bool", "check_number", "check_power_of_two", "check_images", "check_labels",
-           "check_device", "check_finite_result", "check_float_dtype"]
+__all__ = ["check_int", "check_interval", "check_bool", "check_number", "check_power_of_two", "check_images",
+           "check_labels", "check_device", "check_finite_result", "check_float_dtype"]
 
 
 def check_int(name: str, v, lo: Optional[int] = None, hi: Optional[int] = None) -> int:

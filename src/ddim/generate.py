@@ -25,9 +25,10 @@ from .samplers import FastSampler, fast_module
 from .samplers.loop import SampleOptions, run_sample, sample_setup
 from .schedule import Schedule
 
-__all__ = ["DEFAULT_SOLVER", "DEFAULT_GUIDANCE", "DEFAULT_GUIDANCE_METHOD", "CFG_GUIDANCE", "INTERVAL_STUDENT_GUIDANCE", "default_guidance",
-           "RunOptions", "class_labels", "conditioned", "classifier_guided", "guided", "check_classifier", "check_guide",
-           "initial_noise", "generate", "generate_batch", "sampling_network", "slerp", "interpolate"]
+__all__ = ["DEFAULT_SOLVER", "DEFAULT_GUIDANCE", "DEFAULT_GUIDANCE_METHOD", "CFG_GUIDANCE",
+           "INTERVAL_STUDENT_GUIDANCE", "default_guidance", "RunOptions", "class_labels", "conditioned",
+           "classifier_guided", "guided", "check_classifier", "check_guide", "initial_noise", "generate",
+           "generate_batch", "sampling_network", "slerp", "interpolate"]
 
 # What `ddim sample` (and the demo's Sample tab) draws with unless told: the solver, guidance method and weight
 # measured best at few model calls on the bundled model (docs/results.md); the solver's own steps and grid come

@@ -35,9 +35,9 @@ from torch import nn
 from .checks import check_interval
 from .denoiser import Denoiser
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceInput", "GuidanceOptions", "MethodOptions", "in_interval",
-           "GUIDANCE_METHODS", "guidance_weight", "check_rescale", "guided_combination", "rescale_guided",
-           "takes_guidance", "check_student_guidance"]
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceInput", "GuidanceOptions", "MethodOptions",
+           "in_interval", "GUIDANCE_METHODS", "guidance_weight", "check_rescale", "guided_combination",
+           "rescale_guided", "takes_guidance", "check_student_guidance"]
 
 
 def guidance_weight(w: Optional[float] = None, scale: Optional[float] = None) -> float:

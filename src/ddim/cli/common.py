@@ -16,7 +16,8 @@ from pathlib import Path
 from ..generate import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_METHOD, DEFAULT_SOLVER
 from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
-__all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "add_bf16", "eta_value",
+__all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "eta_value",
+           "add_bf16",
            "class_help", "add_checkpoint", "add_device", "add_quiet", "add_no_ema", "add_seed", "add_data_dir",
            "add_guidance", "add_sampling_args", "add_guidance_method", "method_options", "guidance_options",
            "add_dist_timeout", "add_clip", "add_solver", "add_images", "clip_value", "x0_rule",
