@@ -2,14 +2,14 @@
 
 Cells (labels i mod 10, sample i from seed (seed, i), so the same x_T in every cell):
     student N      `ddim distill`'s N-step student (RUN/steps_N), DDIM η = 0 on its own trailing grid, its own
-                   x̂₀ rule, w = --w fed to its input: N forward passes per image
+                   x̂₀ rule, w = --w fed to its input (a cell per weight): N forward passes per image
     consistency N  with --consistency DIR, `ddim distill --method consistency`'s student (DIR, e.g. OUT/consistency),
                    multistep consistency sampling (solver "consistency") on the trailing grid of N, its own x̂₀ rule
                    (none), w fed to its input: N forward passes per image; its fresh noise at each point comes from
                    each sample's own generator, like x_T
-    teacher ddim   the teacher, DDIM η = 0 on the trailing grid of S steps, x̂₀ clamped and ε̂ re-derived, with the
-                   guidance the students learnt (plain CFG, or interval guidance on the students' recorded
-                   interval) at w = --w
+    teacher ddim   the teacher, DDIM η = 0 on the trailing grid of S steps, x̂₀ clamped and ε̂ re-derived, with
+                   the guidance the students learnt (plain CFG, or interval guidance on the students' recorded
+                   interval) at the first --w
     teacher 2M     the same with DPM-Solver++(2M) on the log-SNR grid of S steps (`ddim sample`'s solver)
     teacher default  `ddim sample`'s default: DPM-Solver++(2M), 10 log-SNR steps, interval guidance at w = 2
     teacher CFG 0.5  `ddim sample`'s default before interval guidance: the same solver, plain CFG at w = 0.5
@@ -53,6 +53,10 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def _guidance(record) -> MethodOptions:
     """The guidance a student learnt from its teacher (its record's interval, else plain CFG)."""
     interval = None if record is None else record.guidance_interval
@@ -68,8 +72,10 @@ def cells(args) -> list[dict]:
             rec = load_checkpoint(student)[2].distill
             learnt = learnt or _guidance(rec)
             rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
-            out.append({"label": f"student {n}", "checkpoint": str(student), "guidance": (MethodOptions(), args.w),
-                        "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **rule}})
+            for w in args.w:
+                out.append({"label": f"student {n}" + (f" w {w:g}" if len(args.w) > 1 else ""),
+                            "checkpoint": str(student), "guidance": (MethodOptions(), w),
+                            "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **rule}})
     if args.consistency:
         rec = load_checkpoint(args.consistency)[2].distill
         if rec is None or rec.method != "consistency":
@@ -78,13 +84,14 @@ def cells(args) -> list[dict]:
         learnt = learnt or _guidance(rec)
         rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
         for n in args.consistency_steps:
-            out.append({"label": f"consistency {n}", "checkpoint": args.consistency, "guidance": (MethodOptions(), args.w),
+            out.append({"label": f"consistency {n}", "checkpoint": args.consistency,
+                        "guidance": (MethodOptions(), args.w[0]),
                         "kw": {"steps": n, "spacing": "trailing", "solver": "consistency", **rule}})
     learnt = learnt or MethodOptions("cfg")
     for n in args.teacher_steps:
-        out.append({"label": f"teacher ddim {n}", "checkpoint": args.teacher, "guidance": (learnt, args.w),
+        out.append({"label": f"teacher ddim {n}", "checkpoint": args.teacher, "guidance": (learnt, args.w[0]),
                     "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **CLIP}})
-        out.append({"label": f"teacher 2M {n}", "checkpoint": args.teacher, "guidance": (learnt, args.w),
+        out.append({"label": f"teacher 2M {n}", "checkpoint": args.teacher, "guidance": (learnt, args.w[0]),
                     "kw": {"steps": n, "spacing": "logsnr", "solver": "dpmpp-2m", **CLIP}})
     if args.default:
         default = {"steps": 10, "spacing": "logsnr", "solver": "dpmpp-2m", **CLIP}
@@ -107,7 +114,9 @@ def main() -> None:
     p.add_argument("--teacher-steps", type=_ints, default=[1, 2, 4, 8], help="the teacher's sampler steps S")
     p.add_argument("--no-default", dest="default", action="store_false", help="skip the teacher's default cell")
     p.add_argument("--only", action="append", default=[], help="only cells whose label starts with this (repeat)")
-    p.add_argument("--w", type=float, default=0.5, help="guidance weight of the students and the teacher's S-step cells")
+    p.add_argument("--w", type=_floats, default=[0.5],
+                   help="guidance weight of the students (several: a student cell per weight, labelled with it) and of "
+                        "the consistency and teacher S-step cells (the first)")
     p.add_argument("--n", type=int, default=2000, help="samples per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)

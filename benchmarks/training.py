@@ -7,7 +7,7 @@ Modes:
     fp32      fp32 throughout
     channels_last   fp32, channels_last weights (and so activations)
     compile   fp32, torch.compile (inductor) of the network
-    bf16      bf16 autocast of the forward (CUDA; on the CPU the Trainer runs it as fp32)
+    bf16      bf16 autocast of the forward (CUDA, and the CPU: fast where it has AMX or AVX512-BF16)
     fastest   bf16 + torch.compile + fused AdamW (CUDA) + channels_last weights
 Reported: steps/s (median of --repeats windows of --steps steps after --warmup steps; ours' and
 diffusers' windows alternate), their ratio,
