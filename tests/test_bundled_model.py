@@ -127,7 +127,7 @@ def test_bundled_student_is_a_4_step_checkpoint_named_distilled(tmp_path):
     assert [p["run"] for p in record["phases"]] == ["guided_32", "steps_16", "steps_8", "steps_4"]
     assert record["command"].startswith("sh scripts/distill_bundled_cpu.sh") and record["train_seconds_logged"] > 0
     model, _, config = ddim.load_checkpoint(BUNDLED_STUDENT)
-    assert config.distill.steps == 4 and config.model.guidance_embed
+    assert config.distill.steps == 4 and config.model.guidance_embed and config.distill.guidance_interval is not None
     calls = []
     model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs.get("w")), with_kwargs=True)
     import ddim.checkpoint as ckpt
@@ -149,16 +149,18 @@ def test_bundled_student_is_a_4_step_checkpoint_named_distilled(tmp_path):
 
 def test_sample_defaults_to_interval_guidance_and_a_student_to_its_own_cfg():
     """`ddim sample`'s guidance when none is asked for: the interval method at w = 2 (the sweep's winner,
-    docs/results.md); plain CFG at 0.5 when only the method is changed; a distilled student's own w input."""
+    docs/results.md); plain CFG at 0.5 when only the method is changed; the bundled student, which learnt interval
+    guidance, its own w input at its own default (docs/distillation.md)."""
     from ddim.cli import build_parser
     from ddim.cli.common import resolve_solver_defaults
-    from ddim.generate import default_guidance
+    from ddim.generate import INTERVAL_STUDENT_GUIDANCE, default_guidance
 
     def resolved(*argv):
         args = build_parser().parse_args(["sample", *argv])
         resolve_solver_defaults(args)
-        return args.guidance_method, default_guidance(args.guidance_method), args.solver, args.steps
+        w = default_guidance(args.guidance_method) if args.guidance is None else args.guidance
+        return args.guidance_method, w, args.solver, args.steps
 
     assert resolved() == ("interval", 2.0, "dpmpp-2m", 10)
     assert resolved("--guidance-method", "cfg") == ("cfg", 0.5, "dpmpp-2m", 10)
-    assert resolved("--checkpoint", "distilled") == ("cfg", 0.5, "ddim", 4)
+    assert resolved("--checkpoint", "distilled") == ("cfg", INTERVAL_STUDENT_GUIDANCE, "ddim", 4)
