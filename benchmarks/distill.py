@@ -151,7 +151,8 @@ def main() -> None:
         a = class_agreement(classifier(shown).argmax(1), labels, model.config.num_classes)
         m = evaluate_images(shown, reference)
         row = {"cell": cell["label"], "checkpoint": cell["checkpoint"], "forward_passes": cell["nfe"],
-               "sampling": {k: str(v) for k, v in cell["kw"].items()}, "guidance": method.label, "w": w, "n": args.n,
+               "sampling": {k: str(v) for k, v in cell["kw"].items()}, "w": w, "n": args.n,
+               "guidance": "w input" if cell["label"].startswith(("student", "consistency")) else method.label,
                "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                "class_agreement": a["value"], "class_agreement_95": [a["low"], a["high"]],
                "per_class": a["per_class"], "seconds": round(seconds, 1)}
