@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..generate import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_METHOD, DEFAULT_SOLVER
+from ..generate import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_METHOD, DEFAULT_SOLVER, INTERVAL_STUDENT_GUIDANCE
 from ..samplers.solvers import SOLVERS, get_solver, solver_help
 
 __all__ = ["Parser", "Formatter", "UsageError", "EXIT_USAGE", "EXIT_FAILED", "int_list", "float_pair", "eta_value",
@@ -336,8 +336,6 @@ def _student_defaults(args) -> None:
     if getattr(args, "guidance_method", "") is None:  # `ddim sample`'s unset method: the student's own
         args.guidance_method = "cfg"
     if getattr(args, "guidance", 0.0) is None and record.guidance_interval is not None:
-        from ..generate import INTERVAL_STUDENT_GUIDANCE
-
         args.guidance = INTERVAL_STUDENT_GUIDANCE
     if getattr(args, "guidance_method", "cfg") != "cfg":
         learnt = ("" if record.guidance_interval is None else

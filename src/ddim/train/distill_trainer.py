@@ -131,7 +131,7 @@ class DistillTrainer(Trainer):
         interval = self.config.distill.guidance_interval
         if interval is None:
             return w
-        inside = in_interval(self.abar_teacher[i.cpu()], interval).to(w.device)
+        inside = in_interval(self.abar_teacher, interval).to(i.device)[i]  # indexed where i lives: no sync
         return torch.where(inside, w, torch.zeros_like(w))
 
     @torch.no_grad()
