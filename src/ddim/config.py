@@ -19,7 +19,8 @@ from .nn.unet_config import from_mapping
 
 __all__ = ["TrainConfig", "DataConfig", "DistillConfig", "RunConfig", "resolve_model_config", "fit_preset",
            "config_diff", "check_t_sampling", "T_SAMPLINGS", "DISTILL_PHASES", "DISTILL_METHODS", "DISTILL_WEIGHTINGS",
-           "DISTILL_SPACING", "DEFAULT_TARGET_DECAY", "RESUMABLE_FIELDS", "FORMAT", "VERSION"]
+           "DISTILL_TEACHER_SOLVERS", "DISTILL_SPACING", "DEFAULT_TARGET_DECAY", "RESUMABLE_FIELDS", "FORMAT",
+           "VERSION"]
 
 FORMAT, VERSION = "ddim-run", 1
 
@@ -225,6 +226,7 @@ class DataConfig:
 DISTILL_PHASES = ("guided", "halve", "consistency")
 DISTILL_METHODS = ("progressive", "consistency")  # what follows the (shared) guided phase: halvings, or one CD phase
 DISTILL_WEIGHTINGS = ("truncated-snr", "snr+1", "uniform")
+DISTILL_TEACHER_SOLVERS = ("ddim", "heun")  # a halving round's teacher steps: Algorithm 2's DDIM, or EDM's Heun
 DISTILL_SPACING = "trailing"  # a student's grid: it starts at T − 1 and the N-step grid nests in the 2N-step one
 DEFAULT_TARGET_DECAY = 0.95  # μ of the consistency target θ⁻ (Song et al. 2023, their distillation runs)
 
@@ -257,6 +259,10 @@ class DistillConfig:
             (σ_lo, σ_hi] (guidance interval, Kynkäänniemi et al. 2024), its conditional prediction alone
             elsewhere; the student's w input then means that method's weight. None: plain CFG at every level
             (and absent from the JSON). Kept by every later phase: it says what w means.
+        teacher_solver: how a "halve" phase's teacher takes its two steps t → t' → t'': "ddim" (η = 0, Salimans &
+            Ho's Algorithm 2) or "heun" (EDM's second-order step, 2 teacher calls per step but 1 onto x_0: a
+            closer view of the ODE than the teacher's own DDIM chain; for a teacher that is a denoiser, not a
+            halved student, whose x̂_0 only means "two steps in one"). "ddim" is absent from the JSON.
     """
 
     phase: str
@@ -272,6 +278,7 @@ class DistillConfig:
     rounds: tuple = ()
     target_decay: Optional[float] = None
     guidance_interval: Optional[tuple] = None
+    teacher_solver: str = "ddim"
 
     def __post_init__(self) -> None:
         if self.phase not in DISTILL_PHASES:
@@ -314,6 +321,12 @@ class DistillConfig:
         object.__setattr__(self, "rounds", tuple(dict(r) for r in self.rounds))
         if self.guidance_interval is not None:
             object.__setattr__(self, "guidance_interval", check_interval(self.guidance_interval))
+        if self.teacher_solver not in DISTILL_TEACHER_SOLVERS:
+            raise ValueError(f"unknown teacher solver {self.teacher_solver!r}; allowed: "
+                             f"{', '.join(DISTILL_TEACHER_SOLVERS)}")
+        if self.teacher_solver != "ddim" and self.phase != "halve":
+            raise ValueError(f"teacher_solver {self.teacher_solver!r} belongs to a halving round, not to a "
+                             f"{self.phase} phase")
 
     @property
     def method(self) -> str:
@@ -332,6 +345,8 @@ class DistillConfig:
         for name in ("target_decay", "guidance_interval"):
             if d[name] is None:
                 del d[name]
+        if d["teacher_solver"] == "ddim":  # records written before Heun teachers read back as written
+            del d["teacher_solver"]
         return d
 
     @classmethod

@@ -182,6 +182,8 @@ def test_finished_run_resumes_to_nothing_and_refuses_without_resume(teacher, dis
     ("progressive", ["--guidance-interval", "5,1"], "0 <= σ_lo < σ_hi"),
     ("progressive", ["--guidance-interval", "1"], "two comma-separated numbers"),
     ("progressive", ["--cd-steps", "5"], "--cd-steps applies to --method consistency only"),
+    ("progressive", ["--teacher-solver", "rk4"], "invalid choice: 'rk4'"),
+    ("consistency", ["--teacher-solver", "heun"], "--teacher-solver heun applies to --method progressive only"),
     ("consistency", ["--round-steps", "5"], "--round-steps applies to --method progressive only"),
     ("consistency", ["--steps", "8"], "at most the teacher's grid of 4 steps"),
     ("consistency", ["--target-decay", "1"], "target_decay"),
@@ -278,3 +280,16 @@ def test_a_consistency_student_teaches_neither_method(consistent, tmp_path, caps
         assert main(args(consistent / "consistency", tmp_path / "p")) == 2
         assert "is a consistency student" in _one_error_line(capsys)
     assert not (tmp_path / "p").exists()
+
+
+def test_a_heun_teacher_steps_the_first_round_only(distilled, tmp_path, capsys):
+    """--teacher-solver heun from a finished guided phase: the first halving round records Heun, the next DDIM
+    (its teacher is a halved student); a halved student as the teacher is refused, nothing created."""
+    out = tmp_path / "heun"
+    assert main(distill_args(distilled / "guided_4", out, "--teacher-solver", "heun")) == 0
+    assert load_checkpoint(out / "steps_2")[2].distill.teacher_solver == "heun"
+    assert load_checkpoint(out / "steps_1")[2].distill.teacher_solver == "ddim"
+    assert "teacher_solver" not in json.loads((out / "steps_1" / "config.json").read_text())["distill"]
+    assert main(distill_args(distilled / "steps_2", tmp_path / "no", "--teacher-steps", "2", "--teacher-solver",
+                             "heun")) == 2
+    assert "is a halved student" in _one_error_line(capsys) and not (tmp_path / "no").exists()

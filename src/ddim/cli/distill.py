@@ -16,7 +16,7 @@ __all__ = ["SUBCOMMANDS"]
 
 
 def _add_distill(sub) -> None:
-    from ..config import DISTILL_METHODS, DISTILL_WEIGHTINGS
+    from ..config import DISTILL_METHODS, DISTILL_TEACHER_SOLVERS, DISTILL_WEIGHTINGS
     from ..train.distill_phases import DEFAULT_TEACHER_STEPS, DEFAULT_WEIGHTING, DistillOptions
 
     d = DistillOptions()
@@ -65,6 +65,10 @@ def _add_distill(sub) -> None:
                    help="guided phase: the teacher guides only where LO < σ <= HI, σ = √((1 − ᾱ)/ᾱ) (interval "
                         "guidance; the student's --guidance then means that method's weight); default: plain CFG at "
                         "every noise level")
+    g.add_argument("--teacher-solver", choices=DISTILL_TEACHER_SOLVERS, default=d.teacher_solver,
+                   help="progressive: how the first halving round's teacher takes its two steps: ddim (Salimans & Ho's "
+                        "Algorithm 2) or heun (EDM's second-order step, twice the teacher's calls, a truer view of the "
+                        "ODE than its own DDIM chain); later rounds' teachers are halved students and take DDIM steps")
     g.add_argument("--weighting", choices=DISTILL_WEIGHTINGS, default=None,
                    help="loss weight on the squared x̂_0 error: max(SNR, 1), SNR + 1 (the v-loss) or 1 (default: "
                         + ", ".join(f"{w} for {m}" for m, w in DEFAULT_WEIGHTING.items()) + ")")
@@ -112,7 +116,7 @@ def _options(args):
                           consistency_train_steps=d.consistency_train_steps if args.cd_steps is None else args.cd_steps,
                           target_decay=d.target_decay if args.target_decay is None else args.target_decay,
                           w_min=args.w_range[0], w_max=args.w_range[1], guidance_interval=args.guidance_interval,
-                          weighting=args.weighting, train=train,
+                          weighting=args.weighting, teacher_solver=args.teacher_solver, train=train,
                           data_dir=args.data_dir)
 
 

@@ -4,7 +4,7 @@ Notation (Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusio
 with α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), SNR = α²/σ²):
 
     DDIM (η = 0) step t → s from x̂ = x̂_0(x_t):   x_s = α_s x̂ + σ_s (x_t − α_t x̂) / σ_t         (DDIM eq. 12)
-    teacher, two steps on a grid of 2N:         x_t → x_t' → x_t''
+    teacher, two steps on a grid of 2N:         x_t → x_t' → x_t''       (DDIM, or Heun's: ``heun_step``)
     student, one step on the grid of N:         x_t → x_t''
     the target that makes them equal:           x̃ = (x_t'' − (σ_t''/σ_t) x_t) / (α_t'' − (σ_t''/σ_t) α_t)
                                                                                   (Algorithm 2, line 9)
@@ -30,12 +30,12 @@ import torch
 
 from ..checks import check_power_of_two
 from ..config import DISTILL_SPACING, DISTILL_WEIGHTINGS
-from ..forward import eps_from_x0, predict_x0_eps
+from ..forward import eps_from_x0, predict_x0_eps, x0_from_eps
 from ..samplers.steps import ddim_step
 from ..timesteps import timesteps
 
-__all__ = ["deterministic_step", "distill_target", "loss_weight", "weighted_mse", "x0_from_output", "student_grid",
-           "grid_abar"]
+__all__ = ["deterministic_step", "heun_step", "distill_target", "loss_weight", "weighted_mse", "x0_from_output",
+           "student_grid", "grid_abar"]
 
 
 def deterministic_step(x_t: torch.Tensor, x0_hat: torch.Tensor, abar_t, abar_s) -> torch.Tensor:
@@ -46,6 +46,21 @@ def deterministic_step(x_t: torch.Tensor, x0_hat: torch.Tensor, abar_t, abar_s) 
     ``abar_s`` = 1 lands on x̂_0 itself. ᾱ's broadcast against x (e.g. (B, 1, 1, 1)).
     """
     return ddim_step(x0_hat, eps_from_x0(x_t, x0_hat, abar_t), torch.as_tensor(abar_s, dtype=x_t.dtype), 0.0)
+
+
+def heun_step(x_t: torch.Tensor, eps_t: torch.Tensor, eps_s: torch.Tensor, abar_t, abar_s) -> torch.Tensor:
+    """The corrected step t → s of EDM's Heun (Karras et al. 2022, Algorithm 1, lines 5–8) in DDIM's variables.
+
+    With y = x/α and σ_e = σ/α the probability-flow ODE is dy/dσ_e = ε̂, its Euler step is DDIM's (η = 0), and
+    Heun's step averages the slope at x_t (ε̂_t) with the slope ε̂_s at the Euler point x_s^E:
+
+        ε̄ = (ε̂_t + ε̂_s)/2,   x_s = α_s (x_t − σ_t ε̄)/α_t + σ_s ε̄,
+
+    i.e. a DDIM step taken with ε̄. Second order where DDIM is first. At ᾱ_s = 1 (σ_e = 0) Heun's last step stays
+    Euler; the caller picks. ᾱ's broadcast against x.
+    """
+    eps_bar = 0.5 * (eps_t + eps_s)
+    return ddim_step(x0_from_eps(x_t, eps_bar, abar_t), eps_bar, torch.as_tensor(abar_s, dtype=x_t.dtype), 0.0)
 
 
 def distill_target(x_t: torch.Tensor, x_t2: torch.Tensor, abar_t, abar_t2) -> torch.Tensor:

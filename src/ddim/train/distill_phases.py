@@ -16,7 +16,8 @@ from typing import Callable, Optional
 
 from ..checkpoint import BUNDLED_MODEL, CheckpointError, list_checkpoints, load_checkpoint, read_json
 from ..checks import check_power_of_two
-from ..config import DEFAULT_TARGET_DECAY, DISTILL_METHODS, DistillConfig, RunConfig, TrainConfig
+from ..config import (DEFAULT_TARGET_DECAY, DISTILL_METHODS, DISTILL_TEACHER_SOLVERS, DistillConfig, RunConfig,
+                      TrainConfig)
 from ..distributed import RENDEZVOUS_TIMEOUT, shutdown
 from ..nn import UNetConfig
 from .consistency import BOUNDARY_PREDICTIONS
@@ -51,6 +52,8 @@ class DistillOptions:
         guidance_interval: (σ_lo, σ_hi) of the guided phase's teacher (interval guidance), or None (plain CFG at
             every level); as in ``ddim.config.DistillConfig``, recorded by every phase.
         weighting: as there; None: the method's own (``DEFAULT_WEIGHTING``).
+        teacher_solver: "ddim" or "heun": how the first halving round's teacher steps (``DistillConfig``); later
+            rounds' teachers are halved students, whose x̂_0 means "two steps in one", so they step with DDIM.
         train: the rest of each phase's ``TrainConfig`` (batch, lr, warm-up, EMA, seed, intervals); its ``steps``
             and ``init_from`` are set per phase, its lr decays linearly to ~0 over each phase.
         data_dir: where the teacher's training data are (None: as its config says).
@@ -68,6 +71,7 @@ class DistillOptions:
     w_max: float = 2.0
     guidance_interval: Optional[tuple] = None
     weighting: Optional[str] = None
+    teacher_solver: str = "ddim"
     train: TrainConfig = TrainConfig()
     data_dir: Optional[str] = None
 
@@ -105,6 +109,21 @@ def _after_guided(opts: DistillOptions, K: int, prediction: str) -> list[tuple[s
         raise ValueError(f"consistency distillation reads the student's x̂_0 as its consistency function, which needs "
                          f"prediction {' or '.join(BOUNDARY_PREDICTIONS)}; the teacher predicts {prediction!r}")
     return [("consistency", opts.steps, opts.consistency_train_steps)]
+
+
+def _check_teacher_solver(opts: DistillOptions, prior: Optional[DistillConfig]) -> None:
+    """A Heun teacher needs a denoiser: the first halving round of a progressive run whose teacher is not halved."""
+    if opts.teacher_solver not in DISTILL_TEACHER_SOLVERS:
+        raise ValueError(f"unknown teacher solver {opts.teacher_solver!r}; allowed: "
+                         f"{', '.join(DISTILL_TEACHER_SOLVERS)}")
+    if opts.teacher_solver == "ddim":
+        return
+    if opts.method != "progressive":
+        raise ValueError(f"--teacher-solver {opts.teacher_solver} applies to --method progressive only (its first "
+                         f"halving round)")
+    if prior is not None and prior.phase != "guided":
+        raise ValueError(f"--teacher-solver {opts.teacher_solver} steps a denoiser; {opts.teacher} is a halved "
+                         f"student, whose x̂_0 means two steps in one (distil from its guided phase instead)")
 
 
 def plan_phases(opts: DistillOptions, out_dir) -> list[tuple[Path, RunConfig]]:
@@ -150,15 +169,18 @@ def plan_phases(opts: DistillOptions, out_dir) -> list[tuple[Path, RunConfig]]:
     if opts.guidance_interval is not None and not guided and prior is None:
         raise ValueError(f"--guidance-interval needs a class-conditional teacher with a ∅ label; {opts.teacher} "
                          "has no guided phase")
+    _check_teacher_solver(opts, prior)
     phases = ([("guided", K, opts.guided_train_steps)] if guided else []) + later
-    teacher, plan = str(opts.teacher), []
+    teacher, plan, first_round = str(opts.teacher), [], True
     for index, (phase, n, train_steps) in enumerate(phases):
         cd = phase == "consistency"
         weighting = opts.weighting or DEFAULT_WEIGHTING["consistency" if cd else "progressive"]
         dc = DistillConfig(phase=phase, steps=n, teacher_steps=K if cd else n * (2 if phase == "halve" else 1),
                            teacher=teacher, origin=origin, w_min=opts.w_min, w_max=opts.w_max, weighting=weighting,
                            teacher_clip=clip, clip=clip if phase == "guided" else None, rounds=tuple(rounds),
-                           target_decay=opts.target_decay if cd else None, guidance_interval=interval)
+                           target_decay=opts.target_decay if cd else None, guidance_interval=interval,
+                           teacher_solver=opts.teacher_solver if phase == "halve" and first_round else "ddim")
+        first_round = first_round and phase != "halve"
         tc = dataclasses.replace(opts.train, steps=train_steps, lr_decay=train_steps, init_from=teacher,
                                  prediction=tcfg.prediction, min_snr_gamma=None, label_dropout=0.0,
                                  t_sampling="uniform", seed=opts.train.seed + index, sample_steps=n,

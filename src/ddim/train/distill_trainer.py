@@ -24,11 +24,12 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import RunConfig, config_diff
+from ..forward import eps_from_x0
 from ..guidance import GuidanceInput, guided_combination, in_interval
 from ..transfer import to_device
 from .batches import STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask, step_generator
-from .distill import (deterministic_step, distill_target, grid_abar, loss_weight, student_grid, weighted_mse,
-                      x0_from_output)
+from .distill import (deterministic_step, distill_target, grid_abar, heun_step, loss_weight, student_grid,
+                      weighted_mse, x0_from_output)
 from .trainer import Trainer
 
 __all__ = ["DistillTrainer", "Conditioning", "DEFAULT_W"]
@@ -134,18 +135,30 @@ class DistillTrainer(Trainer):
         inside = in_interval(self.abar_teacher, interval).to(i.device)[i]  # indexed where i lives: no sync
         return torch.where(inside, w, torch.zeros_like(w))
 
+    def _teacher_step(self, x: torch.Tensor, i: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """One teacher step from its grid points i (B,) to i + 1: DDIM (η = 0), or Heun's (``heun_step``) with
+        ``distill.teacher_solver == "heun"``, the teacher's own x̂_0 rule in every call."""
+        dc = self.config.distill
+        a0, a1 = self._column(i, x), self._column(i + 1, x)
+        x0 = self._teacher_x0(x, i, cond, dc.teacher_clip)
+        euler = deterministic_step(x, x0, a0, a1)
+        if dc.teacher_solver == "ddim":
+            return euler
+        last = len(self.tau_teacher) - 1
+        x0_e = self._teacher_x0(euler, (i + 1).clamp(max=last), cond, dc.teacher_clip)
+        heun = heun_step(x, eps_from_x0(x, x0, a0), eps_from_x0(euler, x0_e, a1), a0, a1)
+        onto_x0 = (i == last).view(-1, *([1] * (x.ndim - 1)))  # Heun's step onto x_0 stays Euler
+        return torch.where(onto_x0, euler, heun)
+
     @torch.no_grad()
     def target(self, x_t: torch.Tensor, j: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The student's x̂_0 target at its step j: the guided teacher's x̂_w ("guided"), or x̃ of two teacher
-        DDIM steps ("halve"; the teacher's own x̂_0 rule inside them)."""
-        dc = self.config.distill
-        if dc.phase == "guided":
+        steps ("halve", ``_teacher_step``)."""
+        if self.config.distill.phase == "guided":
             return self._teacher_x0(x_t, j, cond, None)
         i = 2 * j
-        a0, a1, a2 = (self._column(i + d, x_t) for d in (0, 1, 2))
-        x1 = deterministic_step(x_t, self._teacher_x0(x_t, i, cond, dc.teacher_clip), a0, a1)
-        x2 = deterministic_step(x1, self._teacher_x0(x1, i + 1, cond, dc.teacher_clip), a1, a2)
-        return distill_target(x_t, x2, a0, a2)
+        x2 = self._teacher_step(self._teacher_step(x_t, i, cond), i + 1, cond)
+        return distill_target(x_t, x2, self._column(i, x_t), self._column(i + 2, x_t))
 
     def _call(self, net, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """A student-shaped network's raw output at (x, t) under ``cond`` (labels and w as it takes them)."""
