@@ -3,6 +3,9 @@
 Cells (labels i mod 10, sample i from seed (seed, i), so the same x_T in every cell):
     student N      `ddim distill`'s N-step student (RUN/steps_N), DDIM η = 0 on its own trailing grid, its own
                    x̂₀ rule, w = --w fed to its input (a cell per weight): N forward passes per image
+    guided K S     with --guided-solvers S,…: RUN/guided_K, the w-input student of the guided phase (the first
+                   halving round's teacher), with solver S (ddim: K passes; heun: 2K − 1) on its K-step trailing grid,
+                   x̂_0 clamped and ε̂ re-derived as it learnt, w = the first --w fed to its input
     consistency N  with --consistency DIR, `ddim distill --method consistency`'s student (DIR, e.g. OUT/consistency),
                    multistep consistency sampling (solver "consistency") on the trailing grid of N, its own x̂₀ rule
                    (none), w fed to its input: N forward passes per image; its fresh noise at each point comes from
@@ -76,6 +79,13 @@ def cells(args) -> list[dict]:
                 out.append({"label": f"student {n}" + (f" w {w:g}" if len(args.w) > 1 else ""),
                             "checkpoint": str(student), "guidance": (MethodOptions(), w),
                             "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **rule}})
+    for guided in sorted(Path(args.run).glob("guided_*")) if args.guided_solvers else []:
+        rec = load_checkpoint(guided)[2].distill
+        learnt = learnt or _guidance(rec)
+        for solver in args.guided_solvers:
+            out.append({"label": f"guided {rec.steps} {solver}", "checkpoint": str(guided),
+                        "guidance": (MethodOptions(), args.w[0]),
+                        "kw": {"steps": rec.steps, "spacing": "trailing", "solver": solver, **CLIP}})
     if args.consistency:
         rec = load_checkpoint(args.consistency)[2].distill
         if rec is None or rec.method != "consistency":
@@ -109,6 +119,9 @@ def main() -> None:
                    help="a consistency student (`ddim distill --method consistency`'s OUT/consistency): cells "
                         "'consistency N' for N in --consistency-steps")
     p.add_argument("--consistency-steps", type=_ints, default=[1, 2, 4], help="the consistency student's steps")
+    p.add_argument("--guided-solvers", type=lambda t: [v for v in t.split(",") if v], default=[],
+                   help="cells 'guided K SOLVER': RUN's guided phase (RUN/guided_K, the halving rounds' first teacher) "
+                        "on its own K-step trailing grid with each solver (ddim, heun), x̂_0 clamped as it learnt")
     p.add_argument("--teacher", default=str(BUNDLED_MODEL))
     p.add_argument("--steps", type=_ints, default=[1, 2, 4, 8], help="the students' steps")
     p.add_argument("--teacher-steps", type=_ints, default=[1, 2, 4, 8], help="the teacher's sampler steps S")
