@@ -323,13 +323,32 @@ def test_solver_flag(ckpt, tmp_path, capsys):
 
 
 def test_sample_defaults_follow_the_solver(tmp_path):
-    """`ddim sample`: DPM-Solver++(2M) on the log-SNR grid with 10 steps by default; --eta selects DDIM with
-    its uniform 50-step grid; an explicit solver brings its own spacing and steps."""
+    """`ddim sample` on the teacher: DPM-Solver++(2M) on the log-SNR grid with 10 steps by default; --eta selects
+    DDIM with its uniform 50-step grid; an explicit solver brings its own spacing and steps."""
     def out(name, *args):
         assert run("sample", "--n", "2", "--out", str(tmp_path / f"{name}.png"), *args) == 0
         return (tmp_path / f"{name}.png").read_bytes()
 
-    assert out("a") == out("b", "--solver", "dpmpp-2m", "--spacing", "logsnr", "--steps", "10")
+    assert out("a", "--checkpoint", "bundled") == out("b", "--solver", "dpmpp-2m", "--spacing", "logsnr", "--steps",
+                                                      "10")
     assert out("c", "--eta", "0") == out("d", "--solver", "ddim", "--spacing", "uniform", "--steps", "50")
     assert out("e", "--solver", "ddim") == out("d", "--solver", "ddim", "--spacing", "uniform", "--steps", "50")
-    assert out("a") != out("c", "--eta", "0")
+    assert out("a", "--checkpoint", "bundled") != out("c", "--eta", "0")
+
+
+def test_sample_without_checkpoint_is_the_student_unless_an_option_needs_the_teacher(tmp_path, capsys):
+    """No --checkpoint: the bundled 4-step student, with the options it honours too (--guidance feeds its w); any
+    option only the teacher honours (steps, a solver, a guidance method) selects the bundled model; the closing
+    note says which."""
+    def out(name, *args):
+        assert main(["sample", "--n", "2", "--out", str(tmp_path / f"{name}.png"), *args]) == 0
+        return (tmp_path / f"{name}.png").read_bytes(), capsys.readouterr().err
+
+    student, note = out("a")
+    assert student == out("b", "--checkpoint", "distilled")[0] and "by the bundled 4-step student" in note
+    assert "4 steps" in note
+    assert out("c", "--guidance", "1.5", "--class", "3")[0] == out("d", "--checkpoint", "distilled", "--guidance",
+                                                                   "1.5", "--class", "3")[0]
+    teacher, note = out("e", "--steps", "3")
+    assert teacher == out("f", "--checkpoint", "bundled", "--steps", "3")[0] and "by the bundled model" in note
+    assert out("g", "--guidance-method", "interval")[0] == out("h", "--checkpoint", "bundled")[0] != student

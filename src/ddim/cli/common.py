@@ -83,13 +83,17 @@ def class_help() -> str:
 
 # ---------------------------------------------------------------------------------- shared flags
 
-def add_checkpoint(p) -> None:
+def add_checkpoint(p, student_default: bool = False) -> None:
+    """--checkpoint; ``student_default`` (`ddim sample`): unset, then the bundled student or, given an option
+    only the teacher honours, the bundled model (``sample.default_checkpoint``)."""
     from ..checkpoint import BUNDLED_MODEL, named_checkpoint
 
-    p.add_argument("--checkpoint", default=str(BUNDLED_MODEL), type=named_checkpoint,
-                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory; 'bundled' "
-                        "(default): the bundled class-conditional Fashion-MNIST model, 'distilled': its 4-step "
-                        "student (`ddim distill`)")
+    default = ("default: 'distilled', or 'bundled' with any option only the teacher honours (--steps, --solver, "
+               "--guidance-method, a classifier, ...)" if student_default else "default: 'bundled'")
+    p.add_argument("--checkpoint", default=None if student_default else str(BUNDLED_MODEL), type=named_checkpoint,
+                   help="run directory, checkpoint directory, or diffusers UNet2DModel/pipeline directory; 'bundled': "
+                        "the bundled class-conditional Fashion-MNIST model, 'distilled': its 4-step student (`ddim "
+                        f"distill`) ({default})")
 
 
 def add_device(p) -> None:
@@ -212,12 +216,14 @@ def add_images(p, help: str = "image files (PNG/JPEG, any size and mode)", count
                    metavar="IMAGE" if count == "+" else None, help=help)
 
 
-def add_sampling_args(p, default_steps: int = 50, with_class: bool = True, solver_defaults: bool = False) -> None:
-    """The flags of every sampling subcommand: checkpoint, steps and spacing (``solver_defaults``: unset, then
-    filled by ``resolve_solver_defaults``), class, batch size, EMA, device, seed, quiet."""
+def add_sampling_args(p, default_steps: int = 50, with_class: bool = True, solver_defaults: bool = False,
+                      student_default: bool = False) -> None:
+    """The flags of every sampling subcommand: checkpoint (``student_default``: ``add_checkpoint``'s), steps and
+    spacing (``solver_defaults``: unset, then filled by ``resolve_solver_defaults``), class, batch size, EMA,
+    device, seed, quiet."""
     from ..timesteps import SPACINGS
 
-    add_checkpoint(p)
+    add_checkpoint(p, student_default)
     if solver_defaults:  # `ddim sample`: the defaults follow the solver (``resolve_solver_defaults``)
         p.add_argument("--steps", type=int, default=None,
                        help=f"sampling steps S (1..T) (default: {FAST_STEPS} for the multistep solvers and heun, "

@@ -19,7 +19,7 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images with DDIM (or DDPM) sampling", formatter_class=Formatter,
                        description="Generate --n images into a grid PNG. With a fixed --seed, image i is the "
                                    "same whatever --n or --batch-size (up to float rounding: one grey level).")
-    add_sampling_args(p, solver_defaults=True)
+    add_sampling_args(p, solver_defaults=True, student_default=True)
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--eta", type=eta_value, default=None,
                    help="η of DDIM eq. 16 (0: deterministic DDIM, 1: DDPM posterior variance), or 'large' for σ̂; "
@@ -51,7 +51,26 @@ def _add_sample(sub) -> None:
     p.add_argument("--images-dir", default=None, help="also write one PNG per image into this folder")
     p.add_argument("--trajectory", default=None,
                    help="also write x_t and predicted x_0 across the steps for the first 4 images (.png or .gif)")
-    p.set_defaults(func=_run_sample)
+    p.set_defaults(func=_run_sample, default_of=p.get_default)
+
+
+# What the bundled student honours as well as its teacher; any other option given selects the teacher.
+STUDENT_OPTIONS = frozenset({"command", "func", "default_of", "checkpoint", "class_id", "batch_size", "device", "seed",
+                             "quiet", "n", "guidance", "fast", "channels_last", "out", "npz", "images_dir",
+                             "trajectory"})
+
+
+def default_checkpoint(args) -> str:
+    """`ddim sample`'s unset --checkpoint: the bundled 4-step student ('distilled'), or the bundled model when an
+    option other than ``STUDENT_OPTIONS`` differs from its default (a solver, steps, a guidance method, a
+    classifier, ...: things a student cannot do). Returns what it chose, for the closing note."""
+    from ..checkpoint import BUNDLED_MODEL, BUNDLED_STUDENT
+
+    if args.checkpoint is not None:
+        return ""
+    teacher = [k for k, v in vars(args).items() if k not in STUDENT_OPTIONS and v != args.default_of(k)]
+    args.checkpoint = str(BUNDLED_MODEL if teacher else BUNDLED_STUDENT)
+    return " by the bundled model" if teacher else " by the bundled 4-step student (--checkpoint bundled: its teacher)"
 
 
 def _run_sample(args) -> int:
@@ -59,6 +78,7 @@ def _run_sample(args) -> int:
     from ..images import save_grid, save_images
     from ..samplers import SampleOptions, plan
 
+    chosen = default_checkpoint(args)
     resolve_solver_defaults(args)
     out = writable(args.out)
     distinct({"--out": args.out, "--npz": args.npz, "--trajectory": args.trajectory, "--images-dir": args.images_dir})
@@ -116,7 +136,7 @@ def _run_sample(args) -> int:
     if args.images_dir:
         written.append(f"{args.images_dir}/ (one PNG per image)")
     how = f"eta {eta}" if args.solver == "ddim" else f"solver {args.solver}"
-    note(args, [f"wrote {', '.join(written)} ({args.n} images, {steps} steps, {how})"])
+    note(args, [f"wrote {', '.join(written)} ({args.n} images{chosen}, {steps} steps, {how})"])
     return 0
 
 
