@@ -56,6 +56,14 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _solvers(text: str) -> list[str]:
+    names = [v for v in text.split(",") if v]
+    bad = [v for v in names if v not in ("ddim", "heun")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown solver {bad[0]!r}; allowed: ddim, heun")
+    return names
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -81,11 +89,14 @@ def cells(args) -> list[dict]:
                             "kw": {"steps": n, "spacing": "trailing", "solver": "ddim", **rule}})
     for guided in sorted(Path(args.run).glob("guided_*")) if args.guided_solvers else []:
         rec = load_checkpoint(guided)[2].distill
+        if rec is None or rec.phase != "guided":
+            raise SystemExit(f"{guided} is not a guided phase of `ddim distill`")
         learnt = learnt or _guidance(rec)
+        rule = {} if rec.clip is None else {"clip": rec.clip, "eps_from_clipped_x0": True}
         for solver in args.guided_solvers:
             out.append({"label": f"guided {rec.steps} {solver}", "checkpoint": str(guided),
                         "guidance": (MethodOptions(), args.w[0]),
-                        "kw": {"steps": rec.steps, "spacing": "trailing", "solver": solver, **CLIP}})
+                        "kw": {"steps": rec.steps, "spacing": "trailing", "solver": solver, **rule}})
     if args.consistency:
         rec = load_checkpoint(args.consistency)[2].distill
         if rec is None or rec.method != "consistency":
@@ -119,7 +130,7 @@ def main() -> None:
                    help="a consistency student (`ddim distill --method consistency`'s OUT/consistency): cells "
                         "'consistency N' for N in --consistency-steps")
     p.add_argument("--consistency-steps", type=_ints, default=[1, 2, 4], help="the consistency student's steps")
-    p.add_argument("--guided-solvers", type=lambda t: [v for v in t.split(",") if v], default=[],
+    p.add_argument("--guided-solvers", type=_solvers, default=[],
                    help="cells 'guided K SOLVER': RUN's guided phase (RUN/guided_K, the halving rounds' first teacher) "
                         "on its own K-step trailing grid with each solver (ddim, heun), x̂_0 clamped as it learnt")
     p.add_argument("--teacher", default=str(BUNDLED_MODEL))

@@ -148,19 +148,24 @@ def test_bundled_student_is_a_4_step_checkpoint_named_distilled(tmp_path):
 
 
 def test_sample_defaults_to_interval_guidance_and_a_student_to_its_own_cfg():
-    """`ddim sample`'s guidance when none is asked for: the interval method at w = 2 (the sweep's winner,
-    docs/results.md); plain CFG at 0.5 when only the method is changed; the bundled student, which learnt interval
-    guidance, its own w input at its own default (docs/distillation.md)."""
+    """`ddim sample`'s guidance when none is asked for: the bundled student (the default model), which learnt
+    interval guidance, its own w input at its own default on its own 4 steps (docs/distillation.md), also with
+    --eta; the teacher: the interval method at w = 2 (the sweep's winner, docs/results.md); plain CFG at 0.5 when
+    only the method is changed."""
     from ddim.cli import build_parser
     from ddim.cli.common import resolve_solver_defaults
+    from ddim.cli.sample import default_checkpoint
     from ddim.generate import INTERVAL_STUDENT_GUIDANCE, default_guidance
 
     def resolved(*argv):
         args = build_parser().parse_args(["sample", *argv])
+        default_checkpoint(args)
         resolve_solver_defaults(args)
         w = default_guidance(args.guidance_method) if args.guidance is None else args.guidance
         return args.guidance_method, w, args.solver, args.steps
 
-    assert resolved() == ("interval", 2.0, "dpmpp-2m", 10)
+    assert resolved() == ("cfg", INTERVAL_STUDENT_GUIDANCE, "ddim", 4)
+    assert resolved("--checkpoint", "distilled", "--eta", "0") == ("cfg", INTERVAL_STUDENT_GUIDANCE, "ddim", 4)
+    assert resolved("--checkpoint", "bundled") == ("interval", 2.0, "dpmpp-2m", 10)
     assert resolved("--guidance-method", "cfg") == ("cfg", 0.5, "dpmpp-2m", 10)
     assert resolved("--checkpoint", "distilled") == ("cfg", INTERVAL_STUDENT_GUIDANCE, "ddim", 4)

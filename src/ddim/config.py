@@ -260,9 +260,10 @@ class DistillConfig:
             elsewhere; the student's w input then means that method's weight. None: plain CFG at every level
             (and absent from the JSON). Kept by every later phase: it says what w means.
         teacher_solver: how a "halve" phase's teacher takes its two steps t → t' → t'': "ddim" (η = 0, Salimans &
-            Ho's Algorithm 2) or "heun" (EDM's second-order step, 2 teacher calls per step but 1 onto x_0: a
-            closer view of the ODE than the teacher's own DDIM chain; for a teacher that is a denoiser, not a
-            halved student, whose x̂_0 only means "two steps in one"). "ddim" is absent from the JSON.
+            Ho's Algorithm 2) or "heun" (EDM's second-order step, Euler onto x_0; 4 teacher calls per target
+            instead of 2: a closer view of the ODE than the teacher's own DDIM chain; for a teacher that is a
+            denoiser, not a halved student, whose x̂_0 only means "two steps in one"). "ddim" is absent from the
+            JSON.
     """
 
     phase: str

@@ -271,10 +271,10 @@ def test_targets_stay_float32_under_bf16_autocast():
     assert states == [False]
 
 
-def _heun_trainer(N: int) -> DistillTrainer:
+def _heun_trainer(N: int, clip=None) -> DistillTrainer:
     tr = _bare_trainer(None, N)
     dc = DistillConfig(phase="halve", steps=N, teacher_steps=2 * N, teacher="oracle", origin="oracle",
-                       teacher_clip=None, teacher_solver="heun")
+                       teacher_clip=clip, teacher_solver="heun")
     tr.config = RunConfig(model=tr.config.model, train=tr.config.train, distill=dc)
     return tr
 
@@ -319,3 +319,26 @@ def test_a_heun_target_is_two_heun_steps_of_the_library_sampler_and_closer_to_th
             ddim_err += float((d.x[2] - ode).pow(2).mean())
     if N >= 8:
         assert heun_err < ddim_err / 10
+    if N == 2:
+        assert heun_err > 10 * ddim_err  # why --teacher-solver heun is for fine teacher grids (32 in the bundled run)
+
+
+def test_heun_targets_per_row_with_the_clamp():
+    """One batch mixing every student step (so the Euler-onto-x_0 mask is per row) under the bundled run's x̂_0
+    rule (clamp to ±0.5 here, so it bites, and ε̂ re-derived): each row lands where the library's Heun sampler
+    with that rule lands, and no row is NaN."""
+    N = 4
+    tr = _heun_trainer(N, clip=0.5)
+    tau2, abar = tr.tau_teacher, tr.abar_teacher
+    x_t = torch.cat([_x_t(int(tau2[2 * j]), n=16, seed=j) for j in range(N)])
+    j = torch.arange(N).repeat_interleave(16)
+    x_tilde = tr.target(x_t, j, Conditioning(None, torch.zeros(16 * N, dtype=F64)))
+    assert torch.isfinite(x_tilde).all()
+    for k in range(N):
+        rows, i = slice(16 * k, 16 * (k + 1)), 2 * k
+        one = deterministic_step(x_t[rows], x_tilde[rows], abar[i], abar[i + 2])
+        _, traj = sample(tr.teacher, SCHEDULE, x_t[rows], timesteps=tau2[i:i + 3], prediction="sample",
+                         solver="heun", clip=0.5, eps_from_clipped_x0=True, return_trajectory=True)
+        assert (one - traj.x[2]).abs().max() < 1e-10
+    no_clip = _heun_trainer(N).target(x_t, j, Conditioning(None, torch.zeros(16 * N, dtype=F64)))
+    assert not torch.allclose(no_clip, x_tilde)  # the clamp acted

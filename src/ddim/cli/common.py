@@ -352,7 +352,9 @@ def _student_defaults(args) -> None:
                          f"forward{learnt}: use --guidance-method cfg")
     if args.solver is None and getattr(args, "eta", None) is None and getattr(args, "sampler", "ddim") == "ddim":
         args.solver = record.solver  # ddim; "consistency" for a consistency student (Song et al.'s Algorithm 1)
-    if args.solver in ("ddim", record.solver):  # a consistency student's one DDIM step is its one-step sample too
+    # None: ddim, set below for --eta (its own grid, not ddim's 50 steps); a consistency student's one DDIM step is
+    # its one-step sample too
+    if args.solver in (None, "ddim", record.solver):
         args.steps = record.steps if args.steps is None else args.steps
         args.spacing = DISTILL_SPACING if args.spacing is None else args.spacing
     if getattr(args, "clip", 0.0) is None:

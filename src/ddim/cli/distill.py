@@ -139,7 +139,8 @@ def _run_distill(args) -> int:
             dc = config.distill
             what = {"guided": "guided → w-input",
                     "consistency": f"consistency distillation on the {dc.teacher_steps}-step grid (samples in "
-                                   f"{dc.steps})"}.get(dc.phase, f"{dc.teacher_steps} → {dc.steps} steps")
+                                   f"{dc.steps})"}.get(dc.phase, f"{dc.teacher_steps} → {dc.steps} steps"
+                                                       + (", Heun teacher" if dc.teacher_solver == "heun" else ""))
             print(f"ddim: distill: {run.name}: {what}, {config.train.steps} optimizer steps", file=sys.stderr)
 
     result = run_distillation(plan, device=args.device, resume=args.resume, quiet=args.quiet, on_phase=announce,

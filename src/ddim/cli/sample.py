@@ -56,7 +56,7 @@ def _add_sample(sub) -> None:
 
 # What the bundled student honours as well as its teacher; any other option given selects the teacher.
 STUDENT_OPTIONS = frozenset({"command", "func", "default_of", "checkpoint", "class_id", "batch_size", "device", "seed",
-                             "quiet", "n", "guidance", "fast", "channels_last", "out", "npz", "images_dir",
+                             "quiet", "n", "guidance", "clip", "fast", "channels_last", "out", "npz", "images_dir",
                              "trajectory"})
 
 

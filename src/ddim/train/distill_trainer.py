@@ -76,6 +76,9 @@ class DistillTrainer(Trainer):
         T = self.schedule.num_steps
         self.tau_teacher = student_grid(T, dc.teacher_steps)  # also refuses a grid that does not nest
         self.abar_teacher = grid_abar(self.schedule.alphas_cumprod, self.tau_teacher)
+        if dc.teacher_solver == "heun" and float(self.abar_teacher[0]) == 0.0:
+            raise ValueError("--teacher-solver heun cannot start at ᾱ = 0 (zero terminal SNR: Heun's σ = √((1−ᾱ)/ᾱ) "
+                             "is infinite there); use --teacher-solver ddim")
         self.stride = dc.teacher_steps // dc.steps  # 2 when halving, 1 for the guided phase
         self.tau_student = self.tau_teacher[::self.stride]
 
@@ -145,9 +148,10 @@ class DistillTrainer(Trainer):
         if dc.teacher_solver == "ddim":
             return euler
         last = len(self.tau_teacher) - 1
-        x0_e = self._teacher_x0(euler, (i + 1).clamp(max=last), cond, dc.teacher_clip)
-        heun = heun_step(x, eps_from_x0(x, x0, a0), eps_from_x0(euler, x0_e, a1), a0, a1)
         onto_x0 = (i == last).view(-1, *([1] * (x.ndim - 1)))  # Heun's step onto x_0 stays Euler
+        x0_e = self._teacher_x0(euler, (i + 1).clamp(max=last), cond, dc.teacher_clip)
+        a1_finite = torch.where(onto_x0, a0, a1)  # ε̂ at ᾱ = 1 divides by 0: keep the unused rows finite
+        heun = heun_step(x, eps_from_x0(x, x0, a0), eps_from_x0(euler, x0_e, a1_finite), a0, a1)
         return torch.where(onto_x0, euler, heun)
 
     @torch.no_grad()
