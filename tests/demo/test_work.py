@@ -58,8 +58,9 @@ def cli_png(argv, out):
 
 
 def test_sample_defaults_match_ddim_sample_and_its_command(model, scratch, tmp_path):
-    """The Sample tab's first grid: the 16 images `ddim sample --n 16` draws by default, and the command it
-    offers writes the same PNG from a shell."""
+    """The Sample tab's first grid: the 16 images `ddim sample --checkpoint bundled --n 16` draws by default (the
+    demo explores the teacher's samplers), and the command it offers writes the same PNG from a shell (its
+    --solver alone selects the teacher)."""
     drawn = sample(model, SampleSettings())
     grid = png(scratch.grid(scratch.folder(), "samples.png", drawn.images))
     assert grid.shape == (4 * 30 + 2, 4 * 30 + 2)
@@ -67,8 +68,9 @@ def test_sample_defaults_match_ddim_sample_and_its_command(model, scratch, tmp_p
                              "--spacing", "logsnr", "--guidance", "2", "--guidance-method", "interval", "--clip", "1",
                              "--out", "samples.png"]
     assert drawn.calls == 10 and drawn.seconds > 0 and drawn.x0_steps.shape == (10, 16, 1, 28, 28)
-    # the defaults are `ddim sample`'s own: the command without the flags that repeat them writes it too
-    assert np.array_equal(cli_png(["ddim", "sample", "--n", "16", "--out", "x.png"], tmp_path / "plain.png"), grid)
+    # the defaults are the teacher's in `ddim sample`: the command without the flags that repeat them writes it too
+    assert np.array_equal(cli_png(["ddim", "sample", "--checkpoint", "bundled", "--n", "16", "--out", "x.png"],
+                                  tmp_path / "plain.png"), grid)
     line = command_line(drawn.command).replace("ddim", f"{shlex.quote(sys.executable)} -m ddim", 1) + " --quiet"
     done = subprocess.run(line, shell=True, cwd=tmp_path, env=ddim_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
