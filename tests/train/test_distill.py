@@ -15,8 +15,8 @@ from ddim.config import DistillConfig, RunConfig, TrainConfig
 from ddim.guidance import guided_combination, in_interval
 from ddim.nn import UNet, UNetConfig
 from ddim.samplers import sample
-from ddim.train.distill import (deterministic_step, distill_target, grid_abar, heun_step, loss_weight,
-                                student_grid, x0_from_output)
+from ddim.train.distill import (check_heun_start, deterministic_step, distill_target, grid_abar, heun_step,
+                                loss_weight, student_grid, x0_from_output)
 from ddim.train.distill_trainer import Conditioning, DistillTrainer
 
 F64 = torch.float64
@@ -342,3 +342,10 @@ def test_heun_targets_per_row_with_the_clamp():
         assert (one - traj.x[2]).abs().max() < 1e-10
     no_clip = _heun_trainer(N).target(x_t, j, Conditioning(None, torch.zeros(16 * N, dtype=F64)))
     assert not torch.allclose(no_clip, x_tilde)  # the clamp acted
+
+
+def test_a_heun_teacher_is_refused_at_zero_terminal_snr():
+    with pytest.raises(ValueError, match="--teacher-solver heun cannot start at ᾱ = 0"):
+        check_heun_start("heun", 0.0)
+    check_heun_start("heun", float(SCHEDULE.alphas_cumprod[-1]))  # the linear schedule's T − 1: fine
+    check_heun_start("ddim", 0.0)  # DDIM's x̂_0 step is defined there

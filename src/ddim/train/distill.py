@@ -34,8 +34,8 @@ from ..forward import eps_from_x0, predict_x0_eps, x0_from_eps
 from ..samplers.steps import ddim_step
 from ..timesteps import timesteps
 
-__all__ = ["deterministic_step", "heun_step", "distill_target", "loss_weight", "weighted_mse", "x0_from_output",
-           "student_grid", "grid_abar"]
+__all__ = ["deterministic_step", "heun_step", "check_heun_start", "distill_target", "loss_weight", "weighted_mse",
+           "x0_from_output", "student_grid", "grid_abar"]
 
 
 def deterministic_step(x_t: torch.Tensor, x0_hat: torch.Tensor, abar_t, abar_s) -> torch.Tensor:
@@ -61,6 +61,14 @@ def heun_step(x_t: torch.Tensor, eps_t: torch.Tensor, eps_s: torch.Tensor, abar_
     """
     eps_bar = 0.5 * (eps_t + eps_s)
     return ddim_step(x0_from_eps(x_t, eps_bar, abar_t), eps_bar, torch.as_tensor(abar_s, dtype=x_t.dtype), 0.0)
+
+
+def check_heun_start(teacher_solver: str, abar_first: float) -> None:
+    """Refuse a Heun teacher on a grid that starts at ᾱ = 0 (zero terminal SNR), where Heun's σ = √((1 − ᾱ)/ᾱ)
+    is infinite; ``abar_first``: ᾱ at the grid's first point, T − 1."""
+    if teacher_solver == "heun" and abar_first == 0.0:
+        raise ValueError("--teacher-solver heun cannot start at ᾱ = 0 (zero terminal SNR: Heun's σ = √((1−ᾱ)/ᾱ) is "
+                         "infinite there); use --teacher-solver ddim")
 
 
 def distill_target(x_t: torch.Tensor, x_t2: torch.Tensor, abar_t, abar_t2) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ..distributed import RENDEZVOUS_TIMEOUT, shutdown
 from ..nn import UNetConfig
 from .consistency import BOUNDARY_PREDICTIONS
 from .consistency_trainer import ConsistencyTrainer
-from .distill import student_grid
+from .distill import check_heun_start, student_grid
 from .distill_trainer import DistillTrainer
 from .trainer import TrainResult
 
@@ -149,9 +149,7 @@ def plan_phases(opts: DistillOptions, out_dir) -> list[tuple[Path, RunConfig]]:
     check_power_of_two("--steps", opts.steps)
     later = _after_guided(opts, K, tcfg.prediction)
     student_grid(schedule.num_steps, K)  # a teacher grid that does not nest on this schedule
-    if opts.teacher_solver == "heun" and float(schedule.alphas_cumprod[-1]) == 0.0:
-        raise ValueError("--teacher-solver heun cannot start at ᾱ = 0 (zero terminal SNR: Heun's σ = √((1−ᾱ)/ᾱ) is "
-                         "infinite there); use --teacher-solver ddim")
+    check_heun_start(opts.teacher_solver, float(schedule.alphas_cumprod[-1]))
     class_cond = tcfg.model.num_classes is not None
     model = dataclasses.replace(tcfg.model, guidance_embed=class_cond)
     data = tcfg.data

@@ -28,8 +28,8 @@ from ..forward import eps_from_x0
 from ..guidance import GuidanceInput, guided_combination, in_interval
 from ..transfer import to_device
 from .batches import STREAM_SAMPLES, apply_flips, batch_indices, derive_seed, flip_mask, step_generator
-from .distill import (deterministic_step, distill_target, grid_abar, heun_step, loss_weight, student_grid,
-                      weighted_mse, x0_from_output)
+from .distill import (check_heun_start, deterministic_step, distill_target, grid_abar, heun_step, loss_weight,
+                      student_grid, weighted_mse, x0_from_output)
 from .trainer import Trainer
 
 __all__ = ["DistillTrainer", "Conditioning", "DEFAULT_W"]
@@ -76,9 +76,7 @@ class DistillTrainer(Trainer):
         T = self.schedule.num_steps
         self.tau_teacher = student_grid(T, dc.teacher_steps)  # also refuses a grid that does not nest
         self.abar_teacher = grid_abar(self.schedule.alphas_cumprod, self.tau_teacher)
-        if dc.teacher_solver == "heun" and float(self.abar_teacher[0]) == 0.0:
-            raise ValueError("--teacher-solver heun cannot start at ᾱ = 0 (zero terminal SNR: Heun's σ = √((1−ᾱ)/ᾱ) "
-                             "is infinite there); use --teacher-solver ddim")
+        check_heun_start(dc.teacher_solver, float(self.abar_teacher[0]))
         self.stride = dc.teacher_steps // dc.steps  # 2 when halving, 1 for the guided phase
         self.tau_student = self.tau_teacher[::self.stride]
 
