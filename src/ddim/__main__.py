@@ -1,7 +1,5 @@
 """``python -m ddim ...``: the same as the ``ddim`` console script."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

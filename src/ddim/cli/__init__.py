@@ -9,14 +9,17 @@ come out as one line ``ddim: error: ...`` on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
+import threading
 import warnings
 from typing import Optional, Sequence
 
 from . import demo, distill, eval as eval_, inversion, sample, train
 from .common import EXIT_FAILED, EXIT_USAGE, Formatter, Parser, UsageError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "entry", "build_parser"]
 
 SUBCOMMANDS = (*train.SUBCOMMANDS, *sample.SUBCOMMANDS, *inversion.SUBCOMMANDS, *eval_.SUBCOMMANDS,
                *distill.SUBCOMMANDS, *demo.SUBCOMMANDS)
@@ -54,6 +57,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with warnings.catch_warnings():  # restores the default display when main() returns
         warnings.showwarning = _show_warning
         return _run(argv)
+
+
+def entry() -> None:
+    """The ``ddim`` console script and ``python -m ddim``: ``main()``, then a quick exit with its code."""
+    quick_exit(main())
+
+
+def quick_exit(code: int) -> None:
+    """Exit with ``code`` without tearing the interpreter down.
+
+    After ``import torch``, interpreter teardown (module and C++ static destruction) takes about 0.3 s on
+    a 2-core CPU, a sixth of a default ``ddim sample``, and frees nothing the OS would not. The atexit
+    handlers still run and the standard streams are flushed; every file the commands write is closed
+    (and renamed into place) before they return. Falls back to a normal exit while a non-daemon thread
+    still runs, since the interpreter would wait for it.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if any(t.is_alive() for t in others):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
