@@ -6,8 +6,8 @@
 Writes OUT/config.json (the student's config with its distill record: teacher, grid, rounds), OUT/ema.safetensors
 (EMA weights in fp16), OUT/training.json and OUT/manifest.json through ``ddim.checkpoint.export_checkpoint``.
 training.json holds, for each phase in order (the rounds the student's config names, found beside its run
-folder, then the student's own), what ``bundle_model.training_record`` reads from a run's own files, and the
-total time.
+folder, then the student's own), what ``bundle_model.training_record`` reads from a run's own files, the phase's
+own distill record (teacher, grids, weighting, teacher_solver, …; its rounds list left out), and the total time.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def phases(student: Path) -> list[Path]:
     return [student.parent / Path(r["run"]).name for r in record["rounds"]] + [student]
 
 
+def distill_record(run: Path) -> dict:
+    """The distill section of ``run``'s config without its rounds (the phases before it, listed anyway)."""
+    record = read_json(find_checkpoint(run) / "config.json")["distill"]
+    return {k: v for k, v in record.items() if k != "rounds"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("student", type=Path, help="the student's run folder (RUN/steps_N)")
@@ -37,7 +43,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=BUNDLED_STUDENT)
     args = p.parse_args()
     runs = phases(args.student)
-    records = [{"run": run.name, **training_record(run, args.command, args.device)} for run in runs]
+    records = [{"run": run.name, **training_record(run, args.command, args.device), "distill": distill_record(run)}
+               for run in runs]
     for r in records:  # one command and machine for all: said once below
         del r["command"], r["device"]
     record = {"command": args.command, "device": args.device,

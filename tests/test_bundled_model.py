@@ -126,7 +126,13 @@ def test_bundled_student_is_a_4_step_checkpoint_named_distilled(tmp_path):
     record = json.loads((BUNDLED_STUDENT / "training.json").read_text())
     assert [p["run"] for p in record["phases"]] == ["guided_32", "steps_16", "steps_8", "steps_4"]
     assert record["command"].startswith("sh scripts/distill_bundled_cpu.sh") and record["train_seconds_logged"] > 0
+    # each phase's own distill record: the first halving round alone had Heun teacher steps (--teacher-solver heun)
+    assert [(p["distill"]["phase"], p["distill"]["steps"], p["distill"].get("teacher_solver", "ddim"))
+            for p in record["phases"]] == [("guided", 32, "ddim"), ("halve", 16, "heun"), ("halve", 8, "ddim"),
+                                           ("halve", 4, "ddim")]
     model, _, config = ddim.load_checkpoint(BUNDLED_STUDENT)
+    own = json.loads((BUNDLED_STUDENT / "config.json").read_text())["distill"]
+    assert {k: v for k, v in own.items() if k != "rounds"} == record["phases"][-1]["distill"]
     assert config.distill.steps == 4 and config.model.guidance_embed and config.distill.guidance_interval is not None
     calls = []
     model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs.get("w")), with_kwargs=True)
