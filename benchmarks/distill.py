@@ -147,6 +147,9 @@ def main() -> None:
     p.add_argument("--second", default=None, help="a second feature space: classifier .safetensors whose features "
                    "give FID/precision/recall again (benchmarks/results/second_classifier.safetensors)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--fast", action="store_true",
+                   help="sample every cell on the fast path (RunOptions.fast: on the CPU channels_last, and bf16 "
+                        "where the CPU has it in hardware; guidance methods other than cfg run without it)")
     p.add_argument("--json", default=None, help="write the rows here (after every cell)")
     p.add_argument("--picture", default=None,
                    help="PNG: rows teacher default, student 8/4/2/1, consistency 4/2/1 (those run), 10 columns = "
@@ -168,7 +171,8 @@ def main() -> None:
         counter = CallCounter(model)
         t0 = time.perf_counter()
         x = generate(model, schedule, args.n, SampleOptions(prediction=config.prediction, **cell["kw"]),
-                     GuidanceOptions(w=w, method=method), RunOptions(seed=args.seed, batch_size=args.batch_size))
+                     GuidanceOptions(w=w, method=method),
+                     RunOptions(seed=args.seed, batch_size=args.batch_size, fast=args.fast))
         seconds = time.perf_counter() - t0
         cell["nfe"] = counter.images / args.n
         shown = x.clamp(-1, 1)  # what a PNG shows
@@ -179,7 +183,7 @@ def main() -> None:
                "guidance": "w input" if cell["label"].startswith(("student", "consistency")) else method.label,
                "fid": m["fid"], "fid_std": m.get("fid_std"), "precision": m["precision"], "recall": m["recall"],
                "class_agreement": a["value"], "class_agreement_95": [a["low"], a["high"]],
-               "per_class": a["per_class"], "seconds": round(seconds, 1)}
+               "per_class": a["per_class"], "seconds": round(seconds, 1), "fast": args.fast}
         if second is not None:
             m2 = evaluate_images(shown, second_ref, second)
             row["second"] = {k: m2[k] for k in ("fid", "fid_std", "precision", "recall")}

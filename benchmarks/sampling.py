@@ -6,9 +6,9 @@ max relative difference between the two image batches (same precision), and for 
 after fp32 the max absolute difference of our images from our fp32 images (on the [0, 1] scale).
 
 Precision "fast" is ``ddim.samplers.FastSampler`` on a ``fast_module`` copy (CUDA: bf16 autocast,
-channels_last, torch.compile, the loop as one CUDA graph; CPU: channels_last only); its reference row
-is diffusers' UNet given the same treatment short of the graph (channels_last, and on CUDA bf16 autocast
-and torch.compile with the same mode).
+channels_last, torch.compile, the loop as one CUDA graph; CPU: channels_last, and bf16 autocast where the
+CPU has bf16 in hardware); its reference row is diffusers' UNet given the same treatment short of the graph
+(channels_last, bf16 autocast wherever ours has it, and on CUDA torch.compile with the same mode).
 
     python benchmarks/sampling.py --device cpu                     # small model, CI/laptop mode
     python benchmarks/sampling.py --device cuda --preset cifar10 --batch 256,1024 --precision fp32,bf16,fast
@@ -31,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ddim
+from ddim.device import cpu_native_bf16
 from ddim.nn import count_parameters, save_diffusers_unet, unet_from_preset
 from ddim.samplers import FastSampler, fast_module
 
@@ -95,7 +96,8 @@ def _measure(args, device, schedule, B, prec, pair, shape1, sampler):
     images on the [0, 1] scale. ``sampler``: the FastSampler of a "fast" row."""
     shape = (B, *shape1[1:])
     fast, dtype = prec == "fast", PRECISIONS[prec]
-    amp = torch.bfloat16 if fast and device.type == "cuda" else dtype  # diffusers' fast row: bf16 on CUDA
+    bf16 = fast and (device.type == "cuda" or (device.type == "cpu" and cpu_native_bf16()))
+    amp = torch.bfloat16 if bf16 else dtype  # diffusers' fast row: bf16 wherever ours has it
     net, their_pipe = pair
 
     def run_ours():

@@ -22,6 +22,14 @@ def one_intra_op_thread():
         os.environ["OMP_NUM_THREADS"] = env
 
 
+@pytest.fixture(autouse=True)
+def fp32_fast_path_on_the_cpu(monkeypatch):
+    """The CPU fast path turns bf16 on where the CPU has it in hardware (``ddim.device.cpu_native_bf16``);
+    the suite holds it to float32 so that its tolerances do not depend on the machine's CPU. Tests of the
+    bf16 path set it back to True themselves."""
+    monkeypatch.setattr("ddim.samplers.fast.cpu_native_bf16", lambda: False)
+
+
 # Imported here, before any test module, so that without the full Fashion-MNIST every test (and every
 # subprocess a test starts) reads the shipped subset.
 import fmnist  # noqa: E402,F401

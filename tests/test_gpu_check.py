@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ddim.device import cpu_native_bf16
+
 pytest.importorskip("diffusers")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +28,10 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     rows = steps["sampling"]["results"]["rows"]
     assert {r["precision"] for r in rows} == {"fp32", "fast"}
     fast = next(r for r in rows if r["precision"] == "fast")
-    assert fast["max_abs_diff_vs_fp32"] <= 1e-4 and fast["max_rel_diff"] <= 1e-4   # the fast path agrees
+    if cpu_native_bf16():  # the CPU's fast rows (ours and diffusers' reference) run bf16: rounding, not garbage
+        assert 0 < fast["max_abs_diff_vs_fp32"] <= 0.25 and fast["max_rel_diff"] <= 0.25
+    else:
+        assert fast["max_abs_diff_vs_fp32"] <= 1e-4 and fast["max_rel_diff"] <= 1e-4   # the fast path agrees
     assert steps["training"]["results"]["rows"][0]["ours_steps_per_s"] > 0
     slice_ = steps["seed_slice"]["results"]
     assert slice_["steps_per_s"] > 0 and slice_["projected_hours"] > 0 and slice_["tiny"]

@@ -9,7 +9,7 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["resolve_device", "DEVICES_HELP", "DistInfo", "dist_info_from_env", "env_int"]
+__all__ = ["resolve_device", "DEVICES_HELP", "DistInfo", "dist_info_from_env", "env_int", "cpu_native_bf16"]
 
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
@@ -69,3 +69,12 @@ def resolve_device(device: Union[str, torch.device], info: Optional[object] = No
             distributed = info is not None and getattr(info, "world_size", 1) > 1
             text = f"cuda:{info.local_rank if distributed else torch.cuda.current_device()}"
     return torch.device(text)
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX tiles or AVX512-BF16), where oneDNN's bf16
+    convolutions beat float32 ones; elsewhere bf16 is emulated and slower. False when torch cannot tell."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # torch's probes are private: absent from other builds
+        return False

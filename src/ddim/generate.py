@@ -52,14 +52,15 @@ def default_guidance(method: str) -> float:
 @dataclass(frozen=True)
 class RunOptions:
     """How a generation run is carried out; none of it changes which images come out (sample i depends only on
-    (seed, i)), except ``fast``'s bf16 rounding on CUDA.
+    (seed, i)), except ``fast``'s bf16 rounding (CUDA, and CPUs with bf16 in hardware).
 
     Attributes:
         seed: sample i is seeded by (seed, i).
         batch_size: images per model call.
         device: where the network runs ("cpu", "cuda", "cuda:N").
         fast: sample with a ``ddim.samplers.FastSampler`` on a ``fast_module`` copy of the network (bf16,
-            channels_last, torch.compile and one CUDA graph on CUDA; channels_last on the CPU); images match
+            channels_last, torch.compile and one CUDA graph on CUDA; on the CPU channels_last, and bf16 where the
+            CPU has it in hardware: AMX or AVX512-BF16); images match
             the plain sampler's within bf16 rounding, and anything unavailable falls back with a warning. On
             CUDA every batch has min(batch_size, n) images (the last one padded with extra seeds whose images
             are dropped), so one captured graph serves all batches.

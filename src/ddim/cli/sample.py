@@ -42,7 +42,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--fast", action="store_true",
                    help="on CUDA: bf16 autocast, channels_last, torch.compile (the first batch waits for it) and "
                         "the whole loop replayed as one CUDA graph; images match the default within bf16 "
-                        "rounding. On the CPU only channels_last. Whatever fails falls back, with a warning")
+                        "rounding. On the CPU channels_last, and bf16 autocast where the CPU has bf16 in "
+                        "hardware (AMX, AVX512-BF16). Whatever fails falls back, with a warning")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="run the network in channels_last memory format (default: on the CPU, where it is faster; "
                         "images equal to eager's within 2e-6)")

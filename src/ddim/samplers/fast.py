@@ -15,11 +15,12 @@ the caller's and is raised as is):
                        reads a device value back to the host; a loop whose noise would take over a
                        quarter of the free device memory (``NOISE_MEMORY_SHARE``) runs uncaptured
 
-On the CPU only channels_last applies (a ``fast_module`` copy: the convs' native layout there too);
-bf16 and graphs are off, and torch.compile unless ``compile=True``.
+On the CPU, channels_last (a ``fast_module`` copy: the convs' native layout there too) and bf16 autocast
+where the CPU has bf16 in hardware (AMX or AVX512-BF16, ``ddim.device.cpu_native_bf16``; emulated bf16 is
+slower than float32, so elsewhere it stays off); graphs are off, and torch.compile unless ``compile=True``.
 
-Results: float32 samples equal ``sample``'s up to the bf16 rounding inside the model on CUDA; on the
-CPU up to the order of the convs' additions (channels_last), exactly for elementwise models.
+Results: float32 samples equal ``sample``'s up to the bf16 rounding inside the model where bf16 is on;
+otherwise up to the order of the convs' additions (channels_last), exactly for elementwise models.
 
 What a captured graph assumes: the model reads nothing but (x, t) and device tensors that stay in
 place between calls (update such tensors with ``copy_``, as ``ddim.generate`` does for labels), and
@@ -41,6 +42,7 @@ from torch import nn
 
 from ..checks import check_bool, check_finite_result, check_int
 from ..denoiser import Denoiser
+from ..device import cpu_native_bf16
 from ..noise import Generators, randn
 from ..schedule import Schedule
 from .loop import (Model, Plan, SampleOptions, SampleSetup, Trajectory, _work_dtype, bind, denoise, noise_drawer,
@@ -149,7 +151,7 @@ class FastSampler:
     ``max_graphs``), so one sampler should serve all batches of a run.
 
     Args:
-        bf16: autocast the model to bfloat16 (CUDA only).
+        bf16: autocast the model to bfloat16 (CUDA, and CPUs with bf16 in hardware).
         channels_last: keep x_t in channels_last (also on the CPU).
         compile: torch.compile the model call; None = on CUDA only.
         compile_mode: torch.compile's mode, "default" (compiles in about a minute) or "max-autotune-no-
@@ -207,8 +209,11 @@ class FastSampler:
         if self._broken:
             return plain()
         if not on_cuda:
-            self._note(f"x_T is on {x_T.device.type}, not CUDA: bf16 and CUDA graphs are off"
-                       + ("" if self.compile else ", and so is torch.compile"))
+            self._note(f"x_T is on {x_T.device.type}, not CUDA: CUDA graphs are off"
+                       + ("" if self.compile else ", and so is torch.compile")
+                       + ("" if not self.bf16 or self._bf16_on(x_T.device.type)
+                          else "; bf16 too (this CPU has neither AMX nor AVX512-BF16, and emulated bf16 is slower)"
+                          if x_T.device.type == "cpu" else "; bf16 too"))
         rewind = _rng_rewind(generator, x_T.device) if any(setup.draws) else (lambda: None)
         try:
             use_graph = (on_cuda and self.cuda_graph and callback is None and not return_trajectory
@@ -243,19 +248,24 @@ class FastSampler:
             self._broken = True
             self._note(f"the fast path failed ({error!r}); using ddim.sample")
 
+    def _bf16_on(self, device_type: str) -> bool:
+        return self.bf16 and (device_type == "cuda" or (device_type == "cpu" and cpu_native_bf16()))
+
     def _compiles(self, on_cuda: bool) -> bool:
         return bool(self.compile) if self.compile is not None else on_cuda
 
     def _predict(self, denoiser: Denoiser, setup: SampleSetup, key, on_cuda: bool):
-        """``denoise`` bound to the denoiser (bf16-autocast on CUDA) and options, compiled if asked; cached."""
+        """``denoise`` bound to the denoiser (bf16-autocast where ``_bf16_on``) and options, compiled if asked;
+        cached."""
         if key in self._predicts:
             self._predicts.move_to_end(key)
             return self._predicts[key][0]
-        io_dtype, bf16 = key[-1], self.bf16 and on_cuda
+        io_dtype, device_type = key[-1], key[-2]
+        bf16 = self._bf16_on(device_type)
 
         def predict(x, t, abar_t):
             # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.
-            amp = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
+            amp = torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
             with amp:
                 return denoise(denoiser, x, t, abar_t, setup.post, setup.eps_from_clipped_x0, io_dtype)
 
