@@ -404,6 +404,7 @@ def _load_diffusers(path: Path, device):
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # TypeError: a config value of a wrong type
         raise CheckpointError(f"cannot load the diffusers model in {path} ({_one_line(e)})") from None
     config = RunConfig(model=model.config, train=TrainConfig(prediction=prediction), schedule=schedule.to_config())
+    model.prediction = prediction
     return model.to(device).eval(), schedule, config
 
 
@@ -418,7 +419,8 @@ def load_checkpoint(path: PathLike = BUNDLED_MODEL, ema: bool = True, device="cp
         ema: the EMA weights (True) or the live training weights (False); diffusers files have one set.
         device: where to put the model.
     Returns:
-        model: a ``ddim.nn.UNet`` in eval mode; call it as ``model(x_t, t[, labels])``.
+        model: a ``ddim.nn.UNet`` in eval mode; call it as ``model(x_t, t[, labels])``. Its ``prediction``
+            attribute names what it predicts, and samplers given no prediction read it.
         schedule: the ``ddim.Schedule`` it was trained with.
         config: a ``ddim.train.RunConfig``; ``config.prediction`` names what the model predicts.
     Raises:
@@ -462,6 +464,8 @@ def _load_run(path: Path, ema: bool, device, cls, classifier: bool):
                               + (" (pass it as the classifier, e.g. --classifier)" if config.is_classifier else ""))
     net = cls.from_config(config.model)
     load_weights(net, read_tensors(ckpt / weights), str(ckpt / weights))
+    if not classifier:
+        net.prediction = config.prediction  # what its output means, for samplers not told (network_prediction)
     return net.to(device).eval(), config.make_schedule(), config
 
 

@@ -24,9 +24,26 @@ from .checks import check_finite_result, check_float_dtype, check_images
 from .forward import PREDICTIONS, abar_at, predict_x0_eps, score_from_eps
 from .schedule import Schedule
 
-__all__ = ["Denoiser", "score"]
+__all__ = ["Denoiser", "score", "network_prediction"]
 
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def network_prediction(net, prediction: Optional[str] = None) -> str:
+    """What ``net``'s output means: ``prediction`` when given, else the network's own ``net.prediction`` (which
+    ``ddim.load_checkpoint`` sets from the run's config), else ε.
+
+    A given prediction that contradicts the network's own is an error, not a choice: a v-network read as ε
+    samples noise, and nothing downstream would say so.
+    """
+    own = getattr(net, "prediction", None)
+    own = own if isinstance(own, str) and own in PREDICTIONS else None
+    if prediction is None:
+        return own or "epsilon"
+    if own is not None and prediction != own:
+        raise ValueError(f"prediction={prediction!r} disagrees with the network's own {own!r} (from its checkpoint); "
+                         "leave prediction unset to use the network's")
+    return prediction
 
 
 class Denoiser:
@@ -56,9 +73,10 @@ class Denoiser:
     @classmethod
     def of(cls, model, schedule: Schedule, prediction: Optional[str] = None) -> "Denoiser":
         """``model`` itself if it is a Denoiser (then ``schedule`` must be its own and ``prediction`` None or
-        its own), else ``Denoiser(model, schedule, prediction)`` (ε when None)."""
+        its own), else ``Denoiser(model, schedule, network_prediction(model, prediction))`` (when None: the
+        network's own prediction if it has one, else ε)."""
         if not isinstance(model, Denoiser):
-            return cls(model, schedule, "epsilon" if prediction is None else prediction)
+            return cls(model, schedule, network_prediction(model, prediction))
         if prediction is not None and prediction != model.prediction:
             raise ValueError(f"prediction={prediction!r} disagrees with the Denoiser's own {model.prediction!r}")
         if schedule is not model.schedule and not (

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .checks import check_bool, check_device, check_finite_result, check_images, check_int
-from .denoiser import Denoiser
+from .denoiser import Denoiser, network_prediction
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GuidanceInput, GuidanceOptions, check_rescale,
                        check_student_guidance, takes_guidance)
 from .guidance_methods import guided_denoiser
@@ -196,7 +196,7 @@ def generate(model, schedule: Schedule, n: int, options: Optional[SampleOptions]
         (n, C, H, W) float32 CPU tensor in the model's data range, and with ``return_trajectory`` the
         ``Trajectory`` of the first batch.
     """
-    opts, g, r = _settings(options, guidance, run)
+    opts, g, r = _settings(model, options, guidance, run)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     cfg = model.config
@@ -265,7 +265,7 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], options: O
         (len(indices), C, H, W) on ``run.device`` in the model's dtype, and with ``return_trajectory`` the
         batch's ``Trajectory``; arguments as in ``generate``.
     """
-    opts, g, r = _settings(options, guidance, run)
+    opts, g, r = _settings(model, options, guidance, run)
     indices = _indices(indices)
     cfg = model.config
     x_T, gens = initial_noise(r.seed, indices, (cfg.in_channels, cfg.image_size, cfg.image_size), r.device)
@@ -277,12 +277,15 @@ def generate_batch(model, schedule: Schedule, indices: Sequence[int], options: O
                           callback=callback, return_trajectory=return_trajectory)
 
 
-def _settings(options, guidance, run) -> tuple:
-    """(SampleOptions, GuidanceOptions, RunOptions), each the one given or the defaults, of the right type."""
+def _settings(model, options, guidance, run) -> tuple:
+    """(SampleOptions, GuidanceOptions, RunOptions), each the one given or the defaults, of the right type; the
+    options' prediction resolved against ``model``'s own (``network_prediction``) before any wrapper hides it."""
     for value, kind in ((guidance, GuidanceOptions), (run, RunOptions)):
         if value is not None and not isinstance(value, kind):
             raise TypeError(f"expected a ddim.{kind.__name__}, got {type(value).__name__}")
-    return SampleOptions.of(options), guidance or GuidanceOptions(), run or RunOptions()
+    opts = SampleOptions.of(options)
+    return opts.replace(prediction=network_prediction(model, opts.prediction)), guidance or GuidanceOptions(), \
+        run or RunOptions()
 
 
 def _indices(indices) -> list:
@@ -350,7 +353,7 @@ def interpolate(model, schedule: Schedule, z0: torch.Tensor, z1: torch.Tensor, f
     Returns:
         (frames, C, H, W) float32 CPU images; the first and last are the plain samples of z0 and z1.
     """
-    opts, g, _ = _settings(options, guidance, None)
+    opts, g, _ = _settings(model, options, guidance, None)
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
         raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
     check_images(z0, "z0")

@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 
 from .checks import check_finite_result, check_images, check_int, check_labels, check_number
-from .denoiser import Denoiser
+from .denoiser import Denoiser, network_prediction
 from .forward import x0_from_eps
 from .guidance import ClassifierFreeGuidance, guided_combination
 from .guidance_methods import cfgpp_pair
@@ -60,7 +60,7 @@ class InversionOptions:
     Attributes:
         steps, spacing: the grid (``ddim.timesteps``), or ``timesteps``: an explicit descending one (e.g.
             ``ddim.edit.edit_timesteps``'s low-noise part, for an edit of strength < 1).
-        prediction: the network's target.
+        prediction: the network's target; None: the network's own (``ddim.denoiser.network_prediction``).
         eta: η of the ddpm method (> 0). mix: EDICT's p in (0, 1).
         null_iters, null_lr, null_tol: null-label's Adam iterations per step, its learning rate, and the
             early-stop threshold on the step's loss (null-text inversion's 10, 1e-2 and 1e-5, the threshold
@@ -72,7 +72,7 @@ class InversionOptions:
 
     steps: int = 50
     spacing: str = "uniform"
-    prediction: str = "epsilon"
+    prediction: Optional[str] = None
     eta: float = 1.0
     mix: float = 0.93
     null_iters: int = 10
@@ -168,6 +168,7 @@ def invert_image(model, schedule: Schedule, x0: torch.Tensor, labels: torch.Tens
         generator: the ddpm method's draws of x_t ~ q(x_t | x_0).
     """
     o = _options(options, settings)
+    o = replace(o, prediction=network_prediction(model, o.prediction))
     if method not in METHODS:
         raise ValueError(f"unknown inversion method {method!r}; allowed: {', '.join(METHODS)}")
     if getattr(model, "null_label", None) is None:
@@ -338,10 +339,12 @@ def _invert_edict(den: Denoiser, grid, x0, labels, w, mix):
 
 
 def regenerate(model, schedule: Schedule, inv: Inversion, labels: Optional[torch.Tensor] = None,
-               w: Optional[float] = None, prediction: str = "epsilon") -> torch.Tensor:
+               w: Optional[float] = None, prediction: Optional[str] = None) -> torch.Tensor:
     """Sample an ``Inversion`` back to x_0 (B, …) float64 under guidance ``w`` (default: the inversion's)
-    toward ``labels`` (default: the source classes; other labels make an edit)."""
+    toward ``labels`` (default: the source classes; other labels make an edit); ``prediction`` as in
+    ``InversionOptions``."""
     w = inv.w if w is None else w
+    prediction = network_prediction(model, prediction)
     if inv.method == "cfgpp" and not 0 <= w <= 1:
         raise ValueError(f"CFG++'s λ (the guidance weight of method 'cfgpp') must lie in [0, 1], got {w}")
     labels = inv.labels if labels is None else _labels(model, labels, len(inv.x_T)).to(inv.x_T.device)

@@ -20,7 +20,7 @@ student (``guidance_embed``) adds a third term, the embedding of its guidance we
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
@@ -123,6 +123,9 @@ class UNet(nn.Module):
         super().__init__()
         c = UNetConfig.from_dict(kwargs)
         self._config = c
+        # What the output means ("epsilon", "sample" or "v"), when known: ``ddim.load_checkpoint`` sets it from
+        # the run's config, and samplers read it where no prediction is given (``ddim.denoiser.network_prediction``).
+        self.prediction: Optional[str] = None
         E, groups, eps = c.embed_dim, c.norm_groups, c.norm_eps
 
         p2 = c.patch_size**2
