@@ -61,7 +61,9 @@ class RunOptions:
         fast: sample with a ``ddim.samplers.FastSampler`` on a ``fast_module`` copy of the network (bf16,
             channels_last, torch.compile and one CUDA graph on CUDA; on the CPU channels_last, and bf16 where the
             CPU has it in hardware: AMX or AVX512-BF16); images match
-            the plain sampler's within bf16 rounding, and anything unavailable falls back with a warning. On
+            the plain sampler's within bf16 rounding, and anything unavailable falls back with a warning.
+            Guidance methods other than cfg take it on the CPU, not on CUDA (a captured graph cannot hold them);
+            classifier guidance never does (the plain path, with one warning). On
             CUDA every batch has min(batch_size, n) images (the last one padded with extra seeds whose images
             are dropped), so one captured graph serves all batches.
         channels_last: without ``fast``, run an inference copy of the network in channels_last memory format;
@@ -202,13 +204,16 @@ def generate(model, schedule: Schedule, n: int, options: Optional[SampleOptions]
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     fast = r.fast
-    if fast and ((g.classifier is not None and g.classifier_scale) or g.method.method != "cfg"):
-        # a gradient per step, or a method reading the noise level on the host or keeping momentum, cannot be
-        # captured in a CUDA graph: the plain path, said once
-        warnings.warn("ddim: classifier guidance and guidance methods other than cfg run without the fast path",
-                      RuntimeWarning, stacklevel=2)
+    on_cuda = torch.device(r.device).type == "cuda"
+    gradient = g.classifier is not None and g.classifier_scale
+    if fast and (gradient or (on_cuda and g.method.method != "cfg")):
+        # a method reading the noise level on the host or keeping momentum cannot be captured in a CUDA graph (the
+        # CPU captures nothing, so there it keeps the fast path); a classifier's gradient under bf16 autocast ran
+        # 4× slower than float32 on the CPU: the plain path, said once
+        warnings.warn("ddim: classifier guidance, and on CUDA guidance methods other than cfg, run without the fast "
+                      "path", RuntimeWarning, stacklevel=2)
         fast = False
-    graphs = fast and torch.device(r.device).type == "cuda"
+    graphs = fast and on_cuda
     callback = (lambda *_: on_step()) if on_step is not None and not graphs else None
     sampler, net = (FastSampler(), fast_module(model)) if fast else (None, None)
     plain = model if fast else sampling_network(model, r.device, r.channels_last)
@@ -225,11 +230,14 @@ def generate(model, schedule: Schedule, n: int, options: Optional[SampleOptions]
             idx = range(start, start + min(r.batch_size, n) if graphs else stop)
             x_T, gens = initial_noise(r.seed, idx, shape, r.device)
             labels = class_labels(idx, cfg.num_classes, _model_class(cfg, g))
-            if len(idx) not in models:
-                models[len(idx)] = _in_place_conditioned(net, labels, g, r.device)
-            m, buf = models[len(idx)]
-            if buf is not None:
-                buf.copy_(labels)
+            if not graphs:  # nothing captured: the denoiser the plain path builds, on the fast copy
+                m = guided(net, schedule, opts.prediction, labels, idx, g)
+            else:
+                if len(idx) not in models:
+                    models[len(idx)] = _in_place_conditioned(net, labels, g, r.device)
+                m, buf = models[len(idx)]
+                if buf is not None:
+                    buf.copy_(labels)
             with torch.inference_mode():
                 res = sampler.sample(m, schedule, x_T, generator=gens, callback=callback,
                                      return_trajectory=trajectory, options=opts)

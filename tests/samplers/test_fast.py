@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import ddim
-from ddim.generate import RunOptions, conditioned, generate, initial_noise
+from ddim.generate import GuidanceOptions, RunOptions, conditioned, generate, initial_noise
+from ddim.guidance import MethodOptions
 from ddim.nn import unet_from_preset
 from ddim.samplers import FastSampler, fast_module, fast_sample
 from ddim.samplers import fast as fast_mod
@@ -173,6 +174,37 @@ def test_generate_fast_on_cpu_matches_and_keeps_per_sample_seeds():
                       on_step=lambda: ticks.append(1))
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 rounding in another order (see above)
     assert len(ticks) == 3 * 4  # three batches of four steps
+
+
+@pytest.mark.parametrize("method", ["interval", "apg", "cfgpp"])
+def test_generate_fast_on_cpu_takes_guidance_methods(method):
+    """The CPU captures no graph, so a guidance method other than cfg keeps the fast path there: the plain
+    path's images (to fp32 rounding in another order), no warning about methods."""
+    net = perturbed_tiny_unet()
+    opts = SampleOptions(steps=4, solver="ddim")
+    g = GuidanceOptions(w=0.5, method=MethodOptions(method=method))
+    want = generate(net, S1000, 4, opts, g, RunOptions(seed=2, batch_size=4))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        got = generate(net, S1000, 4, opts, g, RunOptions(seed=2, batch_size=4, fast=True))
+    assert not any("without the fast path" in str(w.message) for w in record)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_generate_fast_refuses_classifier_guidance_with_one_warning():
+    """A classifier's gradient under bf16 autocast ran 4× slower than float32 on the CPU: the plain path."""
+    from ddim.nn import NoisyClassifier
+
+    net = perturbed_tiny_unet()
+    torch.manual_seed(1)
+    clf = NoisyClassifier(in_channels=1, image_size=8, num_classes=10, base_channels=8, channel_mult=(1,),
+                          num_res_blocks=1)
+    opts = SampleOptions(steps=3, solver="ddim")
+    g = GuidanceOptions(w=0.0, classifier=clf.eval(), classifier_scale=1.0)
+    want = generate(net, S1000, 2, opts, g, RunOptions(seed=2, batch_size=2))
+    with pytest.warns(RuntimeWarning, match="classifier guidance, and on CUDA guidance methods other than cfg"):
+        got = generate(net, S1000, 2, opts, g, RunOptions(seed=2, batch_size=2, fast=True))
+    assert torch.equal(got, want)
 
 
 def test_cli_sample_fast_on_cpu(tmp_path):
