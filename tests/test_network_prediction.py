@@ -11,6 +11,7 @@ import ddim
 from ddim.denoiser import Denoiser, network_prediction
 from ddim.evaluate.runner import reconstruction_errors
 from ddim.generate import GuidanceOptions, RunOptions, generate, generate_batch, interpolate
+from ddim.guidance import MethodOptions
 from ddim.inversion import invert_image, regenerate
 from ddim.nn import unet_from_preset
 from ddim.samplers import FastSampler, SampleOptions
@@ -35,16 +36,47 @@ class _Net(torch.nn.Module):
 
 @pytest.mark.parametrize("own, given, want", [
     (None, None, "epsilon"), ("v", None, "v"), ("v", "v", "v"), (None, "sample", "sample"),
-    ("not a prediction", None, "epsilon"), (3, "v", "v"),  # an attribute that is no prediction is not the network's
 ])
 def test_network_prediction(own, given, want):
     assert network_prediction(_Net(own), given) == want
     assert Denoiser.of(_Net(own), ddim.Schedule.linear(10), given).prediction == want
+    assert Denoiser(_Net(own), ddim.Schedule.linear(10), given).prediction == want
 
 
-def test_a_contradicting_prediction_is_refused():
-    with pytest.raises(ValueError, match="prediction='epsilon' disagrees with the network's own 'v'"):
-        network_prediction(_Net("v"), "epsilon")
+@pytest.mark.parametrize("own, given, match", [
+    ("v", "epsilon", "prediction='epsilon' disagrees with the network's own 'v'"),
+    ("v_prediction", None, "prediction attribute is 'v_prediction', not a prediction type"),  # diffusers' spelling
+    (3, "v", "prediction attribute is 3"),
+    ("v", "bogus", "unknown prediction type 'bogus'"),
+])
+def test_a_contradicting_or_unknown_prediction_is_refused(own, given, match):
+    with pytest.raises(ValueError, match=match):
+        network_prediction(_Net(own), given)
+    with pytest.raises(ValueError, match=match):
+        Denoiser(_Net(own), ddim.Schedule.linear(10), given)
+
+
+def test_wrappers_do_not_hide_it(bundled):
+    """The library's own wrappers, DataParallel/DDP (.module) and torch.compile (._orig_mod) keep the wrapped
+    network's prediction reachable."""
+    from ddim.generate import conditioned
+    from ddim.guidance import ClassifierFreeGuidance, ClassifierGuidance
+
+    model, schedule, _ = bundled
+    labels = torch.zeros(2, dtype=torch.long)
+
+    class Compiled(torch.nn.Module):  # what torch.compile's OptimizedModule holds
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    for wrapped in (conditioned(model, labels), conditioned(model, labels, guidance=1.0),
+                    ClassifierFreeGuidance(model, labels, w=1.0), torch.nn.DataParallel(model), Compiled(model),
+                    ClassifierGuidance(conditioned(model, labels), torch.nn.Identity(), labels, 1.0, schedule)):
+        assert network_prediction(wrapped) == "v", type(wrapped).__name__
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    told = ddim.sample(conditioned(model, labels), schedule, x, 3, prediction="v", **RULE)
+    assert torch.equal(ddim.sample(conditioned(model, labels), schedule, x, 3, **RULE), told)
 
 
 def test_loaded_networks_carry_their_prediction(bundled):
@@ -109,3 +141,42 @@ def test_inversion_and_reconstruction_read_it(bundled):
     untold = reconstruction_errors(model, schedule, x0, labels, [5], SampleOptions())
     told = reconstruction_errors(model, schedule, x0, labels, [5], SampleOptions(prediction="v"))
     assert len(untold) == 1 and untold[0]["mse_mean"] == told[0]["mse_mean"]
+
+
+def test_edit_guide_and_loss_read_it(bundled, tmp_path):
+    """invert_regenerate reads one prediction for both networks; an autoguidance guide that predicts something
+    else is refused; the training loss of a loaded v-network trains v targets."""
+    import copy
+
+    from ddim.edit import invert_regenerate
+    from ddim.generate import check_guide, conditioned
+    from ddim.train.loss import training_loss
+
+    model, schedule, _ = bundled
+    labels = torch.tensor([0, 1])
+    x0 = generate(model, schedule, 2, SampleOptions(steps=5, **RULE), GuidanceOptions(w=1.0), RunOptions(seed=1))
+    opts = SampleOptions(steps=10)
+    untold = invert_regenerate(conditioned(model, labels), conditioned(model, labels), schedule, x0, 0.5, opts)
+    told = invert_regenerate(conditioned(model, labels), conditioned(model, labels), schedule, x0, 0.5,
+                             opts.replace(prediction="v"))
+    assert torch.equal(untold, told) and (untold - x0).pow(2).mean() < 0.05
+    other = copy.deepcopy(model)
+    other.prediction = "epsilon"
+    with pytest.raises(ValueError, match="the guide predicts 'epsilon' but the model predicts 'v'"):
+        check_guide(model, schedule, other, schedule)
+    with pytest.raises(ValueError, match="disagrees with the network's own"):
+        generate(model, schedule, 2, SampleOptions(steps=3), GuidanceOptions(w=1.0, guide=other,
+                                                                            method=MethodOptions("auto")))
+    x = torch.randn(4, 1, 28, 28).clamp(-1, 1)
+    y = torch.arange(4)
+    own = training_loss(model, schedule, x, y, generator=torch.Generator().manual_seed(0))
+    as_v = training_loss(model, schedule, x, y, generator=torch.Generator().manual_seed(0), prediction="v")
+    assert torch.equal(own, as_v)
+
+
+def test_a_trained_network_declares_what_it_learnt(tmp_path):
+    from ddim.train import Trainer
+    from tests.tiny import tiny_config
+
+    trainer = Trainer(tiny_config(prediction="v"), tmp_path / "run", device="cpu", quiet=True)
+    assert trainer.model.prediction == "v" and trainer.ema.model.prediction == "v"

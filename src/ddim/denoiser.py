@@ -24,25 +24,46 @@ from .checks import check_finite_result, check_float_dtype, check_images
 from .forward import PREDICTIONS, abar_at, predict_x0_eps, score_from_eps
 from .schedule import Schedule
 
-__all__ = ["Denoiser", "score", "network_prediction"]
+__all__ = ["Denoiser", "score", "network_prediction", "own_prediction"]
 
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# Where a wrapper keeps the network it wraps: DataParallel/DDP, torch.compile, ddim's guidance wrappers.
+_INNER = ("module", "_orig_mod", "model")
+
+
+def own_prediction(net) -> Optional[str]:
+    """The prediction ``net`` declares (its ``prediction`` attribute, which ``ddim.load_checkpoint`` sets from
+    the run's config), looked for through wrappers (``_INNER``); None when nothing declares one."""
+    for _ in range(16):  # wrappers of wrappers, but never a cycle
+        own = getattr(net, "prediction", None)
+        if own is not None:
+            if own not in PREDICTIONS:
+                raise ValueError(f"the network's prediction attribute is {own!r}, not a prediction type (allowed: "
+                                 f"{', '.join(PREDICTIONS)})")
+            return own
+        net = next((getattr(net, a) for a in _INNER if getattr(net, a, None) is not None), None)
+        if net is None:
+            return None
+    return None
+
+
 def network_prediction(net, prediction: Optional[str] = None) -> str:
-    """What ``net``'s output means: ``prediction`` when given, else the network's own ``net.prediction`` (which
-    ``ddim.load_checkpoint`` sets from the run's config), else ε.
+    """What ``net``'s output means: ``prediction`` when given, else the network's own (``own_prediction``),
+    else ε.
 
     A given prediction that contradicts the network's own is an error, not a choice: a v-network read as ε
     samples noise, and nothing downstream would say so.
     """
-    own = getattr(net, "prediction", None)
-    own = own if isinstance(own, str) and own in PREDICTIONS else None
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+    own = own_prediction(net)
     if prediction is None:
         return own or "epsilon"
     if own is not None and prediction != own:
-        raise ValueError(f"prediction={prediction!r} disagrees with the network's own {own!r} (from its checkpoint); "
-                         "leave prediction unset to use the network's")
+        raise ValueError(f"prediction={prediction!r} disagrees with the network's own {own!r} (its prediction "
+                         "attribute, from its checkpoint or its wrapper); leave prediction unset to use it")
     return prediction
 
 
@@ -53,20 +74,19 @@ class Denoiser:
         net: x_t (B, C, H, W) float and t (B,) int64 training-step indices -> a tensor shaped like x_t
             holding the prediction named by ``prediction``.
         schedule: the ``ddim.Schedule`` the network was trained on.
-        prediction: "epsilon", "sample" (x_0) or "v".
+        prediction: "epsilon", "sample" (x_0) or "v"; None: the network's own (``network_prediction``), else ε.
         io_dtype: the floating-point dtype the network takes, which every caller then uses (None: the caller's
             choice, by default x's); its output comes back in x's dtype, so a float64 chain can run a float32
             network.
     """
 
-    def __init__(self, net: Net, schedule: Schedule, prediction: str = "epsilon",
+    def __init__(self, net: Net, schedule: Schedule, prediction: Optional[str] = None,
                  io_dtype: Optional[torch.dtype] = None):
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a ddim.Schedule, got {type(schedule).__name__}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         if not callable(net):
             raise TypeError(f"the model must be callable as model(x_t, t), got {type(net).__name__}")
+        prediction = network_prediction(net, prediction)
         self.net, self.schedule, self.prediction = net, schedule, prediction
         self.io_dtype = check_float_dtype("io_dtype", io_dtype)
 

@@ -102,6 +102,17 @@ def class_labels(indices: Sequence[int], num_classes: Optional[int], class_id: O
     return torch.tensor([i % num_classes for i in indices], dtype=torch.int64)
 
 
+class _Labelled:
+    """``model(x, t, labels)`` (``model(x, t)`` without labels) as a network of (x, t); ``.model`` keeps what it
+    wraps reachable, and with it the prediction the network declares (``ddim.denoiser.own_prediction``)."""
+
+    def __init__(self, model, labels: Optional[torch.Tensor]):
+        self.model, self.labels = model, labels
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t) if self.labels is None else self.model(x, t, self.labels.to(x.device))
+
+
 def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
                 guidance_rescale: float = 0.0) -> Callable:
     """``model(x, t)`` for the sampler: the network itself (unconditional), conditioned on ``labels``,
@@ -113,7 +124,7 @@ def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
     if null is None:
         if guidance:
             raise ValueError(f"guidance {guidance!r} needs a class-conditional model; this one is unconditional")
-        return lambda x, t: model(x, t)
+        return _Labelled(model, None)
     if labels is None:
         raise ValueError("a class-conditional model needs labels")
     if not math.isfinite(guidance) or guidance < 0:
@@ -122,7 +133,7 @@ def conditioned(model, labels: Optional[torch.Tensor], guidance: float = 0.0,
         check_student_guidance(model, rescale=guidance_rescale)
         return GuidanceInput(model, labels, guidance)
     if guidance == 0:
-        return lambda x, t: model(x, t, labels.to(x.device))
+        return _Labelled(model, labels)
     return ClassifierFreeGuidance(model, labels, w=guidance, rescale=guidance_rescale)
 
 
@@ -144,7 +155,7 @@ def check_classifier(model, schedule: Schedule, classifier, classifier_schedule:
 
 def check_guide(model, schedule: Schedule, guide, guide_schedule: Schedule) -> None:
     """Refuse an autoguidance guide that is not a worse version of ``model``: other image shape, other classes,
-    or another noise schedule (its predictions would mean other things)."""
+    another noise schedule or another prediction type (its predictions would mean other things)."""
     m, g = model.config, guide.config
     if (g.in_channels, g.image_size) != (m.in_channels, m.image_size):
         raise ValueError(f"the guide makes {g.in_channels}×{g.image_size}×{g.image_size} images but the model makes "
@@ -154,6 +165,9 @@ def check_guide(model, schedule: Schedule, guide, guide_schedule: Schedule) -> N
     if not (guide_schedule.num_steps == schedule.num_steps
             and torch.allclose(guide_schedule.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-6, atol=1e-12)):
         raise ValueError("the guide was trained on another noise schedule than the model's")
+    if network_prediction(guide) != network_prediction(model):
+        raise ValueError(f"the guide predicts {network_prediction(guide)!r} but the model predicts "
+                         f"{network_prediction(model)!r}")
 
 
 def classifier_guided(model_fn: Callable, schedule: Schedule, prediction: str, labels: Optional[torch.Tensor],

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .checks import check_interval
-from .denoiser import Denoiser
+from .denoiser import Denoiser, network_prediction
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "GuidanceInput", "GuidanceOptions", "MethodOptions",
            "in_interval", "GUIDANCE_METHODS", "guidance_weight", "check_rescale", "guided_combination",
@@ -312,18 +312,17 @@ class ClassifierGuidance(nn.Module):
             of a noisy classifier trained on the same schedule (``ddim train-classifier``).
         labels: (B,) the classes y to guide towards. scale: s ≥ 0 (0: the model itself; 1: the posterior
             p(x_t | y) exactly, for an exact classifier and score).
-        schedule: the ``ddim.Schedule`` both were trained with (ᾱ_t). prediction: the model's target.
+        schedule: the ``ddim.Schedule`` both were trained with (ᾱ_t). prediction: the model's target (None:
+            its own, ``ddim.denoiser.network_prediction``).
     The gradient is taken in float32 or wider with autograd enabled, also under ``torch.inference_mode``.
     """
 
-    def __init__(self, model, classifier, labels: torch.Tensor, scale: float, schedule, prediction: str = "epsilon"):
+    def __init__(self, model, classifier, labels: torch.Tensor, scale: float, schedule,
+                 prediction: Optional[str] = None):
         super().__init__()
-        from .forward import PREDICTIONS
-
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
             raise ValueError(f"classifier scale must be a finite number >= 0, got {scale!r}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        prediction = network_prediction(model, prediction)  # None: the model's own
         labels = class_indices(labels)
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (B,), got shape {tuple(labels.shape)}")

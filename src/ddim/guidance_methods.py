@@ -29,7 +29,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, network_prediction
 from .forward import eps_from_x0, x0_from_eps
 from .guidance import (GuidanceOptions, MethodOptions, check_rescale, check_student_guidance, guided_combination,
                        in_interval, rescale_guided)
@@ -142,12 +142,15 @@ class GuidedDenoiser(Denoiser):
                          f"{self.options.method!r} is read through denoise(); it has no single raw prediction")
 
 
-def guided_denoiser(model, schedule: Schedule, prediction: str, labels: torch.Tensor,
+def guided_denoiser(model, schedule: Schedule, prediction: Optional[str], labels: torch.Tensor,
                     guidance: GuidanceOptions) -> GuidedDenoiser:
     """The ``GuidedDenoiser`` of ``guidance.method`` for a class-conditional network ``model`` on ``labels`` (B,):
     its ∅ branch batched with the conditional one in one forward of 2B, or for autoguidance ``guidance.guide``'s
     conditional prediction on the same labels."""
     check_student_guidance(model, guidance.method.method)  # a student has no ∅ branch to guide with
+    prediction = network_prediction(model, prediction)
+    if guidance.guide is not None:
+        network_prediction(guidance.guide, prediction)  # a guide that declares another prediction is refused
     null, guide = model.null_label, guidance.guide
 
     def branches(x, t, both):

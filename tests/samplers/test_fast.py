@@ -369,6 +369,20 @@ def test_cpu_bf16_images_match_fp32_within_bf16(monkeypatch):
     assert within_bf16(got, want) and not torch.equal(got, want)
 
 
+def test_cpu_bf16_stays_off_for_a_model_not_in_float32(monkeypatch):
+    """A half model on the CPU: autocast would mix dtypes in its norms, so bf16 stays off (said in the note)
+    instead of failing and switching the whole sampler to the plain path."""
+    monkeypatch.setattr(fast_mod, "cpu_native_bf16", lambda: True)
+    net = perturbed_tiny_unet().half()
+    m = conditioned(net, torch.arange(2) % 10)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    s = FastSampler()
+    with pytest.warns(RuntimeWarning, match="the model runs in torch.float16, not float32"):
+        got = s.sample(m, S1000, x, steps=3)
+    assert not s._broken and len(s.reasons) == 1
+    assert torch.equal(got, ddim.sample(m, S1000, x, steps=3))
+
+
 def test_cpu_native_bf16_is_false_when_torch_cannot_tell(monkeypatch):
     from ddim.device import cpu_native_bf16
 

@@ -209,11 +209,9 @@ class FastSampler:
         if self._broken:
             return plain()
         if not on_cuda:
+            off = self._bf16_off(x_T.device.type, denoiser.io_dtype or x_T.dtype)
             self._note(f"x_T is on {x_T.device.type}, not CUDA: CUDA graphs are off"
-                       + ("" if self.compile else ", and so is torch.compile")
-                       + ("" if not self.bf16 or self._bf16_on(x_T.device.type)
-                          else "; bf16 too (this CPU has neither AMX nor AVX512-BF16, and emulated bf16 is slower)"
-                          if x_T.device.type == "cpu" else "; bf16 too"))
+                       + ("" if self.compile else ", and so is torch.compile") + (f"; bf16 too ({off})" if off else ""))
         rewind = _rng_rewind(generator, x_T.device) if any(setup.draws) else (lambda: None)
         try:
             use_graph = (on_cuda and self.cuda_graph and callback is None and not return_trajectory
@@ -248,8 +246,21 @@ class FastSampler:
             self._broken = True
             self._note(f"the fast path failed ({error!r}); using ddim.sample")
 
-    def _bf16_on(self, device_type: str) -> bool:
-        return self.bf16 and (device_type == "cuda" or (device_type == "cpu" and cpu_native_bf16()))
+    def _bf16_off(self, device_type: str, model_dtype: torch.dtype) -> Optional[str]:
+        """Why bf16 autocast stays off for a model run in ``model_dtype`` on ``device_type``; None: it is on
+        (or was not asked for)."""
+        if not self.bf16 or device_type == "cuda":
+            return None
+        if device_type != "cpu":
+            return f"not on {device_type}"
+        if model_dtype != torch.float32:  # e.g. a half model: CPU autocast would mix dtypes in its norms
+            return f"the model runs in {model_dtype}, not float32"
+        if not cpu_native_bf16():
+            return "this CPU has neither AMX nor AVX512-BF16, and emulated bf16 is slower"
+        return None
+
+    def _bf16_on(self, device_type: str, model_dtype: torch.dtype) -> bool:
+        return self.bf16 and self._bf16_off(device_type, model_dtype) is None
 
     def _compiles(self, on_cuda: bool) -> bool:
         return bool(self.compile) if self.compile is not None else on_cuda
@@ -261,7 +272,7 @@ class FastSampler:
             self._predicts.move_to_end(key)
             return self._predicts[key][0]
         io_dtype, device_type = key[-1], key[-2]
-        bf16 = self._bf16_on(device_type)
+        bf16 = self._bf16_on(device_type, denoiser.io_dtype or io_dtype)
 
         def predict(x, t, abar_t):
             # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture.

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from ..config import T_SAMPLINGS, check_t_sampling  # noqa: F401  (re-exported: where losses are chosen)
+from ..denoiser import network_prediction
 from ..forward import PREDICTIONS, abar_at, q_sample, target_from_x0_eps
 from ..schedule import Schedule
 from ..transfer import to_device
@@ -171,7 +172,7 @@ def classifier_loss(classifier: Callable, schedule: Schedule, x0: torch.Tensor, 
 
 
 def diffusion_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                   labels: Optional[torch.Tensor] = None, prediction: str = "epsilon",
+                   labels: Optional[torch.Tensor] = None, prediction: Optional[str] = None,
                    min_snr_gamma: Optional[float] = None) -> torch.Tensor:
     """The (weighted) L_simple for given draws; differentiable w.r.t. the model's parameters.
 
@@ -182,13 +183,13 @@ def diffusion_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, t: tor
         t: (B,) int64 steps in [0, T).
         eps: (B, C, H, W) noise.
         labels: (B,) int64 class labels (after any dropout), or None.
-        prediction: the target, "epsilon", "sample" or "v".
+        prediction: the target, "epsilon", "sample" or "v"; None: the model's own
+            (``ddim.denoiser.network_prediction``: a loaded checkpoint's), else ε.
         min_snr_gamma: γ of Min-SNR-γ weighting, or None.
     Returns:
         scalar float32 loss: the batch mean of w(t) · mean-over-pixels squared error.
     """
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+    prediction = network_prediction(model, prediction)  # a loaded v-network is not trained on ε targets
     abar = abar_at(schedule.alphas_cumprod, t, x0)  # (B, 1, 1, 1) in x0's dtype
     x_t = q_sample(x0, abar, eps)
     target = target_from_x0_eps(x0, eps, abar, prediction)
@@ -202,7 +203,7 @@ def diffusion_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, t: tor
 
 
 def training_loss(model: Callable, schedule: Schedule, x0: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                  *, generator: torch.Generator, prediction: str = "epsilon",
+                  *, generator: torch.Generator, prediction: Optional[str] = None,
                   min_snr_gamma: Optional[float] = None, label_dropout: float = 0.0,
                   null_label: Optional[int] = None, t_sampling: str = "uniform") -> torch.Tensor:
     """Draw (t, ε, dropout) from ``generator`` (on the CPU; t as ``t_sampling`` says) and return

@@ -185,6 +185,8 @@ class Trainer:
 
         torch.manual_seed(derive_seed(tc.seed, STREAM_INIT))  # identical initial weights on every rank
         self.model = self.build_model().to(self.device)
+        if not config.is_classifier:  # what the network learns to predict, for whoever samples it (and its EMA)
+            self.model.prediction = tc.prediction
         self.ema = EMA(self.model, tc.ema_decay).to(self.device)
         self.optimizer = self.build_optimizer(self.model.parameters())
         self.step = 0
