@@ -5,7 +5,7 @@
 On the CPU the bf16 rows run whatever the CPU is (autocast works everywhere; only its speed needs AMX or
 AVX512-BF16). Prints, per (steps, η), the mean and max |difference| on images clamped to [-1, 1], the share of
 pixels off by more than 1 and 4 grey levels (2/255 and 8/255 on [-1, 1]) and the 99.9th percentile: the
-numbers the tolerances in tests/samplers/test_fast.py rest on.
+numbers the tolerances in tests/samplers/fastpaths.py rest on.
 """
 
 from __future__ import annotations

@@ -9,32 +9,13 @@ import pytest
 import torch
 
 import ddim
-from ddim.generate import GuidanceOptions, RunOptions, conditioned, generate, initial_noise
-from ddim.guidance import MethodOptions
-from ddim.nn import unet_from_preset
+from ddim.generate import RunOptions, conditioned, generate, initial_noise
 from ddim.samplers import FastSampler, fast_module, fast_sample
 from ddim.samplers import fast as fast_mod
 from ddim.samplers.loop import SampleOptions, sample_setup
 
-S1000 = ddim.Schedule.linear(1000)
-
-
-def affine_model(x, t):
-    """A deterministic elementwise stand-in model (as in test_samplers)."""
-    return torch.tanh(0.5 * x) + 0.001 * t.to(x.dtype).view(-1, *[1] * (x.ndim - 1))
-
-
-def quiet_sampler(**kw) -> FastSampler:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return FastSampler(**kw)
-
-
-def run_quietly(fn, *args, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return fn(*args, **kw)
-
+from .fastpaths import (S1000, affine_model, bundled, our_warnings, perturbed_tiny_unet, quiet_sampler, run_quietly,
+                        within_bf16)
 
 @pytest.mark.parametrize("kwargs", [
     dict(steps=7),
@@ -78,17 +59,6 @@ def test_cpu_warns_once_naming_the_reason():
         s.sample(affine_model, S1000, x, steps=3)
     assert len([w for w in record if "ddim fast sampling" in str(w.message)]) == 1
     assert len(s.reasons) == 1 and "not CUDA" in s.reasons[0]
-
-
-def perturbed_tiny_unet():
-    """A tiny 8×8 class-conditional UNet with all weights moved off their init (zero-init layers too)."""
-    torch.manual_seed(0)
-    net = unet_from_preset("small", image_size=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
-                           dropout=0.0).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net
 
 
 def test_unet_with_channels_last_copy_matches_sample():
@@ -174,37 +144,6 @@ def test_generate_fast_on_cpu_matches_and_keeps_per_sample_seeds():
                       on_step=lambda: ticks.append(1))
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 rounding in another order (see above)
     assert len(ticks) == 3 * 4  # three batches of four steps
-
-
-@pytest.mark.parametrize("method", ["interval", "apg", "cfgpp"])
-def test_generate_fast_on_cpu_takes_guidance_methods(method):
-    """The CPU captures no graph, so a guidance method other than cfg keeps the fast path there: the plain
-    path's images (to fp32 rounding in another order), no warning about methods."""
-    net = perturbed_tiny_unet()
-    opts = SampleOptions(steps=4, solver="ddim")
-    g = GuidanceOptions(w=0.5, method=MethodOptions(method=method))
-    want = generate(net, S1000, 4, opts, g, RunOptions(seed=2, batch_size=4))
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        got = generate(net, S1000, 4, opts, g, RunOptions(seed=2, batch_size=4, fast=True))
-    assert not any("without the fast path" in str(w.message) for w in record)
-    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
-
-
-def test_generate_fast_refuses_classifier_guidance_with_one_warning():
-    """A classifier's gradient under bf16 autocast ran 4× slower than float32 on the CPU: the plain path."""
-    from ddim.nn import NoisyClassifier
-
-    net = perturbed_tiny_unet()
-    torch.manual_seed(1)
-    clf = NoisyClassifier(in_channels=1, image_size=8, num_classes=10, base_channels=8, channel_mult=(1,),
-                          num_res_blocks=1)
-    opts = SampleOptions(steps=3, solver="ddim")
-    g = GuidanceOptions(w=0.0, classifier=clf.eval(), classifier_scale=1.0)
-    want = generate(net, S1000, 2, opts, g, RunOptions(seed=2, batch_size=2))
-    with pytest.warns(RuntimeWarning, match="classifier guidance, and on CUDA guidance methods other than cfg"):
-        got = generate(net, S1000, 2, opts, g, RunOptions(seed=2, batch_size=2, fast=True))
-    assert torch.equal(got, want)
 
 
 def test_cli_sample_fast_on_cpu(tmp_path):
@@ -311,86 +250,6 @@ def test_cpu_compile_when_asked():
     torch.testing.assert_close(got, ddim.sample(affine_model, S1000, x, steps=3), atol=1e-6, rtol=0)
 
 
-# ------------------------------------------------------------------------------------ bf16 vs fp32
-# Tolerance of bf16 against fp32, on images clamped to [-1, 1], the bundled model sampled as `ddim sample`
-# does (its v parameterisation, x̂_0 clipped), same seeds. Measured on the CPU (torch.autocast("cpu",
-# bfloat16), 64 images; `python benchmarks/bf16_drift.py --device cpu --n 64`, results/bf16_drift_cpu.json):
-# mean |diff| 0.0018, 0.0012 and 0.0014 (20 steps η = 0; 50 steps η = 0 and 1); pixels off by more than
-# 4 grey levels (8/255): 0.38 %, 0.11 %, 0.11 %. The max is no bound: a trajectory that bf16 nudges across
-# an edge moves a few pixels far (0.79 once in 64 images). The bounds leave 3-4× headroom over the worst.
-MEAN_TOL, SHARE_TOL = 0.006, 0.015
-
-
-def within_bf16(got, want) -> bool:
-    diff = (got.clamp(-1, 1) - want.clamp(-1, 1)).abs()
-    return bool(diff.mean() <= MEAN_TOL and (diff > 8 / 255).float().mean() <= SHARE_TOL)
-
-
-def _our_warnings(record) -> list:
-    return [str(w.message) for w in record if "ddim fast sampling" in str(w.message)]
-
-
-def _bundled(device):
-    """The bundled model, its schedule and `ddim sample`'s options for it (its v parameterisation, x̂_0 clip)."""
-    from ddim.checkpoint import load_checkpoint
-
-    model, schedule, config = load_checkpoint(device=device)
-    return model.eval(), schedule, dict(prediction=config.prediction, clip=1.0, eps_from_clipped_x0=True)
-
-
-def _autocast_probe(seen):
-    def model(x, t):  # a matmul comes out in bf16 exactly when bf16 autocast is on
-        seen.append((x.flatten(1) @ torch.ones(x[0].numel(), 1)).dtype == torch.bfloat16)
-        return affine_model(x, t)
-    return model
-
-
-@pytest.mark.parametrize("native, asked, on", [(True, True, True), (False, True, False), (True, False, False)])
-def test_cpu_bf16_only_where_the_cpu_has_it(monkeypatch, native, asked, on):
-    """bf16 autocast on the CPU exactly when asked for and the CPU has it in hardware; where it is asked for
-    and missing, the one note says why it is off."""
-    monkeypatch.setattr(fast_mod, "cpu_native_bf16", lambda: native)
-    seen = []
-    s = FastSampler(bf16=asked)
-    with pytest.warns(RuntimeWarning, match="not CUDA"):
-        s.sample(_autocast_probe(seen), S1000, torch.randn(2, 1, 4, 4), steps=3)
-    assert seen == [on] * 3
-    assert ("neither AMX nor AVX512-BF16" in s.reasons[0]) == (asked and not native)
-
-
-def test_cpu_bf16_images_match_fp32_within_bf16(monkeypatch):
-    """generate(fast=True) on a CPU with bf16 in hardware: the bundled model's images within bf16 rounding of
-    the float32 ones (the tolerances above), and not equal to them (bf16 did run)."""
-    model, schedule, own = _bundled("cpu")
-    opts, run = SampleOptions(steps=20, **own), RunOptions(seed=1, batch_size=8)
-    want = generate(model, schedule, 8, opts, run=run)
-    monkeypatch.setattr(fast_mod, "cpu_native_bf16", lambda: True)
-    got = run_quietly(generate, model, schedule, 8, opts, run=dataclasses.replace(run, fast=True))
-    assert within_bf16(got, want) and not torch.equal(got, want)
-
-
-def test_cpu_bf16_stays_off_for_a_model_not_in_float32(monkeypatch):
-    """A half model on the CPU: autocast would mix dtypes in its norms, so bf16 stays off (said in the note)
-    instead of failing and switching the whole sampler to the plain path."""
-    monkeypatch.setattr(fast_mod, "cpu_native_bf16", lambda: True)
-    net = perturbed_tiny_unet().half()
-    m = conditioned(net, torch.arange(2) % 10)
-    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)).half()
-    s = FastSampler()
-    with pytest.warns(RuntimeWarning, match="the model runs in torch.float16, not float32"):
-        got = s.sample(m, S1000, x, steps=3)
-    assert not s._broken and len(s.reasons) == 1
-    assert torch.equal(got, ddim.sample(m, S1000, x, steps=3))
-
-
-def test_cpu_native_bf16_is_false_when_torch_cannot_tell(monkeypatch):
-    from ddim.device import cpu_native_bf16
-
-    assert isinstance(cpu_native_bf16(), bool)
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert cpu_native_bf16() is False
-
-
 # ---------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -398,13 +257,13 @@ def test_cpu_native_bf16_is_false_when_torch_cannot_tell(monkeypatch):
 def test_cuda_fast_matches_fp32_within_bf16(eta):
     """generate(fast=True) on CUDA (bf16, compile, graph; labels through the in-place buffer) against
     the fp32 eager sampler, same seeds."""
-    model, schedule, own = _bundled("cuda")
+    model, schedule, own = bundled("cuda")
     opts, run = SampleOptions(steps=50, eta=eta, **own), RunOptions(seed=1, batch_size=32, device="cuda")
     want = generate(model, schedule, 64, opts, run=run)  # two batches: the second replays the captured graph
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         got = generate(model, schedule, 64, opts, run=dataclasses.replace(run, fast=True))
-    assert _our_warnings(record) == []  # no fallback on CUDA
+    assert our_warnings(record) == []  # no fallback on CUDA
     assert within_bf16(got, want)
 
 
@@ -412,7 +271,7 @@ def test_cuda_fast_matches_fp32_within_bf16(eta):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_replay_is_deterministic_and_takes_new_inputs(monkeypatch):
-    model, schedule, own = _bundled("cuda")
+    model, schedule, own = bundled("cuda")
     labels = torch.arange(16, device="cuda") % 10
     m = conditioned(fast_module(model), labels)
     s = FastSampler()
@@ -436,7 +295,7 @@ def test_cuda_graph_replay_is_deterministic_and_takes_new_inputs(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_eta1_reproducible_from_generators():
-    model, schedule, own = _bundled("cuda")
+    model, schedule, own = bundled("cuda")
     m = conditioned(fast_module(model), torch.arange(8, device="cuda") % 10)
     s = FastSampler()
     runs = []
