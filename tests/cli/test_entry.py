@@ -121,6 +121,16 @@ def test_python_m_ddim_quick_exits_only_as_the_program(monkeypatch, argv0, quick
     assert calls == (["entry"] if quick else ["main"])
 
 
+@pytest.mark.parametrize("argv, code", [(["--version"], 0), (["--help"], 0), (["no-such-command"], 2)])
+def test_entry_quick_exits_after_argparse_exits(monkeypatch, argv, code):
+    """--help and --version end in argparse's SystemExit; entry() turns it into the same quick exit."""
+    exits = []
+    monkeypatch.setattr(ddim.cli, "quick_exit", exits.append)
+    monkeypatch.setattr(sys, "argv", ["ddim", *argv])
+    ddim.cli.entry()
+    assert exits == [code]
+
+
 def test_python_m_ddim_exits_through_entry(tmp_path):
     """A usage error keeps exit code 2 and its one line; a finished command writes its file and exits 0."""
     bad = run_ddim(["sample", "--n", "0", "--out", str(tmp_path / "x.png")])

@@ -62,8 +62,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entry() -> None:
-    """The ``ddim`` console script and ``python -m ddim``: ``main()``, then a quick exit with its code."""
-    quick_exit(main())
+    """The ``ddim`` console script and ``python -m ddim``: ``main()``, then a quick exit with its code (also
+    after argparse's own exits: --help, --version)."""
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's: None or an int; anything else (a message) exits as Python would
+        if e.code is not None and not isinstance(e.code, int):
+            raise
+        code = e.code or 0
+    quick_exit(code)
 
 
 def quick_exit(code: int) -> None:
