@@ -31,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ddim
+from ddim.atomic import atomic_write
 from ddim.device import cpu_native_bf16
 from ddim.nn import count_parameters, save_diffusers_unet, unet_from_preset
 from ddim.samplers import FastSampler, fast_module
@@ -193,12 +194,13 @@ def main(argv=None):
             print(f"{B:>6} {prec:>5} {row['ours_images_per_s']:>11.2f} {row['diffusers_images_per_s']:>16.2f} "
                   f"{row['ratio']:>6.2f} {row['tflops']:>8.3f} {peak:>8} {row['max_rel_diff']:>13.2e} {vs:>8} "
                   f"{row['peak_mem_gb']:>12.2f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(benchmark="sampling", preset=preset, steps=args.steps, eta=args.eta, device=str(device),
-                           device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                           compile_mode=args.compile_mode, torch=torch.__version__,
-                           diffusers=diffusers.__version__, flops_per_image=flops_img, rows=rows), fh, indent=1)
+            if args.json:  # after every row: a run stopped by a time limit keeps the rows it measured
+                record = dict(benchmark="sampling", preset=preset, steps=args.steps, eta=args.eta, device=str(device),
+                              device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              compile_mode=args.compile_mode, torch=torch.__version__,
+                              diffusers=diffusers.__version__, flops_per_image=flops_img, rows=rows)
+                text = json.dumps(record, indent=1).encode()
+                atomic_write(args.json, lambda f: f.write(text))
 
 
 if __name__ == "__main__":

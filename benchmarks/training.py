@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddim.atomic import atomic_write
 from ddim.data import ImageData, load_dataset
 from ddim.nn import PRESETS, UNet, count_parameters, save_diffusers_unet
 from ddim.train import RunConfig, TrainConfig, Trainer, diffusion_loss
@@ -292,17 +293,23 @@ def main(argv=None):
             print(f"{mode:>8} {row['ours_steps_per_s']:>13.2f} {fmt(row['diffusers_steps_per_s'], '>18.2f')} "
                   f"{fmt(row['ratio'], '>6.2f')} {row['tflops']:>8.2f} {100 * row['fraction_of_peak']:>7.1f}% "
                   f"{row['ours_mem_gb']:>12.2f} {fmt(row['diffusers_mem_gb'], '>13.2f')}")
+            if args.json:  # after every mode: a run stopped by a time limit keeps the modes it measured
+                _write(args.json, preset, args, device, name, flops, data, rows, None)
         curve = loss_curve(model_cfg, args, data, device, tmp) if args.curve_steps else None
     if curve:
         print(f"loss over the last {curve['window']} of {curve['steps']} steps: fp32 {curve['fp32_mean']:.5f}, "
               f"fastest {curve['fastest_mean']:.5f}, difference {curve['difference']:+.5f} = "
               f"{curve['difference_in_std']:+.3f} × the fp32 step-to-step std ({curve['fp32_step_std']:.5f})")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(benchmark="training", preset=preset,
-                           batch=args.batch, device=str(device), device_name=name, torch=torch.__version__,
-                           flops_per_step=flops, peak_tflops=args.peak_tflops, data=data.name, rows=rows,
-                           loss_curve=curve), fh, indent=1)
+        _write(args.json, preset, args, device, name, flops, data, rows, curve)
+
+
+def _write(path, preset, args, device, name, flops, data, rows, curve) -> None:
+    """The benchmark's JSON, replaced whole (atomic): after each mode, and with the loss curve at the end."""
+    record = dict(benchmark="training", preset=preset, batch=args.batch, device=str(device), device_name=name,
+                  torch=torch.__version__, flops_per_step=flops, peak_tflops=args.peak_tflops, data=data.name,
+                  rows=rows, loss_curve=curve)
+    atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 #       diffusers==0.42.1 importlib_metadata==10.2.0
+# (without them the two diffusers comparisons are skipped and the other steps still run)
 # then run this script there with .whl carried, e.g. with the device tool:
 #   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # It writes gpu_check.json and gpu_check.md (and each step's JSON) into $OUT (default runs/gpu_check).

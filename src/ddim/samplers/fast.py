@@ -107,9 +107,10 @@ def noise_buffer_bytes(setup: SampleSetup, x_T: torch.Tensor) -> int:
     return sum(setup.draws) * x_T.numel() * torch.empty((), dtype=_work_dtype(x_T)).element_size()
 
 
-def noise_fits(nbytes: int, free_bytes: int, share: float = NOISE_MEMORY_SHARE) -> bool:
-    """Whether a noise buffer of ``nbytes`` may take device memory of which ``free_bytes`` are free."""
-    return nbytes <= share * free_bytes
+def noise_fits(nbytes: int, free_bytes: int, share: Optional[float] = None) -> bool:
+    """Whether a noise buffer of ``nbytes`` may take device memory of which ``free_bytes`` are free, at most
+    ``share`` of it (None: ``NOISE_MEMORY_SHARE`` as it is when called, not when this was defined)."""
+    return nbytes <= (NOISE_MEMORY_SHARE if share is None else share) * free_bytes
 
 
 def _plan_key(setup: SampleSetup) -> tuple:
