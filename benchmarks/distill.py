@@ -149,7 +149,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--fast", action="store_true",
                    help="sample every cell on the fast path (RunOptions.fast: on the CPU channels_last, and bf16 "
-                        "where the CPU has it in hardware; guidance methods other than cfg run without it)")
+                        "where the CPU has it in hardware; every guidance method takes it on the CPU)")
     p.add_argument("--json", default=None, help="write the rows here (after every cell)")
     p.add_argument("--picture", default=None,
                    help="PNG: rows teacher default, student 8/4/2/1, consistency 4/2/1 (those run), 10 columns = "

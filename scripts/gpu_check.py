@@ -107,6 +107,7 @@ def _run(cmd: list[str], env: dict, limit: int) -> tuple[str, str]:
 def run_step(name: str, limit: int, argv: list[str], out: Path, peak: float | None, scratch: Path) -> dict:
     """One step as a subprocess; its JSON (if the tool writes one) is parsed into the record."""
     result_file = out / f"{name}.json"
+    result_file.unlink(missing_ok=True)  # a step stopped before its first row must not report an earlier run's
     cmd = [sys.executable, *(a.replace("{scratch}", str(scratch)) for a in argv)]
     if name != "tests":
         cmd += ["--json", str(result_file)]

@@ -36,6 +36,7 @@ class _Net(torch.nn.Module):
 
 @pytest.mark.parametrize("own, given, want", [
     (None, None, "epsilon"), ("v", None, "v"), ("v", "v", "v"), (None, "sample", "sample"),
+    (3, "v", "v"), (3, None, "epsilon"),  # an attribute that is no string is no declaration (e.g. an output head)
 ])
 def test_network_prediction(own, given, want):
     assert network_prediction(_Net(own), given) == want
@@ -46,7 +47,6 @@ def test_network_prediction(own, given, want):
 @pytest.mark.parametrize("own, given, match", [
     ("v", "epsilon", "prediction='epsilon' disagrees with the network's own 'v'"),
     ("v_prediction", None, "prediction attribute is 'v_prediction', not a prediction type"),  # diffusers' spelling
-    (3, "v", "prediction attribute is 3"),
     ("v", "bogus", "unknown prediction type 'bogus'"),
 ])
 def test_a_contradicting_or_unknown_prediction_is_refused(own, given, match):
@@ -65,15 +65,20 @@ def test_wrappers_do_not_hide_it(bundled):
     model, schedule, _ = bundled
     labels = torch.zeros(2, dtype=torch.long)
 
-    class Compiled(torch.nn.Module):  # what torch.compile's OptimizedModule holds
-        def __init__(self, inner):
-            super().__init__()
-            self._orig_mod = inner
-
     for wrapped in (conditioned(model, labels), conditioned(model, labels, guidance=1.0),
-                    ClassifierFreeGuidance(model, labels, w=1.0), torch.nn.DataParallel(model), Compiled(model),
+                    ClassifierFreeGuidance(model, labels, w=1.0), torch.nn.DataParallel(model), torch.compile(model),
                     ClassifierGuidance(conditioned(model, labels), torch.nn.Identity(), labels, 1.0, schedule)):
         assert network_prediction(wrapped) == "v", type(wrapped).__name__
+
+    class ToEps(torch.nn.Module):  # a user's wrapper that changes what the output means: nothing is read through it
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x, t):
+            return x  # (a stand-in for v -> ε)
+
+    assert network_prediction(ToEps(model)) == "epsilon" and network_prediction(ToEps(model), "sample") == "sample"
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     told = ddim.sample(conditioned(model, labels), schedule, x, 3, prediction="v", **RULE)
     assert torch.equal(ddim.sample(conditioned(model, labels), schedule, x, 3, **RULE), told)

@@ -29,21 +29,30 @@ __all__ = ["Denoiser", "score", "network_prediction", "own_prediction"]
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-# Where a wrapper keeps the network it wraps: DataParallel/DDP, torch.compile, ddim's guidance wrappers.
-_INNER = ("module", "_orig_mod", "model")
+def _inner(net):
+    """The network a known prediction-keeping wrapper holds, else None: DataParallel/DDP (``.module``),
+    torch.compile's module (``._orig_mod``), and ddim's wrappers that say so (``passes_prediction``:
+    ``conditioned``'s, CFG, a student's w input, classifier guidance). Anything else may change what the
+    output means, so nothing is looked for behind it."""
+    if isinstance(net, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        return net.module
+    if type(net).__name__ == "OptimizedModule":  # torch._dynamo's, not imported here: that import is slow
+        return getattr(net, "_orig_mod", None)
+    return getattr(net, "model", None) if getattr(type(net), "passes_prediction", False) else None
 
 
 def own_prediction(net) -> Optional[str]:
-    """The prediction ``net`` declares (its ``prediction`` attribute, which ``ddim.load_checkpoint`` sets from
-    the run's config), looked for through wrappers (``_INNER``); None when nothing declares one."""
+    """The prediction ``net`` declares (a string ``prediction`` attribute, which ``ddim.load_checkpoint`` sets
+    from the run's config), looked for through known wrappers (``_inner``); None when nothing declares one.
+    A declared string that is no prediction type (diffusers' "v_prediction") is an error."""
     for _ in range(16):  # wrappers of wrappers, but never a cycle
         own = getattr(net, "prediction", None)
-        if own is not None:
+        if isinstance(own, str):
             if own not in PREDICTIONS:
                 raise ValueError(f"the network's prediction attribute is {own!r}, not a prediction type (allowed: "
                                  f"{', '.join(PREDICTIONS)})")
             return own
-        net = next((getattr(net, a) for a in _INNER if getattr(net, a, None) is not None), None)
+        net = _inner(net)
         if net is None:
             return None
     return None
@@ -174,7 +183,7 @@ def score(model, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
     Args:
         model: ``model(x_t, t)`` returning its prediction (or a ``Denoiser``). schedule: the ``ddim.Schedule``
             it was trained on. x_t: (B, …) float. t: (B,) int64 training steps. prediction: "epsilon",
-            "sample" or "v"; None: a Denoiser's own (ε for a bare network).
+            "sample" or "v"; None: the network's own (``network_prediction``), else ε.
     Returns:
         (B, …) in x_t's dtype.
     """

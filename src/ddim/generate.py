@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .checks import check_bool, check_device, check_finite_result, check_images, check_int
-from .denoiser import Denoiser, network_prediction
+from .denoiser import Denoiser, network_prediction, own_prediction
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GuidanceInput, GuidanceOptions, check_rescale,
                        check_student_guidance, takes_guidance)
 from .guidance_methods import guided_denoiser
@@ -106,6 +106,8 @@ class _Labelled:
     """``model(x, t, labels)`` (``model(x, t)`` without labels) as a network of (x, t); ``.model`` keeps what it
     wraps reachable, and with it the prediction the network declares (``ddim.denoiser.own_prediction``)."""
 
+    passes_prediction = True
+
     def __init__(self, model, labels: Optional[torch.Tensor]):
         self.model, self.labels = model, labels
 
@@ -165,9 +167,9 @@ def check_guide(model, schedule: Schedule, guide, guide_schedule: Schedule) -> N
     if not (guide_schedule.num_steps == schedule.num_steps
             and torch.allclose(guide_schedule.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-6, atol=1e-12)):
         raise ValueError("the guide was trained on another noise schedule than the model's")
-    if network_prediction(guide) != network_prediction(model):
-        raise ValueError(f"the guide predicts {network_prediction(guide)!r} but the model predicts "
-                         f"{network_prediction(model)!r}")
+    theirs, ours = own_prediction(guide), own_prediction(model)
+    if theirs is not None and ours is not None and theirs != ours:  # undeclared: read as the model's (guided_denoiser)
+        raise ValueError(f"the guide predicts {theirs!r} but the model predicts {ours!r}")
 
 
 def classifier_guided(model_fn: Callable, schedule: Schedule, prediction: str, labels: Optional[torch.Tensor],

@@ -221,6 +221,8 @@ class GuidanceInput(nn.Module):
             batches). w: the guidance weight of eq. 6 it was trained to take.
     """
 
+    passes_prediction = True  # its output means what the wrapped model's means (ddim.denoiser)
+
     def __init__(self, model, labels: torch.Tensor, w: float = 0.0):
         super().__init__()
         if not takes_guidance(model):
@@ -254,6 +256,8 @@ class ClassifierFreeGuidance(nn.Module):
         embeddings: (cond (B, E), ∅ (B, E)) label embeddings used in place of ``labels`` and the null label's
             rows of the model's table (``model`` then takes ``label_emb``; guided inversion optimises ∅).
     """
+
+    passes_prediction = True  # its output means what the wrapped model's means (ddim.denoiser)
 
     def __init__(self, model, labels: torch.Tensor, w: Optional[float] = None, scale: Optional[float] = None,
                  null_label: Optional[int] = None, rescale: float = 0.0, embeddings=None):
@@ -316,6 +320,8 @@ class ClassifierGuidance(nn.Module):
             its own, ``ddim.denoiser.network_prediction``).
     The gradient is taken in float32 or wider with autograd enabled, also under ``torch.inference_mode``.
     """
+
+    passes_prediction = True  # its output means what the wrapped model's means (ddim.denoiser)
 
     def __init__(self, model, classifier, labels: torch.Tensor, scale: float, schedule,
                  prediction: Optional[str] = None):

@@ -39,7 +39,7 @@ def test_cpu_bf16_only_where_the_cpu_has_it(monkeypatch, native, asked, on):
 
 def test_cpu_bf16_images_match_fp32_within_bf16(monkeypatch):
     """generate(fast=True) on a CPU with bf16 in hardware: the bundled model's images within bf16 rounding of
-    the float32 ones (the tolerances above), and not equal to them (bf16 did run)."""
+    the float32 ones (the tolerances in fastpaths.py), and not equal to them (bf16 did run)."""
     model, schedule, own = bundled("cpu")
     opts, run = SampleOptions(steps=20, **own), RunOptions(seed=1, batch_size=8)
     want = generate(model, schedule, 8, opts, run=run)
@@ -60,6 +60,25 @@ def test_cpu_bf16_stays_off_for_a_model_not_in_float32(monkeypatch):
         got = s.sample(m, S1000, x, steps=3)
     assert not s._broken and len(s.reasons) == 1
     assert torch.equal(got, ddim.sample(m, S1000, x, steps=3))
+
+
+def test_a_model_failing_under_cpu_bf16_keeps_the_rest_of_the_fast_path(monkeypatch):
+    """On the CPU, a failure under bf16 autocast drops bf16 alone (one note), not the whole fast path."""
+    monkeypatch.setattr(fast_mod, "cpu_native_bf16", lambda: True)
+
+    def model(x, t):
+        if (x.flatten(1) @ torch.ones(x[0].numel(), 1)).dtype == torch.bfloat16:
+            raise RuntimeError("this model has no bf16 kernels")
+        return affine_model(x, t)
+
+    s = FastSampler()
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning) as record:  # the CPU note, then the one about bf16
+        got = s.sample(model, S1000, x, steps=3)
+    assert sum("failed under bf16 autocast" in str(w.message) for w in record) == 1
+    assert torch.equal(got, ddim.sample(model, S1000, x, steps=3))
+    assert not s._broken and not s.bf16
+    assert torch.equal(run_quietly(s.sample, model, S1000, x, steps=3), got)  # later calls: float32 straight away
 
 
 def test_cpu_native_bf16_is_false_when_torch_cannot_tell(monkeypatch):
@@ -96,6 +115,9 @@ def test_generate_fast_refuses_classifier_guidance_with_one_warning():
     opts = SampleOptions(steps=3, solver="ddim")
     g = GuidanceOptions(w=0.0, classifier=clf.eval(), classifier_scale=1.0)
     want = generate(net, S1000, 2, opts, g, RunOptions(seed=2, batch_size=2))
-    with pytest.warns(RuntimeWarning, match="classifier guidance, and on CUDA guidance methods other than cfg"):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         got = generate(net, S1000, 2, opts, g, RunOptions(seed=2, batch_size=2, fast=True))
+    said = [str(w.message) for w in record if "without the fast path" in str(w.message)]
+    assert len(said) == 1 and "classifier guidance, and on CUDA guidance methods other than cfg" in said[0]
     assert torch.equal(got, want)

@@ -233,8 +233,9 @@ class FastSampler:
             return result
 
     def _drop_feature(self, error: Exception, on_cuda: bool) -> None:
-        """After a failure: no graphs if capture or replay failed, else no compile, else plain ``sample``.
-        The captured graphs (and their memory pools) go in every case: none is replayed again unchecked."""
+        """After a failure: no graphs if capture or replay failed, else no compile, else (on the CPU) no bf16,
+        else plain ``sample``. The captured graphs (and their memory pools) go in every case: none is replayed
+        again unchecked."""
         self._graphs.clear()
         if isinstance(error, _CaptureError):
             self.cuda_graph = False
@@ -243,6 +244,10 @@ class FastSampler:
             self.compile = False
             self._predicts.clear()
             self._note(f"the compiled model failed ({error!r}); running it uncompiled")
+        elif not on_cuda and self.bf16 and cpu_native_bf16():
+            self.bf16 = False
+            self._predicts.clear()
+            self._note(f"the model failed under bf16 autocast ({error!r}); running it in float32")
         else:
             self._broken = True
             self._note(f"the fast path failed ({error!r}); using ddim.sample")

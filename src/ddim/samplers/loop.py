@@ -253,7 +253,8 @@ def sample(model: Model, schedule: Schedule, x_T: torch.Tensor, steps: Optional[
         eta: η ≥ 0 of σ_t(η) (eq. 16), "large" for σ̂_t, or a sequence of one η per step (the first for the
             highest t), e.g. η = 1 only where t > 250.
         spacing: how τ is chosen, see ``ddim.timesteps``.
-        prediction: "epsilon", "sample" (x_0) or "v"; None: ε for a bare network, a Denoiser's own.
+        prediction: "epsilon", "sample" (x_0) or "v"; None: the network's own (a Denoiser's, or what a loaded
+            checkpoint declares: ``ddim.denoiser.network_prediction``), else ε.
         generator: for the noise when σ > 0: one ``torch.Generator`` or one per sample.
         timesteps: an explicit descending grid, instead of ``steps``/``spacing``.
         set_alpha_to_one: the last step lands on ᾱ = 1 (x_0); False lands on ᾱ_0 instead.

@@ -77,7 +77,8 @@ class SampleOptions:
         steps: S, 1 ≤ S ≤ T (ignored when ``timesteps`` is given; checked against T by ``plan``).
         eta: η ≥ 0 of σ_t(η) (DDIM eq. 16), "large" for σ̂_t, or one η per step (first: the highest t).
         spacing: how the grid is chosen (``ddim.timesteps``).
-        prediction: the model's target, "epsilon", "sample" or "v"; None: a Denoiser's own (ε for a bare network).
+        prediction: the model's target, "epsilon", "sample" or "v"; None: the network's own (a Denoiser's, or
+            what a loaded checkpoint declares: ``ddim.denoiser.network_prediction``), else ε.
         timesteps: an explicit descending grid (a tuple of ints once built), instead of steps/spacing.
         set_alpha_to_one: the last step lands on ᾱ = 1 (x_0); False: on ᾱ_0.
         clip: clamp x̂_0 to [−clip, clip] each step (None: off).
@@ -141,7 +142,9 @@ class SampleOptions:
 
     @property
     def net_prediction(self) -> str:
-        """What a bare network (not a ``Denoiser``) is read as predicting: ``prediction``, ε when None."""
+        """``prediction``, ε when None: the options alone, not what a network declares. The entry points resolve
+        ``prediction`` against the network first (``ddim.denoiser.network_prediction``), so after that this is
+        what the network is read as."""
         return self.prediction or "epsilon"
 
     def replace(self, **changes) -> "SampleOptions":
