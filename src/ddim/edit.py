@@ -18,7 +18,6 @@ from typing import Callable, Optional
 import torch
 
 from .checks import check_images
-from .denoiser import network_prediction
 from .forward import q_sample
 from .noise import Generators, randn
 from .samplers import SampleOptions, invert, sample
@@ -61,7 +60,7 @@ def invert_regenerate(source: Model, target: Model, schedule: Schedule, x0: torc
     opts = SampleOptions.of(options)
     # one prediction for both networks: a source that declares its own (a loaded checkpoint) and a target
     # wrapped so that it hides it must not be read two ways
-    opts = opts.replace(prediction=network_prediction(target, network_prediction(source, opts.prediction)))
+    opts = opts.for_network(source).for_network(target)
     tau = edit_timesteps(schedule, opts.steps, strength, opts.spacing)
     grid = opts.replace(timesteps=tau, eta=0.0)
     x_top = invert(source, schedule, x0, prediction=opts.prediction, timesteps=tau)

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .checks import check_bool, check_device, check_finite_result, check_images, check_int
-from .denoiser import Denoiser, network_prediction, own_prediction
+from .denoiser import Denoiser, own_prediction
 from .guidance import (ClassifierFreeGuidance, ClassifierGuidance, GuidanceInput, GuidanceOptions, check_rescale,
                        check_student_guidance, takes_guidance)
 from .guidance_methods import guided_denoiser
@@ -307,9 +307,7 @@ def _settings(model, options, guidance, run) -> tuple:
     for value, kind in ((guidance, GuidanceOptions), (run, RunOptions)):
         if value is not None and not isinstance(value, kind):
             raise TypeError(f"expected a ddim.{kind.__name__}, got {type(value).__name__}")
-    opts = SampleOptions.of(options)
-    return opts.replace(prediction=network_prediction(model, opts.prediction)), guidance or GuidanceOptions(), \
-        run or RunOptions()
+    return SampleOptions.of(options).for_network(model), guidance or GuidanceOptions(), run or RunOptions()
 
 
 def _indices(indices) -> list:

@@ -32,7 +32,7 @@ import torch
 from ..atomic import atomic_write
 from ..checks import check_images, check_int
 from ..data import ImageData
-from ..denoiser import Denoiser, network_prediction
+from ..denoiser import Denoiser
 from ..distributed import DistInfo, barrier
 from ..files import open_regular, read_json
 from ..generate import RunOptions, conditioned, generate_batch, sampling_network
@@ -304,7 +304,7 @@ def sample_grid(model, schedule: Schedule, cells: Sequence[Cell], n: int, out_di
         one ``CellSamples`` per cell, in order.
     """
     opts, g, r = options or SampleOptions(), guidance or GuidanceOptions(), run or RunOptions()
-    opts = opts.replace(prediction=network_prediction(model, opts.prediction))
+    opts = opts.for_network(model)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     shape, device = _image_shape(model), torch.device(r.device)
@@ -389,7 +389,7 @@ def reconstruction_errors(model, schedule: Schedule, images: torch.Tensor, label
         "n", "seconds"}.
     """
     opts, r = SampleOptions.of(options), run or RunOptions()
-    opts = opts.replace(prediction=network_prediction(model, opts.prediction))  # before conditioned() hides it
+    opts = opts.for_network(model)  # before conditioned() hides it
     check_images(images, "images")
     # plain DDIM both ways: an x̂_0 transform or another solver would measure something else than eq. 13's round trip
     if opts.solver.name != "ddim" or opts.x0_transform() is not None:

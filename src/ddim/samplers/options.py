@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..checks import check_bool
+from ..denoiser import network_prediction
 from ..forward import PREDICTIONS
 from .solvers import Solver, get_solver
 from .steps import clip_x0, dynamic_threshold
@@ -146,6 +147,11 @@ class SampleOptions:
         ``prediction`` against the network first (``ddim.denoiser.network_prediction``), so after that this is
         what the network is read as."""
         return self.prediction or "epsilon"
+
+    def for_network(self, net) -> "SampleOptions":
+        """These options with ``prediction`` resolved against ``net`` (``ddim.denoiser.network_prediction``: the
+        network's own when None, refused when contradicting it); call it before a wrapper hides the network."""
+        return self.replace(prediction=network_prediction(net, self.prediction))
 
     def replace(self, **changes) -> "SampleOptions":
         """A copy with ``changes`` applied (and validated)."""
